@@ -1,0 +1,10 @@
+//! rigwatch-agent: sensors observe processes (and later traffic and GPUs),
+//! the detector joins and scores what they saw, sinks carry findings out.
+//!
+//! Data flows one way: `sensors` → `detector` → output (`scan`, and the
+//! daemon's sinks).
+
+pub mod detector;
+pub mod output;
+pub mod scan;
+pub mod sensors;

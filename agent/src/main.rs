@@ -1,0 +1,276 @@
+//! `rigwatch`: find crypto miners on this host.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rigwatch_agent::{output, scan};
+use rigwatch_signatures::{load, Severity, Signatures};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_SIGNATURE_DIR: &str = "/etc/rigwatch/signatures.d";
+
+/// rigwatch finds cryptocurrency miners: by name, command line, binary
+/// content and hash, miner config files, odd executable origins, disguises
+/// and sustained CPU use, fused into one finding per process.
+#[derive(Parser)]
+#[command(name = "rigwatch", version, propagate_version = true)]
+#[command(after_help = "Examples:\n  rigwatch scan                 scan this host (5 s CPU window), table output\n  rigwatch scan --json | jq .   the same as JSON for scripts\n  rigwatch signatures check my-rules.toml\n  rigwatch signatures list\n\nExit status of scan: 0 nothing found, 1 findings, 2 error.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scan this host once and report miners.
+    ///
+    /// Samples every process twice, a window apart, to measure CPU as cores
+    /// used over the window; reads each executable once (hash and content
+    /// signatures) and miner config files while it waits.
+    Scan(ScanArgs),
+    /// Check, list or import signatures.
+    #[command(subcommand)]
+    Signatures(SigCommand),
+}
+
+#[derive(Args, Clone)]
+struct SigDirs {
+    /// Extra signature directory (repeatable); its rules add to or override
+    /// the bundled set. /etc/rigwatch/signatures.d is read when it exists.
+    #[arg(long = "signatures", value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// Do not read /etc/rigwatch/signatures.d.
+    #[arg(long)]
+    no_default_signatures: bool,
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    /// CPU sampling window in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    window: f64,
+    /// Print JSON: {"host": ..., "findings": [...], "scanned": {...}, "warnings": [...]}.
+    #[arg(long)]
+    json: bool,
+    /// The proc filesystem to read (a fixture tree in tests).
+    #[arg(long, default_value = "/proc", value_name = "DIR")]
+    proc_root: PathBuf,
+    /// Report only findings at or above this severity.
+    #[arg(long, value_enum, default_value_t = MinSeverity::Suspicious)]
+    min_severity: MinSeverity,
+    /// Cores a process must use over the window to count as busy.
+    #[arg(long, default_value_t = 0.5, value_name = "CORES")]
+    cpu_threshold: f64,
+    /// Most bytes read of each executable.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    max_binary_bytes: u64,
+    #[command(flatten)]
+    sig: SigDirs,
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+enum MinSeverity {
+    Suspicious,
+    Likely,
+    Confirmed,
+}
+
+#[derive(Subcommand)]
+enum SigCommand {
+    /// Check rule files: syntax, fields, regexes, lists and every rule's
+    /// examples. Errors are printed as FILE:LINE: message. With no path,
+    /// checks the bundled set and the signature directories.
+    Check {
+        /// Rule files or directories of *.toml files.
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        sig: SigDirs,
+    },
+    /// List the loaded rules and where each came from.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sig: SigDirs,
+    },
+    /// Convert a public indicator list into a rigwatch list file (stdout).
+    ///
+    /// Formats: `domains` (one per line, also Adblock `||d^`), `hosts`
+    /// (hosts file), `ipport` (ip or ip:port per line, maltrail style).
+    Import {
+        /// Input format.
+        #[arg(long, value_enum)]
+        format: ImportFormat,
+        /// The list to read ("-" for stdin).
+        file: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+enum ImportFormat {
+    Domains,
+    Hosts,
+    Ipport,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Scan(a) => run_scan(a),
+        Command::Signatures(c) => run_signatures(c),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rigwatch: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn sig_dirs(s: &SigDirs) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if !s.no_default_signatures {
+        dirs.push(PathBuf::from(DEFAULT_SIGNATURE_DIR));
+    }
+    dirs.extend(s.dirs.iter().cloned());
+    dirs
+}
+
+/// Loads signatures; broken files are reported on stderr and skipped.
+fn load_signatures(s: &SigDirs) -> anyhow::Result<(Arc<Signatures>, Vec<String>)> {
+    for d in &s.dirs {
+        anyhow::ensure!(d.is_dir(), "signature directory {} does not exist", d.display());
+    }
+    let loaded = load::load(&sig_dirs(s), true);
+    let warnings: Vec<String> =
+        loaded.errors.iter().map(|e| format!("signature file skipped: {e} (the other rules stay in force)")).collect();
+    Ok((Arc::new(loaded.signatures), warnings))
+}
+
+fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.window >= 0.0 && a.window <= 3600.0, "--window must be between 0 and 3600 seconds");
+    let (sig, sig_warnings) = load_signatures(&a.sig)?;
+    for w in &sig_warnings {
+        eprintln!("rigwatch: {w}");
+    }
+    let opts = scan::ScanOptions {
+        proc_root: a.proc_root.clone(),
+        window: Duration::from_secs_f64(a.window),
+        detector: rigwatch_agent::detector::DetectorConfig { cpu_cores_threshold: a.cpu_threshold, ..Default::default() },
+        sensors: rigwatch_agent::sensors::SensorOptions { max_binary_bytes: a.max_binary_bytes },
+    };
+    let tty = std::io::stderr().is_terminal();
+    let progress = |m: &str| {
+        if tty && !a.json {
+            eprintln!("rigwatch: {m}");
+        }
+    };
+    let mut report = scan::scan(&opts, sig, &progress)?;
+    report.warnings.extend(sig_warnings);
+    let min = match a.min_severity {
+        MinSeverity::Suspicious => Severity::Suspicious,
+        MinSeverity::Likely => Severity::Likely,
+        MinSeverity::Confirmed => Severity::Confirmed,
+    };
+    report.findings.retain(|f| f.severity >= min);
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", output::render(&report, std::io::stdout().is_terminal()))?;
+    }
+    Ok(if report.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        SigCommand::Check { paths, sig } => {
+            let (count, errors) = if paths.is_empty() {
+                let loaded = load::load(&sig_dirs(&sig), true);
+                let mut errors = loaded.errors;
+                errors.extend(loaded.signatures.check_examples());
+                (loaded.signatures.rules().len(), errors)
+            } else {
+                let mut files = Vec::new();
+                for p in &paths {
+                    if p.is_dir() {
+                        files.extend(load::rule_files(p).with_context(|| format!("reading {}", p.display()))?);
+                    } else {
+                        files.push(p.clone());
+                    }
+                }
+                load::check_files(&files)
+            };
+            for e in &errors {
+                println!("{e}");
+            }
+            if errors.is_empty() {
+                eprintln!("ok: {count} rules, all examples pass");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{} errors in {count} rules", errors.len());
+                Ok(ExitCode::from(1))
+            }
+        }
+        SigCommand::List { json, sig } => {
+            let loaded = load::load(&sig_dirs(&sig), true);
+            let rules = loaded.signatures.rules();
+            if json {
+                let v: Vec<_> = rules
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({"id": r.id, "kind": r.kind.as_str(), "severity": r.severity.as_str(),
+                        "entries": r.entries(), "file": r.file, "line": r.line, "description": r.description})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"version": loaded.signatures.version, "rules": v}))?);
+            } else {
+                println!("{:<34} {:<15} {:<11} {:>7}  {}", "RULE", "KIND", "SEVERITY", "ENTRIES", "FROM");
+                for r in rules {
+                    println!("{:<34} {:<15} {:<11} {:>7}  {}:{}", r.id, r.kind.as_str(), r.severity.as_str(), r.entries(), r.file, r.line);
+                }
+                println!("\n{} rules, version {}; sources:", rules.len(), loaded.signatures.version);
+                for s in &loaded.sources {
+                    println!("  {} ({} rules): {}", s.file, s.rules, output::clean(&s.meta.source, 200));
+                }
+            }
+            for e in &loaded.errors {
+                eprintln!("rigwatch: skipped: {e}");
+            }
+            Ok(if loaded.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        SigCommand::Import { format, file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "# imported by rigwatch signatures import from {}", file.display())?;
+            match format {
+                ImportFormat::Domains | ImportFormat::Hosts => {
+                    let d = rigwatch_signatures::import::domains(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    for x in d {
+                        writeln!(out, "{x}")?;
+                    }
+                }
+                ImportFormat::Ipport => {
+                    let a = rigwatch_signatures::import::addresses(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    for x in a {
+                        match x {
+                            rigwatch_signatures::import::Address::Ip(ip) => writeln!(out, "{ip}")?,
+                            rigwatch_signatures::import::Address::Endpoint(e) => writeln!(out, "{e}")?,
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Sensors observe; they never decide. Each sensor lives in its own file
+//! behind [`Sensor`], and is registered in one place ([`registry`]).
+//!
+//! The process sensor is the root of every pass: it produces the
+//! [`Snapshot`] that the other sensors look at (which executable to hash,
+//! which config file to read). Their observations go to the detector.
+
+pub mod binary;
+pub mod minerconfig;
+pub mod process;
+
+use rigwatch_signatures::{Evidence, Signatures};
+use std::sync::Arc;
+
+pub use process::{Proc, ProcKey, ProcessSensor, Snapshot};
+
+/// What a sensor reports about one process.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    /// A piece of evidence about the process.
+    Evidence(ProcKey, Evidence),
+    /// The SHA-256 of the process's executable (for the allowlist).
+    BinarySha256(ProcKey, [u8; 32]),
+}
+
+/// An error that stops one sensor's pass, never the agent.
+#[derive(Debug, thiserror::Error)]
+#[error("{sensor}: {message}")]
+pub struct SensorError {
+    /// The sensor's name.
+    pub sensor: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A sensor: one pass over the current snapshot adds observations.
+pub trait Sensor: Send {
+    /// A short, stable name (`binary`, `minerconfig`…), used in logs and metrics.
+    fn name(&self) -> &'static str;
+    /// One pass. Problems with single processes are counted, not returned;
+    /// an `Err` means the sensor could not work at all this pass.
+    fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError>;
+    /// What this sensor could not read in its last pass, for the user
+    /// (e.g. "executables of 12 processes: permission denied").
+    fn unreadable(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Counters for reports and metrics, e.g. `("binaries_read", 42)`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+    /// Takes a new signature set (hot reload).
+    fn set_signatures(&mut self, _sig: Arc<Signatures>) {}
+}
+
+/// Options the sensors share.
+#[derive(Debug, Clone)]
+pub struct SensorOptions {
+    /// Most bytes of an executable read for hashing and content matching.
+    pub max_binary_bytes: u64,
+}
+
+impl Default for SensorOptions {
+    fn default() -> Self {
+        SensorOptions { max_binary_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// The registration list: every sensor that looks at processes, in order.
+pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &SensorOptions) -> Vec<Box<dyn Sensor>> {
+    vec![
+        Box::new(binary::BinarySensor::new(sig.clone(), proc_root, opts.max_binary_bytes)),
+        Box::new(minerconfig::MinerConfigSensor::new(sig, proc_root)),
+    ]
+}

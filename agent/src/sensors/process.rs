@@ -1,0 +1,329 @@
+//! The process sensor: walks the proc root and samples every process.
+//!
+//! A process is known by (pid, start time), so a reused pid is a new
+//! process. What does not change for a process's life (cmdline, exe, cwd,
+//! cgroup, user) is read once; a known process costs one read of `stat`.
+//! `cmdline` is never read from a process in state D (uninterruptible): that
+//! read can block on the target's memory lock.
+
+use procfs::FromRead;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// A process's identity: pid and start time (clock ticks after boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcKey {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// What does not change over a process's life, read once.
+#[derive(Debug, Clone, Default)]
+pub struct ProcStatic {
+    /// argv; empty for kernel threads and unreadable ones.
+    pub argv: Vec<String>,
+    /// Whether argv could be read (false for D-state or permission problems).
+    pub argv_read: bool,
+    /// The exe link target (may end in " (deleted)" or be "/memfd:…").
+    pub exe: Option<String>,
+    /// The cwd link target.
+    pub cwd: Option<String>,
+    /// Real uid.
+    pub uid: u32,
+    /// The user name for uid (or the number).
+    pub user: String,
+    /// The unified (or first) cgroup path.
+    pub cgroup: String,
+    /// Problems reading this process (e.g. "exe: permission denied").
+    pub problems: Vec<String>,
+}
+
+/// One process at one moment.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    /// Identity.
+    pub key: ProcKey,
+    /// Parent pid.
+    pub ppid: u32,
+    /// The kernel's short name (15 bytes), settable by the process itself.
+    pub comm: String,
+    /// State letter (R, S, D, Z, T…).
+    pub state: char,
+    /// Number of threads.
+    pub threads: i64,
+    /// Nice value.
+    pub nice: i64,
+    /// Scheduling policy (0 normal, 3 batch, 5 idle…).
+    pub policy: u32,
+    /// User + system CPU time in clock ticks.
+    pub cpu_ticks: u64,
+    /// A kernel thread (PF_KTHREAD).
+    pub kernel_thread: bool,
+    /// What was read once.
+    pub fixed: Arc<ProcStatic>,
+}
+
+impl Proc {
+    /// The command line, argv joined by spaces.
+    pub fn cmdline(&self) -> String {
+        self.fixed.argv.join(" ")
+    }
+}
+
+/// All processes at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When it was taken.
+    pub at: Instant,
+    /// Processes by identity.
+    pub procs: HashMap<ProcKey, Proc>,
+    /// Clock ticks per second (for CPU).
+    pub ticks_per_second: u64,
+}
+
+impl Snapshot {
+    /// Cores used by a process between an earlier snapshot and this one.
+    pub fn cores_since(&self, earlier: &Snapshot, key: &ProcKey) -> Option<f64> {
+        let now = self.procs.get(key)?;
+        let then = earlier.procs.get(key)?;
+        let dt = self.at.checked_duration_since(earlier.at)?.as_secs_f64();
+        if dt <= 0.0 {
+            return None;
+        }
+        let ticks = now.cpu_ticks.saturating_sub(then.cpu_ticks) as f64;
+        Some(ticks / self.ticks_per_second as f64 / dt)
+    }
+}
+
+/// The process sensor.
+pub struct ProcessSensor {
+    root: PathBuf,
+    known: HashMap<ProcKey, Arc<ProcStatic>>,
+    users: HashMap<u32, String>,
+    buf: Vec<u8>,
+    path: PathBuf,
+    ticks: u64,
+}
+
+impl ProcessSensor {
+    /// A sensor over `root` (normally /proc; a fixture tree in tests).
+    pub fn new(root: &Path) -> Self {
+        ProcessSensor {
+            root: root.to_path_buf(),
+            known: HashMap::new(),
+            users: HashMap::new(),
+            buf: Vec::with_capacity(1024),
+            path: PathBuf::new(),
+            ticks: procfs::ticks_per_second().max(1),
+        }
+    }
+
+    /// The proc root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// How many processes have their fixed part cached.
+    pub fn cached(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Takes a snapshot of every process. Processes that vanish while being
+    /// read are skipped. Fails only when the root itself cannot be listed.
+    pub fn sample(&mut self) -> std::io::Result<Snapshot> {
+        let mut procs = HashMap::with_capacity(self.known.len() + 16);
+        for entry in std::fs::read_dir(&self.root)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if let Some(p) = self.read_one(pid) {
+                procs.insert(p.key, p);
+            }
+        }
+        self.known.retain(|k, _| procs.contains_key(k));
+        Ok(Snapshot { at: Instant::now(), procs, ticks_per_second: self.ticks })
+    }
+
+    /// Reads one process by pid (used by the listing and by exec events).
+    pub fn read_one(&mut self, pid: u32) -> Option<Proc> {
+        self.path.clear();
+        self.path.push(&self.root);
+        self.path.push(itoa(pid));
+        self.path.push("stat");
+        self.buf.clear();
+        std::fs::File::open(&self.path).ok()?.read_to_end(&mut self.buf).ok()?;
+        let stat = procfs::process::Stat::from_read(&self.buf[..]).ok()?;
+        let key = ProcKey { pid, start_time: stat.starttime };
+        let kernel_thread = stat.flags & PF_KTHREAD != 0;
+        let fixed = match self.known.get(&key) {
+            Some(f) if f.argv_read || kernel_thread || stat.state == 'D' => f.clone(),
+            _ => {
+                let f = Arc::new(self.read_fixed(pid, stat.state, kernel_thread));
+                self.known.insert(key, f.clone());
+                f
+            }
+        };
+        Some(Proc {
+            key,
+            ppid: stat.ppid.max(0) as u32,
+            comm: stat.comm,
+            state: stat.state,
+            threads: stat.num_threads,
+            nice: stat.nice,
+            policy: stat.policy.unwrap_or(0),
+            cpu_ticks: stat.utime + stat.stime,
+            kernel_thread,
+            fixed,
+        })
+    }
+
+    fn read_fixed(&mut self, pid: u32, state: char, kernel_thread: bool) -> ProcStatic {
+        let dir = self.root.join(itoa(pid));
+        let mut f = ProcStatic::default();
+        if kernel_thread {
+            f.argv_read = true;
+            f.user = "root".into();
+            return f;
+        }
+        if state != 'D' {
+            match read_capped(&dir.join("cmdline"), 128 * 1024) {
+                Ok(bytes) => {
+                    f.argv = bytes
+                        .split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    f.argv_read = true;
+                }
+                Err(e) => f.problems.push(format!("cmdline: {}", short_err(&e))),
+            }
+        }
+        match std::fs::read_link(dir.join("exe")) {
+            Ok(p) => f.exe = Some(p.to_string_lossy().into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => f.problems.push(format!("exe: {}", short_err(&e))),
+        }
+        f.cwd = std::fs::read_link(dir.join("cwd")).ok().map(|p| p.to_string_lossy().into_owned());
+        if let Ok(status) = std::fs::read_to_string(dir.join("status")) {
+            f.uid = parse_status_uid(&status).unwrap_or(0);
+        }
+        f.user = self.user_name(f.uid);
+        if let Ok(cg) = std::fs::read_to_string(dir.join("cgroup")) {
+            f.cgroup = unified_cgroup(&cg);
+        }
+        f
+    }
+
+    fn user_name(&mut self, uid: u32) -> String {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_else(|| uid.to_string())
+            })
+            .clone()
+    }
+}
+
+fn itoa(n: u32) -> String {
+    n.to_string()
+}
+
+fn short_err(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::NotFound => "gone".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Reads at most `cap` bytes of a file.
+pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    std::fs::File::open(path)?.take(cap).read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// The real uid from /proc/PID/status text.
+pub fn parse_status_uid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|r| r.split_whitespace().next()?.parse().ok())
+}
+
+/// The cgroup v2 path (hierarchy 0), else the first v1 path, from /proc/PID/cgroup text.
+pub fn unified_cgroup(text: &str) -> String {
+    let mut first = None;
+    for l in text.lines() {
+        let mut parts = l.splitn(3, ':');
+        let (h, _c, p) = (parts.next(), parts.next(), parts.next());
+        if let (Some(h), Some(p)) = (h, p) {
+            if h == "0" {
+                return p.to_string();
+            }
+            if first.is_none() && p != "/" {
+                first = Some(p.to_string());
+            }
+        }
+    }
+    first.unwrap_or_default()
+}
+
+/// Container id, Kubernetes pod uid and systemd unit from a cgroup path.
+pub fn cgroup_identity(cgroup: &str) -> (Option<String>, Option<String>, Option<String>) {
+    let mut container = None;
+    let mut pod = None;
+    let mut unit = None;
+    for comp in cgroup.split('/') {
+        let c = comp.trim_end_matches(".scope").trim_end_matches(".slice");
+        // docker-<64hex>.scope, cri-containerd-<64hex>.scope, crio-<64hex>.scope, or a bare <64hex>
+        let tail = c.rsplit('-').next().unwrap_or(c);
+        if tail.len() == 64 && tail.bytes().all(|b| b.is_ascii_hexdigit()) {
+            container = Some(tail.to_string());
+        }
+        if let Some(i) = c.find("pod") {
+            let id = c[i + 3..].replace('_', "-");
+            if id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                pod = Some(id);
+            }
+        }
+        if comp.ends_with(".service") {
+            unit = Some(comp.to_string());
+        }
+    }
+    (container, pod, unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_v2_preferred() {
+        let t = "12:cpu,cpuacct:/user.slice\n0::/system.slice/cron.service\n";
+        assert_eq!(unified_cgroup(t), "/system.slice/cron.service");
+        assert_eq!(cgroup_identity("/system.slice/cron.service").2.as_deref(), Some("cron.service"));
+    }
+    #[test]
+    fn kubernetes_and_docker_ids() {
+        let k = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_1111_2222_3333_444455556666.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+        let (c, p, _) = cgroup_identity(k);
+        assert_eq!(c.as_deref(), Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+        assert_eq!(p.as_deref(), Some("1b2c3d4e-1111-2222-3333-444455556666"));
+        let d = "/docker/fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+        assert!(cgroup_identity(d).0.is_some());
+        assert_eq!(cgroup_identity("/user.slice/user-1000.slice/session-3.scope"), (None, None, None));
+    }
+    #[test]
+    fn uid_from_status() {
+        assert_eq!(parse_status_uid("Name:\tx\nUid:\t1000\t1000\t1000\t1000\n"), Some(1000));
+    }
+}

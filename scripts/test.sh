@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every rigwatch test on a fresh machine: installs what the tests need
+# (Debian packages), then builds and runs the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v xz >/dev/null || need+=(xz-utils)
+command -v cc >/dev/null || need+=(gcc)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked

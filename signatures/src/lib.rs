@@ -1,0 +1,18 @@
+//! rigwatch-signatures: what a miner looks like and what a finding says.
+//!
+//! This crate does no OS I/O beyond reading rule files it is pointed at. It
+//! owns the rule format (see `RULES.md`), the compiled matchers, and the
+//! vocabulary shared by agent and collector: [`Evidence`], [`Severity`],
+//! [`Finding`].
+#![deny(missing_docs)]
+
+pub mod compiled;
+pub mod import;
+pub mod load;
+pub mod model;
+pub mod rules;
+
+pub use compiled::{ContentScanner, Signatures};
+pub use load::{load, Loaded};
+pub use model::{finding_id, score, Evidence, EvidenceKind, Finding, Origin, ProcessInfo, Severity, Weight};
+pub use rules::{Rule, RuleError, RuleKind};

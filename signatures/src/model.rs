@@ -1,0 +1,431 @@
+//! The shared vocabulary: what a finding says and how its evidence is scored.
+//!
+//! Agent and collector both speak these types; the JSON they serialise to is
+//! the contract with scripts (`rigwatch scan --json`) and with the collector.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// How sure a finding is. Ordered: `Suspicious < Likely < Confirmed`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Behaviour worth a look.
+    Suspicious,
+    /// Strong signs, one step short.
+    Likely,
+    /// A miner, beyond reasonable doubt.
+    Confirmed,
+}
+
+impl Severity {
+    /// The lowercase name used in JSON, metrics and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Suspicious => "suspicious",
+            Severity::Likely => "likely",
+            Severity::Confirmed => "confirmed",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one piece of evidence contributes to a finding's severity
+/// (see RULES.md, "Severity contribution").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Weight {
+    /// Context only; never raises a finding.
+    Info,
+    /// Odd origin or behaviour: suspicious together with sustained CPU/GPU use.
+    Suspicious,
+    /// Strong sign: likely with sustained use or another strong sign.
+    Likely,
+    /// Confirms a miner on its own.
+    Confirmed,
+}
+
+impl Weight {
+    /// The lowercase name used in rule files and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Weight::Info => "info",
+            Weight::Suspicious => "suspicious",
+            Weight::Likely => "likely",
+            Weight::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// How an executable's origin looks odd.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The file was deleted after the process started.
+    Deleted,
+    /// Fileless: run from a memfd.
+    Memfd,
+    /// A world-writable directory such as /tmp, /var/tmp or /dev/shm.
+    WritableDir,
+    /// A hidden (dot) directory.
+    DotDir,
+}
+
+/// One piece of evidence, with the rule that produced it (if any) and its
+/// contribution to the severity. Serialised flat: `{"kind": "...", ...}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Evidence {
+    /// What was seen.
+    #[serde(flatten)]
+    pub detail: EvidenceKind,
+    /// The signature rule that matched, for rule-based evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// What this evidence contributes to the severity.
+    pub weight: Weight,
+}
+
+impl Evidence {
+    /// Evidence produced by a rule.
+    pub fn from_rule(detail: EvidenceKind, rule: &str, weight: Weight) -> Self {
+        Evidence { detail, rule: Some(rule.to_string()), weight }
+    }
+    /// Evidence produced by a built-in heuristic.
+    pub fn heuristic(detail: EvidenceKind, weight: Weight) -> Self {
+        Evidence { detail, rule: None, weight }
+    }
+    /// The evidence kind's name, as in JSON.
+    pub fn kind(&self) -> &'static str {
+        self.detail.kind()
+    }
+    /// A one-line human summary for tables and alerts.
+    pub fn summary(&self) -> String {
+        self.detail.summary()
+    }
+}
+
+/// One variant per evidence kind in DESIGN.md.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum EvidenceKind {
+    /// A miner or campaign name, in comm, exe or argv[0].
+    ProcessName { name: String, field: String },
+    /// Something in the command line: a pool URL, a miner flag (maybe inside base64).
+    CommandLine { matched: String, base64: bool, pool_url: bool },
+    /// A wallet address in the command line, a pool login or a miner config.
+    Wallet { coin: String, address: String, source: String },
+    /// The executable's SHA-256 is a known miner.
+    BinaryHash { sha256: String, path: String },
+    /// Strings of a miner inside the executable (or its memory).
+    BinaryContent { strings: Vec<String>, path: String, source: String },
+    /// The executable runs from an odd place.
+    ExecutableOrigin { origin: Origin, path: String },
+    /// The process pretends to be something else.
+    Masquerade { reason: String, comm: String, exe: String, argv0: String },
+    /// Sustained CPU use over a window.
+    Cpu { cores: f64, window_seconds: f64 },
+    /// Sustained GPU use over a window.
+    Gpu {
+        gpu: String,
+        utilization_percent: f64,
+        memory_bytes: u64,
+        window_seconds: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler: Option<String>,
+    },
+    /// A connection to a pool: known address, pool port, or an address a pool name resolved to.
+    PoolConnection {
+        remote: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+    },
+    /// A DNS query or answer for a pool domain.
+    Dns { name: String, answers: Vec<String> },
+    /// A TLS ClientHello naming a pool domain.
+    TlsSni { server_name: String, remote: String },
+    /// The mining protocol itself, seen on the wire.
+    Stratum {
+        dialect: String,
+        method: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        login: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
+        remote: String,
+    },
+    /// A process hidden from the /proc listing.
+    HiddenProcess { how: String },
+    /// A preload library (ld.so.preload, LD_PRELOAD, mapped into the process).
+    Preload { library: String, source: String },
+    /// A persistence entry (cron, systemd, rc, authorized_keys).
+    Persistence { path: String, entry: String },
+    /// A miner configuration file with pools or wallets.
+    MinerConfig { path: String, pools: Vec<String>, wallets: Vec<String>, keys: Vec<String> },
+    /// A known pool domain in the command line or a config.
+    PoolDomain { domain: String, source: String },
+}
+
+impl EvidenceKind {
+    /// The snake_case kind name used in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EvidenceKind::ProcessName { .. } => "process_name",
+            EvidenceKind::CommandLine { .. } => "command_line",
+            EvidenceKind::Wallet { .. } => "wallet",
+            EvidenceKind::BinaryHash { .. } => "binary_hash",
+            EvidenceKind::BinaryContent { .. } => "binary_content",
+            EvidenceKind::ExecutableOrigin { .. } => "executable_origin",
+            EvidenceKind::Masquerade { .. } => "masquerade",
+            EvidenceKind::Cpu { .. } => "cpu",
+            EvidenceKind::Gpu { .. } => "gpu",
+            EvidenceKind::PoolConnection { .. } => "pool_connection",
+            EvidenceKind::Dns { .. } => "dns",
+            EvidenceKind::TlsSni { .. } => "tls_sni",
+            EvidenceKind::Stratum { .. } => "stratum",
+            EvidenceKind::HiddenProcess { .. } => "hidden_process",
+            EvidenceKind::Preload { .. } => "preload",
+            EvidenceKind::Persistence { .. } => "persistence",
+            EvidenceKind::MinerConfig { .. } => "miner_config",
+            EvidenceKind::PoolDomain { .. } => "pool_domain",
+        }
+    }
+
+    /// A one-line human summary.
+    pub fn summary(&self) -> String {
+        use EvidenceKind::*;
+        match self {
+            ProcessName { name, field } => format!("miner name {name:?} in {field}"),
+            CommandLine { matched, base64, .. } => {
+                format!("command line has {matched:?}{}", if *base64 { " (base64)" } else { "" })
+            }
+            Wallet { coin, address, source } => format!("{coin} wallet {} in {source}", short(address)),
+            BinaryHash { sha256, .. } => format!("binary sha256 {} is a known miner", short(sha256)),
+            BinaryContent { strings, source, .. } => {
+                format!("{source} holds miner strings {}", strings.join(", "))
+            }
+            ExecutableOrigin { origin, path } => format!("runs from {origin:?} location {path}"),
+            Masquerade { reason, .. } => format!("masquerade: {reason}"),
+            Cpu { cores, window_seconds } => format!("{cores:.2} cores over {window_seconds:.0}s"),
+            Gpu { gpu, utilization_percent, memory_bytes, .. } => format!(
+                "GPU {gpu}: {utilization_percent:.0}% util, {} MiB",
+                memory_bytes / (1024 * 1024)
+            ),
+            PoolConnection { remote, reason, .. } => format!("connection to {remote} ({reason})"),
+            Dns { name, .. } => format!("DNS for pool {name}"),
+            TlsSni { server_name, .. } => format!("TLS SNI {server_name}"),
+            Stratum { dialect, method, remote, .. } => format!("stratum {dialect} {method} with {remote}"),
+            HiddenProcess { how } => format!("hidden process: {how}"),
+            Preload { library, source } => format!("preload {library} ({source})"),
+            Persistence { path, entry } => format!("persistence {path}: {entry}"),
+            MinerConfig { path, pools, .. } => format!("miner config {path} pools {}", pools.join(", ")),
+            PoolDomain { domain, source } => format!("pool domain {domain} in {source}"),
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() > 20 {
+        let head: String = s.chars().take(12).collect();
+        format!("{head}…")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Scores a process's evidence into a severity (RULES.md, "Severity contribution").
+/// `None` means no finding: for example a busy compiler with only CPU evidence.
+pub fn score(evidence: &[Evidence]) -> Option<Severity> {
+    if evidence.iter().any(|e| e.weight == Weight::Confirmed) {
+        return Some(Severity::Confirmed);
+    }
+    let pool = evidence.iter().any(|e| match &e.detail {
+        EvidenceKind::CommandLine { pool_url, .. } => *pool_url,
+        EvidenceKind::PoolDomain { .. } => true,
+        EvidenceKind::MinerConfig { pools, .. } => !pools.is_empty(),
+        _ => false,
+    });
+    let wallet = evidence.iter().any(|e| match &e.detail {
+        EvidenceKind::Wallet { .. } => true,
+        EvidenceKind::MinerConfig { wallets, .. } => !wallets.is_empty(),
+        _ => false,
+    });
+    if pool && wallet {
+        return Some(Severity::Confirmed);
+    }
+    let active = evidence
+        .iter()
+        .any(|e| matches!(e.detail, EvidenceKind::Cpu { .. } | EvidenceKind::Gpu { .. }));
+    let strong: BTreeSet<&str> =
+        evidence.iter().filter(|e| e.weight == Weight::Likely).map(|e| e.kind()).collect();
+    if !strong.is_empty() && (active || strong.len() >= 2) {
+        return Some(Severity::Likely);
+    }
+    if !strong.is_empty() {
+        return Some(Severity::Suspicious);
+    }
+    let odd = evidence.iter().any(|e| e.weight == Weight::Suspicious);
+    let hidden = evidence.iter().any(|e| matches!(e.detail, EvidenceKind::HiddenProcess { .. }));
+    if (odd && active) || hidden {
+        return Some(Severity::Suspicious);
+    }
+    None
+}
+
+/// What the agent knows of a process, as a finding reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[allow(missing_docs)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Start time in clock ticks after boot: with pid, the process's identity.
+    pub start_time: u64,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    pub user: String,
+    pub uid: u32,
+    pub cwd: String,
+    pub cgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_unit: Option<String>,
+}
+
+/// A miner (or a suspect) on a host, with every piece of evidence.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Finding {
+    /// Stable id: the same process on the same host always has the same id.
+    pub id: String,
+    /// The scored severity.
+    pub severity: Severity,
+    /// The host name.
+    pub host: String,
+    /// The process id (absent for findings from offline captures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// What the process is.
+    pub process: ProcessInfo,
+    /// All evidence, strongest first.
+    pub evidence: Vec<Evidence>,
+    /// Cores used over the last window, if measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+    /// Unix seconds when first and last seen.
+    pub first_seen: u64,
+    /// Unix seconds when last seen.
+    pub last_seen: u64,
+}
+
+impl Finding {
+    /// Builds a finding from a process and its evidence, or `None` when the
+    /// evidence does not add up to one. Evidence is sorted strongest first.
+    pub fn assess(host: &str, process: ProcessInfo, mut evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
+        let severity = score(&evidence)?;
+        evidence.sort_by(|a, b| b.weight.cmp(&a.weight));
+        let cpu_cores = evidence.iter().find_map(|e| match e.detail {
+            EvidenceKind::Cpu { cores, .. } => Some(cores),
+            _ => None,
+        });
+        Some(Finding {
+            id: finding_id(host, process.pid, process.start_time),
+            severity,
+            host: host.to_string(),
+            pid: Some(process.pid),
+            process,
+            evidence,
+            cpu_cores,
+            first_seen: now,
+            last_seen: now,
+        })
+    }
+}
+
+/// The stable id of a process's finding: a hash of host, pid and start time,
+/// so a reused pid never shares an id with an earlier process.
+pub fn finding_id(host: &str, pid: u32, start_time: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(host.as_bytes());
+    h.update([0]);
+    h.update(pid.to_le_bytes());
+    h.update(start_time.to_le_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(detail: EvidenceKind, w: Weight) -> Evidence {
+        Evidence::heuristic(detail, w)
+    }
+    fn cpu() -> Evidence {
+        ev(EvidenceKind::Cpu { cores: 1.0, window_seconds: 5.0 }, Weight::Info)
+    }
+    fn name() -> Evidence {
+        ev(EvidenceKind::ProcessName { name: "xmrig".into(), field: "comm".into() }, Weight::Likely)
+    }
+    fn origin() -> Evidence {
+        ev(EvidenceKind::ExecutableOrigin { origin: Origin::Deleted, path: "/tmp/x".into() }, Weight::Suspicious)
+    }
+
+    #[test]
+    fn busy_alone_is_nothing() {
+        assert_eq!(score(&[cpu()]), None);
+    }
+    #[test]
+    fn odd_origin_needs_activity() {
+        assert_eq!(score(&[origin()]), None);
+        assert_eq!(score(&[origin(), cpu()]), Some(Severity::Suspicious));
+    }
+    #[test]
+    fn strong_sign_needs_activity_or_a_second_kind() {
+        assert_eq!(score(&[name()]), Some(Severity::Suspicious));
+        assert_eq!(score(&[name(), cpu()]), Some(Severity::Likely));
+        let flag = ev(
+            EvidenceKind::CommandLine { matched: "--donate-level".into(), base64: false, pool_url: false },
+            Weight::Likely,
+        );
+        assert_eq!(score(&[name(), flag]), Some(Severity::Likely));
+    }
+    #[test]
+    fn pool_and_wallet_confirm() {
+        let url = ev(
+            EvidenceKind::CommandLine { matched: "stratum+tcp://".into(), base64: false, pool_url: true },
+            Weight::Likely,
+        );
+        let w = ev(
+            EvidenceKind::Wallet { coin: "monero".into(), address: "4...".into(), source: "cmdline".into() },
+            Weight::Likely,
+        );
+        assert_eq!(score(&[url.clone()]), Some(Severity::Suspicious));
+        assert_eq!(score(&[url, w]), Some(Severity::Confirmed));
+    }
+    #[test]
+    fn evidence_serialises_flat_with_kind() {
+        let j = serde_json::to_value(name()).unwrap();
+        assert_eq!(j["kind"], "process_name");
+        assert_eq!(j["name"], "xmrig");
+        assert_eq!(j["weight"], "likely");
+        let back: Evidence = serde_json::from_value(j).unwrap();
+        assert_eq!(back, name());
+    }
+    #[test]
+    fn ids_differ_by_start_time() {
+        assert_ne!(finding_id("h", 10, 1), finding_id("h", 10, 2));
+        assert_eq!(finding_id("h", 10, 1), finding_id("h", 10, 1));
+    }
+}

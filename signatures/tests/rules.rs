@@ -1,0 +1,173 @@
+//! The shipped rule set loads and every rule's examples pass; the rule
+//! format reports errors with file and line; matchers behave at the edges.
+
+use rigwatch_signatures::load::{check_files, load, parse_path};
+use rigwatch_signatures::rules::{parse_file, RuleKind, Spec};
+use rigwatch_signatures::{EvidenceKind, Signatures, Weight};
+use std::path::PathBuf;
+
+fn no_lists(_: &str) -> Result<String, String> {
+    Err("no lists here".into())
+}
+
+fn compile(text: &str) -> Signatures {
+    let f = parse_file("t.toml", text, &no_lists).unwrap_or_else(|e| panic!("{e:?}"));
+    Signatures::compile(f.rules).unwrap()
+}
+
+#[test]
+fn every_shipped_rule_loads_and_passes_its_examples() {
+    let l = load(&[], true);
+    assert!(l.errors.is_empty(), "bundled set has errors: {:#?}", l.errors);
+    let errs = l.signatures.check_examples();
+    assert!(errs.is_empty(), "examples fail:\n{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"));
+    let rules = l.signatures.rules();
+    for r in rules {
+        assert!(!r.examples.hit.is_empty() || r.kind == RuleKind::Allow, "{} has no hit example", r.id);
+    }
+    for s in &l.sources {
+        assert!(!s.meta.source.trim().is_empty(), "{} does not say where its indicators came from", s.file);
+    }
+    let count = |k: RuleKind| rules.iter().filter(|r| r.kind == k).map(|r| r.entries()).sum::<usize>();
+    assert!(count(RuleKind::PoolDomain) >= 300, "several hundred pool domains, got {}", count(RuleKind::PoolDomain));
+    assert!(count(RuleKind::ProcessName) >= 30, "miner and campaign names");
+    assert!(count(RuleKind::Cmdline) >= 10);
+    assert!(count(RuleKind::Wallet) >= 4);
+    assert!(count(RuleKind::BinaryContent) >= 8);
+    assert!(count(RuleKind::PoolPort) >= 10);
+    assert!(count(RuleKind::Stratum) >= 10);
+}
+
+#[test]
+fn errors_name_file_and_line() {
+    let text = "[[rule]]\nid = \"ok.one\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames = [\"a\"]\nexamples = { hit = [\"a\"] }\n\n\
+                [[rule]]\nid = \"bad.regex\"\nkind = \"cmdline\"\nseverity = \"likely\"\nregexes = [\"(unclosed\"]\nexamples = { hit = [\"x\"] }\n";
+    let e = parse_file("rules/x.toml", text, &no_lists).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].path, "rules/x.toml");
+    assert_eq!(e[0].line, 9, "the line of the bad rule's id");
+    assert!(e[0].message.contains("bad regex"), "{}", e[0].message);
+    assert!(e[0].to_string().starts_with("rules/x.toml:9: "));
+
+    let syntax = "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \n";
+    let e = parse_file("s.toml", syntax, &no_lists).unwrap_err();
+    assert_eq!(e[0].line, 4, "{e:?}");
+
+    let unknown = "[[rule]]\nid = \"x\"\nkind = \"process_nam\"\nseverity = \"likely\"\n";
+    let e = parse_file("k.toml", unknown, &no_lists).unwrap_err();
+    assert!(e[0].message.contains("process_nam"), "{e:?}");
+    assert_eq!(e[0].line, 3);
+
+    let misplaced = "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"a\"]\nports=[1]\nexamples={hit=[\"a\"]}\n";
+    let e = parse_file("m.toml", misplaced, &no_lists).unwrap_err();
+    assert!(e[0].message.contains("`ports` does not belong"), "{e:?}");
+
+    let dup = "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"a\"]\nexamples={hit=[\"a\"]}\n[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"b\"]\nexamples={hit=[\"b\"]}\n";
+    let e = parse_file("d.toml", dup, &no_lists).unwrap_err();
+    assert!(e[0].message.contains("duplicate") && e[0].line == 8, "{e:?}");
+
+    let no_examples = "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"a\"]\n";
+    assert!(parse_file("n.toml", no_examples, &no_lists).unwrap_err()[0].message.contains("examples.hit"));
+}
+
+#[test]
+fn failing_examples_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.toml");
+    std::fs::write(&p, "[[rule]]\nid = \"n\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"xmrig\"]\nexamples={hit=[\"xmrig\"], miss=[\"XMRIG\"]}\n").unwrap();
+    let (count, errs) = check_files(&[p.clone()]);
+    assert_eq!(count, 1);
+    assert_eq!(errs.len(), 1, "case-insensitive names: the miss example matches");
+    assert!(errs[0].to_string().contains("should not match"), "{}", errs[0]);
+    assert!(errs[0].to_string().starts_with(&format!("{}:2:", p.display())));
+}
+
+#[test]
+fn directories_override_and_broken_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = load(&[], true);
+    let some = base.signatures.rules().iter().find(|r| r.kind == RuleKind::ProcessName).unwrap().clone();
+    // override: same id, a different name
+    std::fs::write(
+        dir.path().join("10-override.toml"),
+        format!("[[rule]]\nid = \"{}\"\nkind = \"process_name\"\nseverity = \"suspicious\"\nnames=[\"zzminer\"]\nexamples={{hit=[\"zzminer\"]}}\n", some.id),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("20-broken.toml"), "[[rule]\nthis is not toml").unwrap();
+    std::fs::write(dir.path().join("30-list.toml"), "[[rule]]\nid=\"site.pools\"\nkind=\"pool_domain\"\nseverity=\"likely\"\nlists=[\"site.txt\"]\nexamples={hit=[\"a.pool.internal.example\"]}\n").unwrap();
+    std::fs::write(dir.path().join("site.txt"), "# site list\n0.0.0.0 pool.internal.example\n").unwrap();
+    let l = load(&[dir.path().to_path_buf()], false);
+    assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+    assert!(l.errors[0].path.ends_with("20-broken.toml") && l.errors[0].line == 1);
+    let r = l.signatures.rules().iter().find(|r| r.id == some.id).unwrap();
+    assert_eq!(r.severity, Weight::Suspicious);
+    assert!(matches!(&r.spec, Spec::ProcessName { names } if names == &vec!["zzminer".to_string()]));
+    assert_eq!(l.signatures.rules().len(), base.signatures.rules().len() + 1, "override replaces, list rule adds");
+    assert!(l.signatures.pool_domain("x.a.pool.internal.example").is_none(), "suffix match needs the whole domain");
+    assert!(l.signatures.pool_domain("a.pool.internal.example").is_none());
+    assert!(l.signatures.pool_domain("deep.pool.internal.example").is_some());
+    // the bundled rules are still in force
+    assert!(l.signatures.pool_domain("pool.supportxmr.com").is_some());
+    // a missing directory is an error unless allowed
+    assert_eq!(load(&[PathBuf::from("/nonexistent/rigwatch")], false).errors.len(), 1);
+    assert!(load(&[PathBuf::from("/nonexistent/rigwatch")], true).errors.is_empty());
+    assert!(parse_path(&dir.path().join("nope.toml")).unwrap_err()[0].message.contains("cannot read"));
+}
+
+#[test]
+fn content_strings_are_found_across_chunk_seams() {
+    let s = compile(
+        "[[rule]]\nid=\"c\"\nkind=\"binary_content\"\nseverity=\"confirmed\"\nstrings=[\"donate.v2.xmrig.com\", \"xmrig.com\", \"mining.subscribe\"]\nmin_matches=3\nexamples={hit=[\"donate.v2.xmrig.com mining.subscribe\"]}\n",
+    );
+    let text = b"....donate.v2.xmrig.com.....mining.subscribe....";
+    for cut in 1..text.len() {
+        let mut sc = s.content_scanner();
+        sc.feed(&text[..cut]);
+        sc.feed(&text[cut..]);
+        let hits = sc.finish();
+        assert_eq!(hits.len(), 1, "cut at {cut}");
+        assert_eq!(hits[0].1.len(), 3, "a string inside another is found too (cut {cut})");
+    }
+    let mut sc = s.content_scanner();
+    sc.feed(b"xmrig.com only");
+    assert!(sc.finish().is_empty(), "1 of 3 is not enough");
+}
+
+#[test]
+fn wallets_are_found_inside_logins_and_checked() {
+    let s = load(&[], true).signatures;
+    let xmr = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+    let ev = s.wallets_in(&format!("-u {xmr}.rig01+50000"), "cmdline");
+    assert!(ev.iter().any(|e| matches!(&e.detail, EvidenceKind::Wallet { coin, address, .. } if coin == "monero" && address == xmr)));
+    // the Bitcoin genesis address passes its checksum; one changed character does not
+    assert!(!s.wallets_in("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", "t").is_empty());
+    assert!(s.wallets_in("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNb", "t").is_empty());
+    assert!(s.wallets_in("git commit 3f786850e387550fdab836ed7e6dc881de23001b", "t").is_empty());
+}
+
+#[test]
+fn base64_command_lines_are_decoded() {
+    let s = load(&[], true).signatures;
+    use base64::Engine;
+    let inner = "nohup ./x -o stratum+tcp://pool.supportxmr.com:443 -k --donate-level 1";
+    for prefix in ["", "a", "ab"] {
+        let enc = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{inner}"));
+        let ev = s.scan_cmdline(&format!("bash -c echo {enc}|base64 -d|bash"));
+        assert!(
+            ev.iter().any(|e| matches!(&e.detail, EvidenceKind::CommandLine { base64: true, pool_url: true, .. })),
+            "prefix {prefix:?}: {ev:?}"
+        );
+    }
+    // ordinary base64-looking tokens decode to nothing useful and raise nothing
+    assert!(s.scan_cmdline("tar czf backup-QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo.tgz /srv").is_empty());
+}
+
+#[test]
+fn domain_suffix_matching_is_at_label_boundaries() {
+    let s = load(&[], true).signatures;
+    assert!(s.pool_domain("pool.supportxmr.com").is_some());
+    assert!(s.pool_domain("POOL.SUPPORTXMR.COM.").is_some(), "case and trailing dot");
+    assert!(s.pool_domain("notsupportxmr.com").is_none());
+    assert!(s.pool_domain("github.com").is_none());
+    assert!(s.pool_domain("com").is_none());
+}

@@ -1,0 +1,139 @@
+//! The harmless simulators rigwatch's tests run: `minersim` (a miner look-alike)
+//! and `busysim` (the same disguises with no miner strings). Shared code here.
+//!
+//! It mines nothing and never touches the network. It looks like a miner to
+//! a detector: its binary carries XMRig-like strings, it accepts XMRig-like
+//! flags, and it can wear each disguise real miners use — a prctl rename,
+//! a deleted binary, a memfd (fileless) re-exec, a copy in /dev/shm, a
+//! config file given with `-c` — while burning one core for a bounded time.
+//!
+//! Usage: minersim [--rename NAME] [--self-delete] [--memfd] [--shm NAME]
+//!                 [--burn SECONDS] [--idle SECONDS] [--nice N] [-c FILE]
+//!                 [xmrig-like flags such as -o URL -u WALLET --donate-level 1]
+//! It prints `ready PID` on stdout once disguised, then burns or idles, then exits.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// The longest any simulation may run, whatever it is asked.
+pub const MAX_SECONDS: f64 = 600.0;
+
+/// Runs a simulator with `args`; `strings` are what `--strings` prints (and
+/// so what the binary that passes them carries).
+pub fn run(mut args: Vec<String>, strings: &[&str]) {
+    if args.iter().any(|a| a == "--strings") {
+        for s in strings {
+            println!("{s}");
+        }
+        return;
+    }
+    if let Some(name) = take_value(&mut args, "--shm") {
+        reexec_from_copy(&format!("/dev/shm/{name}"), &args);
+    }
+    if take_flag(&mut args, "--memfd") {
+        reexec_from_memfd(&args);
+    }
+    if let Some(name) = take_value(&mut args, "--rename") {
+        set_name(&name);
+    }
+    if take_flag(&mut args, "--self-delete") {
+        if let Ok(exe) = std::fs::read_link("/proc/self/exe") {
+            let _ = std::fs::remove_file(exe);
+        }
+    }
+    if let Some(n) = take_value(&mut args, "--nice") {
+        let n: i32 = n.parse().unwrap_or(19);
+        unsafe { libc_nice(n) };
+    }
+    let burn: f64 = take_value(&mut args, "--burn").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let idle: f64 = take_value(&mut args, "--idle").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    // -c / --config: read the miner config like XMRig would (and ignore it).
+    let config = take_value(&mut args, "-c").or_else(|| take_value(&mut args, "--config"));
+    if let Some(c) = &config {
+        let _ = std::fs::read(c);
+    }
+    // the remaining args are xmrig-like flags: accepted, echoed, ignored.
+    println!("ready {}", std::process::id());
+    let _ = std::io::stdout().flush();
+    if burn > 0.0 {
+        burn_one_core(burn.min(MAX_SECONDS));
+    }
+    if idle > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(idle.min(MAX_SECONDS)));
+    }
+    if std::env::var_os("MINERSIM_VERBOSE").is_some() {
+        eprintln!("minersim: done ({} args ignored, {} strings)", args.len(), strings.len());
+    }
+}
+
+fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != flag);
+    args.len() != before
+}
+
+fn take_value(args: &mut Vec<String>, flag: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == flag)?;
+    if i + 1 >= args.len() {
+        return None;
+    }
+    let v = args.remove(i + 1);
+    args.remove(i);
+    Some(v)
+}
+
+fn set_name(name: &str) {
+    let c = CString::new(name).expect("no NUL in name");
+    // PR_SET_NAME = 15
+    unsafe { prctl(15, c.as_ptr() as usize, 0, 0, 0) };
+}
+
+fn burn_one_core(seconds: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    while Instant::now() < end {
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        std::hint::black_box(x);
+    }
+}
+
+/// Copies this binary to `path` and executes the copy with `args`.
+fn reexec_from_copy(path: &str, args: &[String]) -> ! {
+    let me = std::fs::read("/proc/self/exe").expect("read self");
+    std::fs::write(path, me).expect("write copy");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    exec(path, path, args)
+}
+
+/// Copies this binary into a memfd and executes it from there (fileless).
+fn reexec_from_memfd(args: &[String]) -> ! {
+    let me = std::fs::read("/proc/self/exe").expect("read self");
+    let name = CString::new("kworker").unwrap();
+    let fd = nix::sys::memfd::memfd_create(&name, nix::sys::memfd::MemFdCreateFlag::empty()).expect("memfd_create");
+    let mut f = std::fs::File::from(fd);
+    f.write_all(&me).expect("write memfd");
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+    exec(&path, "sim", args)
+}
+
+fn exec(path: &str, argv0: &str, args: &[String]) -> ! {
+    let p = CString::new(path).unwrap();
+    let mut argv = vec![CString::new(argv0).unwrap()];
+    argv.extend(args.iter().map(|a| CString::new(a.as_str()).unwrap()));
+    let e = nix::unistd::execv(&p, &argv).unwrap_err();
+    eprintln!("minersim: exec {path}: {e}");
+    std::process::exit(3)
+}
+
+extern "C" {
+    fn prctl(option: i32, arg2: usize, arg3: usize, arg4: usize, arg5: usize) -> i32;
+    #[link_name = "nice"]
+    fn libc_nice(inc: i32) -> i32;
+}
