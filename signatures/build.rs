@@ -1,6 +1,8 @@
 //! Embeds every file under rules/ (rule files and list files) into the crate.
 use std::{env, fs, path::Path};
 
+const MASK: u8 = 0xA5;
+
 fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
     let mut entries: Vec<_> = fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
     entries.sort();
@@ -20,10 +22,18 @@ fn main() {
     if root.is_dir() {
         walk(&root, &root, &mut files);
     }
-    let mut src = String::from("/// Every bundled rule and list file: (path under rules/, contents).\npub static BUNDLED: &[(&str, &str)] = &[\n");
-    for f in &files {
+    // The files are stored XOR-masked so that the strings the content rules
+    // look for never appear literally in rigwatch's own binaries (else the
+    // agent would match its own executable).
+    let out = Path::new(&env::var("OUT_DIR").unwrap()).join("bundled");
+    fs::create_dir_all(&out).unwrap();
+    let mut src = String::from("/// Every bundled rule and list file: (path under rules/, XOR-masked contents).\nstatic BUNDLED_MASKED: &[(&str, &[u8])] = &[\n");
+    for (i, f) in files.iter().enumerate() {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
-        src.push_str(&format!("    ({f:?}, include_str!({:?})),\n", root.join(f).display().to_string()));
+        let masked: Vec<u8> = fs::read(root.join(f)).unwrap().iter().map(|b| b ^ MASK).collect();
+        let dst = out.join(format!("{i}.bin"));
+        fs::write(&dst, masked).unwrap();
+        src.push_str(&format!("    ({f:?}, include_bytes!({:?})),\n", dst.display().to_string()));
     }
     src.push_str("];\n");
     fs::write(Path::new(&env::var("OUT_DIR").unwrap()).join("bundled.rs"), src).unwrap();

@@ -9,6 +9,17 @@ use std::path::{Path, PathBuf};
 
 include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
 
+/// The bundled rule and list files, unmasked: (path under rules/, text).
+pub fn bundled() -> &'static [(&'static str, String)] {
+    static FILES: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        BUNDLED_MASKED
+            .iter()
+            .map(|(n, b)| (*n, String::from_utf8_lossy(&b.iter().map(|x| x ^ 0xA5).collect::<Vec<u8>>()).into_owned()))
+            .collect()
+    })
+}
+
 /// Where a loaded file came from and what it holds.
 #[derive(Debug, Clone)]
 pub struct SourceInfo {
@@ -37,10 +48,10 @@ fn parse_bundled(name: &str, text: &str) -> Result<crate::rules::RuleFile, Vec<R
     let dir = Path::new(name).parent().unwrap_or(Path::new("")).to_path_buf();
     let read = move |l: &str| -> Result<String, String> {
         let want = dir.join(l);
-        BUNDLED
+        bundled()
             .iter()
             .find(|(n, _)| Path::new(n) == want)
-            .map(|(_, t)| t.to_string())
+            .map(|(_, t)| t.clone())
             .ok_or_else(|| "not in the bundled set".to_string())
     };
     parse_file(&format!("bundled:{name}"), text, &read)
@@ -91,7 +102,7 @@ pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
             Err(e) => errors.extend(e),
         }
     };
-    for (name, text) in BUNDLED.iter().filter(|(n, _)| n.ends_with(".toml")) {
+    for (name, text) in bundled().iter().filter(|(n, _)| n.ends_with(".toml")) {
         add(format!("bundled:{name}"), parse_bundled(name, text), &mut errors);
     }
     for dir in dirs {

@@ -77,6 +77,18 @@ pub enum Origin {
     DotDir,
 }
 
+impl Origin {
+    /// The snake_case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Deleted => "deleted",
+            Origin::Memfd => "memfd",
+            Origin::WritableDir => "writable_dir",
+            Origin::DotDir => "dot_dir",
+        }
+    }
+}
+
 /// One piece of evidence, with the rule that produced it (if any) and its
 /// contribution to the severity. Serialised flat: `{"kind": "...", ...}`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -213,7 +225,7 @@ impl EvidenceKind {
             BinaryContent { strings, source, .. } => {
                 format!("{source} holds miner strings {}", strings.join(", "))
             }
-            ExecutableOrigin { origin, path } => format!("runs from {origin:?} location {path}"),
+            ExecutableOrigin { origin, path } => format!("runs from a {} location: {path}", origin.as_str()),
             Masquerade { reason, .. } => format!("masquerade: {reason}"),
             Cpu { cores, window_seconds } => format!("{cores:.2} cores over {window_seconds:.0}s"),
             Gpu { gpu, utilization_percent, memory_bytes, .. } => format!(

@@ -103,9 +103,10 @@ fn directories_override_and_broken_files_are_skipped() {
     assert_eq!(r.severity, Weight::Suspicious);
     assert!(matches!(&r.spec, Spec::ProcessName { names } if names == &vec!["zzminer".to_string()]));
     assert_eq!(l.signatures.rules().len(), base.signatures.rules().len() + 1, "override replaces, list rule adds");
-    assert!(l.signatures.pool_domain("x.a.pool.internal.example").is_none(), "suffix match needs the whole domain");
-    assert!(l.signatures.pool_domain("a.pool.internal.example").is_none());
-    assert!(l.signatures.pool_domain("deep.pool.internal.example").is_some());
+    assert!(l.signatures.pool_domain("x.a.pool.internal.example").is_some(), "any subdomain matches");
+    assert!(l.signatures.pool_domain("pool.internal.example").is_some());
+    assert!(l.signatures.pool_domain("internal.example").is_none(), "a parent does not");
+    assert!(l.signatures.pool_domain("apool.internal.example").is_none(), "suffix match is at label boundaries");
     // the bundled rules are still in force
     assert!(l.signatures.pool_domain("pool.supportxmr.com").is_some());
     // a missing directory is an error unless allowed

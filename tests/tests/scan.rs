@@ -80,9 +80,9 @@ fn busy() -> std::sync::MutexGuard<'static, ()> {
     BUSY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn scan(extra: &[&str]) -> (i32, Value) {
+fn scan(window: &str, extra: &[&str]) -> (i32, Value) {
     let out = Command::new(rigwatch())
-        .args(["scan", "--json", "--window", "3", "--cpu-threshold", "0.05", "--no-default-signatures"])
+        .args(["scan", "--json", "--window", window, "--cpu-threshold", "0.05", "--no-default-signatures"])
         .args(extra)
         .output()
         .expect("run rigwatch scan");
@@ -121,7 +121,7 @@ fn miner_simulator_in_every_disguise() {
     let b_memfd = start("busysim", None, &["--memfd", "--burn", "20"], None);
     let b_shm = start("busysim", None, &["--shm", "rigwatch-test-sysd", "--burn", "20"], None);
     let b_named = start("busysim", Some("xmrig"), &["--burn", "20"], None);
-    let (code, v) = scan(&[]);
+    let (code, v) = scan("3", &[]);
     let _ = std::fs::remove_file("/dev/shm/rigwatch-test-sysd");
     assert_eq!(code, 1, "exit status 1 when something is found");
     assert!(v["host"].is_string());
@@ -189,7 +189,7 @@ fn config_only_miners() {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let beside_pid = child.id();
-    let (_, v) = scan(&[]);
+    let (_, v) = scan("3", &[]);
     let _ = child.kill();
     let _ = child.wait();
 
@@ -233,7 +233,7 @@ fn benign_busy_programs_stay_below_likely() {
         progs.push(c);
     }
     let pids: Vec<u32> = progs.iter().map(|c| c.id()).collect();
-    let (_, v) = scan(&[]);
+    let (_, v) = scan("3", &[]);
     for p in progs.iter_mut() {
         let _ = p.kill();
         let _ = p.wait();
@@ -254,7 +254,7 @@ fn benign_busy_programs_stay_below_likely() {
 #[test]
 fn fixture_tree_json_and_exit_codes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/proc");
-    let (code, v) = scan(&["--proc-root", root.to_str().unwrap(), "--window", "0"]);
+    let (code, v) = scan("0", &["--proc-root", root.to_str().unwrap()]);
     assert_eq!(code, 1);
     let f = must(&v, 1001, "fixture xmrig");
     assert_eq!(f["severity"], "confirmed");
@@ -271,7 +271,7 @@ fn fixture_tree_json_and_exit_codes() {
     assert!(table.contains("confirmed") && table.contains("xmrig"), "{table}");
     assert!(!table.contains('\x1b'), "no raw escape codes from process names in the table");
     // min-severity filters; a missing proc root is an error (2)
-    let (code, v) = scan(&["--proc-root", root.to_str().unwrap(), "--window", "0", "--min-severity", "confirmed"]);
+    let (code, v) = scan("0", &["--proc-root", root.to_str().unwrap(), "--min-severity", "confirmed"]);
     assert_eq!(code, 1);
     assert!(v["findings"].as_array().unwrap().iter().all(|f| f["severity"] == "confirmed"));
     let out = Command::new(rigwatch()).args(["scan", "--proc-root", "/nonexistent-rigwatch", "--window", "0"]).output().unwrap();

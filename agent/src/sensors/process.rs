@@ -289,7 +289,7 @@ pub fn cgroup_identity(cgroup: &str) -> (Option<String>, Option<String>, Option<
         if tail.len() == 64 && tail.bytes().all(|b| b.is_ascii_hexdigit()) {
             container = Some(tail.to_string());
         }
-        if let Some(i) = c.find("pod") {
+        if let Some(i) = c.rfind("pod") {
             let id = c[i + 3..].replace('_', "-");
             if id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
                 pod = Some(id);
