@@ -31,6 +31,21 @@ enum Command {
     /// used over the window; reads each executable once (hash and content
     /// signatures) and miner config files while it waits.
     Scan(ScanArgs),
+    /// Check files against the hash and content signatures (an analyst's
+    /// look at a suspicious binary). Exit status 1 when any file matches.
+    Inspect {
+        /// Files to read.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print JSON lines, one per file.
+        #[arg(long)]
+        json: bool,
+        /// Most bytes read of each file.
+        #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+        max_bytes: u64,
+        #[command(flatten)]
+        sig: SigDirs,
+    },
     /// Check, list or import signatures.
     #[command(subcommand)]
     Signatures(SigCommand),
@@ -97,6 +112,12 @@ enum SigCommand {
         #[command(flatten)]
         sig: SigDirs,
     },
+    /// Print the binary content rules as YARA rules (same strings, same
+    /// N-of-M conditions), for use with other scanners.
+    ExportYara {
+        #[command(flatten)]
+        sig: SigDirs,
+    },
     /// Convert a public indicator list into a rigwatch list file (stdout).
     ///
     /// Formats: `domains` (one per line, also Adblock `||d^`), `hosts`
@@ -121,6 +142,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Scan(a) => run_scan(a),
+        Command::Inspect { files, json, max_bytes, sig } => run_inspect(&files, json, max_bytes, &sig),
         Command::Signatures(c) => run_signatures(c),
     };
     match res {
@@ -188,8 +210,50 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     Ok(if report.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+fn run_inspect(files: &[PathBuf], json: bool, cap: u64, s: &SigDirs) -> anyhow::Result<ExitCode> {
+    let (sig, warnings) = load_signatures(s)?;
+    for w in &warnings {
+        eprintln!("rigwatch: {w}");
+    }
+    let mut any = false;
+    let mut errors = 0;
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        let shown = f.display().to_string();
+        let res = std::fs::File::open(f).and_then(|mut r| {
+            let mut total = 0;
+            rigwatch_agent::sensors::binary::scan_reader(&sig, &mut r, cap, &shown, &mut total)
+        });
+        match res {
+            Ok(v) => {
+                any |= !v.evidence.is_empty();
+                if json {
+                    let j = serde_json::json!({"file": shown, "sha256": hex::encode(v.sha256), "truncated": v.truncated, "evidence": v.evidence});
+                    writeln!(out, "{j}")?;
+                } else if v.evidence.is_empty() {
+                    writeln!(out, "{}  clean  {}", hex::encode(v.sha256), output::clean(&shown, 200))?;
+                } else {
+                    for e in &v.evidence {
+                        writeln!(out, "{}  {}  {}  [{}]", hex::encode(v.sha256), e.weight.as_str(), output::clean(&e.summary(), 200), e.rule.as_deref().unwrap_or(""))?;
+                    }
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("rigwatch: {shown}: {e}");
+            }
+        }
+    }
+    Ok(if errors > 0 { ExitCode::from(2) } else if any { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
     match c {
+        SigCommand::ExportYara { sig } => {
+            let loaded = load::load(&sig_dirs(&sig), true);
+            print!("{}", rigwatch_signatures::compiled::to_yara(loaded.signatures.rules()));
+            Ok(ExitCode::SUCCESS)
+        }
         SigCommand::Check { paths, sig } => {
             let (count, errors) = if paths.is_empty() {
                 let loaded = load::load(&sig_dirs(&sig), true);

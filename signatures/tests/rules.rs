@@ -172,3 +172,51 @@ fn domain_suffix_matching_is_at_label_boundaries() {
     assert!(s.pool_domain("github.com").is_none());
     assert!(s.pool_domain("com").is_none());
 }
+
+#[test]
+fn content_scanner_agrees_with_a_naive_search() {
+    // every bundled content string, planted at pseudo-random places in noise,
+    // fed in pseudo-random chunk sizes: the scanner finds exactly what a naive
+    // substring search finds, rule by rule.
+    let s = load(&[], true).signatures;
+    let strings: Vec<(String, Vec<String>, usize)> = s
+        .rules()
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::BinaryContent { strings, min_matches } => Some((r.id.clone(), strings.clone(), *min_matches)),
+            _ => None,
+        })
+        .collect();
+    let all: Vec<&String> = strings.iter().flat_map(|(_, v, _)| v).collect();
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut rnd = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    for round in 0..40 {
+        let mut buf: Vec<u8> = (0..20_000).map(|_| b"abcdxmrigstratum./-: \x00"[rnd(22)]).collect();
+        for _ in 0..rnd(12) {
+            let p = all[rnd(all.len())].as_bytes();
+            let at = rnd(buf.len() - p.len());
+            buf[at..at + p.len()].copy_from_slice(p);
+        }
+        let mut sc = s.content_scanner();
+        let mut i = 0;
+        while i < buf.len() {
+            let n = 1 + rnd(3000);
+            sc.feed(&buf[i..(i + n).min(buf.len())]);
+            i += n;
+        }
+        let got: Vec<(String, usize)> = sc.finish().into_iter().map(|(r, v)| (r.id.clone(), v.len())).collect();
+        let want: Vec<(String, usize)> = strings
+            .iter()
+            .filter_map(|(id, v, min)| {
+                let n = v.iter().filter(|p| buf.windows(p.len()).any(|w| w == p.as_bytes())).count();
+                (n >= *min).then(|| (id.clone(), n))
+            })
+            .collect();
+        assert_eq!(got, want, "round {round}");
+    }
+}

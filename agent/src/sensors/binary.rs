@@ -127,10 +127,8 @@ impl Sensor for BinarySensor {
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         self.denied = 0;
         self.by_proc.retain(|k, _| snap.procs.contains_key(k));
-        let mut keys: Vec<&ProcKey> = snap.procs.keys().collect();
-        keys.sort();
-        for key in keys {
-            let p = &snap.procs[key];
+        let want_hash = self.sig.has_hash_allowlist();
+        for (key, p) in &snap.procs {
             if p.kernel_thread {
                 continue;
             }
@@ -151,7 +149,9 @@ impl Sensor for BinarySensor {
                     }
                 }
             };
-            out.push(Observation::BinarySha256(*key, v.sha256));
+            if want_hash {
+                out.push(Observation::BinarySha256(*key, v.sha256));
+            }
             out.extend(v.evidence.iter().map(|e| Observation::Evidence(*key, e.clone())));
         }
         Ok(())

@@ -185,10 +185,7 @@ impl Sensor for MinerConfigSensor {
 
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         self.done.retain(|k, _| snap.procs.contains_key(k));
-        let mut keys: Vec<&ProcKey> = snap.procs.keys().collect();
-        keys.sort();
-        for key in keys {
-            let p = &snap.procs[key];
+        for (key, p) in &snap.procs {
             if p.kernel_thread {
                 continue;
             }

@@ -5,10 +5,16 @@
 //! cgroup, user) is read once; a known process costs one read of `stat`.
 //! `cmdline` is never read from a process in state D (uninterruptible): that
 //! read can block on the target's memory lock.
+//!
+//! The hot path: the `stat` file of each known process stays open and is
+//! re-read with `pread` (no path lookup, no open/close), and only the fields
+//! needed are parsed. An open `stat` file is bound to its process: once the
+//! process exits the read fails, so a reused pid is never mistaken for the
+//! old process. The parser is checked against procfs's on this host's /proc.
 
-use procfs::FromRead;
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -102,10 +108,67 @@ impl Snapshot {
     }
 }
 
+/// The fields of `/proc/PID/stat` the sensor uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatFields {
+    /// comm (lossy UTF-8).
+    pub comm: String,
+    /// State letter.
+    pub state: char,
+    /// Parent pid.
+    pub ppid: i64,
+    /// Kernel flags (PF_*).
+    pub flags: u64,
+    /// User time, ticks.
+    pub utime: u64,
+    /// System time, ticks.
+    pub stime: u64,
+    /// Nice.
+    pub nice: i64,
+    /// Threads.
+    pub threads: i64,
+    /// Start time, ticks after boot.
+    pub starttime: u64,
+    /// Scheduling policy.
+    pub policy: u32,
+}
+
+/// Parses the fields rigwatch needs from a `stat` line. comm may hold any
+/// byte but NUL, spaces and parentheses included: it ends at the last `)`.
+pub fn parse_stat(buf: &[u8]) -> Option<StatFields> {
+    let open = buf.iter().position(|&b| b == b'(')?;
+    let close = buf.iter().rposition(|&b| b == b')')?;
+    if close < open {
+        return None;
+    }
+    let comm = String::from_utf8_lossy(&buf[open + 1..close]).into_owned();
+    let rest = buf.get(close + 2..)?;
+    let mut f = rest.split(|&b| b == b' ' || b == b'\n');
+    let mut nth = |n: usize| -> Option<&[u8]> { f.nth(n) };
+    let num = |b: &[u8]| -> Option<i64> { std::str::from_utf8(b).ok()?.parse().ok() };
+    let state = *nth(0)?.first()? as char; // field 3
+    let ppid = num(nth(0)?)?; // 4
+    let flags = num(nth(4)?)? as u64; // 9
+    let utime = num(nth(4)?)? as u64; // 14
+    let stime = num(nth(0)?)? as u64; // 15
+    let nice = num(nth(3)?)?; // 19
+    let threads = num(nth(0)?)?; // 20
+    let starttime = num(nth(1)?)? as u64; // 22
+    let policy = nth(18).and_then(num).unwrap_or(0) as u32; // 41
+    Some(StatFields { comm, state, ppid, flags, utime, stime, nice, threads, starttime, policy })
+}
+
+struct Entry {
+    key: ProcKey,
+    stat: Option<std::fs::File>,
+}
+
 /// The process sensor.
 pub struct ProcessSensor {
     root: PathBuf,
     known: HashMap<ProcKey, Arc<ProcStatic>>,
+    open: HashMap<u32, Entry>,
+    max_open: usize,
     users: HashMap<u32, String>,
     buf: Vec<u8>,
     path: PathBuf,
@@ -118,8 +181,10 @@ impl ProcessSensor {
         ProcessSensor {
             root: root.to_path_buf(),
             known: HashMap::new(),
+            open: HashMap::new(),
+            max_open: open_file_budget(),
             users: HashMap::new(),
-            buf: Vec::with_capacity(1024),
+            buf: vec![0; 1024],
             path: PathBuf::new(),
             ticks: procfs::ticks_per_second().max(1),
         }
@@ -148,20 +213,36 @@ impl ProcessSensor {
             }
         }
         self.known.retain(|k, _| procs.contains_key(k));
+        self.open.retain(|pid, e| procs.contains_key(&e.key) && e.key.pid == *pid);
         Ok(Snapshot { at: Instant::now(), procs, ticks_per_second: self.ticks })
     }
 
     /// Reads one process by pid (used by the listing and by exec events).
     pub fn read_one(&mut self, pid: u32) -> Option<Proc> {
-        self.path.clear();
-        self.path.push(&self.root);
-        self.path.push(itoa(pid));
-        self.path.push("stat");
-        self.buf.clear();
-        std::fs::File::open(&self.path).ok()?.read_to_end(&mut self.buf).ok()?;
-        let stat = procfs::process::Stat::from_read(&self.buf[..]).ok()?;
+        let held = self.open.get(&pid).and_then(|e| {
+            let f = e.stat.as_ref()?;
+            let n = f.read_at(&mut self.buf, 0).ok().filter(|&n| n > 0 && n < self.buf.len())?;
+            parse_stat(&self.buf[..n]).filter(|s| s.starttime == e.key.start_time)
+        });
+        let stat = match held {
+            Some(s) => s,
+            None => {
+                self.open.remove(&pid);
+                self.path.clear();
+                self.path.push(&self.root);
+                self.path.push(itoa(pid));
+                self.path.push("stat");
+                let mut f = std::fs::File::open(&self.path).ok()?;
+                let mut v = Vec::with_capacity(512);
+                (&mut f).take(64 * 1024).read_to_end(&mut v).ok()?;
+                let s = parse_stat(&v)?;
+                let keep = self.open.len() < self.max_open;
+                self.open.insert(pid, Entry { key: ProcKey { pid, start_time: s.starttime }, stat: keep.then_some(f) });
+                s
+            }
+        };
         let key = ProcKey { pid, start_time: stat.starttime };
-        let kernel_thread = stat.flags & PF_KTHREAD != 0;
+        let kernel_thread = stat.flags & PF_KTHREAD as u64 != 0;
         let fixed = match self.known.get(&key) {
             Some(f) if f.argv_read || kernel_thread || stat.state == 'D' => f.clone(),
             _ => {
@@ -175,9 +256,9 @@ impl ProcessSensor {
             ppid: stat.ppid.max(0) as u32,
             comm: stat.comm,
             state: stat.state,
-            threads: stat.num_threads,
+            threads: stat.threads,
             nice: stat.nice,
-            policy: stat.policy.unwrap_or(0),
+            policy: stat.policy,
             cpu_ticks: stat.utime + stat.stime,
             kernel_thread,
             fixed,
@@ -233,6 +314,16 @@ impl ProcessSensor {
             })
             .clone()
     }
+}
+
+/// How many `stat` files may stay open: the soft open-file limit is raised
+/// to the hard one, and a quarter of it (at most 65,536) goes to the sensor.
+fn open_file_budget() -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 0 };
+    let target = hard.min(1 << 20);
+    let soft = if soft < target && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() { target } else { soft };
+    ((soft / 4) as usize).min(65_536)
 }
 
 fn itoa(n: u32) -> String {
@@ -322,6 +413,41 @@ mod tests {
         assert!(cgroup_identity(d).0.is_some());
         assert_eq!(cgroup_identity("/user.slice/user-1000.slice/session-3.scope"), (None, None, None));
     }
+    #[test]
+    fn stat_parser_agrees_with_procfs_on_this_host() {
+        use procfs::FromRead;
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(buf) = std::fs::read(e.path().join("stat")) else { continue };
+            let ours = parse_stat(&buf).expect("parses");
+            let theirs = procfs::process::Stat::from_read(&buf[..]).unwrap();
+            assert_eq!(ours.comm, theirs.comm);
+            assert_eq!(ours.state, theirs.state);
+            assert_eq!(ours.ppid, theirs.ppid as i64);
+            assert_eq!(ours.flags, theirs.flags as u64);
+            assert_eq!((ours.utime, ours.stime), (theirs.utime, theirs.stime));
+            assert_eq!((ours.nice, ours.threads), (theirs.nice, theirs.num_threads));
+            assert_eq!(ours.starttime, theirs.starttime);
+            assert_eq!(Some(ours.policy), theirs.policy);
+            n += 1;
+        }
+        assert!(n > 3);
+    }
+
+    #[test]
+    fn stat_parser_takes_hostile_comms_and_rejects_garbage() {
+        let line = b"42 (a) (b) x\n ) S 1 42 42 0 -1 4194560 1 0 0 0 7 3 0 0 20 5 2 0 999 1 1 1 1 1 1 1 1 1 1 1 1 1 17 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.comm, "a) (b) x\n ");
+        assert_eq!((s.state, s.ppid, s.utime, s.stime, s.nice, s.threads, s.starttime), ('S', 1, 7, 3, 5, 2, 999));
+        for bad in [&b""[..], b"42 (x", b"42 x) S", b"42 (x) S 1"] {
+            assert!(parse_stat(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
     #[test]
     fn uid_from_status() {
         assert_eq!(parse_status_uid("Name:\tx\nUid:\t1000\t1000\t1000\t1000\n"), Some(1000));
