@@ -5,7 +5,7 @@
 
 use crate::sensors::{Observation, Proc, ProcKey, Snapshot};
 use crate::sensors::process::cgroup_identity;
-use rigwatch_signatures::{Evidence, EvidenceKind, Finding, Origin, ProcessInfo, Signatures, Weight};
+use rigwatch_signatures::{Evidence, EvidenceKind, Finding, FlowInfo, Origin, ProcessInfo, Signatures, Weight};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -63,11 +63,15 @@ impl Detector {
     pub fn assess(&mut self, prev: Option<&Snapshot>, cur: &Snapshot, observations: &[Observation], now: u64) -> Vec<Finding> {
         let mut extra: HashMap<ProcKey, Vec<Evidence>> = HashMap::new();
         let mut hashes: HashMap<ProcKey, [u8; 32]> = HashMap::new();
+        let mut flows: std::collections::BTreeMap<(String, String, bool), Vec<Evidence>> = Default::default();
         for o in observations {
             match o {
                 Observation::Evidence(k, e) => extra.entry(*k).or_default().push(e.clone()),
                 Observation::BinarySha256(k, h) => {
                     hashes.insert(*k, *h);
+                }
+                Observation::Flow(f) => {
+                    flows.entry((f.client.to_string(), f.server.to_string(), f.tcp)).or_default().push(f.evidence.clone())
                 }
             }
         }
@@ -89,6 +93,7 @@ impl Detector {
             }
             if let Some(x) = extra.remove(key) {
                 ev.extend(x);
+                ev = dedup(ev);
             }
             if ev.is_empty() {
                 continue;
@@ -100,6 +105,10 @@ impl Detector {
             if let Some(f) = Finding::assess(&self.host, info, ev, now) {
                 findings.push(f);
             }
+        }
+        for ((client, server, tcp), ev) in flows {
+            let flow = FlowInfo { client, server, transport: if tcp { "tcp" } else { "udp" }.into() };
+            findings.extend(Finding::for_flow(&self.host, flow, dedup(ev), now));
         }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
         findings
@@ -115,6 +124,17 @@ impl Detector {
         self.own.insert(p.key, (p.comm.clone(), ev.clone()));
         ev
     }
+}
+
+/// Drops repeated evidence (the same flow seen by two sensors, a line seen twice).
+pub fn dedup(ev: Vec<Evidence>) -> Vec<Evidence> {
+    let mut out: Vec<Evidence> = Vec::with_capacity(ev.len());
+    for e in ev {
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    out
 }
 
 fn round2(x: f64) -> f64 {

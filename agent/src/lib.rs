@@ -5,6 +5,8 @@
 //! daemon's sinks).
 
 pub mod detector;
+pub mod net;
 pub mod output;
+pub mod pcap;
 pub mod scan;
 pub mod sensors;

@@ -46,6 +46,19 @@ enum Command {
         #[command(flatten)]
         sig: SigDirs,
     },
+    /// Classify the flows of pcap/pcapng captures taken elsewhere: stratum
+    /// dialects, TLS SNI and DNS for pool domains. Same JSON shape as scan,
+    /// with each finding's `flow` instead of a pid. Exit 1 when found.
+    Pcap {
+        /// Capture files (pcap or pcapng).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sig: SigDirs,
+    },
     /// Check, list or import signatures.
     #[command(subcommand)]
     Signatures(SigCommand),
@@ -82,6 +95,12 @@ struct ScanArgs {
     /// Most bytes read of each executable.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     max_binary_bytes: u64,
+    /// Do not capture packets during the window (stratum, TLS SNI, DNS).
+    #[arg(long)]
+    no_capture: bool,
+    /// Do not look at sockets (connections to pool addresses and ports).
+    #[arg(long)]
+    no_sockets: bool,
     #[command(flatten)]
     sig: SigDirs,
 }
@@ -143,6 +162,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Scan(a) => run_scan(a),
         Command::Inspect { files, json, max_bytes, sig } => run_inspect(&files, json, max_bytes, &sig),
+        Command::Pcap { files, json, sig } => run_pcap(&files, json, &sig),
         Command::Signatures(c) => run_signatures(c),
     };
     match res {
@@ -184,7 +204,11 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
         proc_root: a.proc_root.clone(),
         window: Duration::from_secs_f64(a.window),
         detector: rigwatch_agent::detector::DetectorConfig { cpu_cores_threshold: a.cpu_threshold, ..Default::default() },
-        sensors: rigwatch_agent::sensors::SensorOptions { max_binary_bytes: a.max_binary_bytes },
+        sensors: rigwatch_agent::sensors::SensorOptions {
+            max_binary_bytes: a.max_binary_bytes,
+            capture: !a.no_capture,
+            sockets: !a.no_sockets,
+        },
     };
     let tty = std::io::stderr().is_terminal();
     let progress = |m: &str| {
@@ -245,6 +269,32 @@ fn run_inspect(files: &[PathBuf], json: bool, cap: u64, s: &SigDirs) -> anyhow::
         }
     }
     Ok(if errors > 0 { ExitCode::from(2) } else if any { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn run_pcap(files: &[PathBuf], json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> {
+    let (sig, warnings) = load_signatures(s)?;
+    let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let r = rigwatch_agent::pcap::read_files(&paths, &sig, &scan::host_name(), scan::unix_now())?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut w: Vec<String> = warnings;
+        if r.skipped > 0 {
+            w.push(format!("{} of {} packets were not TCP/UDP over IP and were skipped", r.skipped, r.packets));
+        }
+        let j = serde_json::json!({"host": scan::host_name(), "findings": r.findings, "packets": r.packets, "warnings": w});
+        serde_json::to_writer_pretty(&mut out, &j)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{} packets, {} findings", r.packets, r.findings.len())?;
+        for f in &r.findings {
+            let flow = f.flow.as_ref().map(|x| format!("{} -> {} ({})", x.client, x.server, x.transport)).unwrap_or_default();
+            writeln!(out, "\n[{}] {}", f.severity, flow)?;
+            for e in &f.evidence {
+                writeln!(out, "    {:<10} {:<12} {}", e.weight.as_str(), e.kind(), output::clean(&e.summary(), 200))?;
+            }
+        }
+    }
+    Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {

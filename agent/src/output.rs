@@ -78,6 +78,10 @@ fn paint(sev: &str, color: bool) -> String {
 
 fn row(o: &mut String, f: &Finding, color: bool) {
     let p = &f.process;
+    if let Some(fl) = &f.flow {
+        let _ = writeln!(o, "{} {:>7}  {:<12} {:<16} {:>6}  {} -> {} ({})", paint(f.severity.as_str(), color), "-", "-", "(flow)", "-", fl.client, fl.server, fl.transport);
+        return;
+    }
     let cpu = f.cpu_cores.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into());
     let _ = writeln!(
         o,
@@ -93,8 +97,12 @@ fn row(o: &mut String, f: &Finding, color: bool) {
 
 fn detail(o: &mut String, f: &Finding) {
     let p = &f.process;
-    let _ = writeln!(o, "[{}] {} pid {} ({}) id {}", f.severity, clean(&p.comm, 32), p.pid, clean(&p.user, 32), f.id);
-    let _ = writeln!(o, "    cmdline  {}", clean(&p.cmdline, 160));
+    if let Some(fl) = &f.flow {
+        let _ = writeln!(o, "[{}] flow {} -> {} ({}), process not found, id {}", f.severity, fl.client, fl.server, fl.transport, f.id);
+    } else {
+        let _ = writeln!(o, "[{}] {} pid {} ({}) id {}", f.severity, clean(&p.comm, 32), p.pid, clean(&p.user, 32), f.id);
+        let _ = writeln!(o, "    cmdline  {}", clean(&p.cmdline, 160));
+    }
     if !p.cgroup.is_empty() {
         let _ = writeln!(o, "    cgroup   {}", clean(&p.cgroup, 160));
     }

@@ -429,7 +429,7 @@ impl ContentScanner<'_> {
         }
         // merge the windows around hits, then search each merged window once
         let mut window: Option<(usize, usize)> = None;
-        let mut scan = |w: (usize, usize), found: &mut Vec<bool>| {
+        let scan = |w: (usize, usize), found: &mut Vec<bool>| {
             for o in ac.find_overlapping_iter(&chunk[w.0..w.1]) {
                 found[o.pattern().as_usize()] = true;
             }

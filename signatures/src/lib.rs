@@ -14,5 +14,5 @@ pub mod rules;
 
 pub use compiled::{ContentScanner, Signatures};
 pub use load::{load, Loaded};
-pub use model::{finding_id, score, Evidence, EvidenceKind, Finding, Origin, ProcessInfo, Severity, Weight};
+pub use model::{finding_id, score, Evidence, EvidenceKind, Finding, FlowInfo, Origin, ProcessInfo, Severity, Weight};
 pub use rules::{Rule, RuleError, RuleKind};

@@ -332,6 +332,10 @@ pub struct Finding {
     pub process: ProcessInfo,
     /// All evidence, strongest first.
     pub evidence: Vec<Evidence>,
+    /// The flow, for network findings with no process (offline captures,
+    /// flows whose socket could not be found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowInfo>,
     /// Cores used over the last window, if measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
@@ -358,7 +362,45 @@ impl Finding {
             pid: Some(process.pid),
             process,
             evidence,
+            flow: None,
             cpu_cores,
+            first_seen: now,
+            last_seen: now,
+        })
+    }
+}
+
+/// A network flow, from the miner's side.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FlowInfo {
+    /// The client (miner) endpoint.
+    pub client: String,
+    /// The server (pool) endpoint.
+    pub server: String,
+    /// "tcp" or "udp".
+    pub transport: String,
+}
+
+impl Finding {
+    /// A finding about a flow with no known process.
+    pub fn for_flow(host: &str, flow: FlowInfo, mut evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
+        let severity = score(&evidence)?;
+        evidence.sort_by(|a, b| b.weight.cmp(&a.weight));
+        let id = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(format!("{host}\0{}\0{}\0{}", flow.client, flow.server, flow.transport));
+            hex::encode(&h.finalize()[..8])
+        };
+        Some(Finding {
+            id,
+            severity,
+            host: host.to_string(),
+            pid: None,
+            process: ProcessInfo::default(),
+            evidence,
+            flow: Some(flow),
+            cpu_cores: None,
             first_seen: now,
             last_seen: now,
         })

@@ -6,8 +6,10 @@
 //! which config file to read). Their observations go to the detector.
 
 pub mod binary;
+pub mod capture;
 pub mod minerconfig;
 pub mod process;
+pub mod sockets;
 
 use rigwatch_signatures::{Evidence, Signatures};
 use std::sync::Arc;
@@ -21,6 +23,9 @@ pub enum Observation {
     Evidence(ProcKey, Evidence),
     /// The SHA-256 of the process's executable (for the allowlist).
     BinarySha256(ProcKey, [u8; 32]),
+    /// Network evidence whose process could not be found (the flow ended,
+    /// or its socket lives in another network namespace).
+    Flow(crate::net::shared::FlowFinding),
 }
 
 /// An error that stops one sensor's pass, never the agent.
@@ -58,18 +63,31 @@ pub trait Sensor: Send {
 pub struct SensorOptions {
     /// Most bytes of an executable read for hashing and content matching.
     pub max_binary_bytes: u64,
+    /// Watch sockets (sock_diag or the proc root's net files).
+    pub sockets: bool,
+    /// Capture packets (AF_PACKET; needs CAP_NET_RAW).
+    pub capture: bool,
 }
 
 impl Default for SensorOptions {
     fn default() -> Self {
-        SensorOptions { max_binary_bytes: 64 * 1024 * 1024 }
+        SensorOptions { max_binary_bytes: 64 * 1024 * 1024, sockets: true, capture: true }
     }
 }
 
-/// The registration list: every sensor that looks at processes, in order.
+/// The registration list: every sensor, in the order a pass runs them.
+/// The capture sensor starts its thread here.
 pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &SensorOptions) -> Vec<Box<dyn Sensor>> {
-    vec![
+    let shared = Arc::new(crate::net::shared::NetShared::default());
+    let mut v: Vec<Box<dyn Sensor>> = vec![
         Box::new(binary::BinarySensor::new(sig.clone(), proc_root, opts.max_binary_bytes)),
-        Box::new(minerconfig::MinerConfigSensor::new(sig, proc_root)),
-    ]
+        Box::new(minerconfig::MinerConfigSensor::new(sig.clone(), proc_root)),
+    ];
+    if opts.capture {
+        v.push(Box::new(capture::CaptureSensor::start(sig.clone(), proc_root, shared.clone())));
+    }
+    if opts.sockets {
+        v.push(Box::new(sockets::SocketSensor::new(sig, proc_root, shared)));
+    }
+    v
 }

@@ -1,0 +1,10 @@
+//! Pure, I/O-free parsers for what the network sensor sees on the wire:
+//! mining protocols (`stratum`), TLS ClientHello server names (`tls`) and
+//! DNS messages (`dns`). Every parser takes bytes, returns owned values and
+//! never panics, whatever the input (each has a fuzz target under `fuzz/`).
+
+pub mod dns;
+pub mod flows;
+pub mod shared;
+pub mod stratum;
+pub mod tls;

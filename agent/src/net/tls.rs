@@ -1,0 +1,309 @@
+//! The server name (SNI) of a TLS ClientHello, from the first bytes of the
+//! client direction of a TCP flow.
+//!
+//! Records are read with `tls-parser`; a ClientHello split over several
+//! handshake records (or several TCP segments) is put back together first.
+//! Only plausible host names are returned: lowercased, made of letters,
+//! digits, `-`, `_` and `.`, labels of 1 to 63 bytes, 253 bytes at most, so
+//! hostile input never yields control characters or other odd bytes.
+
+use std::borrow::Cow;
+use tls_parser::{parse_tls_extension_sni_content, parse_tls_handshake_client_hello, SNIType, TlsExtension};
+
+/// Largest TLS record body allowed (2^14 plus the expansion TLS 1.2 allows).
+const MAX_RECORD: usize = 16384 + 2048;
+/// Largest ClientHello accepted (real ones, post-quantum key shares
+/// included, stay under 4 KiB).
+const MAX_HELLO: usize = 64 * 1024;
+
+/// Why no server name could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// The bytes do not start with a TLS handshake record.
+    #[error("not a TLS handshake record")]
+    NotTls,
+    /// A TLS handshake record, but more bytes are needed to read the
+    /// ClientHello (a record split across segments).
+    #[error("incomplete TLS record: more bytes needed")]
+    Incomplete,
+    /// A TLS handshake, but its first message is not a ClientHello (e.g. the
+    /// server direction).
+    #[error("TLS handshake is not a ClientHello")]
+    NotClientHello,
+    /// A ClientHello that cannot be parsed.
+    #[error("malformed TLS ClientHello")]
+    Malformed,
+}
+
+/// Whether the bytes start like a TLS handshake record: `0x16 0x03 0x00..=0x04`.
+pub fn is_tls_record_start(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x16, 0x03, 0x00..=0x04, ..])
+}
+
+/// The server name of the ClientHello at the start of `bytes`.
+///
+/// - `Ok(Some(name))`: a ClientHello with a plausible host name in its
+///   server_name extension (lowercased, trailing dot removed);
+/// - `Ok(None)`: a ClientHello without SNI, or whose SNI is not a plausible
+///   host name;
+/// - `Err(TlsError::NotTls)`: not a TLS handshake record;
+/// - `Err(TlsError::Incomplete)`: more bytes are needed;
+/// - `Err(TlsError::NotClientHello)` / `Err(TlsError::Malformed)`: a TLS
+///   handshake that is not a (readable) ClientHello.
+///
+/// ```
+/// use rigwatch_agent::net::tls::{client_hello_sni, TlsError};
+/// assert_eq!(client_hello_sni(b"GET / HTTP/1.1\r\n"), Err(TlsError::NotTls));
+/// assert_eq!(client_hello_sni(&[0x16, 0x03, 0x01, 0x02]), Err(TlsError::Incomplete));
+/// ```
+pub fn client_hello_sni(bytes: &[u8]) -> Result<Option<String>, TlsError> {
+    let body = handshake_message(bytes)?;
+    let (_, hello) = parse_tls_handshake_client_hello(&body).map_err(|_| TlsError::Malformed)?;
+    let Some(ext) = hello.ext else {
+        return Ok(None);
+    };
+    Ok(sni_from_extensions(ext))
+}
+
+/// Reassemble the first handshake message from consecutive handshake
+/// records and return the ClientHello body (after the 4-byte handshake
+/// header): borrowed when it sits in one record (nearly always), copied
+/// when it is fragmented over several.
+fn handshake_message(bytes: &[u8]) -> Result<Cow<'_, [u8]>, TlsError> {
+    let mut rest = bytes;
+    let mut msg: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        let bad = if first { TlsError::NotTls } else { TlsError::Malformed };
+        match rest {
+            [] => return Err(TlsError::Incomplete),
+            [t, ..] if *t != 0x16 => return Err(bad),
+            [_, v, ..] if *v != 0x03 => return Err(bad),
+            [_, _, m, ..] if *m > 0x04 => return Err(bad),
+            _ => {}
+        }
+        let (Some(&hi), Some(&lo)) = (rest.get(3), rest.get(4)) else {
+            return Err(TlsError::Incomplete);
+        };
+        let len = u16::from_be_bytes([hi, lo]) as usize;
+        if len == 0 || len > MAX_RECORD {
+            return Err(bad);
+        }
+        let avail = rest.get(5..).unwrap_or_default();
+        // the message type is known as soon as its first byte is there
+        if msg.is_empty() && avail.first().is_some_and(|&t| t != 0x01) {
+            return Err(TlsError::NotClientHello);
+        }
+        let Some(frag) = avail.get(..len) else {
+            return Err(TlsError::Incomplete);
+        };
+        if first {
+            if let Some(body) = complete_message(frag)? {
+                return frag.get(4..4 + body).map(Cow::Borrowed).ok_or(TlsError::Malformed);
+            }
+        }
+        msg.extend_from_slice(frag);
+        if let Some(body) = complete_message(&msg)? {
+            msg.truncate(4 + body);
+            msg.drain(..4);
+            return Ok(Cow::Owned(msg));
+        }
+        rest = rest.get(5 + len..).unwrap_or_default();
+        first = false;
+    }
+}
+
+/// Length of the ClientHello body when the message in `msg` is complete.
+fn complete_message(msg: &[u8]) -> Result<Option<usize>, TlsError> {
+    let [t, a, b, c, ..] = msg else {
+        return Ok(None);
+    };
+    if *t != 0x01 {
+        return Err(TlsError::NotClientHello);
+    }
+    let body = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+    if body > MAX_HELLO {
+        return Err(TlsError::Malformed);
+    }
+    Ok(if msg.len() >= 4 + body { Some(body) } else { None })
+}
+
+/// The first plausible host name in the server_name extension.
+fn sni_from_extensions(mut ext: &[u8]) -> Option<String> {
+    // Walk the extension framing by hand (type u16, length u16, data) so an
+    // extension the parser does not know cannot hide the server name.
+    while let [t0, t1, l0, l1, rest @ ..] = ext {
+        let len = u16::from_be_bytes([*l0, *l1]) as usize;
+        let data = rest.get(..len)?;
+        if [*t0, *t1] == [0, 0] {
+            let Ok((_, TlsExtension::SNI(names))) = parse_tls_extension_sni_content(data) else {
+                return None;
+            };
+            return names.iter().find(|(t, _)| *t == SNIType::HostName).and_then(|(_, n)| plausible_host(n));
+        }
+        ext = rest.get(len..)?;
+    }
+    None
+}
+
+/// The name, lowercased and without a trailing dot, if it is a plausible host name.
+fn plausible_host(raw: &[u8]) -> Option<String> {
+    let raw = raw.strip_suffix(b".").unwrap_or(raw);
+    if raw.is_empty() || raw.len() > 253 {
+        return None;
+    }
+    for label in raw.split(|&b| b == b'.') {
+        if label.is_empty() || label.len() > 63 {
+            return None;
+        }
+        if !label.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return None;
+        }
+    }
+    // only ASCII is left, so this cannot fail
+    String::from_utf8(raw.to_ascii_lowercase()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello from OpenSSL 3.0 (Python's ssl module) for "Pool.SupportXMR.com".
+    const OPENSSL_HELLO_SNI: &str = "1603010200010001fc0303b62a2c31f7115678b70e608229e81654adb9095a00c696d6afc8df329ee7f2df20481b9767f7240195117fd89430d6a3ef766b5461522c1333eb2a11f6f9b49b080024130213031301c02cc030c02bc02fcca9cca8c024c028c023c027009f009e006b006700ff0100018f000000180016000013506f6f6c2e537570706f7274584d522e636f6d000b000403000102000a00160014001d0017001e0019001801000101010201030104002300000016000000170000000d002a0028040305030603080708080809080a080b080408050806040105010601030303010302040205020602002b00050403040303002d00020101003300260024001d002074d0f756cf2c08aa583d3f5c5615f6861430c9a7de7010c11dfe0d62c4538643001500da0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+    /// The same client with no server name.
+    const OPENSSL_HELLO_NO_SNI: &str = "1603010200010001fc030387c6446d4bde39eaf2f25d964c782b6ca3698b665f67e24031424fb96863909420c3d8f5a892ddc648644c81b8898c1b82c894ec94085937df6e1485a36b5b93290024130213031301c02cc030c02bc02fcca9cca8c024c028c023c027009f009e006b006700ff0100018f000b000403000102000a00160014001d0017001e0019001801000101010201030104002300000016000000170000000d002a0028040305030603080708080809080a080b080408050806040105010601030303010302040205020602002b00050403040303002d00020101003300260024001d00207c63d7cc8a5599bc6910c3f84f2a74cef89d226210b428b18c5250d57779954c001500f6000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).expect("test hex")
+    }
+
+    fn sni_ext(name: &[u8]) -> Vec<u8> {
+        let n = name.len() as u16;
+        let mut e = vec![0x00, 0x00];
+        e.extend_from_slice(&(n + 5).to_be_bytes());
+        e.extend_from_slice(&(n + 3).to_be_bytes());
+        e.push(0x00);
+        e.extend_from_slice(&n.to_be_bytes());
+        e.extend_from_slice(name);
+        e
+    }
+
+    /// Handshake message (type 1) with a minimal TLS 1.2 ClientHello body.
+    fn hello_msg(exts: Option<&[u8]>) -> Vec<u8> {
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[0x42; 32]);
+        body.push(0); // session id
+        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // one cipher suite
+        body.extend_from_slice(&[0x01, 0x00]); // null compression
+        if let Some(e) = exts {
+            body.extend_from_slice(&(e.len() as u16).to_be_bytes());
+            body.extend_from_slice(e);
+        }
+        let mut m = vec![0x01];
+        m.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    fn record(payload: &[u8]) -> Vec<u8> {
+        let mut r = vec![0x16, 0x03, 0x01];
+        r.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        r.extend_from_slice(payload);
+        r
+    }
+
+    #[test]
+    fn openssl_client_hello_with_sni() {
+        let b = unhex(OPENSSL_HELLO_SNI);
+        assert_eq!(b.len(), 517);
+        assert!(is_tls_record_start(&b));
+        assert_eq!(client_hello_sni(&b), Ok(Some("pool.supportxmr.com".to_string())));
+        // followed by more data in the same buffer
+        let mut more = b.clone();
+        more.extend_from_slice(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01]);
+        assert_eq!(client_hello_sni(&more), Ok(Some("pool.supportxmr.com".to_string())));
+    }
+
+    #[test]
+    fn openssl_client_hello_without_sni() {
+        let b = unhex(OPENSSL_HELLO_NO_SNI);
+        assert_eq!(client_hello_sni(&b), Ok(None));
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        let b = unhex(OPENSSL_HELLO_SNI);
+        for i in 0..b.len() {
+            assert_eq!(client_hello_sni(&b[..i]), Err(TlsError::Incomplete), "prefix {i}");
+        }
+    }
+
+    #[test]
+    fn client_hello_fragmented_over_two_records() {
+        let msg = hello_msg(Some(&sni_ext(b"xmr-eu1.nanopool.org")));
+        let (a, b) = msg.split_at(30);
+        let mut bytes = record(a);
+        assert_eq!(client_hello_sni(&bytes), Err(TlsError::Incomplete));
+        bytes.extend_from_slice(&record(b));
+        assert_eq!(client_hello_sni(&bytes), Ok(Some("xmr-eu1.nanopool.org".to_string())));
+        // the second record is not a handshake record
+        let mut bad = record(a);
+        bad.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5]);
+        assert_eq!(client_hello_sni(&bad), Err(TlsError::Malformed));
+    }
+
+    #[test]
+    fn names_are_lowercased_and_trailing_dot_removed() {
+        let b = record(&hello_msg(Some(&sni_ext(b"Gulf.MoneroOcean.Stream."))));
+        assert_eq!(client_hello_sni(&b), Ok(Some("gulf.moneroocean.stream".to_string())));
+    }
+
+    #[test]
+    fn hostile_names_are_rejected() {
+        for name in [
+            &b"evil\x1b[31m.example.com"[..],
+            b"a\nb.example.com",
+            b"exa mple.com",
+            b"x..y",
+            b".",
+            b"\xc3\xa9t\xc3\xa9.fr",
+            &[b'a'; 64][..],
+        ] {
+            let b = record(&hello_msg(Some(&sni_ext(name))));
+            assert_eq!(client_hello_sni(&b), Ok(None), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn sni_after_unknown_extensions() {
+        let mut exts = vec![0xfa, 0xfa, 0x00, 0x00]; // GREASE, empty
+        exts.extend_from_slice(&[0x00, 0x17, 0x00, 0x00]); // extended master secret
+        exts.extend_from_slice(&[0x44, 0x69, 0x00, 0x03, 0x00, 0x01, 0x68]); // unknown, 3 bytes
+        exts.extend_from_slice(&sni_ext(b"stratum.example.net"));
+        let b = record(&hello_msg(Some(&exts)));
+        assert_eq!(client_hello_sni(&b), Ok(Some("stratum.example.net".to_string())));
+    }
+
+    #[test]
+    fn hello_without_extensions() {
+        let b = record(&hello_msg(None));
+        assert_eq!(client_hello_sni(&b), Ok(None));
+    }
+
+    #[test]
+    fn not_tls_and_not_client_hello() {
+        assert_eq!(client_hello_sni(b"{\"id\":1,\"method\":\"login\"}\n"), Err(TlsError::NotTls));
+        assert_eq!(client_hello_sni(&[0x16, 0x02, 0x01, 0x00, 0x10]), Err(TlsError::NotTls));
+        assert_eq!(client_hello_sni(&[0x16, 0x03, 0x09, 0x00, 0x10]), Err(TlsError::NotTls));
+        assert_eq!(client_hello_sni(&[0x16, 0x03, 0x01, 0x00, 0x00]), Err(TlsError::NotTls));
+        assert_eq!(client_hello_sni(&[0x16, 0x03, 0x01, 0xff, 0xff]), Err(TlsError::NotTls));
+        // ServerHello (type 2)
+        assert_eq!(client_hello_sni(&[0x16, 0x03, 0x03, 0x00, 0x50, 0x02, 0x00]), Err(TlsError::NotClientHello));
+        // a ClientHello whose body is garbage
+        let m = [0x01, 0x00, 0x00, 0x03, 0x03, 0x03, 0x00];
+        assert_eq!(client_hello_sni(&record(&m)), Err(TlsError::Malformed));
+        assert!(!is_tls_record_start(b"\x16\x03\x05"));
+        assert!(!is_tls_record_start(b"\x16\x03"));
+        assert!(is_tls_record_start(b"\x16\x03\x03"));
+    }
+}

@@ -1,0 +1,496 @@
+//! The capture sensor: one AF_PACKET socket on all interfaces (loopback
+//! included) with a classic BPF filter in the kernel, so that only candidate
+//! packets reach user space — TCP segments whose payload begins like a JSON
+//! line (`{`), a TLS handshake (0x16), an HTTP POST / PROXY line (`P`) or an
+//! HTTP response (`H`), TCP with payload on the Stratum V2 ports, and DNS —
+//! each cut to a bounded snap length. Bulk traffic never leaves the kernel.
+//!
+//! A thread reads the socket and feeds the flow table; what it finds is
+//! attributed to the client socket's inode at once (sock_diag exact lookup,
+//! while the socket still exists) and queued; `observe` maps inodes to
+//! processes. Without CAP_NET_RAW the sensor reports itself unavailable.
+
+use super::sockets::{sock_diag_lookup, InodeOwners};
+use super::{Observation, Sensor, SensorError, Snapshot};
+use crate::net::flows::{FlowEvent, FlowTable, Packet};
+use crate::net::shared::{FlowFinding, NetShared};
+use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+/// Bytes of each packet the kernel hands over.
+pub const SNAP_LEN: u32 = 4096;
+/// Stratum V2 ports (pool, translator proxy, job declaration).
+pub const SV2_PORTS: [u16; 3] = [34254, 34255, 34264];
+
+// classic BPF opcodes
+const LD_B_ABS: u16 = 0x30;
+const LD_H_ABS: u16 = 0x28;
+const LD_B_IND: u16 = 0x50;
+const LD_H_IND: u16 = 0x48;
+const LDX_B_MSH: u16 = 0xb1;
+const ALU_RSH_K: u16 = 0x74;
+const ALU_AND_K: u16 = 0x54;
+const ALU_ADD_X: u16 = 0x0c;
+const ALU_ADD_K: u16 = 0x04;
+const MISC_TAX: u16 = 0x07;
+const JEQ_K: u16 = 0x15;
+const JSET_K: u16 = 0x45;
+const RET_K: u16 = 0x06;
+
+enum Ins {
+    Op(u16, u32),
+    /// jump if A == k (or A & k for JSET) to label `t`, else to label `f`
+    J(u16, u32, &'static str, &'static str),
+    Label(&'static str),
+}
+
+/// The filter program (offsets relative to the network header: the socket
+/// is SOCK_DGRAM, so every interface looks the same).
+pub fn bpf_program() -> Vec<libc::sock_filter> {
+    use Ins::*;
+    let mut p = vec![
+        Op(LD_B_ABS, 0),
+        Op(ALU_RSH_K, 4),
+        J(JEQ_K, 4, "v4", "not4"),
+        Label("not4"),
+        J(JEQ_K, 6, "v6", "drop"),
+        // IPv4: no fragments past the first, then TCP or UDP
+        Label("v4"),
+        Op(LD_H_ABS, 6),
+        J(JSET_K, 0x1fff, "drop", "v4frag_ok"),
+        Label("v4frag_ok"),
+        Op(LD_B_ABS, 9),
+        J(JEQ_K, 17, "v4udp", "v4nudp"),
+        Label("v4nudp"),
+        J(JEQ_K, 6, "v4tcp", "drop"),
+        Label("v4udp"),
+        Op(LDX_B_MSH, 0),
+        Op(LD_H_IND, 0),
+        J(JEQ_K, 53, "keep", "v4udp_d"),
+        Label("v4udp_d"),
+        Op(LD_H_IND, 2),
+        J(JEQ_K, 53, "keep", "drop"),
+        Label("v4tcp"),
+        Op(LDX_B_MSH, 0), // X = IP header length
+        Op(LD_H_IND, 0),
+    ];
+    // TCP on a DNS or Stratum V2 port (either side): keep anything with payload
+    for (i, port) in [53u16, SV2_PORTS[0], SV2_PORTS[1], SV2_PORTS[2]].iter().enumerate() {
+        let next = ["v4s1", "v4s2", "v4s3", "v4s4"][i];
+        p.push(J(JEQ_K, *port as u32, "v4payload_any", next));
+        p.push(Label(next));
+    }
+    p.push(Op(LD_H_IND, 2));
+    for (i, port) in [53u16, SV2_PORTS[0], SV2_PORTS[1], SV2_PORTS[2]].iter().enumerate() {
+        let next = ["v4d1", "v4d2", "v4d3", "v4d4"][i];
+        p.push(J(JEQ_K, *port as u32, "v4payload_any", next));
+        p.push(Label(next));
+    }
+    p.extend([
+        // X = IP header + TCP header ((byte 12 & 0xf0) >> 2); A = first payload byte
+        Op(LD_B_IND, 12),
+        Op(ALU_AND_K, 0xf0),
+        Op(ALU_RSH_K, 2),
+        Op(ALU_ADD_X, 0),
+        Op(MISC_TAX, 0),
+        Op(LD_B_IND, 0), // out of the packet (no payload): the filter drops it
+        J(JEQ_K, b'{' as u32, "keep", "c2"),
+        Label("c2"),
+        J(JEQ_K, 0x16, "keep", "c3"),
+        Label("c3"),
+        J(JEQ_K, b'P' as u32, "keep", "c4"),
+        Label("c4"),
+        J(JEQ_K, b'H' as u32, "keep", "drop"),
+        Label("v4payload_any"),
+        Op(LD_B_IND, 12),
+        Op(ALU_AND_K, 0xf0),
+        Op(ALU_RSH_K, 2),
+        Op(ALU_ADD_X, 0),
+        Op(MISC_TAX, 0),
+        Op(LD_B_IND, 0),
+        Op(RET_K, SNAP_LEN),
+        // IPv6 without extension headers: transport at 40
+        Label("v6"),
+        Op(LD_B_ABS, 6),
+        J(JEQ_K, 17, "v6udp", "v6nudp"),
+        Label("v6nudp"),
+        J(JEQ_K, 6, "v6tcp", "drop"),
+        Label("v6udp"),
+        Op(LD_H_ABS, 40),
+        J(JEQ_K, 53, "keep", "v6udp_d"),
+        Label("v6udp_d"),
+        Op(LD_H_ABS, 42),
+        J(JEQ_K, 53, "keep", "drop"),
+        Label("v6tcp"),
+        Op(LD_H_ABS, 40),
+    ]);
+    for (i, port) in [53u16, SV2_PORTS[0], SV2_PORTS[1], SV2_PORTS[2]].iter().enumerate() {
+        let next = ["v6s1", "v6s2", "v6s3", "v6s4"][i];
+        p.push(J(JEQ_K, *port as u32, "v6payload_any", next));
+        p.push(Label(next));
+    }
+    p.push(Op(LD_H_ABS, 42));
+    for (i, port) in [53u16, SV2_PORTS[0], SV2_PORTS[1], SV2_PORTS[2]].iter().enumerate() {
+        let next = ["v6d1", "v6d2", "v6d3", "v6d4"][i];
+        p.push(J(JEQ_K, *port as u32, "v6payload_any", next));
+        p.push(Label(next));
+    }
+    p.extend([
+        Op(LD_B_ABS, 52),
+        Op(ALU_AND_K, 0xf0),
+        Op(ALU_RSH_K, 2),
+        Op(ALU_ADD_K, 40),
+        Op(MISC_TAX, 0),
+        Op(LD_B_IND, 0),
+        J(JEQ_K, b'{' as u32, "keep", "e2"),
+        Label("e2"),
+        J(JEQ_K, 0x16, "keep", "e3"),
+        Label("e3"),
+        J(JEQ_K, b'P' as u32, "keep", "e4"),
+        Label("e4"),
+        J(JEQ_K, b'H' as u32, "keep", "drop"),
+        Label("v6payload_any"),
+        Op(LD_B_ABS, 52),
+        Op(ALU_AND_K, 0xf0),
+        Op(ALU_RSH_K, 2),
+        Op(ALU_ADD_K, 40),
+        Op(MISC_TAX, 0),
+        Op(LD_B_IND, 0),
+        Op(RET_K, SNAP_LEN),
+        Label("keep"),
+        Op(RET_K, SNAP_LEN),
+        Label("drop"),
+        Op(RET_K, 0),
+    ]);
+    assemble(&p)
+}
+
+fn assemble(p: &[Ins]) -> Vec<libc::sock_filter> {
+    let mut at = std::collections::HashMap::new();
+    let mut n = 0usize;
+    for i in p {
+        match i {
+            Ins::Label(l) => {
+                at.insert(*l, n);
+            }
+            _ => n += 1,
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in p {
+        match i {
+            Ins::Label(_) => {}
+            Ins::Op(code, k) => out.push(libc::sock_filter { code: *code, jt: 0, jf: 0, k: *k }),
+            Ins::J(code, k, t, f) => {
+                let here = out.len() + 1;
+                let off = |l: &str| -> u8 {
+                    let target = *at.get(l).unwrap_or_else(|| panic!("BPF label {l}"));
+                    u8::try_from(target - here).expect("BPF jump fits")
+                };
+                out.push(libc::sock_filter { code: *code, jt: off(t), jf: off(f), k: *k });
+            }
+        }
+    }
+    out
+}
+
+/// Opens the filtered capture socket (needs CAP_NET_RAW). The filter is
+/// attached before the socket is bound, so no unfiltered packet is queued.
+pub fn open_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2)/setsockopt(2)/bind(2) calls with valid,
+    // correctly sized arguments; the fd is owned on success.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let prog = bpf_program();
+        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+        if libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &fprog as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        if libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// Packets the kernel passed to the socket and dropped for it so far
+/// (PACKET_STATISTICS; reading resets the kernel's counters).
+pub fn socket_stats(fd: &OwnedFd) -> Option<(u32, u32)> {
+    let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as u32;
+    // SAFETY: getsockopt into a correctly sized struct.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st as *mut _ as *mut libc::c_void, &mut len) };
+    (r == 0).then_some((st.tp_packets, st.tp_drops))
+}
+
+/// Parses an IP packet (the network header first) into a transport packet.
+pub fn parse_ip(buf: &[u8]) -> Option<Packet<'_>> {
+    let s = etherparse::SlicedPacket::from_ip(buf).ok()?;
+    let (src_ip, dst_ip): (IpAddr, IpAddr) = match s.net? {
+        etherparse::NetSlice::Ipv4(v4) => (v4.header().source_addr().into(), v4.header().destination_addr().into()),
+        etherparse::NetSlice::Ipv6(v6) => (v6.header().source_addr().into(), v6.header().destination_addr().into()),
+    };
+    match s.transport? {
+        etherparse::TransportSlice::Tcp(t) => Some(Packet {
+            src: SocketAddr::new(src_ip, t.source_port()),
+            dst: SocketAddr::new(dst_ip, t.destination_port()),
+            tcp: true,
+            seq: t.sequence_number(),
+            syn: t.syn() && !t.ack(),
+            syn_ack: t.syn() && t.ack(),
+            payload: t.payload(),
+        }),
+        etherparse::TransportSlice::Udp(u) => Some(Packet {
+            src: SocketAddr::new(src_ip, u.source_port()),
+            dst: SocketAddr::new(dst_ip, u.destination_port()),
+            tcp: false,
+            seq: 0,
+            syn: false,
+            syn_ack: false,
+            payload: u.payload(),
+        }),
+        _ => None,
+    }
+}
+
+/// Turns flow events into evidence about the client side. DNS answers for
+/// pool domains are remembered in `shared` (so later connections to those
+/// addresses are evidence); returns (client, server, tcp, evidence).
+pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent) -> Vec<(SocketAddr, SocketAddr, bool, Evidence)> {
+    let mut out = Vec::new();
+    match ev {
+        FlowEvent::Stratum { client, server, hit } => {
+            let base = hit.method.split('(').next().unwrap_or(&hit.method);
+            let rule = sig.stratum_method(base);
+            let detail = EvidenceKind::Stratum {
+                dialect: hit.dialect.clone(),
+                method: hit.method.clone(),
+                agent: hit.agent.clone(),
+                login: hit.login.clone(),
+                worker: hit.worker.clone(),
+                remote: server.to_string(),
+            };
+            let e = Evidence { detail, rule: rule.map(|r| r.id.clone()), weight: Weight::Confirmed };
+            out.push((*client, *server, true, e));
+            if let Some(login) = &hit.login {
+                for w in sig.wallets_in(login, "stratum login") {
+                    out.push((*client, *server, true, w));
+                }
+            }
+        }
+        FlowEvent::StratumV2 { client, server } => {
+            let detail = EvidenceKind::Stratum {
+                dialect: "stratum-v2".into(),
+                method: "noise handshake (64/234 bytes)".into(),
+                agent: None,
+                login: None,
+                worker: None,
+                remote: server.to_string(),
+            };
+            out.push((*client, *server, true, Evidence::heuristic(detail, Weight::Likely)));
+        }
+        FlowEvent::TlsSni { client, server, name } => {
+            if let Some((_, i)) = sig.pool_domain(name) {
+                let r = &sig.rules()[i];
+                let e = Evidence::from_rule(EvidenceKind::TlsSni { server_name: name.clone(), remote: server.to_string() }, &r.id, r.severity);
+                out.push((*client, *server, true, e));
+            }
+        }
+        FlowEvent::Dns { client, server, questions, answers } => {
+            for q in questions {
+                if let Some((domain, i)) = sig.pool_domain(q) {
+                    let r = &sig.rules()[i];
+                    let ips: Vec<String> = answers.iter().map(|(_, ip)| ip.to_string()).collect();
+                    if let Some(sh) = shared {
+                        for (_, ip) in answers {
+                            sh.learn_dns(*ip, &domain);
+                        }
+                    }
+                    let e = Evidence::from_rule(EvidenceKind::Dns { name: q.clone(), answers: ips }, &r.id, r.severity);
+                    out.push((*client, *server, false, e));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Counters the capture thread keeps.
+#[derive(Default)]
+pub struct CaptureCounters {
+    /// Packets that passed the kernel filter.
+    pub packets: AtomicU64,
+    /// Flow evidence produced.
+    pub findings: AtomicU64,
+}
+
+/// The capture sensor.
+pub struct CaptureSensor {
+    sig: Arc<RwLock<Arc<Signatures>>>,
+    shared: Arc<NetShared>,
+    owners: InodeOwners,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Why it cannot run, once known.
+    pub unavailable: Option<String>,
+    counters: Arc<CaptureCounters>,
+    resolvers: HashSet<&'static str>,
+}
+
+impl CaptureSensor {
+    /// Starts capturing at once (a thread); unavailable without CAP_NET_RAW.
+    pub fn start(sig: Arc<Signatures>, root: &std::path::Path, shared: Arc<NetShared>) -> Self {
+        let sig = Arc::new(RwLock::new(sig));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(CaptureCounters::default());
+        let mut s = CaptureSensor {
+            sig: sig.clone(),
+            shared: shared.clone(),
+            owners: InodeOwners::new(root),
+            stop: stop.clone(),
+            thread: None,
+            unavailable: None,
+            counters: counters.clone(),
+            resolvers: ["systemd-resolve", "dnsmasq", "unbound", "named", "nscd", "coredns", "resolved"].into_iter().collect(),
+        };
+        match open_socket() {
+            Ok(fd) => {
+                s.thread = Some(std::thread::spawn(move || capture_loop(fd, sig, shared, stop, counters)));
+            }
+            Err(e) => {
+                s.unavailable = Some(if e.raw_os_error() == Some(libc::EPERM) {
+                    "packet capture needs CAP_NET_RAW (run as root or grant the capability); socket and process sensors carry on".into()
+                } else {
+                    format!("packet capture unavailable: {e}")
+                });
+            }
+        }
+        s
+    }
+
+    /// Packets that passed the kernel filter so far.
+    pub fn packets(&self) -> u64 {
+        self.counters.packets.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CaptureSensor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn capture_loop(fd: OwnedFd, sig: Arc<RwLock<Arc<Signatures>>>, shared: Arc<NetShared>, stop: Arc<AtomicBool>, counters: Arc<CaptureCounters>) {
+    let lo = nix::net::if_::if_nametoindex("lo").unwrap_or(1) as i32;
+    let mut table = FlowTable::new();
+    let mut buf = vec![0u8; SNAP_LEN as usize + 64];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: recvfrom into a buffer we own, with a correctly sized sockaddr_ll.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut alen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let n = unsafe {
+            libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_TRUNC, &mut sll as *mut _ as *mut libc::sockaddr, &mut alen)
+        };
+        if n <= 0 {
+            continue;
+        }
+        // loopback shows each packet twice (outgoing and incoming): keep one
+        if sll.sll_ifindex == lo && sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            continue;
+        }
+        counters.packets.fetch_add(1, Ordering::Relaxed);
+        let len = (n as usize).min(buf.len());
+        let Some(p) = parse_ip(&buf[..len]) else { continue };
+        let events = table.push(&p);
+        if events.is_empty() {
+            continue;
+        }
+        let sig = sig.read().map(|g| g.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        for ev in &events {
+            for (client, server, tcp, e) in evidence_of(&sig, Some(&shared), ev) {
+                let inode = sock_diag_lookup(tcp, client, server).map(|s| s.inode).filter(|&i| i != 0);
+                counters.findings.fetch_add(1, Ordering::Relaxed);
+                shared.push(FlowFinding { client, server, tcp, evidence: e, inode });
+            }
+        }
+    }
+}
+
+impl Sensor for CaptureSensor {
+    fn name(&self) -> &'static str {
+        "capture"
+    }
+
+    fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
+        if let Some(why) = &self.unavailable {
+            return Err(SensorError { sensor: "capture", message: why.clone() });
+        }
+        let pending = self.shared.drain();
+        let inodes: HashSet<u64> = pending.iter().filter_map(|f| f.inode).collect();
+        let owners = self.owners.resolve(&inodes, snap);
+        for f in pending {
+            match f.inode.and_then(|i| owners.get(&i)) {
+                // DNS asked by a local resolver says nothing about the resolver itself
+                Some(k) if !(matches!(f.evidence.detail, EvidenceKind::Dns { .. })
+                    && snap.procs.get(k).is_some_and(|p| self.resolvers.contains(p.comm.as_str()))) =>
+                {
+                    out.push(Observation::Evidence(*k, f.evidence))
+                }
+                Some(_) => {}
+                None => out.push(Observation::Flow(f)),
+            }
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("capture_packets", self.packets()), ("capture_findings", self.counters.findings.load(Ordering::Relaxed))]
+    }
+
+    fn set_signatures(&mut self, sig: Arc<Signatures>) {
+        if let Ok(mut g) = self.sig.write() {
+            *g = sig;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_assembles_within_limits() {
+        let p = bpf_program();
+        assert!(p.len() < 4096);
+        assert_eq!(p.last().unwrap().code, RET_K);
+        assert_eq!(p.last().unwrap().k, 0);
+        // every jump lands inside the program
+        for (i, ins) in p.iter().enumerate() {
+            assert!(i + 1 + (ins.jt.max(ins.jf) as usize) < p.len() + 1);
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The socket sensor: TCP and UDP sockets (IPv4 and IPv6) through netlink
+//! sock_diag, falling back to the proc root's `net/tcp*` and `net/udp*`
+//! files; socket inode → process by walking `/proc/PID/fd` only for sockets
+//! not yet known (the map stays warm between passes).
+//!
+//! Evidence: established outbound connections to known pool addresses, to
+//! pool ports (weak alone), and to addresses learned from DNS answers for
+//! pool domains (the capture sensor fills that cache).
+
+use super::{Observation, ProcKey, Sensor, SensorError, Snapshot};
+use crate::net::shared::NetShared;
+use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// TCP ESTABLISHED in the kernel's numbering.
+pub const TCP_ESTABLISHED: u8 = 1;
+
+/// One socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketEntry {
+    /// TCP or UDP.
+    pub tcp: bool,
+    /// Local endpoint.
+    pub local: SocketAddr,
+    /// Remote endpoint (unspecified for unconnected UDP and listeners).
+    pub remote: SocketAddr,
+    /// Kernel state number (1 = established for TCP).
+    pub state: u8,
+    /// Socket inode.
+    pub inode: u64,
+    /// Owner uid.
+    pub uid: u32,
+}
+
+/// Parses `/proc/net/tcp`, `tcp6`, `udp`, `udp6` text. Lines that do not
+/// parse are skipped.
+pub fn parse_proc_net(text: &str, tcp: bool) -> Vec<SocketEntry> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 {
+            continue;
+        }
+        let (Some(local), Some(remote)) = (hex_endpoint(f[1]), hex_endpoint(f[2])) else { continue };
+        let Ok(state) = u8::from_str_radix(f[3], 16) else { continue };
+        let (Ok(uid), Ok(inode)) = (f[7].parse(), f[9].parse()) else { continue };
+        out.push(SocketEntry { tcp, local, remote, state, inode, uid });
+    }
+    out
+}
+
+/// `0100007F:0D05` or the 32-hex-digit IPv6 form, as the kernel prints them
+/// (each 32-bit word in host byte order).
+fn hex_endpoint(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> { Some(u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?.to_le_bytes()) };
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// All TCP and UDP sockets of this network namespace through sock_diag.
+pub fn sock_diag_dump() -> std::io::Result<Vec<SocketEntry>> {
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        for proto in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
+            diag::query(family, proto, None, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// The socket of one exact TCP/UDP 4-tuple, seen from `local`.
+pub fn sock_diag_lookup(tcp: bool, local: SocketAddr, remote: SocketAddr) -> Option<SocketEntry> {
+    let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
+    let proto = if tcp { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP } as u8;
+    let mut out = Vec::new();
+    diag::query(family, proto, Some((local, remote)), &mut out).ok()?;
+    out.into_iter().find(|e| e.local == local && e.remote == remote)
+}
+
+mod diag {
+    use super::SocketEntry;
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+    use netlink_packet_sock_diag::{
+        constants::*,
+        inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+        SockDiagMessage,
+    };
+    use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
+    use std::net::SocketAddr;
+
+    pub fn query(family: u8, protocol: u8, exact: Option<(SocketAddr, SocketAddr)>, out: &mut Vec<SocketEntry>) -> std::io::Result<()> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&NlAddr::new(0, 0))?;
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | if exact.is_none() { NLM_F_DUMP } else { 0 };
+        let socket_id = match exact {
+            None if family == AF_INET => SocketId::new_v4(),
+            None => SocketId::new_v6(),
+            Some((l, r)) => SocketId {
+                source_port: l.port(),
+                destination_port: r.port(),
+                source_address: l.ip(),
+                destination_address: r.ip(),
+                interface_id: 0,
+                cookie: [0xff; 8],
+            },
+        };
+        let mut packet = NetlinkMessage::new(
+            hdr,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id,
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf[..]);
+        socket.send(&buf[..], 0)?;
+        let mut rx = vec![0u8; 64 * 1024];
+        let tcp = protocol == IPPROTO_TCP;
+        loop {
+            let size = socket.recv(&mut &mut rx[..], 0)?;
+            let mut off = 0;
+            while off < size {
+                let msg = match <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[off..size]) {
+                    Ok(m) => m,
+                    Err(_) => return Ok(()),
+                };
+                let len = msg.header.length as usize;
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        let h = &r.header;
+                        out.push(SocketEntry {
+                            tcp,
+                            local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+                            remote: SocketAddr::new(h.socket_id.destination_address, h.socket_id.destination_port),
+                            state: h.state,
+                            inode: h.inode as u64,
+                            uid: h.uid,
+                        });
+                        if exact.is_some() {
+                            return Ok(());
+                        }
+                    }
+                    NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => return Ok(()),
+                    _ => {}
+                }
+                if len == 0 {
+                    return Ok(());
+                }
+                off += len;
+            }
+        }
+    }
+}
+
+/// Socket inode → owning process, by walking `/proc/*/fd`.
+pub struct InodeOwners {
+    root: PathBuf,
+    map: HashMap<u64, ProcKey>,
+}
+
+impl InodeOwners {
+    /// Over a proc root.
+    pub fn new(root: &Path) -> Self {
+        InodeOwners { root: root.to_path_buf(), map: HashMap::new() }
+    }
+
+    /// Owners of `inodes`; walks the fd tables only when some are unknown.
+    pub fn resolve(&mut self, inodes: &HashSet<u64>, snap: &Snapshot) -> HashMap<u64, ProcKey> {
+        self.map.retain(|_, k| snap.procs.contains_key(k));
+        if inodes.iter().any(|i| !self.map.contains_key(i)) {
+            for key in snap.procs.keys() {
+                let Ok(rd) = std::fs::read_dir(self.root.join(key.pid.to_string()).join("fd")) else { continue };
+                for e in rd.flatten() {
+                    let Ok(t) = std::fs::read_link(e.path()) else { continue };
+                    let t = t.to_string_lossy();
+                    if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok()) {
+                        if inodes.contains(&n) {
+                            self.map.insert(n, *key);
+                        }
+                    }
+                }
+            }
+        }
+        inodes.iter().filter_map(|i| self.map.get(i).map(|k| (*i, *k))).collect()
+    }
+}
+
+/// The socket sensor.
+pub struct SocketSensor {
+    sig: Arc<Signatures>,
+    root: PathBuf,
+    owners: InodeOwners,
+    shared: Arc<NetShared>,
+    /// True once sock_diag failed and the proc files are used.
+    pub fallback: bool,
+}
+
+impl SocketSensor {
+    /// Over a proc root; `shared` carries DNS-learned pool addresses.
+    pub fn new(sig: Arc<Signatures>, root: &Path, shared: Arc<NetShared>) -> Self {
+        SocketSensor { sig, root: root.to_path_buf(), owners: InodeOwners::new(root), shared, fallback: root != Path::new("/proc") }
+    }
+
+    fn list(&mut self) -> Result<Vec<SocketEntry>, SensorError> {
+        if !self.fallback {
+            match sock_diag_dump() {
+                Ok(v) => return Ok(v),
+                Err(_) => self.fallback = true,
+            }
+        }
+        let mut out = Vec::new();
+        for (f, tcp) in [("tcp", true), ("tcp6", true), ("udp", false), ("udp6", false)] {
+            if let Ok(t) = std::fs::read_to_string(self.root.join("net").join(f)) {
+                out.extend(parse_proc_net(&t, tcp));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What a connection to `remote` says, if anything.
+    pub fn assess_remote(&self, remote: SocketAddr) -> Option<Evidence> {
+        if let Some(domain) = self.shared.dns_learned(remote.ip()) {
+            let rule = self.sig.pool_domain(&domain).map(|(_, i)| self.sig.rules()[i].id.clone());
+            return Some(Evidence {
+                detail: EvidenceKind::PoolConnection { remote: remote.to_string(), reason: format!("address of pool domain {domain} (DNS answer)"), domain: Some(domain) },
+                rule,
+                weight: Weight::Likely,
+            });
+        }
+        if let Some(r) = self.sig.pool_address(&remote) {
+            return Some(Evidence::from_rule(
+                EvidenceKind::PoolConnection { remote: remote.to_string(), reason: "known pool address".into(), domain: None },
+                &r.id,
+                r.severity,
+            ));
+        }
+        self.sig.pool_port(remote.port()).map(|r| {
+            Evidence::from_rule(
+                EvidenceKind::PoolConnection { remote: remote.to_string(), reason: format!("pool port {}", remote.port()), domain: None },
+                &r.id,
+                r.severity,
+            )
+        })
+    }
+}
+
+impl Sensor for SocketSensor {
+    fn name(&self) -> &'static str {
+        "sockets"
+    }
+
+    fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
+        let socks = self.list()?;
+        let mut hits = Vec::new();
+        for s in &socks {
+            let connected = if s.tcp { s.state == TCP_ESTABLISHED } else { !s.remote.ip().is_unspecified() && s.remote.port() != 0 };
+            if !connected || s.inode == 0 {
+                continue;
+            }
+            // the client side of a connection: the remote port is the service
+            if let Some(ev) = self.assess_remote(s.remote) {
+                hits.push((s.inode, ev));
+            }
+        }
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let inodes: HashSet<u64> = hits.iter().map(|(i, _)| *i).collect();
+        let owners = self.owners.resolve(&inodes, snap);
+        for (inode, ev) in hits {
+            if let Some(k) = owners.get(&inode) {
+                out.push(Observation::Evidence(*k, ev));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_signatures(&mut self, sig: Arc<Signatures>) {
+        self.sig = sig;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_v4_and_v6() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:0D05 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000        0 123456 1 0000000000000000 20 4 30 10 -1\n\
+   1: garbage\n";
+        let s = parse_proc_net(v4, true);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].local.to_string(), "127.0.0.1:3333");
+        assert_eq!(s[0].remote.to_string(), "127.0.0.1:40000");
+        assert_eq!((s[0].state, s[0].uid, s[0].inode), (1, 1000, 123456));
+        let v6 = "header\n   0: 00000000000000000000000001000000:0D05 00000000000000000000000001000000:9C41 01 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
+        let s = parse_proc_net(v6, true);
+        assert_eq!(s[0].local.to_string(), "[::1]:3333");
+        assert_eq!(s[0].inode, 777);
+    }
+
+    #[test]
+    fn sock_diag_sees_a_loopback_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_srv, _) = l.accept().unwrap();
+        let all = sock_diag_dump().expect("sock_diag works here");
+        let mine = all.iter().find(|e| e.local == c.local_addr().unwrap()).expect("client socket listed");
+        assert_eq!(mine.remote, l.local_addr().unwrap());
+        assert_eq!(mine.state, TCP_ESTABLISHED);
+        let one = sock_diag_lookup(true, c.local_addr().unwrap(), l.local_addr().unwrap()).expect("exact lookup");
+        assert_eq!(one.inode, mine.inode);
+        // the proc files agree
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        assert!(parse_proc_net(&text, true).iter().any(|e| e.inode == mine.inode));
+    }
+}
