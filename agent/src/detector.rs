@@ -78,8 +78,10 @@ impl Detector {
         self.own.retain(|k, _| cur.procs.contains_key(k));
         let window = prev.map(|p| cur.at.saturating_duration_since(p.at).as_secs_f64()).unwrap_or(0.0);
         let mut findings = Vec::new();
+        let me = std::process::id();
         for (key, p) in &cur.procs {
-            if p.kernel_thread {
+            // kernel threads are never miners; rigwatch itself carries protocol strings
+            if p.kernel_thread || key.pid == me {
                 continue;
             }
             let mut ev = self.own_evidence(p);

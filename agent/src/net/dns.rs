@@ -203,11 +203,21 @@ mod tests {
         assert_eq!(m.answers.len(), 3);
         assert_eq!(
             m.answers[0],
-            DnsAnswer { name: "pool.supportxmr.com".into(), addr: None, cname: Some("lb.supportxmr.com".into()), ttl: 300 }
+            DnsAnswer {
+                name: "pool.supportxmr.com".into(),
+                addr: None,
+                cname: Some("lb.supportxmr.com".into()),
+                ttl: 300
+            }
         );
         assert_eq!(
             m.answers[1],
-            DnsAnswer { name: "lb.supportxmr.com".into(), addr: Some("141.94.96.144".parse().unwrap()), cname: None, ttl: 60 }
+            DnsAnswer {
+                name: "lb.supportxmr.com".into(),
+                addr: Some("141.94.96.144".parse().unwrap()),
+                cname: None,
+                ttl: 60
+            }
         );
         assert_eq!(m.answers[2].addr, Some("141.94.96.71".parse().unwrap()));
     }
@@ -221,7 +231,10 @@ mod tests {
         m.extend_from_slice(&rr(&[0xc0, 12], 28, 120, &v6.octets()));
         let m = parse(&m).unwrap();
         assert_eq!(m.questions, vec!["xmr.2miners.com"]);
-        assert_eq!(m.answers, vec![DnsAnswer { name: "xmr.2miners.com".into(), addr: Some(IpAddr::V6(v6)), cname: None, ttl: 120 }]);
+        assert_eq!(
+            m.answers,
+            vec![DnsAnswer { name: "xmr.2miners.com".into(), addr: Some(IpAddr::V6(v6)), cname: None, ttl: 120 }]
+        );
     }
 
     #[test]

@@ -501,7 +501,10 @@ fn classify_result(obj: &Map<String, Value>, cut: bool) -> Option<Cand> {
             // or the flat form [["mining.notify","sub"],"extranonce1",4]
             if let Some(Value::Array(subs)) = r.first() {
                 let nested = subs.iter().any(|s| {
-                    s.as_array().and_then(|a| a.first()).and_then(Value::as_str).is_some_and(|m| starts_with_ci(m, "mining."))
+                    s.as_array()
+                        .and_then(|a| a.first())
+                        .and_then(Value::as_str)
+                        .is_some_and(|m| starts_with_ci(m, "mining."))
                 });
                 let flat = subs.first().and_then(Value::as_str).is_some_and(|m| starts_with_ci(m, "mining."));
                 let extranonce = match r.get(1) {
@@ -923,7 +926,9 @@ mod tests {
 
     #[test]
     fn cgminer_submit_params_first() {
-        let h = hit(r#"{"params": ["user.w2", "4f1a", "00000001", "5f5e1000", "a1b2c3d4"], "id": 4, "method": "mining.submit"}"#);
+        let h = hit(
+            r#"{"params": ["user.w2", "4f1a", "00000001", "5f5e1000", "a1b2c3d4"], "id": 4, "method": "mining.submit"}"#,
+        );
         assert_eq!(h.method, "mining.submit");
         assert_eq!(h.login.as_deref(), Some("user"));
         assert_eq!(h.worker.as_deref(), Some("w2"));
@@ -941,7 +946,9 @@ mod tests {
 
     #[test]
     fn ethereumstratum_v1_subscribe() {
-        let h = hit("{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"ethminer-0.18.0\",\"EthereumStratum/1.0.0\"]}\n");
+        let h = hit(
+            "{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"ethminer-0.18.0\",\"EthereumStratum/1.0.0\"]}\n",
+        );
         assert_eq!(h.dialect, "ethereumstratum/1.0.0");
         assert_eq!(h.agent.as_deref(), Some("ethminer-0.18.0"));
     }
@@ -955,7 +962,9 @@ mod tests {
 
     #[test]
     fn ethereumstratum_v2_hello() {
-        let h = hit(r#"{"id":1,"method":"mining.hello","params":{"agent":"ethminer-0.19.0","host":"eu1.pool.example","port":"4444","proto":"EthereumStratum/2.0.0"}}"#);
+        let h = hit(
+            r#"{"id":1,"method":"mining.hello","params":{"agent":"ethminer-0.19.0","host":"eu1.pool.example","port":"4444","proto":"EthereumStratum/2.0.0"}}"#,
+        );
         assert_eq!(h.dialect, "ethereumstratum/2.0.0");
         assert_eq!(h.method, "mining.hello");
         assert_eq!(h.agent.as_deref(), Some("ethminer-0.19.0"));
@@ -1044,7 +1053,8 @@ mod tests {
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.agent.as_deref(), Some("xmr/1.0"));
         // web-miner proxy: neither agent nor jsonrpc
-        let h = hit(&format!("{{\"method\":\"login\",\"params\":{{\"login\":\"{WALLET}\",\"pass\":\"w\"}},\"id\":1}}\n"));
+        let h =
+            hit(&format!("{{\"method\":\"login\",\"params\":{{\"login\":\"{WALLET}\",\"pass\":\"w\"}},\"id\":1}}\n"));
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.agent, None);
         assert_eq!(h.login.as_deref(), Some(WALLET));
@@ -1052,11 +1062,15 @@ mod tests {
 
     #[test]
     fn xmrig_submit_and_keepalived() {
-        let h = hit(r#"{"id":4,"jsonrpc":"2.0","method":"submit","params":{"id":"725a0a4c-7d8c-4a1e","job_id":"876459","nonce":"1c0c0000","result":"b1b2ff3f16bf4a3f0e1f8c1d7d4b8a00e9b7b4f0d1c2a3b4c5d6e7f8091a2b00"}}"#);
+        let h = hit(
+            r#"{"id":4,"jsonrpc":"2.0","method":"submit","params":{"id":"725a0a4c-7d8c-4a1e","job_id":"876459","nonce":"1c0c0000","result":"b1b2ff3f16bf4a3f0e1f8c1d7d4b8a00e9b7b4f0d1c2a3b4c5d6e7f8091a2b00"}}"#,
+        );
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.method, "submit");
         assert!(h.from_client);
-        let h = hit("{\"id\":5,\"jsonrpc\":\"2.0\",\"method\":\"keepalived\",\"params\":{\"id\":\"725a0a4c-7d8c-4a1e\"}}\n");
+        let h = hit(
+            "{\"id\":5,\"jsonrpc\":\"2.0\",\"method\":\"keepalived\",\"params\":{\"id\":\"725a0a4c-7d8c-4a1e\"}}\n",
+        );
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.method, "keepalived");
     }

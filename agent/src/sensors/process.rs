@@ -33,6 +33,9 @@ pub struct ProcKey {
 /// What does not change over a process's life, read once.
 #[derive(Debug, Clone, Default)]
 pub struct ProcStatic {
+    /// The comm this was read for: a changed comm means exec (or a rename),
+    /// and then the fixed part is read again.
+    pub comm: String,
     /// argv; empty for kernel threads and unreadable ones.
     pub argv: Vec<String>,
     /// Whether argv could be read (false for D-state or permission problems).
@@ -244,9 +247,9 @@ impl ProcessSensor {
         let key = ProcKey { pid, start_time: stat.starttime };
         let kernel_thread = stat.flags & PF_KTHREAD as u64 != 0;
         let fixed = match self.known.get(&key) {
-            Some(f) if f.argv_read || kernel_thread || stat.state == 'D' => f.clone(),
+            Some(f) if (f.argv_read || kernel_thread || stat.state == 'D') && f.comm == stat.comm => f.clone(),
             _ => {
-                let f = Arc::new(self.read_fixed(pid, stat.state, kernel_thread));
+                let f = Arc::new(self.read_fixed(pid, &stat.comm, stat.state, kernel_thread));
                 self.known.insert(key, f.clone());
                 f
             }
@@ -265,9 +268,9 @@ impl ProcessSensor {
         })
     }
 
-    fn read_fixed(&mut self, pid: u32, state: char, kernel_thread: bool) -> ProcStatic {
+    fn read_fixed(&mut self, pid: u32, comm: &str, state: char, kernel_thread: bool) -> ProcStatic {
         let dir = self.root.join(itoa(pid));
-        let mut f = ProcStatic::default();
+        let mut f = ProcStatic { comm: comm.to_string(), ..Default::default() };
         if kernel_thread {
             f.argv_read = true;
             f.user = "root".into();
