@@ -40,6 +40,10 @@ pub struct Scanned {
     pub signatures_version: String,
     /// Rules loaded.
     pub rules: usize,
+    /// Packets that passed the capture filter during the window.
+    pub capture_packets: u64,
+    /// Network evidence items the capture produced.
+    pub capture_findings: u64,
 }
 
 /// The result of a scan: `{"host": ..., "findings": [...]}` and context.
@@ -77,8 +81,10 @@ pub fn scan(opts: &ScanOptions, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -
     let mut sensors = sensors::registry(sig.clone(), &opts.proc_root, &opts.sensors);
     let mut observations = Vec::new();
     let mut warnings = Vec::new();
+    // the first pass warms the caches; what it observes counts too (network
+    // evidence is taken from the capture queue only once)
     for s in sensors.iter_mut() {
-        if let Err(e) = s.observe(&first, &mut Vec::new()) {
+        if let Err(e) = s.observe(&first, &mut observations) {
             warnings.push(e.to_string());
         }
     }
@@ -87,8 +93,11 @@ pub fn scan(opts: &ScanOptions, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -
     }
     let second = procs.sample()?;
     for s in sensors.iter_mut() {
-        if let Err(e) = s.observe(&second, &mut observations) {
-            warnings.push(e.to_string());
+        match s.observe(&second, &mut observations) {
+            // said once (the first pass already said it)
+            Err(e) if warnings.contains(&e.to_string()) => {}
+            Err(e) => warnings.push(e.to_string()),
+            Ok(()) => {}
         }
         warnings.extend(s.unreadable());
     }
@@ -98,24 +107,21 @@ pub fn scan(opts: &ScanOptions, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -
     }
     let mut detector = Detector::new(sig.clone(), opts.detector.clone(), &host);
     let findings = detector.assess(Some(&first), &second, &observations, unix_now());
-    let (binaries, binary_bytes) = sensors_stats(&sensors);
+    let counters: Vec<(&str, u64)> = sensors.iter().flat_map(|s| s.counters()).collect();
+    let get = |n: &str| counters.iter().filter(|(k, _)| *k == n).map(|(_, v)| *v).sum::<u64>();
     Ok(ScanReport {
         host,
         findings,
         scanned: Scanned {
             processes: second.procs.len(),
-            binaries,
-            binary_bytes,
+            binaries: get("binaries_read") as usize,
+            binary_bytes: get("binary_bytes_read"),
+            capture_packets: get("capture_packets"),
+            capture_findings: get("capture_findings"),
             window_seconds: (second.at - first.at).as_secs_f64(),
             signatures_version: sig.version.clone(),
             rules: sig.rules().len(),
         },
         warnings,
     })
-}
-
-fn sensors_stats(sensors: &[Box<dyn sensors::Sensor>]) -> (usize, u64) {
-    let counters: Vec<(&str, u64)> = sensors.iter().flat_map(|s| s.counters()).collect();
-    let get = |n: &str| counters.iter().filter(|(k, _)| *k == n).map(|(_, v)| *v).sum::<u64>();
-    (get("binaries_read") as usize, get("binary_bytes_read"))
 }

@@ -18,8 +18,19 @@ const DIALECTS: &[(&str, &[&str])] = &[
     ("stratum-v1", &["mining.subscribe", "mining.authorize", "mining.submit"]),
     ("cryptonote", &["login", "submit"]),
     ("ethproxy", &["eth_submitLogin", "eth_getWork", "eth_submitWork"]),
-    ("ethereumstratum1", &["mining.subscribe", "mining.extranonce.subscribe", "mining.authorize", "mining.submit"]),
-    ("ethereumstratum2", &["mining.hello", "mining.subscribe", "mining.authorize", "mining.submit"]),
+    (
+        "ethereumstratum1",
+        &[
+            "mining.subscribe",
+            "mining.extranonce.subscribe",
+            "mining.authorize",
+            "mining.submit",
+        ],
+    ),
+    (
+        "ethereumstratum2",
+        &["mining.hello", "mining.subscribe", "mining.authorize", "mining.submit"],
+    ),
     ("kawpow", &["mining.subscribe", "mining.authorize", "mining.submit"]),
     ("getwork", &["http POST /", "getwork"]),
 ];
@@ -38,7 +49,10 @@ impl Pool {
 
     fn start_env(args: &[&str], env: &[(&str, &str)]) -> Pool {
         let mut cmd = Command::new(POOL);
-        cmd.args(args).args(["--max-seconds", "120"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .args(["--max-seconds", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.env_remove("RIGWATCH_TEST_NETNS");
         for (k, v) in env {
             cmd.env(k, v);
@@ -47,7 +61,11 @@ impl Pool {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut first = String::new();
         out.read_line(&mut first).expect("read fakepool stdout");
-        let addr = first.strip_prefix("listening ").unwrap_or_else(|| panic!("fakepool said {first:?}")).trim().to_string();
+        let addr = first
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("fakepool said {first:?}"))
+            .trim()
+            .to_string();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         std::thread::spawn(move || {
@@ -93,7 +111,10 @@ fn client(args: &[&str]) -> Output {
 
 fn client_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(CLIENT);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RIGWATCH_TEST_NETNS");
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RIGWATCH_TEST_NETNS");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -168,15 +189,51 @@ fn every_dialect_behind_proxy_line_after_nul_keepalive() {
 #[test]
 fn tls_with_and_without_sni() {
     let pool = Pool::start(&["--dialect", "cryptonote", "--listen", "127.0.0.1:0", "--tls"]);
-    let out = client(&["--dialect", "cryptonote", "--connect", &pool.addr, "--tls", "--sni", "pool.supportxmr.com", "--hold", "1", "--split"]);
+    let out = client(&[
+        "--dialect",
+        "cryptonote",
+        "--connect",
+        &pool.addr,
+        "--tls",
+        "--sni",
+        "pool.supportxmr.com",
+        "--hold",
+        "1",
+        "--split",
+    ]);
     assert_done(&out, "cryptonote tls sni");
-    pool.expect(&got(&["login", "submit"]).into_iter().chain(["tls sni pool.supportxmr.com".to_string()]).collect::<Vec<_>>(), "tls sni");
+    pool.expect(
+        &got(&["login", "submit"])
+            .into_iter()
+            .chain(["tls sni pool.supportxmr.com".to_string()])
+            .collect::<Vec<_>>(),
+        "tls sni",
+    );
 
     let pool = Pool::start(&["--dialect", "stratum-v1", "--listen", "127.0.0.1:0", "--tls", "--coalesce"]);
-    let out = client(&["--dialect", "stratum-v1", "--connect", &pool.addr, "--tls", "--hold", "1", "--coalesce", "--proxy-line", "--keepalive-nul"]);
+    let out = client(&[
+        "--dialect",
+        "stratum-v1",
+        "--connect",
+        &pool.addr,
+        "--tls",
+        "--hold",
+        "1",
+        "--coalesce",
+        "--proxy-line",
+        "--keepalive-nul",
+    ]);
     assert_done(&out, "stratum-v1 tls no sni");
     pool.expect(
-        &["tls sni none", "got PROXY", "got nul", "got mining.subscribe", "got mining.authorize", "got mining.submit"].map(String::from),
+        &[
+            "tls sni none",
+            "got PROXY",
+            "got nul",
+            "got mining.subscribe",
+            "got mining.authorize",
+            "got mining.submit",
+        ]
+        .map(String::from),
         "tls no sni",
     );
 }
@@ -188,16 +245,35 @@ fn resolve_through_fake_dns_then_connect_to_the_answer() {
     let pool = Pool::start(&["--dialect", "cryptonote", "--listen", "127.0.0.2:0"]);
     let dns = Pool::start(&["--dns", "127.0.0.1:0", "--answer", "127.0.0.2"]);
     let connect = format!("127.0.0.1:{}", pool.port());
-    let out = client(&["--dialect", "cryptonote", "--connect", &connect, "--resolve", "pool.supportxmr.com", "--dns", &dns.addr, "--hold", "1"]);
+    let out = client(&[
+        "--dialect",
+        "cryptonote",
+        "--connect",
+        &connect,
+        "--resolve",
+        "pool.supportxmr.com",
+        "--dns",
+        &dns.addr,
+        "--hold",
+        "1",
+    ]);
     assert_done(&out, "resolve");
-    assert!(text(&out.stderr).contains("resolved pool.supportxmr.com 127.0.0.2"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("resolved pool.supportxmr.com 127.0.0.2"),
+        "{}",
+        text(&out.stderr)
+    );
     dns.expect(&["got dns pool.supportxmr.com A".to_string()], "dns");
     pool.expect(&got(&["login", "submit"]), "resolve");
 }
 
 #[test]
 fn keepalives_while_holding() {
-    for (dialect, keepalive) in [("cryptonote", "keepalived"), ("ethproxy", "eth_submitHashrate"), ("ethereumstratum2", "mining.noop")] {
+    for (dialect, keepalive) in [
+        ("cryptonote", "keepalived"),
+        ("ethproxy", "eth_submitHashrate"),
+        ("ethereumstratum2", "mining.noop"),
+    ] {
         let pool = Pool::start(&["--dialect", dialect, "--listen", "127.0.0.1:0"]);
         let out = client(&["--dialect", dialect, "--connect", &pool.addr, "--hold", "1", "--keepalive", "0.3"]);
         assert_done(&out, dialect);
@@ -205,14 +281,30 @@ fn keepalives_while_holding() {
     }
     // getwork holds with a long poll.
     let pool = Pool::start(&["--dialect", "getwork", "--listen", "127.0.0.1:0", "--job-interval", "0.2"]);
-    assert_done(&client(&["--dialect", "getwork", "--connect", &pool.addr, "--hold", "1"]), "getwork");
+    assert_done(
+        &client(&["--dialect", "getwork", "--connect", &pool.addr, "--hold", "1"]),
+        "getwork",
+    );
     pool.expect(&["got http GET /LP".to_string()], "getwork long poll");
 }
 
 #[test]
 fn wait_before_and_once() {
     let pool = Pool::start(&["--dialect", "kawpow", "--listen", "127.0.0.1:0", "--once", "--job-interval", "0.2"]);
-    let out = client(&["--dialect", "kawpow", "--connect", &pool.addr, "--wait-before", "0.5", "--hold", "1", "--agent", "GMiner/2.09", "--login", "RFakeWallet.rig7"]);
+    let out = client(&[
+        "--dialect",
+        "kawpow",
+        "--connect",
+        &pool.addr,
+        "--wait-before",
+        "0.5",
+        "--hold",
+        "1",
+        "--agent",
+        "GMiner/2.09",
+        "--login",
+        "RFakeWallet.rig7",
+    ]);
     assert_done(&out, "wait-before");
     pool.expect(&got(&["mining.subscribe", "mining.authorize", "mining.submit"]), "wait-before");
     // --once: the pool exits by itself after its one connection.
@@ -229,7 +321,14 @@ fn wait_before_and_once() {
 fn refuses_everything_but_loopback() {
     // --dry-run does every check, then stops before connecting: no packet
     // leaves even if a check were wrong.
-    for addr in ["8.8.8.8:3333", "10.1.2.3:3333", "192.168.1.1:3333", "172.16.0.1:3333", "0.0.0.0:3333", "[2001:db8::1]:3333"] {
+    for addr in [
+        "8.8.8.8:3333",
+        "10.1.2.3:3333",
+        "192.168.1.1:3333",
+        "172.16.0.1:3333",
+        "0.0.0.0:3333",
+        "[2001:db8::1]:3333",
+    ] {
         let out = client(&["--dialect", "stratum-v1", "--connect", addr, "--dry-run"]);
         assert_eq!(out.status.code(), Some(2), "{addr}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains("refusing"), "{addr}: {}", text(&out.stderr));
@@ -238,20 +337,46 @@ fn refuses_everything_but_loopback() {
     let netns = [("RIGWATCH_TEST_NETNS", "1")];
     for addr in ["10.1.2.3:3333", "192.168.7.1:3333", "172.31.0.1:3333"] {
         let out = client_env(&["--dialect", "stratum-v1", "--connect", addr, "--dry-run"], &netns);
-        assert!(out.status.success() && text(&out.stdout).starts_with("allowed "), "{addr}: {}", text(&out.stderr));
+        assert!(
+            out.status.success() && text(&out.stdout).starts_with("allowed "),
+            "{addr}: {}",
+            text(&out.stderr)
+        );
     }
     for addr in ["8.8.8.8:3333", "172.32.0.1:3333", "100.64.0.1:3333"] {
         let out = client_env(&["--dialect", "stratum-v1", "--connect", addr, "--dry-run"], &netns);
         assert_eq!(out.status.code(), Some(2), "{addr} with netns: {}", text(&out.stderr));
     }
-    assert!(client(&["--dialect", "stratum-v1", "--connect", "127.0.0.9:3333", "--dry-run"]).status.success());
+    assert!(client(&["--dialect", "stratum-v1", "--connect", "127.0.0.9:3333", "--dry-run"])
+        .status
+        .success());
     // A DNS server off loopback is refused before the query.
-    let out = client(&["--dialect", "cryptonote", "--connect", "127.0.0.1:3333", "--resolve", "x.test", "--dns", "8.8.8.8:53", "--dry-run"]);
+    let out = client(&[
+        "--dialect",
+        "cryptonote",
+        "--connect",
+        "127.0.0.1:3333",
+        "--resolve",
+        "x.test",
+        "--dns",
+        "8.8.8.8:53",
+        "--dry-run",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     // A DNS answer off loopback is refused before connecting (the fake DNS
     // server may answer 10.x only because it runs as if in a namespace).
     let dns = Pool::start_env(&["--dns", "127.0.0.1:0", "--answer", "10.1.2.3"], &netns);
-    let out = client(&["--dialect", "cryptonote", "--connect", "127.0.0.1:3333", "--resolve", "pool.supportxmr.com", "--dns", &dns.addr, "--dry-run"]);
+    let out = client(&[
+        "--dialect",
+        "cryptonote",
+        "--connect",
+        "127.0.0.1:3333",
+        "--resolve",
+        "pool.supportxmr.com",
+        "--dns",
+        &dns.addr,
+        "--dry-run",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("refusing"), "{}", text(&out.stderr));
     // Host names are never resolved by the system resolver.

@@ -7,6 +7,7 @@
 //! processes run it.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
+use crate::sensors::process::ProcStatic;
 use crate::sensors::ProcKey;
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures};
 use sha2::{Digest, Sha256};
@@ -35,7 +36,8 @@ pub struct BinarySensor {
     root: PathBuf,
     cap: u64,
     by_file: HashMap<FileKey, Arc<Verdict>>,
-    by_proc: HashMap<ProcKey, Arc<Verdict>>,
+    /// Per process, with the fixed part it was computed for (exec replaces it).
+    by_proc: HashMap<ProcKey, (Arc<ProcStatic>, Arc<Verdict>)>,
     denied: usize,
     /// Bytes read in total (for benchmarks and metrics).
     pub bytes_read: u64,
@@ -133,12 +135,12 @@ impl Sensor for BinarySensor {
                 continue;
             }
             let v = match self.by_proc.get(key) {
-                Some(v) => v.clone(),
-                None => {
+                Some((fixed, v)) if Arc::ptr_eq(fixed, &p.fixed) => v.clone(),
+                _ => {
                     let shown = p.fixed.exe.clone().unwrap_or_default();
                     match self.verdict_for(key.pid, &shown) {
                         Ok(v) => {
-                            self.by_proc.insert(*key, v.clone());
+                            self.by_proc.insert(*key, (p.fixed.clone(), v.clone()));
                             v
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {

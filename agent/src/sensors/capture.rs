@@ -222,7 +222,7 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
         {
             return Err(std::io::Error::last_os_error());
         }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
         libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
@@ -343,6 +343,10 @@ pub struct CaptureCounters {
     pub packets: AtomicU64,
     /// Flow evidence produced.
     pub findings: AtomicU64,
+    /// Flush requests (from `observe`) and the last one the thread answered
+    /// by finding the socket queue empty.
+    flush_req: AtomicU64,
+    flush_done: AtomicU64,
 }
 
 /// The capture sensor.
@@ -416,6 +420,8 @@ fn capture_loop(fd: OwnedFd, sig: Arc<RwLock<Arc<Signatures>>>, shared: Arc<NetS
             libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_TRUNC, &mut sll as *mut _ as *mut libc::sockaddr, &mut alen)
         };
         if n <= 0 {
+            // the queue is empty: everything asked for so far has been read
+            counters.flush_done.store(counters.flush_req.load(Ordering::Acquire), Ordering::Release);
             continue;
         }
         // loopback shows each packet twice (outgoing and incoming): keep one
@@ -448,6 +454,12 @@ impl Sensor for CaptureSensor {
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         if let Some(why) = &self.unavailable {
             return Err(SensorError { sensor: "capture", message: why.clone() });
+        }
+        // let the thread read what the kernel has queued before taking its findings
+        let want = self.counters.flush_req.fetch_add(1, Ordering::AcqRel) + 1;
+        let asked = std::time::Instant::now();
+        while self.counters.flush_done.load(Ordering::Acquire) < want && asked.elapsed() < std::time::Duration::from_secs(1) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let pending = self.shared.drain();
         let inodes: HashSet<u64> = pending.iter().filter_map(|f| f.inode).collect();

@@ -5,6 +5,7 @@
 //! miner in a container is read in its own filesystem.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
+use crate::sensors::process::ProcStatic;
 use crate::sensors::{Proc, ProcKey};
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use std::collections::{HashMap, HashSet};
@@ -34,7 +35,8 @@ const MINER_KEYS: &[&str] = &[
 pub struct MinerConfigSensor {
     sig: Arc<Signatures>,
     root: PathBuf,
-    done: HashMap<ProcKey, Vec<Evidence>>,
+    /// Per process, with the fixed part it was computed for (exec replaces it).
+    done: HashMap<ProcKey, (Arc<ProcStatic>, Vec<Evidence>)>,
 }
 
 impl MinerConfigSensor {
@@ -189,11 +191,12 @@ impl Sensor for MinerConfigSensor {
             if p.kernel_thread {
                 continue;
             }
-            if !self.done.contains_key(key) {
+            let fresh = self.done.get(key).is_some_and(|(f, _)| Arc::ptr_eq(f, &p.fixed));
+            if !fresh {
                 let found = self.check(p);
-                self.done.insert(*key, found);
+                self.done.insert(*key, (p.fixed.clone(), found));
             }
-            out.extend(self.done[key].iter().map(|e| Observation::Evidence(*key, e.clone())));
+            out.extend(self.done[key].1.iter().map(|e| Observation::Evidence(*key, e.clone())));
         }
         Ok(())
     }

@@ -83,13 +83,16 @@ pub fn sock_diag_dump() -> std::io::Result<Vec<SocketEntry>> {
     Ok(out)
 }
 
-/// The socket of one exact TCP/UDP 4-tuple, seen from `local`.
+/// The socket of one exact TCP/UDP 4-tuple, seen from `local`. For UDP the
+/// kernel looks the socket up as it would deliver a datagram from `remote`
+/// to `local`, so unconnected sockets (a resolver's `sendto`) are found too.
 pub fn sock_diag_lookup(tcp: bool, local: SocketAddr, remote: SocketAddr) -> Option<SocketEntry> {
     let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
     let proto = if tcp { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP } as u8;
     let mut out = Vec::new();
-    diag::query(family, proto, Some((local, remote)), &mut out).ok()?;
-    out.into_iter().find(|e| e.local == local && e.remote == remote)
+    let id = if tcp { (local, remote) } else { (remote, local) };
+    diag::query(family, proto, Some(id), &mut out).ok()?;
+    out.into_iter().find(|e| e.local.port() == local.port() && (e.remote == remote || (!tcp && e.remote.port() == 0)))
 }
 
 mod diag {

@@ -99,7 +99,9 @@ fn take_value(args: &mut Vec<String>, flag: &str) -> Option<String> {
 }
 
 fn seconds(v: Option<String>, default: f64) -> f64 {
-    v.and_then(|s| s.parse::<f64>().ok()).filter(|x| x.is_finite() && *x >= 0.0).unwrap_or(default)
+    v.and_then(|s| s.parse::<f64>().ok())
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .unwrap_or(default)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -323,13 +325,24 @@ fn serve(tcp: TcpStream, cfg: &Config) -> io::Result<()> {
         match conn.read(&mut tmp) {
             Ok(0) => break Ok(()),
             Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) => break Err(e),
         }
         if start && !strip_preamble(&mut buf, &mut start) {
             continue;
         }
-        let writes = if cfg.dialect == Dialect::Getwork { pool.http(&mut buf) } else { pool.lines(&mut buf) };
+        let writes = if cfg.dialect == Dialect::Getwork {
+            pool.http(&mut buf)
+        } else {
+            pool.lines(&mut buf)
+        };
         let writes = match writes {
             Ok(w) => w,
             Err(e) => break Err(e),
@@ -416,8 +429,18 @@ struct Pool<'a> {
 
 impl<'a> Pool<'a> {
     fn new(cfg: &'a Config) -> Self {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-        Pool { cfg, fake: Fake(seed | 1), job: 0, height: 3_100_000, pushing: false, next_push: Instant::now() }
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Pool {
+            cfg,
+            fake: Fake(seed | 1),
+            job: 0,
+            height: 3_100_000,
+            pushing: false,
+            next_push: Instant::now(),
+        }
     }
 
     fn start_pushing(&mut self) {
@@ -676,14 +699,23 @@ impl<'a> Pool<'a> {
                             _ => ("200 OK", format!("{{\"result\":null,\"error\":{{\"code\":-32601,\"message\":\"Method not found\"}},\"id\":{id}}}")),
                         }
                     }
-                    Err(_) => ("400 Bad Request", "{\"result\":null,\"error\":{\"code\":-32700,\"message\":\"Parse error\"},\"id\":null}".to_string()),
+                    Err(_) => (
+                        "400 Bad Request",
+                        "{\"result\":null,\"error\":{\"code\":-32700,\"message\":\"Parse error\"},\"id\":null}".to_string(),
+                    ),
                 }
             } else if verb == "GET" && path.starts_with("/LP") {
                 // Long poll: hold the request, then hand out new work.
                 std::thread::sleep(self.cfg.job_interval);
-                ("200 OK", format!("{{\"result\":{},\"error\":null,\"id\":0}}", self.getwork_result()))
+                (
+                    "200 OK",
+                    format!("{{\"result\":{},\"error\":null,\"id\":0}}", self.getwork_result()),
+                )
             } else {
-                ("404 Not Found", "{\"result\":null,\"error\":{\"code\":-1,\"message\":\"not found\"},\"id\":null}".to_string())
+                (
+                    "404 Not Found",
+                    "{\"result\":null,\"error\":{\"code\":-1,\"message\":\"not found\"},\"id\":null}".to_string(),
+                )
             };
             let body = format!("{json}\n");
             out.push(
@@ -733,7 +765,10 @@ fn dns_server(addr: SocketAddr, answer: Ipv4Addr, once: bool) {
             say("got junk");
             continue;
         };
-        say(&format!("got dns {name} {}", if qtype == 1 { "A".to_string() } else { qtype.to_string() }));
+        say(&format!(
+            "got dns {name} {}",
+            if qtype == 1 { "A".to_string() } else { qtype.to_string() }
+        ));
         if let Err(e) = sock.send_to(&reply, peer) {
             eprintln!("fakepool: dns send: {e}");
         }

@@ -75,7 +75,8 @@ fn usage(msg: &str) -> ! {
 
 fn parse_addr(flag: &str, s: &str) -> SocketAddr {
     // A literal address only: no name resolution, ever.
-    s.parse().unwrap_or_else(|_| usage(&format!("{flag} {s:?} is not an IP:PORT address")))
+    s.parse()
+        .unwrap_or_else(|_| usage(&format!("{flag} {s:?} is not an IP:PORT address")))
 }
 
 // ---------------------------------------------------------------- args
@@ -97,7 +98,9 @@ fn take_value(args: &mut Vec<String>, flag: &str) -> Option<String> {
 }
 
 fn seconds(v: Option<String>, default: f64) -> f64 {
-    v.and_then(|s| s.parse::<f64>().ok()).filter(|x| x.is_finite() && *x >= 0.0).unwrap_or(default)
+    v.and_then(|s| s.parse::<f64>().ok())
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .unwrap_or(default)
 }
 
 fn say(line: &str) {
@@ -185,7 +188,10 @@ fn main() {
     let dialect = Dialect::parse(&dialect).unwrap_or_else(|| {
         usage("--dialect must be one of stratum-v1 cryptonote ethproxy ethereumstratum1 ethereumstratum2 kawpow getwork")
     });
-    let connect = parse_addr("--connect", &take_value(&mut args, "--connect").unwrap_or_else(|| usage("--connect IP:PORT is required")));
+    let connect = parse_addr(
+        "--connect",
+        &take_value(&mut args, "--connect").unwrap_or_else(|| usage("--connect IP:PORT is required")),
+    );
     check("to connect to", connect.ip());
     let resolve = take_value(&mut args, "--resolve");
     let dns = take_value(&mut args, "--dns").map(|d| parse_addr("--dns", &d));
@@ -248,7 +254,11 @@ fn main() {
 
 /// One A query over UDP to `server`; the first A record's address.
 fn dns_query(name: &str, server: SocketAddr) -> io::Result<IpAddr> {
-    let bind: SocketAddr = if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().unwrap() };
+    let bind: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
     let sock = UdpSocket::bind(bind)?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
     let id = (std::process::id() as u16) ^ 0x5a5a;
@@ -421,7 +431,14 @@ impl Conn {
         };
         match r {
             Ok(n) => Ok(Some(n)),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
@@ -471,11 +488,19 @@ fn run(opts: &Opts) -> io::Result<()> {
     let mut tmp = [0u8; 8192];
     while !m.answered {
         if Instant::now() > deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no share answer within {HANDSHAKE_TIMEOUT:?} ({})", m.progress())));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no share answer within {HANDSHAKE_TIMEOUT:?} ({})", m.progress()),
+            ));
         }
         match conn.read(&mut tmp)? {
             None => continue,
-            Some(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("pool closed the connection ({})", m.progress()))),
+            Some(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("pool closed the connection ({})", m.progress()),
+                ))
+            }
             Some(n) => buf.extend_from_slice(&tmp[..n]),
         }
         for msg in messages(&mut buf, opts.dialect == Dialect::Getwork)? {
@@ -542,7 +567,9 @@ fn messages(buf: &mut Vec<u8>, http: bool) -> io::Result<Vec<Value>> {
         loop {
             let skip = buf.iter().take_while(|b| b.is_ascii_whitespace() || **b == 0).count();
             buf.drain(..skip);
-            let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+            let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                break;
+            };
             let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
             let length = head
                 .split("\r\n")
@@ -646,7 +673,12 @@ impl<'a> Miner<'a> {
     }
 
     fn progress(&self) -> String {
-        format!("authorized={} job={} submitted={}", self.authorized, self.job.is_some(), self.submitted)
+        format!(
+            "authorized={} job={} submitted={}",
+            self.authorized,
+            self.job.is_some(),
+            self.submitted
+        )
     }
 
     fn login(&self) -> String {
@@ -780,9 +812,10 @@ impl<'a> Miner<'a> {
             return out;
         }
         match (d, id) {
-            (Dialect::StratumV1, Some(1)) if !self.o.coalesce => {
-                out.push(format!("{{\"id\": 2, \"method\": \"mining.authorize\", \"params\": [{}, \"x\"]}}\n", self.login()))
-            }
+            (Dialect::StratumV1, Some(1)) if !self.o.coalesce => out.push(format!(
+                "{{\"id\": 2, \"method\": \"mining.authorize\", \"params\": [{}, \"x\"]}}\n",
+                self.login()
+            )),
             (Dialect::StratumV1 | Dialect::KawPow, Some(2)) => self.authorized = result.as_bool() == Some(true),
             (Dialect::CryptoNote, Some(1)) => {
                 self.rpcid = s(&result["id"]);
@@ -804,14 +837,18 @@ impl<'a> Miner<'a> {
             }
             (Dialect::EthStratum1, Some(1)) if !self.o.coalesce => out.extend(self.es1_after_subscribe()),
             (Dialect::EthStratum1, Some(3)) => self.authorized = result.as_bool() == Some(true),
-            (Dialect::EthStratum2, Some(1)) if !self.o.coalesce => out.push("{\"id\":2,\"method\":\"mining.subscribe\",\"params\":[]}\n".into()),
-            (Dialect::EthStratum2, Some(2)) if !self.o.coalesce => {
-                out.push(format!("{{\"id\":3,\"method\":\"mining.authorize\",\"params\":[{},\"x\"]}}\n", self.login()))
+            (Dialect::EthStratum2, Some(1)) if !self.o.coalesce => {
+                out.push("{\"id\":2,\"method\":\"mining.subscribe\",\"params\":[]}\n".into())
             }
+            (Dialect::EthStratum2, Some(2)) if !self.o.coalesce => out.push(format!(
+                "{{\"id\":3,\"method\":\"mining.authorize\",\"params\":[{},\"x\"]}}\n",
+                self.login()
+            )),
             (Dialect::EthStratum2, Some(3)) => self.authorized = !result.is_null(),
-            (Dialect::KawPow, Some(1)) if !self.o.coalesce => {
-                out.push(format!("{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[{},\"x\"]}}\n", self.login()))
-            }
+            (Dialect::KawPow, Some(1)) if !self.o.coalesce => out.push(format!(
+                "{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[{},\"x\"]}}\n",
+                self.login()
+            )),
             (Dialect::Getwork, _) => {
                 if let Some(data) = result["data"].as_str() {
                     self.data = data.to_string();
@@ -836,7 +873,10 @@ impl<'a> Miner<'a> {
         self.submitted = true;
         Some(match self.o.dialect {
             Dialect::StratumV1 => {
-                format!("{{\"method\": \"mining.submit\", \"params\": [{l}, {job}, \"00000000\", {}, \"c0ffee00\"], \"id\":4}}\n", js(&self.ntime))
+                format!(
+                    "{{\"method\": \"mining.submit\", \"params\": [{l}, {job}, \"00000000\", {}, \"c0ffee00\"], \"id\":4}}\n",
+                    js(&self.ntime)
+                )
             }
             Dialect::CryptoNote => {
                 self.submit_id = 2;
@@ -860,7 +900,10 @@ impl<'a> Miner<'a> {
             ),
             Dialect::Getwork => {
                 self.submit_id = 1;
-                self.http_post(&format!("{{\"method\": \"getwork\", \"params\": [{}], \"id\":1}}\r\n", js(&self.data)))
+                self.http_post(&format!(
+                    "{{\"method\": \"getwork\", \"params\": [{}], \"id\":1}}\r\n",
+                    js(&self.data)
+                ))
             }
         })
     }
