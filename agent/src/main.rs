@@ -59,6 +59,19 @@ enum Command {
         #[command(flatten)]
         sig: SigDirs,
     },
+    /// Watch the network live: print each stratum session, pool-domain DNS
+    /// query and TLS SNI as it is seen, with the process that owns it (needs
+    /// CAP_NET_RAW). Stops after --seconds, or on Ctrl-C.
+    Sniff {
+        /// How long to watch (0: until interrupted).
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        seconds: f64,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sig: SigDirs,
+    },
     /// Check, list or import signatures.
     #[command(subcommand)]
     Signatures(SigCommand),
@@ -163,6 +176,7 @@ fn main() -> ExitCode {
         Command::Scan(a) => run_scan(a),
         Command::Inspect { files, json, max_bytes, sig } => run_inspect(&files, json, max_bytes, &sig),
         Command::Pcap { files, json, sig } => run_pcap(&files, json, &sig),
+        Command::Sniff { seconds, json, sig } => run_sniff(seconds, json, &sig),
         Command::Signatures(c) => run_signatures(c),
     };
     match res {
@@ -295,6 +309,53 @@ fn run_pcap(files: &[PathBuf], json: bool, s: &SigDirs) -> anyhow::Result<ExitCo
         }
     }
     Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> {
+    use rigwatch_agent::sensors::{capture::CaptureSensor, Observation, ProcessSensor, Sensor};
+    let (sig, _) = load_signatures(s)?;
+    let root = PathBuf::from("/proc");
+    let shared = Arc::new(rigwatch_agent::net::shared::NetShared::default());
+    let mut cap = CaptureSensor::start(sig, &root, shared);
+    if let Some(why) = &cap.unavailable {
+        anyhow::bail!("{why}");
+    }
+    let mut procs = ProcessSensor::new(&root);
+    if !json {
+        eprintln!("rigwatch: watching all interfaces for stratum, pool DNS and TLS SNI…");
+    }
+    let start = std::time::Instant::now();
+    let mut seen = 0u64;
+    let mut out = std::io::stdout().lock();
+    while seconds <= 0.0 || start.elapsed().as_secs_f64() < seconds {
+        std::thread::sleep(Duration::from_millis(200));
+        let snap = procs.sample()?;
+        let mut obs = Vec::new();
+        cap.observe(&snap, &mut obs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for o in obs {
+            let (who, flow, ev) = match o {
+                Observation::Evidence(k, e) => {
+                    let p = snap.procs.get(&k);
+                    (Some((k.pid, p.map(|p| p.comm.clone()).unwrap_or_default())), None, e)
+                }
+                Observation::Flow(f) => (None, Some((f.client, f.server)), f.evidence),
+                Observation::BinarySha256(..) => continue,
+            };
+            seen += 1;
+            if json {
+                let j = serde_json::json!({"time": scan::unix_now(), "pid": who.as_ref().map(|w| w.0), "comm": who.as_ref().map(|w| &w.1),
+                    "flow": flow.map(|(c, s)| serde_json::json!({"client": c.to_string(), "server": s.to_string()})), "evidence": ev});
+                writeln!(out, "{j}")?;
+            } else {
+                let who = who.map(|(p, c)| format!("pid {p} ({})", output::clean(&c, 32))).unwrap_or_else(|| {
+                    flow.map(|(c, s)| format!("{c} -> {s}")).unwrap_or_default()
+                });
+                writeln!(out, "{:<10} {:<9} {}  {}", ev.weight.as_str(), ev.kind(), who, output::clean(&ev.summary(), 200))?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(if seen > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {

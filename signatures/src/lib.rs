@@ -10,6 +10,7 @@ pub mod compiled;
 pub mod import;
 pub mod load;
 pub mod model;
+pub mod report;
 pub mod rules;
 
 pub use compiled::{ContentScanner, Signatures};

@@ -66,12 +66,16 @@ pub enum DnsError {
 /// assert_eq!(parse(b"\x00\x01"), Err(DnsError::Malformed));
 /// ```
 pub fn parse(bytes: &[u8]) -> Result<DnsMessage, DnsError> {
-    match Packet::parse(bytes) {
-        Ok(p) => Ok(convert(&p)),
-        Err(_) => {
-            if bytes.len() < 12 {
-                return Err(DnsError::Malformed);
-            }
+    // Reject impossible section counts before the parser reserves room for
+    // them (a 40-byte datagram must not make it allocate for 65535 records).
+    let (all_fit, answers_fit) = counts_fit(bytes).ok_or(DnsError::Malformed)?;
+    if !answers_fit {
+        return Err(DnsError::Malformed);
+    }
+    let first = if all_fit { Packet::parse(bytes).ok() } else { None };
+    match first {
+        Some(p) => Ok(convert(&p)),
+        None => {
             let mut copy = bytes.to_vec();
             // clear Z, zero NSCOUNT and ARCOUNT (pointers only go backwards,
             // so cutting later sections cannot break earlier names)
@@ -105,6 +109,17 @@ pub fn parse_tcp(bytes: &[u8]) -> Result<DnsMessage, DnsError> {
     }
     let msg = rest.get(..len).ok_or(DnsError::Incomplete)?;
     parse(msg)
+}
+
+/// Whether the header's section counts can fit in the message: every
+/// question takes at least 5 bytes, every record at least 11. Returns
+/// (all four sections fit, questions and answers fit); `None` without a header.
+fn counts_fit(bytes: &[u8]) -> Option<(bool, bool)> {
+    let count = |i: usize| -> Option<usize> { Some(u16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]) as usize) };
+    let (qd, an, ns, ar) = (count(4)?, count(6)?, count(8)?, count(10)?);
+    let room = bytes.len().checked_sub(12)?;
+    let qa = qd * 5 + an * 11;
+    Some((qa + (ns + ar) * 11 <= room, qa <= room))
 }
 
 fn convert(p: &Packet<'_>) -> DnsMessage {
@@ -280,6 +295,18 @@ mod tests {
         m[11] = 5;
         let p = parse(&m).unwrap();
         assert_eq!(p.answers.len(), 3);
+    }
+
+    #[test]
+    fn impossible_counts_are_rejected_before_parsing() {
+        let mut m = header(1, 0x8180, 0xffff, 0xffff, 0xffff, 0xffff);
+        m.extend_from_slice(&[0; 28]);
+        assert_eq!(parse(&m), Err(DnsError::Malformed));
+        // answers that fit, an additional count that cannot
+        let mut m = pool_response();
+        m[10] = 0xff;
+        m[11] = 0xff;
+        assert_eq!(parse(&m).unwrap().answers.len(), 3);
     }
 
     #[test]

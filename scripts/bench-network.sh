@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Network sensor costs (run as root; needs iperf3):
+#  1. the agent's CPU while iperf3 pushes TCP over loopback for 30 s, next to
+#     iperf3 alone (throughput with and without the agent);
+#  2. stratum login → finding latency, 20 logins, through `rigwatch sniff`.
+set -euo pipefail
+cargo build -q --release -p rigwatch-agent
+RW=target/release/rigwatch
+SECS=${SECS:-30}
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk '{print $14+$15}' /proc/$1/stat; }
+
+iperf3 -s -1 -B 127.0.0.1 -p 5299 >/dev/null 2>&1 &
+sleep 0.5
+alone=$(iperf3 -c 127.0.0.1 -p 5299 -t $SECS -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
+
+$RW sniff --seconds $((SECS + 10)) --json > /tmp/rw-sniff.out 2>/dev/null &
+RWPID=$!
+sleep 1
+iperf3 -s -1 -B 127.0.0.1 -p 5299 >/dev/null 2>&1 &
+sleep 0.5
+c0=$(cpu_of $RWPID); t0=$(date +%s.%N)
+with=$(iperf3 -c 127.0.0.1 -p 5299 -t $SECS -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
+c1=$(cpu_of $RWPID); t1=$(date +%s.%N)
+kill $RWPID 2>/dev/null || true
+python3 - "$alone" "$with" "$c0" "$c1" "$t0" "$t1" "$ticks" <<'PY'
+import sys
+alone, with_, c0, c1, t0, t1, hz = map(float, sys.argv[1:])
+cpu = (c1 - c0) / hz / (t1 - t0) * 100
+print(f"iperf3 alone: {alone:.1f} Gbit/s; with rigwatch sniff capturing: {with_:.1f} Gbit/s")
+print(f"rigwatch capture CPU during iperf3: {cpu:.2f} % of one core ({(c1-c0):.0f} ticks in {t1-t0:.1f} s)")
+PY
+
+# login -> finding latency
+python3 - "$RW" <<'PY'
+import json, socket, subprocess, sys, threading, time
+rw = sys.argv[1]
+sn = subprocess.Popen([rw, "sniff", "--json", "--seconds", "40", "--no-default-signatures"], stdout=subprocess.PIPE, text=True)
+time.sleep(1.5)
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(64)
+port = l.getsockname()[1]
+threading.Thread(target=lambda: [l.accept() for _ in range(64)], daemon=True).start()
+lat = []
+for i in range(20):
+    c = socket.create_connection(("127.0.0.1", port)); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    t = time.time()
+    c.sendall(b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"x%d","pass":"x","agent":"XMRig/6.21.0"}}\n' % i)
+    while True:
+        line = sn.stdout.readline()
+        if '"stratum"' in line:
+            lat.append(time.time() - t); break
+    c.close()
+sn.kill()
+lat.sort()
+print(f"stratum login -> finding (rigwatch sniff, 20 logins): median {lat[10]*1000:.0f} ms, max {lat[-1]*1000:.0f} ms")
+PY
