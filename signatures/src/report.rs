@@ -59,8 +59,8 @@ pub struct SensorStatus {
 }
 
 /// One event: a finding opened, updated or resolved, or a heartbeat.
+/// (No `deny_unknown_fields` here: serde cannot combine it with `flatten`.)
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Event {
     /// Unique per agent: `"{agent_id}:{seq}"`. The collector stores it once.
     pub event_id: String,
