@@ -44,12 +44,18 @@ pub struct Detector {
     host: String,
     /// Evidence from a process's own attributes, by identity, with the comm it was computed for.
     own: HashMap<ProcKey, (String, Vec<Evidence>)>,
+    /// Evidence seen once that stays true for the life of the process (a
+    /// stratum session, a pool DNS query, a TLS SNI): sensors report it once.
+    sticky: HashMap<ProcKey, Vec<Evidence>>,
 }
+
+/// Evidence kinds that are events (seen once) rather than states.
+const STICKY: &[&str] = &["stratum", "tls_sni", "dns"];
 
 impl Detector {
     /// A detector for `host` with a signature set.
     pub fn new(sig: Arc<Signatures>, cfg: DetectorConfig, host: &str) -> Self {
-        Detector { sig, cfg, host: host.to_string(), own: HashMap::new() }
+        Detector { sig, cfg, host: host.to_string(), own: HashMap::new(), sticky: HashMap::new() }
     }
 
     /// Takes a new signature set (hot reload).
@@ -66,6 +72,12 @@ impl Detector {
         let mut flows: std::collections::BTreeMap<(String, String, bool), Vec<Evidence>> = Default::default();
         for o in observations {
             match o {
+                Observation::Evidence(k, e) if STICKY.contains(&e.kind()) => {
+                    let v = self.sticky.entry(*k).or_default();
+                    if !v.contains(e) {
+                        v.push(e.clone());
+                    }
+                }
                 Observation::Evidence(k, e) => extra.entry(*k).or_default().push(e.clone()),
                 Observation::BinarySha256(k, h) => {
                     hashes.insert(*k, *h);
@@ -76,6 +88,10 @@ impl Detector {
             }
         }
         self.own.retain(|k, _| cur.procs.contains_key(k));
+        self.sticky.retain(|k, _| cur.procs.contains_key(k));
+        for (k, v) in &self.sticky {
+            extra.entry(*k).or_default().extend(v.iter().cloned());
+        }
         let window = prev.map(|p| cur.at.saturating_duration_since(p.at).as_secs_f64()).unwrap_or(0.0);
         let mut findings = Vec::new();
         let me = std::process::id();

@@ -4,6 +4,7 @@
 //! Data flows one way: `sensors` → `detector` → output (`scan`, and the
 //! daemon's sinks).
 
+pub mod daemon;
 pub mod detector;
 pub mod net;
 pub mod output;

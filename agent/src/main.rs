@@ -46,6 +46,13 @@ enum Command {
         #[command(flatten)]
         sig: SigDirs,
     },
+    /// Run the agent: continuous detection, /metrics for Prometheus, findings
+    /// shipped to the collector. Works with no config file.
+    ///
+    /// Defaults: a pass every 10 s plus one 250 ms after each exec, /metrics
+    /// on 127.0.0.1:9861, no collector (set --collector and --token), no
+    /// response. `--print-config` shows every setting with its default.
+    Run(RunArgs),
     /// Classify the flows of pcap/pcapng captures taken elsewhere: stratum
     /// dialects, TLS SNI and DNS for pool domains. Same JSON shape as scan,
     /// with each finding's `flow` instead of a pid. Exit 1 when found.
@@ -114,8 +121,46 @@ struct ScanArgs {
     /// Do not look at sockets (connections to pool addresses and ports).
     #[arg(long)]
     no_sockets: bool,
+    /// Do not look at GPUs (NVML, DRM fdinfo). NVML is loaded from
+    /// $RIGWATCH_NVML_LIBRARY when set, else libnvidia-ml.so.1.
+    #[arg(long)]
+    no_gpu: bool,
     #[command(flatten)]
     sig: SigDirs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The TOML config file (see --print-config for every setting).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the /metrics endpoint [default: 127.0.0.1:9861].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Collector base URL, e.g. https://collector:9860.
+    #[arg(long, value_name = "URL")]
+    collector: Option<String>,
+    /// Bearer token for the collector.
+    #[arg(long, value_name = "TOKEN", env = "RIGWATCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where events wait for the collector [default: /var/lib/rigwatch/spool].
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
+    /// The proc filesystem to read.
+    #[arg(long, value_name = "DIR")]
+    proc_root: Option<PathBuf>,
+    /// Seconds between periodic passes.
+    #[arg(long, value_name = "SECONDS")]
+    interval: Option<f64>,
+    /// Extra signature directory (repeatable; watched and hot-reloaded).
+    #[arg(long = "signatures", value_name = "DIR")]
+    signatures: Vec<PathBuf>,
+    /// Run one pass, print the /metrics exposition and exit (no network, no shipping).
+    #[arg(long)]
+    once: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy)]
@@ -175,6 +220,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Scan(a) => run_scan(a),
         Command::Inspect { files, json, max_bytes, sig } => run_inspect(&files, json, max_bytes, &sig),
+        Command::Run(a) => run_daemon(a),
         Command::Pcap { files, json, sig } => run_pcap(&files, json, &sig),
         Command::Sniff { seconds, json, sig } => run_sniff(seconds, json, &sig),
         Command::Signatures(c) => run_signatures(c),
@@ -222,6 +268,8 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
             max_binary_bytes: a.max_binary_bytes,
             capture: !a.no_capture,
             sockets: !a.no_sockets,
+            gpu: !a.no_gpu,
+            ..Default::default()
         },
     };
     let tty = std::io::stderr().is_terminal();
@@ -283,6 +331,43 @@ fn run_inspect(files: &[PathBuf], json: bool, cap: u64, s: &SigDirs) -> anyhow::
         }
     }
     Ok(if errors > 0 { ExitCode::from(2) } else if any { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
+    use rigwatch_agent::daemon::{self, config::Config};
+    let mut cfg = match &a.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.listen {
+        cfg.metrics.listen = v;
+    }
+    if let Some(v) = a.collector {
+        cfg.collector.url = v;
+    }
+    if let Some(v) = a.token {
+        cfg.collector.token = v;
+    }
+    if let Some(v) = a.spool_dir {
+        cfg.collector.spool_dir = v;
+    }
+    if let Some(v) = a.proc_root {
+        cfg.scan.proc_root = v;
+    }
+    if let Some(v) = a.interval {
+        anyhow::ensure!(v > 0.0, "--interval must be positive");
+        cfg.scan.interval_seconds = v;
+    }
+    cfg.signatures.dirs.extend(a.signatures);
+    if a.print_config {
+        print!("{}", toml::to_string_pretty(&cfg)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !cfg.collector.url.is_empty() && cfg.collector.token.is_empty() {
+        anyhow::bail!("--collector needs --token (or RIGWATCH_TOKEN, or collector.token in the config)");
+    }
+    daemon::run(cfg, a.once)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_pcap(files: &[PathBuf], json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> {

@@ -49,7 +49,7 @@ pub fn render(report: &ScanReport, color: bool) -> String {
             count("likely"),
             count("suspicious")
         );
-        let _ = writeln!(o, "{:<11} {:>7}  {:<12} {:<16} {:>6}  {}", "SEVERITY", "PID", "USER", "PROCESS", "CPU", "EXECUTABLE");
+        let _ = writeln!(o, "{:<11} {:>7}  {:<12} {:<16} {:>6} {:>5}  {}", "SEVERITY", "PID", "USER", "PROCESS", "CPU", "GPU", "EXECUTABLE");
         for f in &report.findings {
             row(&mut o, f, color);
         }
@@ -79,18 +79,20 @@ fn paint(sev: &str, color: bool) -> String {
 fn row(o: &mut String, f: &Finding, color: bool) {
     let p = &f.process;
     if let Some(fl) = &f.flow {
-        let _ = writeln!(o, "{} {:>7}  {:<12} {:<16} {:>6}  {} -> {} ({})", paint(f.severity.as_str(), color), "-", "-", "(flow)", "-", fl.client, fl.server, fl.transport);
+        let _ = writeln!(o, "{} {:>7}  {:<12} {:<16} {:>6} {:>5}  {} -> {} ({})", paint(f.severity.as_str(), color), "-", "-", "(flow)", "-", "-", fl.client, fl.server, fl.transport);
         return;
     }
     let cpu = f.cpu_cores.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into());
+    let gpu = f.gpu.as_ref().map(|g| format!("{:.0}%", g.utilization_percent)).unwrap_or_else(|| "-".into());
     let _ = writeln!(
         o,
-        "{} {:>7}  {:<12} {:<16} {:>6}  {}",
+        "{} {:>7}  {:<12} {:<16} {:>6} {:>5}  {}",
         paint(f.severity.as_str(), color),
         p.pid,
         clean(&p.user, 12),
         clean(&p.comm, 16),
         cpu,
+        gpu,
         clean(&p.exe, 80)
     );
 }

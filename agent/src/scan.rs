@@ -59,9 +59,13 @@ pub struct ScanReport {
     pub warnings: Vec<String>,
 }
 
-/// This host's name.
+/// This host's name: `RIGWATCH_HOSTNAME` when set (in a Kubernetes
+/// DaemonSet, the node name from the downward API), else the system's.
 pub fn host_name() -> String {
-    sysinfo::System::host_name().unwrap_or_else(|| "localhost".into())
+    std::env::var("RIGWATCH_HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .unwrap_or_else(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".into()))
 }
 
 /// Unix seconds now.

@@ -32,7 +32,7 @@ fn kinds(ev: &[rigwatch_signatures::Evidence]) -> Vec<&'static str> {
 #[test]
 fn reads_every_process_and_its_fixed_part() {
     let s = sample(&fixture());
-    assert_eq!(s.procs.len(), 13);
+    assert_eq!(s.procs.len(), 14);
     let x = &s.procs[&key(&s, 1001)];
     assert_eq!(x.comm, "xmrig");
     assert_eq!(x.fixed.uid, 1000);

@@ -228,9 +228,13 @@ impl EvidenceKind {
             ExecutableOrigin { origin, path } => format!("runs from a {} location: {path}", origin.as_str()),
             Masquerade { reason, .. } => format!("masquerade: {reason}"),
             Cpu { cores, window_seconds } => format!("{cores:.2} cores over {window_seconds:.0}s"),
-            Gpu { gpu, utilization_percent, memory_bytes, .. } => format!(
-                "GPU {gpu}: {utilization_percent:.0}% util, {} MiB",
-                memory_bytes / (1024 * 1024)
+            Gpu { gpu, utilization_percent, memory_bytes, window_seconds, scheduler } => format!(
+                "GPU {gpu}: {utilization_percent:.0}% util, {} MiB over {window_seconds:.0}s, {}",
+                memory_bytes / (1024 * 1024),
+                match scheduler {
+                    Some(s) => format!("in {s}"),
+                    None => "outside any scheduler job".into(),
+                }
             ),
             PoolConnection { remote, reason, .. } => format!("connection to {remote} ({reason})"),
             Dns { name, .. } => format!("DNS for pool {name}"),
@@ -339,6 +343,9 @@ pub struct Finding {
     /// Cores used over the last window, if measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
+    /// GPU use over the last window, from the GPU evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuUse>,
     /// Unix seconds when first and last seen.
     pub first_seen: u64,
     /// Unix seconds when last seen.
@@ -355,6 +362,7 @@ impl Finding {
             EvidenceKind::Cpu { cores, .. } => Some(cores),
             _ => None,
         });
+        let gpu = GpuUse::from_evidence(&evidence);
         Some(Finding {
             id: finding_id(host, process.pid, process.start_time),
             severity,
@@ -364,9 +372,47 @@ impl Finding {
             evidence,
             flow: None,
             cpu_cores,
+            gpu,
             first_seen: now,
             last_seen: now,
         })
+    }
+}
+
+/// A process's GPU use over the last window, summed up from its GPU evidence.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GpuUse {
+    /// The GPU (the busiest one's label when several).
+    pub gpu: String,
+    /// Utilisation over the window, percent (the busiest GPU's).
+    pub utilization_percent: f64,
+    /// GPU memory held, bytes (all GPUs).
+    pub memory_bytes: u64,
+    /// GPUs used.
+    pub gpus: usize,
+}
+
+impl GpuUse {
+    /// The GPU use the evidence shows, if it has GPU evidence.
+    pub fn from_evidence(evidence: &[Evidence]) -> Option<GpuUse> {
+        let mut out: Option<GpuUse> = None;
+        for e in evidence {
+            let EvidenceKind::Gpu { gpu, utilization_percent, memory_bytes, .. } = &e.detail else { continue };
+            match &mut out {
+                None => {
+                    out = Some(GpuUse { gpu: gpu.clone(), utilization_percent: *utilization_percent, memory_bytes: *memory_bytes, gpus: 1 })
+                }
+                Some(u) => {
+                    if *utilization_percent > u.utilization_percent {
+                        u.gpu = gpu.clone();
+                        u.utilization_percent = *utilization_percent;
+                    }
+                    u.memory_bytes += memory_bytes;
+                    u.gpus += 1;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -401,6 +447,7 @@ impl Finding {
             evidence,
             flow: Some(flow),
             cpu_cores: None,
+            gpu: None,
             first_seen: now,
             last_seen: now,
         })

@@ -409,8 +409,17 @@ fn classify_method(m: &str, obj: &Map<String, Value>, cut: bool) -> Option<Cand>
         }
         // ---- CryptoNote (XMRig)
         "login" => {
+            // XMRig: {"login":..,"pass":..,"agent":..,"rigid":..,"algo":[..]}.
+            // A web API's {"login":"alice","pass":"pw"} has the same keys, so
+            // without an XMRig-only key the login must look like a wallet.
             let p = pobj?;
             if !has_str(p, "login", cut) {
+                return None;
+            }
+            let xmrig_keys = ["agent", "rigid", "algo"].iter().any(|k| has_any(p, k, cut));
+            let wallet = str_field(p, "login").is_some_and(looks_like_cryptonote_wallet);
+            let unknown = cut && matches!(field(p, "login"), Some(Value::Null));
+            if !(xmrig_keys || wallet || unknown) {
                 return None;
             }
             let mut c = cand("cryptonote", m, true, 100);
@@ -469,6 +478,14 @@ fn classify_method(m: &str, obj: &Map<String, Value>, cut: bool) -> Option<Cand>
         _ => return None,
     };
     Some(c)
+}
+
+/// A CryptoNote (Monero-family) address, maybe followed by `.worker` or
+/// `+difficulty`: 90 to 110 base58 characters before the first other one.
+fn looks_like_cryptonote_wallet(s: &str) -> bool {
+    const B58: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let n = s.trim().bytes().take_while(|b| B58.contains(b)).count();
+    (90..=110).contains(&n)
 }
 
 /// The first `n` params are all `0x` hex strings.
@@ -640,14 +657,16 @@ fn http_body(body: &[u8], response: bool) -> Option<Cand> {
         Err(_) => tolerant_parse(body)?,
     };
     let obj = v.as_object()?;
+    // getwork, or ETHPROXY methods sent to a node's HTTP JSON-RPC (ethminer -G)
+    let over_http = |c: &Cand| matches!(c.hit.dialect, "getwork" | "ethproxy");
     if response {
-        return match classify_result(obj, cut)? {
-            c if c.hit.dialect == "getwork" => Some(c),
-            _ => None,
-        };
+        return classify_result(obj, cut).filter(over_http);
     }
     let method = str_field(obj, "method")?.trim().to_ascii_lowercase();
     match method.as_str() {
+        "eth_getwork" | "eth_submitwork" | "eth_submithashrate" | "eth_submitlogin" => {
+            classify_method(&method, obj, cut).filter(over_http)
+        }
         "getwork" => Some(cand("getwork", "getwork", true, 70)),
         "getblocktemplate" | "get_block_template" => {
             let mut c = cand("getwork", &method, true, 75);
@@ -1270,6 +1289,14 @@ mod tests {
     }
 
     #[test]
+    fn http_eth_getwork_to_a_node() {
+        let h = hit("POST / HTTP/1.1\r\nHost: 127.0.0.1:8545\r\nContent-Type: application/json\r\nContent-Length: 58\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"eth_getWork\",\"params\":[],\"id\":1}");
+        assert_eq!((h.dialect, h.method.as_str(), h.from_client), ("ethproxy", "eth_getwork", true));
+        let h = hit("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[\"0x645cf20198c2f3861e947d4f67e3ab63b7b2e24dcc9095bd9123e7b33371f6cc\",\"0xabad8f99f3918bf903c6a909d9bbc0fdfa5a2f4b9cb1196175ec825c6610126c\",\"0x00000000ffff0000000000000000000000000000000000000000000000000000\",\"0xd3b9a1\"]}\n");
+        assert_eq!((h.dialect, h.method.as_str(), h.from_client), ("ethproxy", "eth_getwork(result)", false));
+    }
+
+    #[test]
     fn http_pool_response_headers() {
         let h = hit("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Long-Polling: /LP\r\nX-Roll-Ntime: expire=120\r\nX-Stratum: stratum+tcp://pool.example:3333\r\nContent-Length: 512\r\n\r\n{\"result\":{\"midstate\":\"aa\",\"data\":\"00\",\"hash1\":\"00\",\"target\":\"ff\"},\"error\":null,\"id\":0}");
         assert_eq!(h.dialect, "getwork");
@@ -1289,6 +1316,7 @@ mod tests {
             b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"0x10d4f\"}\n",
             b"{\"method\":\"login\",\"params\":[\"user\",\"pw\"]}\n",
             b"{\"method\":\"login\",\"params\":{\"username\":\"user\",\"password\":\"pw\"}}\n",
+            b"{\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"login\",\"params\":{\"login\":\"alice\",\"pass\":\"hunter2\"}}\n",
             b"{\"method\":\"submit\",\"params\":{\"form\":\"contact\"}}\n",
             b"{\"method\":\"job\",\"params\":{\"name\":\"build\"}}\n",
             b"{\"id\":1,\"result\":[[\"a\",\"b\"],\"c\"]}\n",

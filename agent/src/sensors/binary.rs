@@ -41,6 +41,7 @@ pub struct BinarySensor {
     denied: usize,
     /// Bytes read in total (for benchmarks and metrics).
     pub bytes_read: u64,
+    pass_budget: u64,
 }
 
 impl BinarySensor {
@@ -54,7 +55,15 @@ impl BinarySensor {
             by_proc: HashMap::new(),
             denied: 0,
             bytes_read: 0,
+            pass_budget: u64::MAX,
         }
+    }
+
+    /// Caps the bytes of new executables read in one pass; the others are
+    /// read in later passes (pacing: no I/O spike when many programs start).
+    pub fn with_pass_budget(mut self, bytes: u64) -> Self {
+        self.pass_budget = bytes.max(1);
+        self
     }
 
     /// How many distinct binaries have been read.
@@ -130,12 +139,14 @@ impl Sensor for BinarySensor {
         self.denied = 0;
         self.by_proc.retain(|k, _| snap.procs.contains_key(k));
         let want_hash = self.sig.has_hash_allowlist();
+        let pass_start = self.bytes_read;
         for (key, p) in &snap.procs {
             if p.kernel_thread {
                 continue;
             }
             let v = match self.by_proc.get(key) {
                 Some((fixed, v)) if Arc::ptr_eq(fixed, &p.fixed) => v.clone(),
+                _ if self.bytes_read - pass_start >= self.pass_budget => continue,
                 _ => {
                     let shown = p.fixed.exe.clone().unwrap_or_default();
                     match self.verdict_for(key.pid, &shown) {

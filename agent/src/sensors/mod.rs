@@ -7,6 +7,8 @@
 
 pub mod binary;
 pub mod capture;
+pub mod execevents;
+pub mod gpu;
 pub mod minerconfig;
 pub mod process;
 pub mod sockets;
@@ -63,15 +65,23 @@ pub trait Sensor: Send {
 pub struct SensorOptions {
     /// Most bytes of an executable read for hashing and content matching.
     pub max_binary_bytes: u64,
+    /// Most bytes of new executables read in one pass (the rest waits).
+    pub binary_bytes_per_pass: u64,
     /// Watch sockets (sock_diag or the proc root's net files).
     pub sockets: bool,
     /// Capture packets (AF_PACKET; needs CAP_NET_RAW).
     pub capture: bool,
+    /// Watch GPUs (NVML, DRM fdinfo).
+    pub gpu: bool,
+    /// The NVML library (`gpu.nvml_library`); `RIGWATCH_NVML_LIBRARY` overrides it.
+    pub nvml_library: Option<std::path::PathBuf>,
+    /// Cgroup substrings that mark scheduler jobs, beyond Slurm and Kubernetes (`gpu.scheduler_cgroups`).
+    pub gpu_scheduler_cgroups: Vec<String>,
 }
 
 impl Default for SensorOptions {
     fn default() -> Self {
-        SensorOptions { max_binary_bytes: 64 * 1024 * 1024, sockets: true, capture: true }
+        SensorOptions { max_binary_bytes: 64 * 1024 * 1024, binary_bytes_per_pass: u64::MAX, sockets: true, capture: true, gpu: true, nvml_library: None, gpu_scheduler_cgroups: Vec::new() }
     }
 }
 
@@ -80,7 +90,7 @@ impl Default for SensorOptions {
 pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &SensorOptions) -> Vec<Box<dyn Sensor>> {
     let shared = Arc::new(crate::net::shared::NetShared::default());
     let mut v: Vec<Box<dyn Sensor>> = vec![
-        Box::new(binary::BinarySensor::new(sig.clone(), proc_root, opts.max_binary_bytes)),
+        Box::new(binary::BinarySensor::new(sig.clone(), proc_root, opts.max_binary_bytes).with_pass_budget(opts.binary_bytes_per_pass)),
         Box::new(minerconfig::MinerConfigSensor::new(sig.clone(), proc_root)),
     ];
     if opts.capture {
@@ -88,6 +98,10 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
     }
     if opts.sockets {
         v.push(Box::new(sockets::SocketSensor::new(sig, proc_root, shared)));
+    }
+    if opts.gpu {
+        let cfg = gpu::GpuConfig { nvml_library: opts.nvml_library.clone(), scheduler_cgroups: opts.gpu_scheduler_cgroups.clone() };
+        v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
     }
     v
 }

@@ -1,0 +1,251 @@
+//! The agent's configuration file (TOML). Every field has a working default,
+//! so `rigwatch run` needs no file at all; `rigwatch run --print-config`
+//! prints this structure with its defaults. The doc comments below are the
+//! user documentation of each field.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// How the agent scans.
+    pub scan: ScanConfig,
+    /// Which sensors run.
+    pub sensors: SensorsConfig,
+    /// Signature directories (watched; a changed file is reloaded).
+    pub signatures: SignaturesConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Shipping to the collector.
+    pub collector: CollectorConfig,
+    /// What to do about miners (off by default).
+    pub response: ResponseConfig,
+    /// GPU sensor settings.
+    pub gpu: GpuConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scan: ScanConfig::default(),
+            sensors: SensorsConfig::default(),
+            signatures: SignaturesConfig::default(),
+            metrics: MetricsConfig::default(),
+            collector: CollectorConfig::default(),
+            response: ResponseConfig::default(),
+            gpu: GpuConfig::default(),
+        }
+    }
+}
+
+/// Scanning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanConfig {
+    /// Seconds between periodic passes over all processes.
+    pub interval_seconds: f64,
+    /// CPU is measured over at least this many seconds.
+    pub cpu_window_seconds: f64,
+    /// Cores a process must use over the window to count as busy.
+    pub cpu_threshold_cores: f64,
+    /// The proc filesystem to read.
+    pub proc_root: PathBuf,
+    /// Most bytes of one executable read for hashing and content matching.
+    pub max_binary_bytes: u64,
+    /// Most bytes of new executables read in one pass (the rest waits for the
+    /// next pass), so a host full of new binaries sees no I/O spike.
+    pub binary_bytes_per_pass: u64,
+    /// Lower the agent's own CPU priority (nice 10).
+    pub lower_priority: bool,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        ScanConfig {
+            interval_seconds: 10.0,
+            cpu_window_seconds: 10.0,
+            cpu_threshold_cores: 0.5,
+            proc_root: PathBuf::from("/proc"),
+            max_binary_bytes: 64 * 1024 * 1024,
+            binary_bytes_per_pass: 256 * 1024 * 1024,
+            lower_priority: true,
+        }
+    }
+}
+
+/// Sensors on and off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SensorsConfig {
+    /// Exec events from the kernel's proc connector (needs CAP_NET_ADMIN).
+    pub exec_events: bool,
+    /// Executable hashes and content.
+    pub binary: bool,
+    /// Miner configuration files.
+    pub minerconfig: bool,
+    /// Sockets (pool addresses and ports).
+    pub sockets: bool,
+    /// Packet capture (stratum, TLS SNI, DNS; needs CAP_NET_RAW).
+    pub capture: bool,
+    /// GPU use (NVML, DRM fdinfo).
+    pub gpu: bool,
+}
+
+impl Default for SensorsConfig {
+    fn default() -> Self {
+        SensorsConfig { exec_events: true, binary: true, minerconfig: true, sockets: true, capture: true, gpu: true }
+    }
+}
+
+/// Signatures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignaturesConfig {
+    /// Directories of extra rule files (*.toml), on top of the bundled set.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Default for SignaturesConfig {
+    fn default() -> Self {
+        SignaturesConfig { dirs: vec![PathBuf::from("/etc/rigwatch/signatures.d")] }
+    }
+}
+
+/// Prometheus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the /metrics endpoint (default port 9861).
+    pub listen: String,
+    /// Most `rigwatch_finding_active` series (one per active finding).
+    pub max_finding_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9861".into(), max_finding_series: 100 }
+    }
+}
+
+/// The collector.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Base URL (e.g. https://collector.example:9860); empty: findings stay local.
+    pub url: String,
+    /// Bearer token (from `rigwatch-collector token create`).
+    pub token: String,
+    /// A PEM file of CA certificates to trust for the collector's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Where events wait until the collector has them.
+    pub spool_dir: PathBuf,
+    /// Most bytes the spool may hold; beyond it the oldest events are dropped (and counted).
+    pub spool_max_bytes: u64,
+    /// Seconds between heartbeats.
+    pub heartbeat_seconds: f64,
+    /// Most events in one batch.
+    pub batch_size: usize,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            url: String::new(),
+            token: String::new(),
+            ca_file: None,
+            spool_dir: PathBuf::from("/var/lib/rigwatch/spool"),
+            spool_max_bytes: 256 * 1024 * 1024,
+            heartbeat_seconds: 30.0,
+            batch_size: 500,
+        }
+    }
+}
+
+/// What to do to a process at each severity.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Nothing.
+    None,
+    /// SIGSTOP: frozen, kept for forensics.
+    Stop,
+    /// SIGKILL.
+    Kill,
+}
+
+/// Response policy (off by default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponseConfig {
+    /// Only log what would be done.
+    pub dry_run: bool,
+    /// Action for confirmed findings.
+    pub confirmed: Action,
+    /// Action for likely findings.
+    pub likely: Action,
+    /// Action for suspicious findings.
+    pub suspicious: Action,
+    /// Copy the binary of a process that is acted on into `quarantine_dir`
+    /// (root-only, exec bit stripped).
+    pub quarantine: bool,
+    /// Where quarantined binaries go.
+    pub quarantine_dir: PathBuf,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        ResponseConfig {
+            dry_run: false,
+            confirmed: Action::None,
+            likely: Action::None,
+            suspicious: Action::None,
+            quarantine: false,
+            quarantine_dir: PathBuf::from("/var/lib/rigwatch/quarantine"),
+        }
+    }
+}
+
+/// GPU sensor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuConfig {
+    /// Path of libnvidia-ml.so (else RIGWATCH_NVML_LIBRARY, else the usual name).
+    pub nvml_library: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads a config file; errors name the file and line.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| rigwatch_signatures::rules::line_of(&text, s.start)).unwrap_or(0);
+            anyhow::anyhow!("{}:{line}: {}", path.display(), e.message())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_errors_name_the_line() {
+        let text = toml::to_string_pretty(&Config::default()).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[scan]\ninterval_seconds = 5\n\n[response]\nconfirmed = \"explode\"\n").unwrap();
+        let e = Config::from_file(&p).unwrap_err().to_string();
+        assert!(e.contains("c.toml:5"), "{e}");
+        std::fs::write(&p, "[scan]\nintervl = 5\n").unwrap();
+        assert!(Config::from_file(&p).unwrap_err().to_string().contains("intervl"));
+        std::fs::write(&p, "[scan]\ninterval_seconds = 2\n[response]\nconfirmed = \"kill\"\ndry_run = true\n").unwrap();
+        let c = Config::from_file(&p).unwrap();
+        assert_eq!(c.scan.interval_seconds, 2.0);
+        assert_eq!(c.response.confirmed, Action::Kill);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9861", "unset fields keep their defaults");
+    }
+}

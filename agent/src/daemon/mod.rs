@@ -1,0 +1,349 @@
+//! `rigwatch run`: the agent that runs on every server.
+//!
+//! One detection thread runs passes (periodically, and 250 ms after a
+//! process execs), turns findings into opened/updated/resolved events,
+//! writes them to the spool, updates the metrics and applies the response
+//! policy. A small tokio runtime serves /metrics and ships the spool to the
+//! collector. Signature directories are watched and reloaded; a bad file
+//! keeps the previous set in force.
+
+pub mod config;
+pub mod metrics;
+pub mod response;
+pub mod shipper;
+pub mod spool;
+pub mod tracker;
+
+use crate::detector::{Detector, DetectorConfig};
+use crate::scan::{host_name, unix_now};
+use crate::sensors::{self, ProcessSensor, Sensor, SensorOptions, Snapshot};
+use config::Config;
+use metrics::Metrics;
+use rigwatch_signatures::report::{EventKind, SensorStatus};
+use rigwatch_signatures::Signatures;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracker::{Change, Tracker};
+
+/// Delay between an exec event and the pass that checks it (lets the new
+/// program set up its argv and open its config).
+const EXEC_SETTLE: Duration = Duration::from_millis(250);
+
+enum Msg {
+    Exec,
+    Reload,
+}
+
+/// State the detection thread shares with the HTTP server and the shipper.
+pub struct Shared {
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The spool, when a collector is configured.
+    pub spool: Option<Mutex<spool::Spool>>,
+    /// Sensor status for the reports.
+    pub sensors: Mutex<Vec<SensorStatus>>,
+    /// The signature set version in force.
+    pub signatures_version: Mutex<String>,
+    /// Wakes the shipper.
+    pub wake: tokio::sync::Notify,
+}
+
+fn log(kind: &str, value: serde_json::Value) {
+    let line = serde_json::json!({"ts": unix_now(), "msg": kind, "data": value});
+    eprintln!("{line}");
+}
+
+/// Loads signatures from the bundled set and `dirs`. Strict: any error and
+/// the caller keeps what it had.
+fn load(dirs: &[PathBuf]) -> (Arc<Signatures>, Vec<String>) {
+    let l = rigwatch_signatures::load(dirs, true);
+    (Arc::new(l.signatures), l.errors.iter().map(|e| e.to_string()).collect())
+}
+
+/// Runs the agent until killed. With `once`, runs a single pass (no CPU
+/// window, no network, no shipping), prints the /metrics exposition and returns.
+pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
+    if cfg.scan.lower_priority && !once {
+        // SAFETY: setpriority on our own process.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    }
+    let host = host_name();
+    let (mut sig, errors) = load(&cfg.signatures.dirs);
+    let spool = if cfg.collector.url.is_empty() || once {
+        None
+    } else {
+        Some(Mutex::new(
+            spool::Spool::open(&cfg.collector.spool_dir, cfg.collector.spool_max_bytes)
+                .map_err(|e| anyhow::anyhow!("spool {}: {e}", cfg.collector.spool_dir.display()))?,
+        ))
+    };
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        spool,
+        sensors: Mutex::new(Vec::new()),
+        signatures_version: Mutex::new(sig.version.clone()),
+        wake: tokio::sync::Notify::new(),
+    });
+    let m = &shared.metrics;
+    m.signatures_info.with_label_values(&[&sig.version]).set(1);
+    m.signatures_rules.set(sig.rules().len() as i64);
+    m.signatures_reload_ok.set(errors.is_empty() as i64);
+    for e in &errors {
+        m.signature_load_errors.inc();
+        log("signature_error", serde_json::json!(e));
+    }
+
+    let (tx, rx) = channel::<Msg>();
+    let mut exec_up = None;
+    if cfg.sensors.exec_events && !once {
+        exec_up = Some(match sensors::execevents::open() {
+            Ok(fd) => {
+                let (ptx, prx) = channel::<u32>();
+                std::thread::spawn(move || sensors::execevents::run(fd, ptx));
+                let tx2 = tx.clone();
+                std::thread::spawn(move || {
+                    for _pid in prx {
+                        if tx2.send(Msg::Exec).is_err() {
+                            return;
+                        }
+                    }
+                });
+                None
+            }
+            Err(e) => Some(format!("exec events unavailable ({e}); the periodic pass still runs")),
+        });
+    }
+    let _watcher = if once { None } else { watch(&cfg.signatures.dirs, tx.clone()) };
+    // the runtime lives as long as this function (the agent)
+    let _runtime = if once {
+        None
+    } else {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind(&cfg.metrics.listen)).map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.metrics.listen))?;
+        log("listening", serde_json::json!({"metrics": format!("http://{}/metrics", listener.local_addr()?)}));
+        let s2 = shared.clone();
+        rt.spawn(serve(listener, s2));
+        if shared.spool.is_some() {
+            rt.spawn(shipper::run(cfg.collector.clone(), shared.clone(), host.clone()));
+        }
+        Some(rt)
+    };
+
+    let opts = SensorOptions {
+        max_binary_bytes: cfg.scan.max_binary_bytes,
+        binary_bytes_per_pass: cfg.scan.binary_bytes_per_pass,
+        sockets: cfg.sensors.sockets && !once,
+        capture: cfg.sensors.capture && !once,
+        ..SensorOptions::default()
+    };
+    let root = cfg.scan.proc_root.clone();
+    let mut procs = ProcessSensor::new(&root);
+    let mut sensors: Vec<Box<dyn Sensor>> = sensors::registry(sig.clone(), &root, &opts)
+        .into_iter()
+        .filter(|s| match s.name() {
+            "binary" => cfg.sensors.binary,
+            "minerconfig" => cfg.sensors.minerconfig,
+            _ => true,
+        })
+        .collect();
+    let dcfg = DetectorConfig { cpu_cores_threshold: cfg.scan.cpu_threshold_cores, ..Default::default() };
+    let mut detector = Detector::new(sig.clone(), dcfg, &host);
+    // with a spool, the active set survives restarts next to it
+    let tracker_file = shared.spool.as_ref().map(|_| cfg.collector.spool_dir.join("active.json"));
+    let mut tracker = tracker_file.as_deref().map(Tracker::load).unwrap_or_default();
+    let mut responder = response::Responder::new(cfg.response.clone(), &root);
+    let interval = Duration::from_secs_f64(cfg.scan.interval_seconds.max(0.1));
+    let window = Duration::from_secs_f64(cfg.scan.cpu_window_seconds.max(0.1));
+    let heartbeat = Duration::from_secs_f64(cfg.collector.heartbeat_seconds.max(1.0));
+    let mut base: Option<Snapshot> = None;
+    let mut said_unavailable = std::collections::HashSet::new();
+    let mut next_pass = Instant::now();
+    let mut next_beat = Instant::now();
+    loop {
+        let now_i = Instant::now();
+        let due = next_pass.min(next_beat);
+        match rx.recv_timeout(due.saturating_duration_since(now_i)) {
+            Ok(Msg::Exec) => {
+                m.exec_events.inc();
+                next_pass = next_pass.min(Instant::now() + EXEC_SETTLE);
+                continue;
+            }
+            Ok(Msg::Reload) => {
+                std::thread::sleep(Duration::from_millis(300)); // let the editor finish writing
+                while rx.try_recv().is_ok() {}
+                let (new, errors) = load(&cfg.signatures.dirs);
+                if errors.is_empty() && new.version == sig.version {
+                    continue;
+                }
+                if errors.is_empty() {
+                    m.signatures_info.reset();
+                    m.signatures_info.with_label_values(&[&new.version]).set(1);
+                    m.signatures_rules.set(new.rules().len() as i64);
+                    m.signatures_reload_ok.set(1);
+                    *shared.signatures_version.lock().unwrap_or_else(|e| e.into_inner()) = new.version.clone();
+                    sig = new;
+                    detector.set_signatures(sig.clone());
+                    for s in sensors.iter_mut() {
+                        s.set_signatures(sig.clone());
+                    }
+                    log("signatures_reloaded", serde_json::json!({"version": sig.version, "rules": sig.rules().len()}));
+                    next_pass = Instant::now();
+                } else {
+                    m.signatures_reload_ok.set(0);
+                    for e in &errors {
+                        m.signature_load_errors.inc();
+                        log("signature_error", serde_json::json!({"error": e, "kept_version": sig.version}));
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {}
+        }
+        let now = unix_now();
+        if Instant::now() >= next_beat {
+            next_beat = Instant::now() + heartbeat;
+            emit(&shared, now, EventKind::Heartbeat {});
+        }
+        if Instant::now() < next_pass {
+            continue;
+        }
+        next_pass = Instant::now() + interval;
+        let started = Instant::now();
+        let cur = procs.sample().map_err(|e| anyhow::anyhow!("cannot list {}: {e}", root.display()))?;
+        let mut obs = Vec::new();
+        let mut status = vec![SensorStatus { name: "process".into(), up: true, message: None }];
+        if let Some(Some(why)) = &exec_up {
+            status.push(SensorStatus { name: "exec_events".into(), up: false, message: Some(why.clone()) });
+            m.sensor_up.with_label_values(&["exec_events"]).set(0);
+        } else if exec_up.is_some() {
+            status.push(SensorStatus { name: "exec_events".into(), up: true, message: None });
+            m.sensor_up.with_label_values(&["exec_events"]).set(1);
+        }
+        m.sensor_up.with_label_values(&["process"]).set(1);
+        for s in sensors.iter_mut() {
+            let t = Instant::now();
+            let r = s.observe(&cur, &mut obs);
+            m.sensor_duration.with_label_values(&[s.name()]).set(t.elapsed().as_secs_f64());
+            m.sensor_up.with_label_values(&[s.name()]).set(r.is_ok() as i64);
+            if let Err(e) = &r {
+                m.sensor_errors.with_label_values(&[s.name()]).inc();
+                if said_unavailable.insert(s.name()) {
+                    log("sensor_unavailable", serde_json::json!({"sensor": s.name(), "why": e.message}));
+                }
+            }
+            status.push(SensorStatus { name: s.name().into(), up: r.is_ok(), message: r.err().map(|e| e.message) });
+        }
+        *shared.sensors.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        let findings = detector.assess(base.as_ref(), &cur, &obs, now);
+        let alive = |pid: u32, start: u64| cur.procs.keys().any(|k| k.pid == pid && k.start_time == start);
+        let changes = tracker.update(findings, &alive, now);
+        // events reach the spool first, then the saved state: a crash in
+        // between repeats an event (harmless) rather than losing one
+        let save = !changes.is_empty();
+        for change in changes {
+            match change {
+                Change::Opened(f) => {
+                    m.findings_opened.with_label_values(&[&metrics::label(&metrics::main_rule(&f)), f.severity.as_str()]).inc();
+                    log("finding_opened", serde_json::to_value(&f).unwrap_or_default());
+                    respond(&mut responder, &f, m);
+                    emit(&shared, now, EventKind::FindingOpened { finding: f });
+                }
+                Change::Updated(f) => {
+                    log("finding_updated", serde_json::to_value(&f).unwrap_or_default());
+                    respond(&mut responder, &f, m);
+                    emit(&shared, now, EventKind::FindingUpdated { finding: f });
+                }
+                Change::Resolved { id, reason } => {
+                    m.findings_resolved.inc();
+                    log("finding_resolved", serde_json::json!({"id": id, "reason": reason}));
+                    emit(&shared, now, EventKind::FindingResolved { finding_id: id, reason });
+                }
+            }
+        }
+        if let (Some(path), true) = (&tracker_file, save) {
+            if let Err(e) = tracker.save(path) {
+                log("state_error", serde_json::json!(e.to_string()));
+            }
+        }
+        m.set_findings(&tracker.active(), cfg.metrics.max_finding_series);
+        m.processes.set(cur.procs.len() as i64);
+        m.pass_duration.observe(started.elapsed().as_secs_f64());
+        m.last_pass.set(now as f64);
+        if base.as_ref().is_none_or(|b| cur.at.duration_since(b.at) >= window) {
+            base = Some(cur);
+        }
+        if once {
+            std::io::Write::write_all(&mut std::io::stdout(), &m.render())?;
+            return Ok(());
+        }
+    }
+}
+
+fn respond(r: &mut response::Responder, f: &rigwatch_signatures::Finding, m: &Metrics) {
+    if let Some(o) = r.act(f) {
+        m.response_actions.with_label_values(&[o.action, if o.dry_run { "true" } else { "false" }]).inc();
+        log(
+            "response",
+            serde_json::json!({"finding": f.id, "action": o.action, "pid": o.pid, "dry_run": o.dry_run, "quarantined": o.quarantined, "skipped": o.skipped}),
+        );
+    }
+}
+
+/// Writes an event to the spool (when shipping) and wakes the shipper.
+fn emit(shared: &Shared, at: u64, kind: EventKind) {
+    let Some(sp) = &shared.spool else { return };
+    let mut s = sp.lock().unwrap_or_else(|e| e.into_inner());
+    let dropped_before = s.dropped;
+    if let Err(e) = s.append(at, kind) {
+        log("spool_error", serde_json::json!(e.to_string()));
+    }
+    shared.metrics.spool_dropped.inc_by(s.dropped - dropped_before);
+    shared.metrics.shipper_queue.set(s.queued() as i64);
+    shared.metrics.spool_bytes.set(s.bytes() as i64);
+    drop(s);
+    shared.wake.notify_one();
+}
+
+/// Watches the signature directories; any change asks for a reload.
+fn watch(dirs: &[PathBuf], tx: Sender<Msg>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let tx = Mutex::new(tx);
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            // reading the files (our own reload) raises access events: ignore those
+            let change = matches!(ev.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_));
+            if change && ev.paths.iter().any(|p| p.extension().is_some_and(|e| e == "toml" || e == "txt")) {
+                let _ = tx.lock().map(|t| t.send(Msg::Reload));
+            }
+        }
+    })
+    .ok()?;
+    for d in dirs {
+        if d.is_dir() {
+            if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
+                log("watch_error", serde_json::json!({"dir": d, "error": e.to_string()}));
+            }
+        }
+    }
+    Some(w)
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    use axum::{routing::get, Router};
+    let s = shared.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let s = s.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    if let Err(e) = axum::serve(listener, app).await {
+        log("http_error", serde_json::json!(e.to_string()));
+    }
+}

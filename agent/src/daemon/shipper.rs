@@ -1,0 +1,92 @@
+//! Ships the spool to the collector: batches of unacknowledged events as a
+//! versioned [`Report`], `POST /api/v1/reports` with a bearer token over TLS
+//! (a configurable CA), acknowledged in the spool only on a 2xx answer, and
+//! retried with exponential backoff (1 s doubling to 60 s) otherwise.
+
+use super::config::CollectorConfig;
+use super::{log, Shared};
+use rigwatch_signatures::report::{AgentInfo, Report, REPORT_VERSION};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn client(cfg: &CollectorConfig) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30)).user_agent(concat!("rigwatch/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("collector CA {}: {e}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b.build()?)
+}
+
+/// Runs forever.
+pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
+    let http = match client(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            log("shipper_disabled", serde_json::json!(e.to_string()));
+            return;
+        }
+    };
+    let url = format!("{}/api/v1/reports", cfg.url.trim_end_matches('/'));
+    let spool = shared.spool.as_ref().expect("the shipper runs only with a spool");
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let (batch, agent_id) = {
+            let s = spool.lock().unwrap_or_else(|e| e.into_inner());
+            (s.pending(cfg.batch_size.max(1)), s.agent_id().to_string())
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                log("spool_error", serde_json::json!(e.to_string()));
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), shared.wake.notified()).await;
+            continue;
+        }
+        let first = batch[0].0;
+        let last = batch[batch.len() - 1].0;
+        let report = Report {
+            version: REPORT_VERSION,
+            batch_id: format!("{agent_id}:{first}"),
+            agent: AgentInfo {
+                agent_id,
+                host: host.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                signatures_version: shared.signatures_version.lock().map(|v| v.clone()).unwrap_or_default(),
+                sensors: shared.sensors.lock().map(|v| v.clone()).unwrap_or_default(),
+            },
+            sent_at: crate::scan::unix_now(),
+            events: batch.into_iter().map(|(_, e)| e).collect(),
+        };
+        let n = report.events.len() as u64;
+        let res = http.post(&url).bearer_auth(&cfg.token).json(&report).send().await;
+        match res {
+            Ok(r) if r.status().is_success() => {
+                let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = s.ack(last) {
+                    log("spool_error", serde_json::json!(e.to_string()));
+                }
+                shared.metrics.shipper_delivered.inc_by(n);
+                shared.metrics.shipper_queue.set(s.queued() as i64);
+                shared.metrics.spool_bytes.set(s.bytes() as i64);
+                backoff = Duration::from_secs(1);
+            }
+            other => {
+                shared.metrics.shipper_failures.inc();
+                let why = match other {
+                    Ok(r) => format!("collector answered {}", r.status()),
+                    Err(e) => format!("{e}"),
+                };
+                log("delivery_failed", serde_json::json!({"url": url, "error": why, "retry_in_s": backoff.as_secs()}));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
