@@ -19,16 +19,18 @@ RWPID=$!
 sleep 1
 iperf3 -s -1 -B 127.0.0.1 -p 5299 >/dev/null 2>&1 &
 sleep 0.5
-c0=$(cpu_of $RWPID); t0=$(date +%s.%N)
+CT=$(grep -l rw-capture /proc/$RWPID/task/*/comm | head -1 | xargs dirname)
+cap_of() { awk '{print $14+$15}' $CT/stat; }
+c0=$(cpu_of $RWPID); k0=$(cap_of); t0=$(date +%s.%N)
 with=$(iperf3 -c 127.0.0.1 -p 5299 -t $SECS -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)')
-c1=$(cpu_of $RWPID); t1=$(date +%s.%N)
+c1=$(cpu_of $RWPID); k1=$(cap_of); t1=$(date +%s.%N)
 kill $RWPID 2>/dev/null || true
-python3 - "$alone" "$with" "$c0" "$c1" "$t0" "$t1" "$ticks" <<'PY'
+python3 - "$alone" "$with" "$c0" "$c1" "$k0" "$k1" "$t0" "$t1" "$ticks" <<'PY'
 import sys
-alone, with_, c0, c1, t0, t1, hz = map(float, sys.argv[1:])
-cpu = (c1 - c0) / hz / (t1 - t0) * 100
+alone, with_, c0, c1, k0, k1, t0, t1, hz = map(float, sys.argv[1:])
+dt = t1 - t0
 print(f"iperf3 alone: {alone:.1f} Gbit/s; with rigwatch sniff capturing: {with_:.1f} Gbit/s")
-print(f"rigwatch capture CPU during iperf3: {cpu:.2f} % of one core ({(c1-c0):.0f} ticks in {t1-t0:.1f} s)")
+print(f"capture thread CPU during iperf3: {(k1-k0)/hz/dt*100:.2f} % of one core; whole sniff process (also re-reads the process table every 200 ms): {(c1-c0)/hz/dt*100:.2f} %")
 PY
 
 # login -> finding latency

@@ -18,6 +18,14 @@ pub struct DetectorConfig {
     pub writable_dirs: Vec<String>,
     /// Dot-directories that ordinary toolchains install into (not odd).
     pub usual_dot_dirs: Vec<String>,
+    /// The long CPU window in seconds: a process is also busy when its
+    /// average over at least this long reaches `long_window_cores_threshold`
+    /// (a miner throttled by cpulimit, nice, SCHED_IDLE or cgroup cpu.max).
+    pub long_window_seconds: f64,
+    /// Cores over the long window that count as busy.
+    pub long_window_cores_threshold: f64,
+    /// Stopped/running flips (SIGSTOP/SIGCONT cycling) seen before it is evidence.
+    pub state_flips_threshold: u32,
 }
 
 impl Default for DetectorConfig {
@@ -33,6 +41,9 @@ impl Default for DetectorConfig {
             ]
             .map(String::from)
             .to_vec(),
+            long_window_seconds: 60.0,
+            long_window_cores_threshold: 0.15,
+            state_flips_threshold: 4,
         }
     }
 }
@@ -47,6 +58,10 @@ pub struct Detector {
     /// Evidence seen once that stays true for the life of the process (a
     /// stratum session, a pool DNS query, a TLS SNI): sensors report it once.
     sticky: HashMap<ProcKey, Vec<Evidence>>,
+    /// Earlier samples' CPU ticks, oldest first, for the long window.
+    history: std::collections::VecDeque<(std::time::Instant, HashMap<ProcKey, u64>)>,
+    /// Per process: whether it was stopped (T) last pass, and how often that flipped.
+    flips: HashMap<ProcKey, (bool, u32)>,
 }
 
 /// Evidence kinds that are events (seen once) rather than states.
@@ -55,7 +70,7 @@ const STICKY: &[&str] = &["stratum", "tls_sni", "dns"];
 impl Detector {
     /// A detector for `host` with a signature set.
     pub fn new(sig: Arc<Signatures>, cfg: DetectorConfig, host: &str) -> Self {
-        Detector { sig, cfg, host: host.to_string(), own: HashMap::new(), sticky: HashMap::new() }
+        Detector { sig, cfg, host: host.to_string(), own: HashMap::new(), sticky: HashMap::new(), history: Default::default(), flips: HashMap::new() }
     }
 
     /// Takes a new signature set (hot reload).
@@ -70,6 +85,7 @@ impl Detector {
         let mut extra: HashMap<ProcKey, Vec<Evidence>> = HashMap::new();
         let mut hashes: HashMap<ProcKey, [u8; 32]> = HashMap::new();
         let mut flows: std::collections::BTreeMap<(String, String, bool), Vec<Evidence>> = Default::default();
+        let mut hidden: HashMap<ProcKey, Proc> = HashMap::new();
         for o in observations {
             match o {
                 Observation::Evidence(k, e) if STICKY.contains(&e.kind()) => {
@@ -85,8 +101,17 @@ impl Detector {
                 Observation::Flow(f) => {
                     flows.entry((f.client.to_string(), f.server.to_string(), f.tcp)).or_default().push(f.evidence.clone())
                 }
+                Observation::Hidden(p) if !cur.procs.contains_key(&p.key) => {
+                    hidden.insert(p.key, p.clone());
+                }
+                Observation::Hidden(_) => {}
             }
         }
+        if let Some(pr) = prev {
+            self.remember(pr);
+        }
+        let long_base = self.long_base(cur);
+        self.count_flips(cur);
         self.own.retain(|k, _| cur.procs.contains_key(k));
         self.sticky.retain(|k, _| cur.procs.contains_key(k));
         for (k, v) in &self.sticky {
@@ -95,7 +120,7 @@ impl Detector {
         let window = prev.map(|p| cur.at.saturating_duration_since(p.at).as_secs_f64()).unwrap_or(0.0);
         let mut findings = Vec::new();
         let me = std::process::id();
-        for (key, p) in &cur.procs {
+        for (key, p) in cur.procs.iter().chain(hidden.iter()) {
             // kernel threads are never miners; rigwatch itself carries protocol strings
             if p.kernel_thread || key.pid == me {
                 continue;
@@ -109,6 +134,17 @@ impl Detector {
                     ));
                 }
             }
+            if !ev.iter().any(|e| matches!(e.detail, EvidenceKind::Cpu { .. })) {
+                if let Some((cores, secs)) = long_base.and_then(|b| self.long_cores(b, cur, p)) {
+                    if cores >= self.cfg.long_window_cores_threshold {
+                        ev.push(Evidence::heuristic(
+                            EvidenceKind::Cpu { cores: round2(cores), window_seconds: round2(secs) },
+                            Weight::Info,
+                        ));
+                    }
+                }
+            }
+            ev.extend(self.throttle_evidence(p, ev.iter().any(|e| matches!(e.detail, EvidenceKind::Cpu { .. }))));
             if let Some(x) = extra.remove(key) {
                 ev.extend(x);
                 ev = dedup(ev);
@@ -129,7 +165,78 @@ impl Detector {
             findings.extend(Finding::for_flow(&self.host, flow, dedup(ev), now));
         }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
+        self.remember(cur);
         findings
+    }
+
+    /// Keeps a sample's CPU ticks for the long window (once per sample).
+    fn remember(&mut self, s: &Snapshot) {
+        if self.history.back().is_some_and(|(at, _)| *at >= s.at) {
+            return;
+        }
+        self.history.push_back((s.at, s.procs.iter().map(|(k, p)| (*k, p.cpu_ticks)).collect()));
+        // keep the newest sample at least a long window old, and everything after it
+        let long = std::time::Duration::from_secs_f64(self.cfg.long_window_seconds.max(0.0));
+        while self.history.len() > 2 && self.history.get(1).is_some_and(|(at, _)| s.at.saturating_duration_since(*at) >= long) {
+            self.history.pop_front();
+        }
+        while self.history.len() > 4096 {
+            self.history.pop_front();
+        }
+    }
+
+    /// The newest remembered sample at least a long window before `cur`.
+    fn long_base(&self, cur: &Snapshot) -> Option<usize> {
+        let long = std::time::Duration::from_secs_f64(self.cfg.long_window_seconds.max(0.0));
+        self.history.iter().rposition(|(at, _)| cur.at.saturating_duration_since(*at) >= long && *at < cur.at)
+    }
+
+    /// Cores over the long window: (cores, seconds).
+    fn long_cores(&self, base: usize, cur: &Snapshot, p: &Proc) -> Option<(f64, f64)> {
+        let (at, ticks) = self.history.get(base)?;
+        let then = *ticks.get(&p.key)?;
+        let secs = cur.at.checked_duration_since(*at)?.as_secs_f64();
+        (secs > 0.0).then(|| (p.cpu_ticks.saturating_sub(then) as f64 / cur.ticks_per_second.max(1) as f64 / secs, secs))
+    }
+
+    /// Counts stopped/running flips per process (SIGSTOP/SIGCONT cycling).
+    fn count_flips(&mut self, cur: &Snapshot) {
+        self.flips.retain(|k, _| cur.procs.contains_key(k));
+        for (k, p) in &cur.procs {
+            let stopped = p.state == 'T';
+            let e = self.flips.entry(*k).or_insert((stopped, 0));
+            if e.0 != stopped {
+                e.0 = stopped;
+                e.1 += 1;
+            }
+        }
+    }
+
+    /// Throttling seen in the process: stop/continue cycling (suspicious
+    /// with CPU use), and low priority as context for its CPU evidence.
+    fn throttle_evidence(&self, p: &Proc, busy: bool) -> Vec<Evidence> {
+        let mut ev = Vec::new();
+        if let Some((_, n)) = self.flips.get(&p.key).filter(|(_, n)| *n >= self.cfg.state_flips_threshold.max(1)) {
+            ev.push(Evidence::heuristic(
+                EvidenceKind::Throttled { how: format!("stopped and continued {n} times between passes (SIGSTOP/SIGCONT cycling, as cpulimit does)") },
+                Weight::Suspicious,
+            ));
+        }
+        if busy {
+            let mut how = Vec::new();
+            if p.nice >= 10 {
+                how.push(format!("nice {}", p.nice));
+            }
+            match p.policy {
+                3 => how.push("SCHED_BATCH".to_string()),
+                5 => how.push("SCHED_IDLE".to_string()),
+                _ => {}
+            }
+            if !how.is_empty() {
+                ev.push(Evidence::heuristic(EvidenceKind::Throttled { how: format!("busy at low priority ({})", how.join(", ")) }, Weight::Info));
+            }
+        }
+        ev
     }
 
     fn own_evidence(&mut self, p: &Proc) -> Vec<Evidence> {
@@ -282,5 +389,62 @@ mod tests {
         assert_eq!(origin(&c, "/home/u/.configrc/a/kswapd0"), Some(Origin::DotDir));
         assert_eq!(origin(&c, "/root/.cargo/bin/cargo"), None);
         assert_eq!(origin(&c, "/usr/bin/bash"), None);
+    }
+
+    fn snap(at: std::time::Instant, ticks: u64, state: char) -> Snapshot {
+        let fixed = std::sync::Arc::new(crate::sensors::process::ProcStatic {
+            comm: "kworker/0:9".into(),
+            argv: vec!["/opt/x/kworker/0:9".into()],
+            argv_read: true,
+            exe: Some("/opt/x/worker".into()),
+            ..Default::default()
+        });
+        let key = ProcKey { pid: 4242, start_time: 7 };
+        let p = Proc { key, ppid: 1, comm: "kworker/0:9".into(), state, threads: 1, nice: 19, policy: 5, cpu_ticks: ticks, kernel_thread: false, fixed };
+        Snapshot { at, procs: [(key, p)].into_iter().collect(), ticks_per_second: 100 }
+    }
+
+    fn kinds(f: &[Finding]) -> Vec<&'static str> {
+        f.iter().flat_map(|f| f.evidence.iter().map(|e| e.kind())).collect()
+    }
+
+    #[test]
+    fn throttled_cpu_counts_over_the_long_window() {
+        let sig = std::sync::Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        let cfg = DetectorConfig { long_window_seconds: 60.0, ..Default::default() };
+        let mut d = Detector::new(sig, cfg, "h");
+        let t0 = std::time::Instant::now();
+        // 0.2 cores: below the 0.5 short threshold, above the 0.15 long one
+        let mut prev = snap(t0, 0, 'R');
+        let mut last = Vec::new();
+        for i in 1..=7u64 {
+            let cur = snap(t0 + std::time::Duration::from_secs(10 * i), 200 * i, 'R');
+            last = d.assess(Some(&prev), &cur, &[], 0);
+            if i < 6 {
+                assert!(!kinds(&last).contains(&"cpu"), "pass {i}: no long window yet");
+            }
+            prev = cur;
+        }
+        let f = &last[0];
+        assert_eq!(f.severity, rigwatch_signatures::Severity::Suspicious, "masquerade + long-window CPU");
+        let cpu = f.evidence.iter().find_map(|e| match e.detail { EvidenceKind::Cpu { cores, window_seconds } => Some((cores, window_seconds)), _ => None }).unwrap();
+        assert!((cpu.0 - 0.2).abs() < 0.01 && cpu.1 >= 60.0, "{cpu:?}");
+        assert!(f.evidence.iter().any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("nice 19") && how.contains("SCHED_IDLE"))));
+    }
+
+    #[test]
+    fn stop_continue_cycling_is_noticed() {
+        let sig = std::sync::Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        let mut d = Detector::new(sig, DetectorConfig::default(), "h");
+        let t0 = std::time::Instant::now();
+        let mut prev = snap(t0, 0, 'R');
+        let mut last = Vec::new();
+        for i in 1..=6u64 {
+            let cur = snap(t0 + std::time::Duration::from_secs(i), 80 * i, if i % 2 == 1 { 'T' } else { 'R' });
+            last = d.assess(Some(&prev), &cur, &[], 0);
+            prev = cur;
+        }
+        let f = &last[0];
+        assert!(f.evidence.iter().any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("SIGSTOP/SIGCONT")) && e.weight == Weight::Suspicious), "{:?}", f.evidence);
     }
 }

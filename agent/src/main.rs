@@ -112,6 +112,18 @@ struct ScanArgs {
     /// Cores a process must use over the window to count as busy.
     #[arg(long, default_value_t = 0.5, value_name = "CORES")]
     cpu_threshold: f64,
+    /// Long CPU window: a process whose average over at least this long
+    /// reaches 0.15 cores also counts as busy (throttled miners). A scan
+    /// sees it when --window is at least this long.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    long_window: f64,
+    /// Cores over the long window that count as busy.
+    #[arg(long, default_value_t = 0.15, value_name = "CORES")]
+    long_window_threshold: f64,
+    /// The host's root directory: /etc/ld.so.preload, crontabs, systemd
+    /// units and rc scripts are read under it (a fixture tree in tests).
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    host_root: PathBuf,
     /// Most bytes read of each executable.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     max_binary_bytes: u64,
@@ -263,12 +275,13 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     let opts = scan::ScanOptions {
         proc_root: a.proc_root.clone(),
         window: Duration::from_secs_f64(a.window),
-        detector: rigwatch_agent::detector::DetectorConfig { cpu_cores_threshold: a.cpu_threshold, ..Default::default() },
+        detector: rigwatch_agent::detector::DetectorConfig { cpu_cores_threshold: a.cpu_threshold, long_window_seconds: a.long_window, long_window_cores_threshold: a.long_window_threshold, ..Default::default() },
         sensors: rigwatch_agent::sensors::SensorOptions {
             max_binary_bytes: a.max_binary_bytes,
             capture: !a.no_capture,
             sockets: !a.no_sockets,
             gpu: !a.no_gpu,
+            host_root: a.host_root.clone(),
             ..Default::default()
         },
     };
@@ -424,7 +437,7 @@ fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> 
                     (Some((k.pid, p.map(|p| p.comm.clone()).unwrap_or_default())), None, e)
                 }
                 Observation::Flow(f) => (None, Some((f.client, f.server)), f.evidence),
-                Observation::BinarySha256(..) => continue,
+                Observation::BinarySha256(..) | Observation::Hidden(..) => continue,
             };
             seen += 1;
             if json {

@@ -185,6 +185,10 @@ pub enum EvidenceKind {
     MinerConfig { path: String, pools: Vec<String>, wallets: Vec<String>, keys: Vec<String> },
     /// A known pool domain in the command line or a config.
     PoolDomain { domain: String, source: String },
+    /// CPU held down on purpose: SIGSTOP/SIGCONT cycling, nice, SCHED_IDLE/BATCH.
+    Throttled { how: String },
+    /// The executable is packed (UPX magic or section names, high entropy with few sections).
+    Packed { packer: String, entropy: f64, path: String },
 }
 
 impl EvidenceKind {
@@ -209,6 +213,8 @@ impl EvidenceKind {
             EvidenceKind::Persistence { .. } => "persistence",
             EvidenceKind::MinerConfig { .. } => "miner_config",
             EvidenceKind::PoolDomain { .. } => "pool_domain",
+            EvidenceKind::Throttled { .. } => "throttled",
+            EvidenceKind::Packed { .. } => "packed",
         }
     }
 
@@ -245,6 +251,8 @@ impl EvidenceKind {
             Persistence { path, entry } => format!("persistence {path}: {entry}"),
             MinerConfig { path, pools, .. } => format!("miner config {path} pools {}", pools.join(", ")),
             PoolDomain { domain, source } => format!("pool domain {domain} in {source}"),
+            Throttled { how } => format!("throttled: {how}"),
+            Packed { packer, entropy, path } => format!("packed executable ({packer}, entropy {entropy:.2}): {path}"),
         }
     }
 }

@@ -9,6 +9,9 @@
 //!
 //! Usage: minersim [--rename NAME] [--self-delete] [--memfd] [--shm NAME]
 //!                 [--burn SECONDS] [--idle SECONDS] [--nice N] [-c FILE]
+//!                 [--duty PERCENT]  (burn only PERCENT of each 100 ms: self-throttling)
+//!                 [--unpack]  (decode XMRig-like strings into memory: what a
+//!                              packed miner looks like once running; the file has none)
 //!                 [xmrig-like flags such as -o URL -u WALLET --donate-level 1]
 //! It prints `ready PID` on stdout once disguised, then burns or idles, then exits.
 
@@ -42,12 +45,17 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
             let _ = std::fs::remove_file(exe);
         }
     }
+    if take_flag(&mut args, "--unpack") {
+        let decoded: Vec<String> = PACKED_STRINGS.iter().map(|s| s.iter().map(|b| (b ^ 0x5A) as char).collect()).collect();
+        std::hint::black_box(Box::leak(Box::new(decoded)));
+    }
     if let Some(n) = take_value(&mut args, "--nice") {
         let n: i32 = n.parse().unwrap_or(19);
         unsafe { libc_nice(n) };
     }
     let burn: f64 = take_value(&mut args, "--burn").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let idle: f64 = take_value(&mut args, "--idle").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let duty: f64 = take_value(&mut args, "--duty").and_then(|s| s.parse().ok()).unwrap_or(100.0f64).clamp(1.0, 100.0);
     // -c / --config: read the miner config like XMRig would (and ignore it).
     let config = take_value(&mut args, "-c").or_else(|| take_value(&mut args, "--config"));
     if let Some(c) = &config {
@@ -57,7 +65,11 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
     println!("ready {}", std::process::id());
     let _ = std::io::stdout().flush();
     if burn > 0.0 {
-        burn_one_core(burn.min(MAX_SECONDS));
+        if duty < 100.0 {
+            burn_duty(burn.min(MAX_SECONDS), duty);
+        } else {
+            burn_one_core(burn.min(MAX_SECONDS));
+        }
     }
     if idle > 0.0 {
         std::thread::sleep(Duration::from_secs_f64(idle.min(MAX_SECONDS)));
@@ -66,6 +78,24 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
         eprintln!("minersim: done ({} args ignored, {} strings)", args.len(), strings.len());
     }
 }
+
+/// XMRig-like strings stored XOR 0x5A: in no binary as text, only in the
+/// memory of a simulator started with `--unpack`.
+const PACKED_STRINGS: &[&[u8]] = &[
+    &[2, 23, 8, 51, 61, 117, 108, 116, 104, 107, 116, 106, 122, 114, 22, 51, 52, 47, 34, 122, 34, 98, 108, 5, 108, 110, 115, 122, 54, 51, 56, 47, 44, 117, 107, 116, 110, 110, 116, 104, 122, 61, 57, 57, 117, 107, 104, 116, 104, 116, 106],
+    &[62, 53, 52, 59, 46, 63, 116, 44, 104, 116, 34, 55, 40, 51, 61, 116, 57, 53, 55, 96, 105, 105, 105, 105],
+    &[62, 53, 52, 59, 46, 63, 116, 41, 41, 54, 116, 34, 55, 40, 51, 61, 116, 57, 53, 55, 96, 110, 110, 105],
+    &[41, 46, 40, 59, 46, 47, 55, 113, 46, 57, 42, 96, 117, 117],
+    &[55, 51, 52, 51, 52, 61, 116, 41, 47, 56, 41, 57, 40, 51, 56, 63],
+    &[55, 51, 52, 51, 52, 61, 116, 59, 47, 46, 50, 53, 40, 51, 32, 63],
+    &[49, 63, 63, 42, 59, 54, 51, 44, 63, 62],
+    &[40, 59, 52, 62, 53, 55, 34],
+    &[57, 40, 35, 42, 46, 53, 52, 51, 61, 50, 46],
+    &[119, 119, 62, 53, 52, 59, 46, 63, 119, 54, 63, 44, 63, 54],
+    &[55, 59, 34, 119, 46, 50, 40, 63, 59, 62, 41, 119, 50, 51, 52, 46],
+    &[117, 41, 56, 51, 52, 117, 55, 53, 62, 42, 40, 53, 56, 63, 122, 55, 41, 40, 122, 59, 54, 54, 53, 45, 5, 45, 40, 51, 46, 63, 41, 103, 53, 52],
+    &[15, 8, 22, 122, 53, 60, 122, 55, 51, 52, 51, 52, 61, 122, 41, 63, 40, 44, 63, 40],
+];
 
 fn take_flag(args: &mut Vec<String>, flag: &str) -> bool {
     let before = args.len();
@@ -99,6 +129,19 @@ fn burn_one_core(seconds: f64) {
             x ^= x << 17;
         }
         std::hint::black_box(x);
+    }
+}
+
+/// Burns `duty` percent of each 100 ms for `seconds` (a self-throttling miner).
+fn burn_duty(seconds: f64, duty: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let period = Duration::from_millis(100);
+    while Instant::now() < end {
+        let start = Instant::now();
+        burn_one_core(period.as_secs_f64() * duty / 100.0);
+        if let Some(rest) = period.checked_sub(start.elapsed()) {
+            std::thread::sleep(rest);
+        }
     }
 }
 

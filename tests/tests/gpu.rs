@@ -60,7 +60,9 @@ impl Drop for Sim {
 }
 
 /// Starts `bin` (copied into `dir` as `name` when given), idling; waits for `ready PID`.
+/// rigwatch is built first, so that a slow build cannot outlast the simulator.
 fn start(bin: &str, copy_as: Option<(&Path, &str)>) -> Sim {
+    rigwatch();
     let src = match bin {
         "minersim" => env!("CARGO_BIN_EXE_minersim"),
         _ => env!("CARGO_BIN_EXE_busysim"),
@@ -74,7 +76,7 @@ fn start(bin: &str, copy_as: Option<(&Path, &str)>) -> Sim {
         None => PathBuf::from(src),
     };
     let mut child = Command::new(&path)
-        .args(["--idle", "60"])
+        .args(["--idle", "600"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -171,6 +173,7 @@ fn gpu_use_raises_findings_by_what_else_is_known() {
 
     // + a miner binary: confirmed (a graphics process: memory from the graphics list)
     let f = finding(&v, miner.pid);
+    assert!(f["process"]["exe"].as_str().unwrap().ends_with("/minersim"), "the simulator is alive and readable: {f}");
     assert_eq!(f["severity"], "confirmed", "{f}");
     assert!(f["evidence"].as_array().unwrap().iter().any(|e| e["kind"] == "binary_content"));
     let g = gpu_evidence(&f);

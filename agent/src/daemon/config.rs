@@ -211,8 +211,12 @@ impl Default for ResponseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct GpuConfig {
-    /// Path of libnvidia-ml.so (else RIGWATCH_NVML_LIBRARY, else the usual name).
+    /// Path of libnvidia-ml.so. The RIGWATCH_NVML_LIBRARY environment
+    /// variable wins over it; without either, the usual libnvidia-ml.so.1.
     pub nvml_library: Option<PathBuf>,
+    /// Cgroup path substrings of your own schedulers' jobs: GPU use inside
+    /// them is scheduled (Slurm `job_N` and Kubernetes `kubepods` are known).
+    pub scheduler_cgroups: Vec<String>,
 }
 
 impl Config {

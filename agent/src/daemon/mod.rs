@@ -136,6 +136,9 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         binary_bytes_per_pass: cfg.scan.binary_bytes_per_pass,
         sockets: cfg.sensors.sockets && !once,
         capture: cfg.sensors.capture && !once,
+        gpu: cfg.sensors.gpu,
+        nvml_library: cfg.gpu.nvml_library.clone(),
+        gpu_scheduler_cgroups: cfg.gpu.scheduler_cgroups.clone(),
         ..SensorOptions::default()
     };
     let root = cfg.scan.proc_root.clone();

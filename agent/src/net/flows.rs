@@ -313,6 +313,28 @@ mod tests {
     }
 
     #[test]
+    fn stratum_v2_handshake_sizes_on_its_port() {
+        let mut t = FlowTable::new();
+        let mut syn = pkt("10.0.0.2:40001", "10.0.0.1:34254", 0, b"");
+        syn.syn = true;
+        assert!(t.push(&syn).is_empty());
+        let hello = [0x5au8; 64];
+        assert!(t.push(&pkt("10.0.0.2:40001", "10.0.0.1:34254", 1, &hello)).is_empty());
+        let answer = [0xa5u8; 234];
+        match &t.push(&pkt("10.0.0.1:34254", "10.0.0.2:40001", 1, &answer))[..] {
+            [FlowEvent::StratumV2 { client, server }] => {
+                assert_eq!(client.to_string(), "10.0.0.2:40001");
+                assert_eq!(server.port(), 34254);
+            }
+            other => panic!("{other:?}"),
+        }
+        // other sizes on an ordinary port are nothing
+        let mut t = FlowTable::new();
+        t.push(&pkt("10.0.0.2:40002", "10.0.0.1:443", 1, &[0x5au8; 100]));
+        assert!(t.push(&pkt("10.0.0.1:443", "10.0.0.2:40002", 1, &[0xa5u8; 234])).is_empty());
+    }
+
+    #[test]
     fn bounded_flows_and_bytes() {
         let mut t = FlowTable::new();
         let junk = vec![b'x'; 1000];

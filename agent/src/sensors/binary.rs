@@ -9,7 +9,7 @@
 use super::{Observation, Sensor, SensorError, Snapshot};
 use crate::sensors::process::ProcStatic;
 use crate::sensors::ProcKey;
-use rigwatch_signatures::{Evidence, EvidenceKind, Signatures};
+use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
@@ -26,6 +26,9 @@ pub struct Verdict {
     pub truncated: bool,
     /// Evidence from hash and content rules.
     pub evidence: Vec<Evidence>,
+    /// The file looks packed (UPX, or high entropy with few sections): its
+    /// strings are only in the running process's memory.
+    pub packed: bool,
 }
 
 type FileKey = (u64, u64, u64, i64);
@@ -42,6 +45,8 @@ pub struct BinarySensor {
     /// Bytes read in total (for benchmarks and metrics).
     pub bytes_read: u64,
     pass_budget: u64,
+    /// Content evidence from the memory of processes whose file is packed or unreadable.
+    by_mem: HashMap<ProcKey, Vec<Evidence>>,
 }
 
 impl BinarySensor {
@@ -56,6 +61,7 @@ impl BinarySensor {
             denied: 0,
             bytes_read: 0,
             pass_budget: u64::MAX,
+            by_mem: HashMap::new(),
         }
     }
 
@@ -82,6 +88,20 @@ impl BinarySensor {
         self.by_file.insert(key, v.clone());
         Ok(v)
     }
+
+    /// The file is packed or unreadable: scan the process's memory instead
+    /// (once per process, bounded), and report what it holds.
+    fn memory_fallback(&mut self, key: ProcKey, p: &super::Proc, out: &mut Vec<Observation>) {
+        if key.pid == std::process::id() {
+            return;
+        }
+        if !self.by_mem.contains_key(&key) {
+            let shown = p.fixed.exe.clone().unwrap_or_default();
+            let ev = scan_memory(&self.sig, &self.root, key.pid, MEMORY_SCAN_CAP.min(self.cap), &shown, &mut self.bytes_read).unwrap_or_default();
+            self.by_mem.insert(key, ev);
+        }
+        out.extend(self.by_mem[&key].iter().map(|e| Observation::Evidence(key, e.clone())));
+    }
 }
 
 /// Streams a reader once: SHA-256 and content rules. Pure over the reader.
@@ -91,6 +111,7 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
     let mut buf = vec![0u8; 1 << 20];
     let mut left = cap;
     let mut truncated = false;
+    let mut packing = PackingProbe::default();
     loop {
         let want = buf.len().min(left as usize);
         if want == 0 {
@@ -106,6 +127,7 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
         };
         hasher.update(&buf[..n]);
         scanner.feed(&buf[..n]);
+        packing.feed(&buf[..n]);
         left -= n as u64;
         *total += n as u64;
     }
@@ -127,7 +149,163 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
             rule.severity,
         ));
     }
-    Ok(Verdict { sha256, truncated, evidence })
+    let packed = packing.verdict();
+    if let Some((packer, entropy)) = &packed {
+        evidence.push(Evidence::heuristic(
+            EvidenceKind::Packed { packer: packer.clone(), entropy: (entropy * 100.0).round() / 100.0, path: shown.to_string() },
+            Weight::Suspicious,
+        ));
+    }
+    Ok(Verdict { sha256, truncated, evidence, packed: packed.is_some() })
+}
+
+/// Looks for a packed executable while the file streams by: UPX's magic,
+/// section names and banner (also when the magic is altered, the others
+/// usually stay), or high entropy with few ELF sections.
+#[derive(Default)]
+pub struct PackingProbe {
+    counts: Vec<u64>,
+    total: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    upx: Option<&'static str>,
+}
+
+impl PackingProbe {
+    /// UPX's banner, magic and section names, stored XOR 0x5A so that
+    /// rigwatch's own binary does not look packed.
+    const MARKS_X: &'static [(&'static [u8], &'static str)] = &[
+        (&[126, 19, 52, 60, 53, 96, 122, 14, 50, 51, 41, 122, 60, 51, 54, 63, 122, 51, 41, 122, 42, 59, 57, 49, 63, 62, 122, 45, 51, 46, 50, 122, 46, 50, 63, 122, 15, 10, 2], "upx (banner)"),
+        (&[15, 10, 2, 123], "upx (magic)"),
+        (&[15, 10, 2, 106, 0x5A], "upx (section names)"),
+    ];
+
+    fn marks() -> &'static [(Vec<u8>, &'static str)] {
+        static M: std::sync::OnceLock<Vec<(Vec<u8>, &'static str)>> = std::sync::OnceLock::new();
+        M.get_or_init(|| Self::MARKS_X.iter().map(|(m, n)| (m.iter().map(|b| b ^ 0x5A).collect(), *n)).collect())
+    }
+
+    /// Takes the next chunk of the file.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; 256];
+        }
+        for &b in chunk {
+            self.counts[b as usize] += 1;
+        }
+        self.total += chunk.len() as u64;
+        if self.head.len() < 64 {
+            let n = (64 - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..n]);
+        }
+        if self.upx.is_none() {
+            // the end of the previous chunk joins this one, so marks split across reads are found
+            let mut window = std::mem::take(&mut self.tail);
+            window.extend_from_slice(&chunk[..chunk.len().min(64)]);
+            for hay in [&window[..], chunk] {
+                let marks = Self::marks();
+                let hit = hay.iter().enumerate().filter(|(_, &c)| c == b'U' || c == b'$').find_map(|(i, _)| {
+                    marks.iter().find(|(m, _)| hay[i..].starts_with(m))
+                });
+                if let Some((_, name)) = hit {
+                    self.upx = Some(name);
+                    break;
+                }
+            }
+            // the stream's last 63 bytes (a mark is shorter), whatever the chunk sizes
+            self.tail = if chunk.len() >= 63 {
+                chunk[chunk.len() - 63..].to_vec()
+            } else {
+                window.truncate(window.len() - chunk.len());
+                window.extend_from_slice(chunk);
+                window[window.len().saturating_sub(63)..].to_vec()
+            };
+        }
+    }
+
+    /// Shannon entropy of the bytes seen, bits per byte.
+    pub fn entropy(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let t = self.total as f64;
+        self.counts.iter().filter(|&&c| c > 0).map(|&c| {
+            let p = c as f64 / t;
+            -p * p.log2()
+        }).sum()
+    }
+
+    /// Section count of a 64- or 32-bit ELF header, if it is one.
+    fn elf_sections(&self) -> Option<u16> {
+        let h = &self.head;
+        if h.len() < 52 || &h[..4] != b"\x7fELF" {
+            return None;
+        }
+        let le = h[5] == 1;
+        let at = if h[4] == 2 { 0x3c } else { 0x30 };
+        let b = [*h.get(at)?, *h.get(at + 1)?];
+        Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) })
+    }
+
+    /// `(packer, entropy)` when the file looks packed.
+    pub fn verdict(&self) -> Option<(String, f64)> {
+        let e = self.entropy();
+        if let Some(name) = self.upx {
+            return Some((name.to_string(), e));
+        }
+        match self.elf_sections() {
+            Some(n) if n <= 3 && e >= 7.7 && self.total >= 4096 => Some((format!("unknown (entropy {e:.2}, {n} ELF sections)"), e)),
+            _ => None,
+        }
+    }
+}
+
+/// Most bytes of a process's memory read for content.
+pub const MEMORY_SCAN_CAP: u64 = 64 * 1024 * 1024;
+
+/// Scans a process's readable memory mappings (`maps` + `mem` under the
+/// proc root), at most `cap` bytes, for the content signatures. Special
+/// mappings ([vvar], [vsyscall], [vdso]) and device files are skipped.
+pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown: &str, total: &mut u64) -> std::io::Result<Vec<Evidence>> {
+    use std::os::unix::fs::FileExt;
+    let dir = proc_root.join(pid.to_string());
+    let maps = std::fs::read_to_string(dir.join("maps"))?;
+    let mem = std::fs::File::open(dir.join("mem"))?;
+    let mut scanner = sig.content_scanner();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = cap;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        let path = line.splitn(6, ' ').nth(5).map(str::trim).unwrap_or("");
+        if !perms.starts_with('r') || path.starts_with("[v") || path.starts_with("/dev/") {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else { continue };
+        let (Ok(mut a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
+        while a < b && left > 0 {
+            let want = (b - a).min(buf.len() as u64).min(left) as usize;
+            match mem.read_at(&mut buf[..want], a) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    scanner.feed(&buf[..n]);
+                    a += n as u64;
+                    left -= n as u64;
+                    *total += n as u64;
+                }
+            }
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(scanner
+        .finish()
+        .into_iter()
+        .map(|(rule, strings)| {
+            Evidence::from_rule(EvidenceKind::BinaryContent { strings, path: shown.to_string(), source: "memory".into() }, &rule.id, rule.severity)
+        })
+        .collect())
 }
 
 impl Sensor for BinarySensor {
@@ -138,6 +316,7 @@ impl Sensor for BinarySensor {
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         self.denied = 0;
         self.by_proc.retain(|k, _| snap.procs.contains_key(k));
+        self.by_mem.retain(|k, _| snap.procs.contains_key(k));
         let want_hash = self.sig.has_hash_allowlist();
         let pass_start = self.bytes_read;
         for (key, p) in &snap.procs {
@@ -156,12 +335,19 @@ impl Sensor for BinarySensor {
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                             self.denied += 1;
+                            self.memory_fallback(*key, p, out);
                             continue;
                         }
-                        Err(_) => continue,
+                        Err(_) => {
+                            self.memory_fallback(*key, p, out);
+                            continue;
+                        }
                     }
                 }
             };
+            if v.packed {
+                self.memory_fallback(*key, p, out);
+            }
             if want_hash {
                 out.push(Observation::BinarySha256(*key, v.sha256));
             }
@@ -186,5 +372,80 @@ impl Sensor for BinarySensor {
         self.sig = sig;
         self.by_file.clear();
         self.by_proc.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(data: &[u8], chunk: usize) -> Option<(String, f64)> {
+        let mut p = PackingProbe::default();
+        for c in data.chunks(chunk) {
+            p.feed(c);
+        }
+        p.verdict()
+    }
+
+    fn elf(sections: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2;
+        h[5] = 1;
+        h[0x3c..0x3e].copy_from_slice(&sections.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn upx_marks_even_split_across_reads() {
+        let mut f = elf(0);
+        f.extend(std::iter::repeat(b'a').take(5000));
+        let mut m = f.clone();
+        // built at run time, so this test binary holds no mark of its own
+        let u = std::hint::black_box(b'T') + 1;
+        m.extend([u, b'P', b'X', b'!']);
+        assert_eq!(probe(&m, 4096).unwrap().0, "upx (magic)");
+        // magic altered, banner left: still UPX; the banner straddles a read boundary
+        let mut b = f.clone();
+        b.extend_from_slice(&[0x24u8, b'I', b'n', b'f', b'o', b':']);
+        b.extend_from_slice(b" This file is packed with the ");
+        b.extend_from_slice(&[u, b'P', b'X']);
+        for chunk in [7, 4096, 5070] {
+            assert_eq!(probe(&b, chunk).unwrap().0, "upx (banner)", "chunk {chunk}");
+        }
+        assert!(probe(&f, 4096).is_none(), "plain, low-entropy ELF is not packed");
+    }
+
+    #[test]
+    fn high_entropy_with_few_sections_is_packed() {
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut packed = elf(0);
+        packed.extend(&noise);
+        let (packer, e) = probe(&packed, 65536).unwrap();
+        assert!(packer.starts_with("unknown") && e > 7.7, "{packer} {e}");
+        let mut many = elf(29);
+        many.extend(&noise);
+        assert!(probe(&many, 65536).is_none(), "a normal section table: compressed data, not a packer");
+        assert!(probe(&noise, 65536).is_none(), "not an ELF");
+    }
+
+    #[test]
+    fn this_binary_does_not_look_packed_and_memory_holds_strings() {
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        assert!(probe(&me, 1 << 20).is_none(), "rigwatch's own marks are stored encoded");
+        let sig = rigwatch_signatures::load::load(&[], true).signatures;
+        let mut n = 0;
+        let ev = scan_memory(&sig, Path::new("/proc"), std::process::id(), 1 << 30, "self", &mut n).unwrap();
+        assert!(n > 0);
+        // the test binary's memory holds the decoded signature set: content rules match there
+        assert!(ev.iter().any(|e| matches!(&e.detail, EvidenceKind::BinaryContent { source, .. } if source == "memory")), "{ev:?}");
     }
 }

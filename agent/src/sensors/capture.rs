@@ -380,7 +380,10 @@ impl CaptureSensor {
         };
         match open_socket() {
             Ok(fd) => {
-                s.thread = Some(std::thread::spawn(move || capture_loop(fd, sig, shared, stop, counters)));
+                s.thread = std::thread::Builder::new()
+                    .name("rw-capture".into())
+                    .spawn(move || capture_loop(fd, sig, shared, stop, counters))
+                    .ok();
             }
             Err(e) => {
                 s.unavailable = Some(if e.raw_os_error() == Some(libc::EPERM) {
@@ -416,8 +419,11 @@ fn capture_loop(fd: OwnedFd, sig: Arc<RwLock<Arc<Signatures>>>, shared: Arc<NetS
         // SAFETY: recvfrom into a buffer we own, with a correctly sized sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut alen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // with a flush asked for, do not block: an empty queue answers it at once
+        let flush = counters.flush_req.load(Ordering::Acquire) > counters.flush_done.load(Ordering::Acquire);
+        let flags = libc::MSG_TRUNC | if flush { libc::MSG_DONTWAIT } else { 0 };
         let n = unsafe {
-            libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), libc::MSG_TRUNC, &mut sll as *mut _ as *mut libc::sockaddr, &mut alen)
+            libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), flags, &mut sll as *mut _ as *mut libc::sockaddr, &mut alen)
         };
         if n <= 0 {
             // the queue is empty: everything asked for so far has been read

@@ -9,7 +9,9 @@ pub mod binary;
 pub mod capture;
 pub mod execevents;
 pub mod gpu;
+pub mod hidden;
 pub mod minerconfig;
+pub mod persistence;
 pub mod process;
 pub mod sockets;
 
@@ -28,6 +30,9 @@ pub enum Observation {
     /// Network evidence whose process could not be found (the flow ended,
     /// or its socket lives in another network namespace).
     Flow(crate::net::shared::FlowFinding),
+    /// A process the listing could not read (its /proc files are covered,
+    /// e.g. by a bind mount), read another way by the hidden sensor.
+    Hidden(Proc),
 }
 
 /// An error that stops one sensor's pass, never the agent.
@@ -77,11 +82,17 @@ pub struct SensorOptions {
     pub nvml_library: Option<std::path::PathBuf>,
     /// Cgroup substrings that mark scheduler jobs, beyond Slurm and Kubernetes (`gpu.scheduler_cgroups`).
     pub gpu_scheduler_cgroups: Vec<String>,
+    /// Look for hidden processes and preload libraries.
+    pub hidden: bool,
+    /// The host's root directory (where /etc/ld.so.preload, crontabs and systemd units are read).
+    pub host_root: std::path::PathBuf,
+    /// Look for persistence entries (cron, systemd, rc) that start miners.
+    pub persistence: bool,
 }
 
 impl Default for SensorOptions {
     fn default() -> Self {
-        SensorOptions { max_binary_bytes: 64 * 1024 * 1024, binary_bytes_per_pass: u64::MAX, sockets: true, capture: true, gpu: true, nvml_library: None, gpu_scheduler_cgroups: Vec::new() }
+        SensorOptions { max_binary_bytes: 64 * 1024 * 1024, binary_bytes_per_pass: u64::MAX, sockets: true, capture: true, gpu: true, nvml_library: None, gpu_scheduler_cgroups: Vec::new(), hidden: true, host_root: "/".into(), persistence: true }
     }
 }
 
@@ -93,6 +104,12 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
         Box::new(binary::BinarySensor::new(sig.clone(), proc_root, opts.max_binary_bytes).with_pass_budget(opts.binary_bytes_per_pass)),
         Box::new(minerconfig::MinerConfigSensor::new(sig.clone(), proc_root)),
     ];
+    if opts.hidden {
+        v.push(Box::new(hidden::HiddenSensor::new(sig.clone(), proc_root, opts.host_root.clone())));
+    }
+    if opts.persistence {
+        v.push(Box::new(persistence::PersistenceSensor::new(sig.clone(), opts.host_root.clone())));
+    }
     if opts.capture {
         v.push(Box::new(capture::CaptureSensor::start(sig.clone(), proc_root, shared.clone())));
     }

@@ -207,10 +207,8 @@ impl ProcessSensor {
     /// read are skipped. Fails only when the root itself cannot be listed.
     pub fn sample(&mut self) -> std::io::Result<Snapshot> {
         let mut procs = HashMap::with_capacity(self.known.len() + 16);
-        for entry in std::fs::read_dir(&self.root)? {
-            let Ok(entry) = entry else { continue };
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        // raw getdents64, not libc readdir: a preload hider cannot filter it
+        for pid in super::hidden::list_pids(&self.root)? {
             if let Some(p) = self.read_one(pid) {
                 procs.insert(p.key, p);
             }

@@ -1,0 +1,523 @@
+//! The hidden-process sensor: processes that exist but that the host's own
+//! tools cannot see, and the preload libraries that hide them.
+//!
+//! - The proc root is listed twice: with the raw `getdents64` system call
+//!   (what the process sensor uses: a preload library cannot hook it) and
+//!   with libc's `readdir` (what every dynamically linked program on the
+//!   host sees, and what a hider in `/etc/ld.so.preload` hooks). A pid in
+//!   the first listing and not in the second is hidden from userland.
+//! - Pids that answer `kill(pid, 0)` but that `getdents64` does not list
+//!   (a kernel rootkit filters getdents) are probed in chunks per pass.
+//! - Bind mounts over `/proc/PID` (mountinfo) hide a process's files from
+//!   everyone; as root the process is then read through a private procfs
+//!   instance (`fsopen("proc")` + `fsmount`, never attached anywhere), which
+//!   no bind mount covers, and its executable is content-scanned from there.
+//! - A non-empty `/etc/ld.so.preload` (under the host root) and preload
+//!   libraries mapped into processes (listed in ld.so.preload, or in the
+//!   process's `LD_PRELOAD`, read from `environ` only as root) are `Preload`
+//!   evidence.
+
+use super::binary::scan_reader;
+use super::{Observation, Proc, ProcKey, ProcessSensor, Sensor, SensorError, Snapshot};
+use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Pids probed with `kill(pid, 0)` per pass (the whole default pid range).
+const PROBE_CHUNK: u32 = 1 << 16;
+/// Most bytes of a hidden process's executable read for content.
+const HIDDEN_EXE_CAP: u64 = 64 * 1024 * 1024;
+
+/// Lists the numeric entries of a directory with the raw `getdents64`
+/// system call: no libc `readdir`, so an `LD_PRELOAD` hider cannot filter it.
+pub fn list_pids(root: &Path) -> std::io::Result<Vec<u32>> {
+    let c = CString::new(root.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid NUL-terminated path; the fd is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pids = Vec::with_capacity(512);
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        parse_dirents(&buf[..n as usize], |name| {
+            if let Some(pid) = parse_pid(name) {
+                pids.push(pid);
+            }
+        });
+    }
+    Ok(pids)
+}
+
+/// Walks `struct linux_dirent64` records (d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name).
+pub fn parse_dirents(mut buf: &[u8], mut each: impl FnMut(&[u8])) {
+    while buf.len() >= 19 {
+        let reclen = u16::from_ne_bytes([buf[16], buf[17]]) as usize;
+        if reclen < 19 || reclen > buf.len() {
+            break;
+        }
+        let name = &buf[19..reclen];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        each(&name[..end]);
+        buf = &buf[reclen..];
+    }
+}
+
+fn parse_pid(name: &[u8]) -> Option<u32> {
+    if name.is_empty() || name.len() > 10 || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// Lists the numeric entries of a directory through libc's `readdir`, as
+/// every dynamically linked program on the host does (and as a preload
+/// hider filters it).
+pub fn list_pids_libc(root: &Path) -> std::io::Result<Vec<u32>> {
+    let c = CString::new(root.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid path; the DIR is closed below.
+    let dir = unsafe { libc::opendir(c.as_ptr()) };
+    if dir.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut pids = Vec::with_capacity(512);
+    loop {
+        // SAFETY: dir is a valid open DIR; the entry is read before the next call.
+        let e = unsafe { libc::readdir(dir) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated.
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        if let Some(pid) = parse_pid(name.to_bytes()) {
+            pids.push(pid);
+        }
+    }
+    // SAFETY: opened above.
+    unsafe { libc::closedir(dir) };
+    Ok(pids)
+}
+
+/// The pids whose `ROOT/PID` directory has something mounted over it,
+/// from mountinfo text (field 5 is the mount point, octal-escaped).
+pub fn pids_under_mounts(mountinfo: &str, proc_root: &Path) -> Vec<u32> {
+    let root = proc_root.to_string_lossy();
+    let root = root.trim_end_matches('/');
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some(mp) = line.split(' ').nth(4) else { continue };
+        let mp = unescape_octal(mp);
+        let Some(rest) = mp.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else { continue };
+        if let Some(pid) = parse_pid(rest.as_bytes()) {
+            if !out.contains(&pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Libraries listed in an `ld.so.preload` file (whitespace or colon
+/// separated, `#` comments).
+pub fn parse_preload_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == ':'))
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `LD_PRELOAD` libraries from an `environ` file (NUL-separated).
+pub fn ld_preload_from_environ(environ: &[u8]) -> Vec<String> {
+    environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"LD_PRELOAD="))
+        .map(|v| parse_preload_list(&String::from_utf8_lossy(v)))
+        .unwrap_or_default()
+}
+
+/// The mapped file paths of a `maps` file that are among `libs` (by full
+/// path, or by file name when the list names a bare file).
+pub fn mapped_libraries(maps: &str, libs: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path
+        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim) else { continue };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let path = path.trim_end_matches(" (deleted)");
+        let base = path.rsplit('/').next().unwrap_or(path);
+        if libs.iter().any(|l| l == path || (!l.contains('/') && l == base)) && !out.iter().any(|o| o == path) {
+            out.push(path.to_string());
+        }
+    }
+    out
+}
+
+/// A private procfs instance (`fsopen` + `fsmount`, attached nowhere): no
+/// bind mount over `/proc/PID` covers it. Needs CAP_SYS_ADMIN.
+fn private_procfs() -> std::io::Result<OwnedFd> {
+    let name = CString::new("proc").unwrap();
+    // SAFETY: plain system calls with valid arguments; fds are owned below.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, name.as_ptr(), 1 /* FSOPEN_CLOEXEC */);
+        if fs < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fs = OwnedFd::from_raw_fd(fs as i32);
+        // FSCONFIG_CMD_CREATE = 6
+        if libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), 6, 0usize, 0usize, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let m = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), 1 /* FSMOUNT_CLOEXEC */, 0);
+        if m < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(m as i32))
+    }
+}
+
+fn exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid as i32, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn tgid(status: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// The hidden-process and preload sensor.
+pub struct HiddenSensor {
+    sig: Arc<Signatures>,
+    root: PathBuf,
+    host_root: PathBuf,
+    pass: u64,
+    cursor: u32,
+    alt: Option<(OwnedFd, ProcessSensor)>,
+    alt_error: Option<String>,
+    /// Preload evidence per process, computed once.
+    preload: HashMap<ProcKey, Vec<Evidence>>,
+    /// Content evidence of hidden processes' executables, by identity.
+    hidden_exe: HashMap<ProcKey, Vec<Evidence>>,
+    notes: Vec<String>,
+    found: u64,
+    /// Ids found to be threads (not thread-group leaders), not re-read every pass.
+    threads: HashSet<u32>,
+}
+
+impl HiddenSensor {
+    /// A sensor over the proc root `root`, reading host files (ld.so.preload) under `host_root`.
+    pub fn new(sig: Arc<Signatures>, root: &Path, host_root: PathBuf) -> Self {
+        HiddenSensor {
+            sig,
+            root: root.to_path_buf(),
+            host_root,
+            pass: 0,
+            cursor: 1,
+            alt: None,
+            alt_error: None,
+            preload: HashMap::new(),
+            hidden_exe: HashMap::new(),
+            notes: Vec::new(),
+            found: 0,
+            threads: HashSet::new(),
+        }
+    }
+
+    fn live_proc_root(&self) -> bool {
+        self.root.join("self").exists()
+    }
+
+    fn pid_max(&self) -> u32 {
+        std::fs::read_to_string(self.root.join("sys/kernel/pid_max")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768).clamp(2, 1 << 22)
+    }
+
+    /// Reads a process through the private procfs instance.
+    fn read_private(&mut self, pid: u32) -> Option<Proc> {
+        if self.alt.is_none() && self.alt_error.is_none() {
+            match private_procfs() {
+                Ok(fd) => {
+                    let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                    let ps = ProcessSensor::new(&root);
+                    self.alt = Some((fd, ps));
+                }
+                Err(e) => self.alt_error = Some(format!("private procfs: {e}")),
+            }
+        }
+        let (_, ps) = self.alt.as_mut()?;
+        ps.read_one(pid)
+    }
+
+    fn preload_evidence(&mut self, p: &Proc, global: &[String], root_user: bool) -> Vec<Evidence> {
+        if let Some(e) = self.preload.get(&p.key) {
+            return e.clone();
+        }
+        let dir = self.root.join(p.key.pid.to_string());
+        let env_libs = if root_user { std::fs::read(dir.join("environ")).map(|b| ld_preload_from_environ(&b)).unwrap_or_default() } else { Vec::new() };
+        let mut ev = Vec::new();
+        if !global.is_empty() || !env_libs.is_empty() {
+            let all: Vec<String> = global.iter().chain(env_libs.iter()).cloned().collect();
+            if let Ok(maps) = std::fs::read_to_string(dir.join("maps")) {
+                for lib in mapped_libraries(&maps, &all) {
+                    let base = lib.rsplit('/').next().unwrap_or(&lib).to_string();
+                    let in_global = global.iter().any(|g| *g == lib || *g == base);
+                    let (source, weight) = if in_global {
+                        ("/etc/ld.so.preload, mapped into the process", Weight::Suspicious)
+                    } else {
+                        ("LD_PRELOAD, mapped into the process", Weight::Info)
+                    };
+                    ev.push(Evidence::heuristic(EvidenceKind::Preload { library: lib, source: source.into() }, weight));
+                }
+            }
+        }
+        self.preload.insert(p.key, ev.clone());
+        ev
+    }
+}
+
+impl Sensor for HiddenSensor {
+    fn name(&self) -> &'static str {
+        "hidden"
+    }
+
+    fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
+        self.pass += 1;
+        self.notes.clear();
+        let err = |m: String| SensorError { sensor: "hidden", message: m };
+        let raw: HashSet<u32> = list_pids(&self.root).map_err(|e| err(format!("getdents64 {}: {e}", self.root.display())))?.into_iter().collect();
+        let mut hidden: Vec<(u32, String)> = Vec::new();
+
+        // 1. userland hiding: getdents64 lists it, libc readdir does not
+        if let Ok(libc_list) = list_pids_libc(&self.root) {
+            let seen: HashSet<u32> = libc_list.into_iter().collect();
+            for &pid in raw.difference(&seen) {
+                if self.root.join(pid.to_string()).exists() {
+                    hidden.push((pid, "missing from libc readdir of /proc (a preload library hooks readdir); getdents64 lists it".into()));
+                }
+            }
+        }
+
+        if self.live_proc_root() {
+            // 2. bind mounts over /proc/PID
+            let canon = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+            if let Ok(mi) = std::fs::read_to_string(self.root.join("self/mountinfo")) {
+                for pid in pids_under_mounts(&mi, &canon) {
+                    if exists(pid) {
+                        hidden.push((pid, format!("bind mount over {}/{pid} (mountinfo)", canon.display())));
+                    }
+                }
+            }
+            // 3. pids that exist but getdents64 does not list (kernel-level hiding), a chunk per pass
+            let pid_max = self.pid_max();
+            let start = self.cursor.clamp(1, pid_max);
+            let end = start.saturating_add(PROBE_CHUNK).min(pid_max);
+            self.cursor = if end >= pid_max { 1 } else { end };
+            if self.pass % 30 == 0 {
+                self.threads.clear(); // ids are reused: a thread's id may become a process's
+            }
+            let mut candidates = Vec::new();
+            for pid in start..end {
+                if !raw.contains(&pid) && !self.threads.contains(&pid) && exists(pid) {
+                    candidates.push(pid);
+                }
+            }
+            if !candidates.is_empty() {
+                // listed again: a process that started during the probe is no candidate
+                let again: HashSet<u32> = list_pids(&self.root).map(|v| v.into_iter().collect()).unwrap_or_default();
+                for pid in candidates {
+                    if again.contains(&pid) || hidden.iter().any(|(h, _)| *h == pid) {
+                        continue;
+                    }
+                    // threads answer kill() too: only thread-group leaders are processes
+                    let status = std::fs::read_to_string(self.root.join(pid.to_string()).join("status")).ok();
+                    match status.as_deref().and_then(tgid) {
+                        Some(t) if t == pid => {
+                            hidden.push((pid, "answers kill(pid, 0) and /proc/PID is reachable, but getdents64 of /proc does not list it".into()))
+                        }
+                        Some(_) => {
+                            self.threads.insert(pid);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+
+        for (pid, how) in hidden {
+            self.found += 1;
+            let ev = Evidence::heuristic(EvidenceKind::HiddenProcess { how }, Weight::Suspicious);
+            if let Some(k) = snap.procs.keys().find(|k| k.pid == pid) {
+                out.push(Observation::Evidence(*k, ev));
+                continue;
+            }
+            // not in the snapshot (its /proc files are covered): read it privately
+            let p = match self.read_private(pid) {
+                Some(p) => p,
+                None => Proc {
+                    key: ProcKey { pid, start_time: 0 },
+                    ppid: 0,
+                    comm: String::new(),
+                    state: '?',
+                    threads: 0,
+                    nice: 0,
+                    policy: 0,
+                    cpu_ticks: 0,
+                    kernel_thread: false,
+                    fixed: Arc::new(Default::default()),
+                },
+            };
+            let key = p.key;
+            if key.start_time != 0 && !self.hidden_exe.contains_key(&key) {
+                let mut content = Vec::new();
+                if let Some((fd, _)) = &self.alt {
+                    let exe = PathBuf::from(format!("/proc/self/fd/{}/{pid}/exe", fd.as_raw_fd()));
+                    if let Ok(mut f) = std::fs::File::open(&exe) {
+                        let shown = p.fixed.exe.clone().unwrap_or_default();
+                        let mut n = 0;
+                        if let Ok(v) = scan_reader(&self.sig, &mut f, HIDDEN_EXE_CAP, &shown, &mut n) {
+                            content = v.evidence;
+                        }
+                    }
+                }
+                self.hidden_exe.insert(key, content);
+            }
+            out.push(Observation::Hidden(p));
+            out.push(Observation::Evidence(key, ev));
+            for e in self.hidden_exe.get(&key).cloned().unwrap_or_default() {
+                out.push(Observation::Evidence(key, e));
+            }
+        }
+        self.hidden_exe.retain(|k, _| exists(k.pid));
+
+        // 4. preload libraries
+        let global = std::fs::read_to_string(self.host_root.join("etc/ld.so.preload")).map(|t| parse_preload_list(&t)).unwrap_or_default();
+        if !global.is_empty() {
+            self.notes.push(format!("host: {} is not empty: {} (a preload library is loaded into every program)", self.host_root.join("etc/ld.so.preload").display(), global.join(", ")));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let root_user = unsafe { libc::geteuid() } == 0;
+        self.preload.retain(|k, _| snap.procs.contains_key(k));
+        let procs: Vec<&Proc> = snap.procs.values().filter(|p| !p.kernel_thread).collect();
+        for p in procs {
+            for e in self.preload_evidence(p, &global, root_user) {
+                out.push(Observation::Evidence(p.key, e));
+            }
+        }
+        if let Some(e) = &self.alt_error {
+            if self.found > 0 {
+                self.notes.push(format!("hidden processes could not be read: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn unreadable(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("hidden_processes", self.found)]
+    }
+
+    fn set_signatures(&mut self, sig: Arc<Signatures>) {
+        self.sig = sig;
+        self.hidden_exe.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getdents_agrees_with_read_dir_here() {
+        let ours: HashSet<u32> = list_pids(Path::new("/proc")).unwrap().into_iter().collect();
+        assert!(ours.contains(&std::process::id()));
+        let libc: HashSet<u32> = list_pids_libc(Path::new("/proc")).unwrap().into_iter().collect();
+        assert!(libc.contains(&std::process::id()));
+        // a fixture directory lists too
+        let d = tempfile::tempdir().unwrap();
+        for n in ["1", "22", "x", "333"] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+        }
+        let mut v = list_pids(d.path()).unwrap();
+        v.sort();
+        assert_eq!(v, vec![1, 22, 333]);
+    }
+
+    #[test]
+    fn mountinfo_over_pid_dirs() {
+        let mi = "22 1 0:21 / /proc rw,nosuid shared:5 - proc proc rw\n\
+                  300 22 8:1 /tmp/empty /proc/4242 rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                  301 22 8:1 /tmp/x /proc/sys/fs/binfmt_misc rw - autofs x rw\n\
+                  302 1 8:1 /a /srv/proc/77 rw - ext4 /dev/sda1 rw\n";
+        assert_eq!(pids_under_mounts(mi, Path::new("/proc")), vec![4242]);
+        assert_eq!(pids_under_mounts(mi, Path::new("/srv/proc/")), vec![77]);
+        assert_eq!(unescape_octal("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn preload_lists_environ_and_maps() {
+        assert_eq!(parse_preload_list("# hider\n/usr/local/lib/libprocesshider.so\n/lib/x.so:/lib/y.so\n"), vec![
+            "/usr/local/lib/libprocesshider.so",
+            "/lib/x.so",
+            "/lib/y.so"
+        ]);
+        assert_eq!(ld_preload_from_environ(b"HOME=/root\0LD_PRELOAD=/tmp/h.so libz.so\0X=1\0"), vec!["/tmp/h.so", "libz.so"]);
+        assert!(ld_preload_from_environ(b"HOME=/root\0").is_empty());
+        let maps = "7f00-7f01 r-xp 00000000 08:01 1234 /tmp/h.so\n\
+                    7f01-7f02 r--p 00000000 08:01 99 /usr/lib/x86_64-linux-gnu/libz.so\n\
+                    7f02-7f03 rw-p 00000000 00:00 0 \n\
+                    7f03-7f04 r-xp 00000000 08:01 1234 /tmp/h.so\n";
+        assert_eq!(mapped_libraries(maps, &["/tmp/h.so".into(), "libz.so".into()]), vec!["/tmp/h.so", "/usr/lib/x86_64-linux-gnu/libz.so"]);
+        assert!(mapped_libraries(maps, &["/lib/other.so".into()]).is_empty());
+    }
+
+    #[test]
+    fn dirent_parser_stops_on_garbage() {
+        let mut buf = vec![0u8; 24];
+        buf[16] = 24;
+        buf[19..21].copy_from_slice(b"42");
+        let mut names = Vec::new();
+        parse_dirents(&buf, |n| names.push(n.to_vec()));
+        assert_eq!(names, vec![b"42".to_vec()]);
+        let mut bad = buf.clone();
+        bad[16] = 200;
+        let mut n = 0;
+        parse_dirents(&bad, |_| n += 1);
+        assert_eq!(n, 0);
+    }
+}

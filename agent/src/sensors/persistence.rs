@@ -1,0 +1,258 @@
+//! The persistence sensor: cron entries, systemd units, rc scripts and
+//! miner service names under the host root that start a miner, linked to
+//! the running process they start; and the host's miner preparation
+//! (`vm.nr_hugepages` raised, the msr module writable).
+//!
+//! An entry counts when the command it runs carries miner signs (the
+//! signature set's command-line and name rules) or the unit is named like a
+//! miner service. It becomes `Persistence` evidence on each running process
+//! whose executable or argv[0] is the entry's command path; entries with no
+//! running process are reported as scan warnings.
+
+use super::{Observation, Sensor, SensorError, Snapshot};
+use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Service names used by mining campaigns.
+const MINER_SERVICES: &[&str] = &["c3pool_miner", "moneroocean_miner", "bot", "xmrig", "sysupdate", "networkservice", "kinsing", "kdevtmpfsi"];
+
+/// Re-read the files every this many passes.
+const RESCAN_PASSES: u64 = 30;
+
+/// One persistence entry that starts a miner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The file (shown as on the host, `/etc/cron.d/x`).
+    pub path: String,
+    /// The line or directive.
+    pub entry: String,
+    /// Absolute paths the entry runs (for linking to processes).
+    pub commands: Vec<String>,
+    /// What the entry contributes.
+    pub weight: Weight,
+}
+
+/// The persistence sensor.
+pub struct PersistenceSensor {
+    sig: Arc<Signatures>,
+    host_root: PathBuf,
+    pass: u64,
+    entries: Vec<Entry>,
+    context: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl PersistenceSensor {
+    /// A sensor reading persistence files under `host_root` (normally `/`).
+    pub fn new(sig: Arc<Signatures>, host_root: PathBuf) -> Self {
+        PersistenceSensor { sig, host_root, pass: 0, entries: Vec::new(), context: Vec::new(), notes: Vec::new() }
+    }
+
+    /// Every miner-starting entry under the host root.
+    pub fn scan_host(&self) -> Vec<Entry> {
+        let r = &self.host_root;
+        let mut files: Vec<(PathBuf, Kind)> = vec![(r.join("etc/crontab"), Kind::Cron), (r.join("etc/rc.local"), Kind::Script)];
+        for (dir, kind) in [
+            ("etc/cron.d", Kind::Cron),
+            ("var/spool/cron/crontabs", Kind::Cron),
+            ("var/spool/cron", Kind::Cron),
+            ("etc/cron.hourly", Kind::Script),
+            ("etc/cron.daily", Kind::Script),
+            ("etc/init.d", Kind::Script),
+            ("etc/systemd/system", Kind::Unit),
+            ("usr/lib/systemd/system", Kind::Unit),
+            ("lib/systemd/system", Kind::Unit),
+            ("root/.config/systemd/user", Kind::Unit),
+        ] {
+            files.extend(list_files(&r.join(dir)).into_iter().map(|p| (p, kind)));
+        }
+        for home in list_dirs(&r.join("home")) {
+            files.extend(list_files(&home.join(".config/systemd/user")).into_iter().map(|p| (p, Kind::Unit)));
+        }
+        let mut out = Vec::new();
+        for (file, kind) in files {
+            let Ok(meta) = std::fs::metadata(&file) else { continue };
+            if !meta.is_file() || meta.len() > 1 << 20 {
+                continue;
+            }
+            let Ok(text) = std::fs::read(&file) else { continue };
+            let text = String::from_utf8_lossy(&text);
+            let shown = format!("/{}", file.strip_prefix(r).unwrap_or(&file).display()).replace("//", "/");
+            out.extend(assess_file(&self.sig, &shown, kind, &text));
+        }
+        out
+    }
+
+    fn host_context(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let r = &self.host_root;
+        if let Some(n) = std::fs::read_to_string(r.join("proc/sys/vm/nr_hugepages")).ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|&n| n > 0) {
+            v.push(format!("vm.nr_hugepages is {n} (miners raise it for RandomX)"));
+        }
+        if let Ok(s) = std::fs::read_to_string(r.join("sys/module/msr/parameters/allow_writes")) {
+            if matches!(s.trim(), "on" | "Y" | "1") {
+                v.push("the msr module allows writes (modprobe msr allow_writes=on, as XMRig does)".into());
+            }
+        }
+        v
+    }
+}
+
+/// The kind of a persistence file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A crontab (system crontabs carry a user field).
+    Cron,
+    /// A systemd unit.
+    Unit,
+    /// A shell script (rc.local, init.d, cron.daily).
+    Script,
+}
+
+fn list_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    v.sort();
+    v.truncate(2000);
+    v
+}
+
+fn list_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).take(1000).collect()
+}
+
+/// The command part of a line: a cron line without its schedule (and user,
+/// in system crontabs), a unit's Exec*= value, a script line as it is.
+fn command_of(kind: Kind, line: &str, system_cron: bool) -> Option<String> {
+    let l = line.trim();
+    if l.is_empty() || l.starts_with('#') {
+        return None;
+    }
+    match kind {
+        Kind::Cron => {
+            if l.contains('=') && !l.contains(' ') {
+                return None; // VAR=value
+            }
+            let mut f = l.split_whitespace();
+            let skip = if l.starts_with('@') { 1 } else { 5 } + usize::from(system_cron);
+            let rest: Vec<&str> = f.by_ref().skip(skip).collect();
+            (!rest.is_empty()).then(|| rest.join(" "))
+        }
+        Kind::Unit => {
+            let (k, v) = l.split_once('=')?;
+            k.trim().starts_with("Exec").then(|| v.trim().trim_start_matches(['-', '@', '+', '!']).to_string())
+        }
+        Kind::Script => Some(l.to_string()),
+    }
+}
+
+/// The miner-starting entries of one file (pure: for fixtures and tests).
+pub fn assess_file(sig: &Signatures, shown: &str, kind: Kind, text: &str) -> Vec<Entry> {
+    let system_cron = kind == Kind::Cron && !shown.contains("/var/spool/");
+    let stem = shown.rsplit('/').next().unwrap_or(shown).trim_end_matches(".service").trim_end_matches(".timer");
+    let service_named = kind != Kind::Cron && MINER_SERVICES.contains(&stem);
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(cmd) = command_of(kind, line, system_cron) else { continue };
+        let commands: Vec<String> =
+            cmd.split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|' || c == '\'' || c == '"').filter(|t| t.starts_with('/') && t.len() > 1).map(String::from).collect();
+        let names: Vec<(&str, &str)> = commands.iter().map(|c| ("persistence", c.rsplit('/').next().unwrap_or(c))).collect();
+        let mut ev = sig.scan_cmdline(&cmd);
+        ev.extend(sig.match_names(&names));
+        let strong = ev.iter().map(|e| e.weight).max();
+        let weight = match rigwatch_signatures::score(&ev) {
+            Some(rigwatch_signatures::Severity::Confirmed) => Weight::Confirmed,
+            _ if strong >= Some(Weight::Likely) || service_named => Weight::Likely,
+            _ => continue,
+        };
+        let entry: String = line.trim().chars().take(300).collect();
+        out.push(Entry { path: shown.to_string(), entry, commands, weight });
+    }
+    out
+}
+
+impl Sensor for PersistenceSensor {
+    fn name(&self) -> &'static str {
+        "persistence"
+    }
+
+    fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
+        if self.pass % RESCAN_PASSES == 0 {
+            self.entries = self.scan_host();
+            self.context = self.host_context();
+        }
+        self.pass += 1;
+        self.notes.clear();
+        let mut linked = vec![false; self.entries.len()];
+        for p in snap.procs.values().filter(|p| !p.kernel_thread) {
+            let exe = p.fixed.exe.as_deref().unwrap_or("").trim_end_matches(" (deleted)");
+            let argv0 = p.fixed.argv.first().map(String::as_str).unwrap_or("");
+            for (i, e) in self.entries.iter().enumerate() {
+                if e.commands.iter().any(|c| c == exe || c == argv0) {
+                    linked[i] = true;
+                    out.push(Observation::Evidence(p.key, Evidence::heuristic(EvidenceKind::Persistence { path: e.path.clone(), entry: e.entry.clone() }, e.weight)));
+                }
+            }
+        }
+        for (e, l) in self.entries.iter().zip(linked) {
+            if !l {
+                self.notes.push(format!("persistence: {} starts a miner (not running now): {}", e.path, e.entry));
+            }
+        }
+        self.notes.extend(self.context.iter().map(|c| format!("host: {c}")));
+        Ok(())
+    }
+
+    fn unreadable(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("persistence_entries", self.entries.len() as u64)]
+    }
+
+    fn set_signatures(&mut self, sig: Arc<Signatures>) {
+        self.sig = sig;
+        self.pass = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig() -> Signatures {
+        rigwatch_signatures::load::load(&[], true).signatures
+    }
+
+    #[test]
+    fn fixture_host_tree() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/host");
+        let s = PersistenceSensor::new(Arc::new(sig()), root);
+        let entries = s.scan_host();
+        let find = |p: &str| entries.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("{p} not found in {entries:#?}"));
+        let cron = find("/etc/cron.d/apache-update");
+        assert!(cron.commands.contains(&"/var/tmp/.x/kswapd0".to_string()));
+        assert_eq!(cron.weight, Weight::Confirmed, "pool URL + wallet in the entry");
+        let unit = find("/etc/systemd/system/c3pool_miner.service");
+        assert!(unit.commands.contains(&"/root/c3pool/xmrig".to_string()));
+        assert!(unit.weight >= Weight::Likely);
+        find("/var/spool/cron/crontabs/www-data");
+        find("/etc/rc.local");
+        assert!(!entries.iter().any(|e| e.path.contains("logrotate") || e.path.contains("ssh.service")), "benign entries stay out: {entries:#?}");
+        let ctx = s.host_context();
+        assert!(ctx.iter().any(|c| c.contains("nr_hugepages is 1280")), "{ctx:?}");
+        assert!(ctx.iter().any(|c| c.contains("msr")), "{ctx:?}");
+    }
+
+    #[test]
+    fn cron_and_unit_lines() {
+        assert_eq!(command_of(Kind::Cron, "*/5 * * * * root /opt/x -o a", true).as_deref(), Some("/opt/x -o a"));
+        assert_eq!(command_of(Kind::Cron, "@reboot /opt/x", false).as_deref(), Some("/opt/x"));
+        assert_eq!(command_of(Kind::Cron, "SHELL=/bin/sh", true), None);
+        assert_eq!(command_of(Kind::Unit, "ExecStart=-/usr/bin/x --y", false).as_deref(), Some("/usr/bin/x --y"));
+        assert_eq!(command_of(Kind::Unit, "Description=x", false), None);
+    }
+}
