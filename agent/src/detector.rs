@@ -112,8 +112,10 @@ impl Detector {
         }
         let long_base = self.long_base(cur);
         self.count_flips(cur);
-        self.own.retain(|k, _| cur.procs.contains_key(k));
-        self.sticky.retain(|k, _| cur.procs.contains_key(k));
+        if !cur.partial {
+            self.own.retain(|k, _| cur.procs.contains_key(k));
+            self.sticky.retain(|k, _| cur.procs.contains_key(k));
+        }
         for (k, v) in &self.sticky {
             extra.entry(*k).or_default().extend(v.iter().cloned());
         }
@@ -201,7 +203,9 @@ impl Detector {
 
     /// Counts stopped/running flips per process (SIGSTOP/SIGCONT cycling).
     fn count_flips(&mut self, cur: &Snapshot) {
-        self.flips.retain(|k, _| cur.procs.contains_key(k));
+        if !cur.partial {
+            self.flips.retain(|k, _| cur.procs.contains_key(k));
+        }
         for (k, p) in &cur.procs {
             let stopped = p.state == 'T';
             let e = self.flips.entry(*k).or_insert((stopped, 0));
@@ -401,7 +405,7 @@ mod tests {
         });
         let key = ProcKey { pid: 4242, start_time: 7 };
         let p = Proc { key, ppid: 1, comm: "kworker/0:9".into(), state, threads: 1, nice: 19, policy: 5, cpu_ticks: ticks, kernel_thread: false, fixed };
-        Snapshot { at, procs: [(key, p)].into_iter().collect(), ticks_per_second: 100 }
+        Snapshot { at, procs: [(key, p)].into_iter().collect(), ticks_per_second: 100, partial: false }
     }
 
     fn kinds(f: &[Finding]) -> Vec<&'static str> {

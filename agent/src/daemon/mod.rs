@@ -30,9 +30,11 @@ use tracker::{Change, Tracker};
 /// Delay between an exec event and the pass that checks it (lets the new
 /// program set up its argv and open its config).
 const EXEC_SETTLE: Duration = Duration::from_millis(250);
+/// How often the loop checks for network evidence waiting for a pass.
+const NETWORK_POLL: Duration = Duration::from_millis(500);
 
 enum Msg {
-    Exec,
+    Exec(u32),
     Reload,
 }
 
@@ -104,8 +106,8 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                 std::thread::spawn(move || sensors::execevents::run(fd, ptx));
                 let tx2 = tx.clone();
                 std::thread::spawn(move || {
-                    for _pid in prx {
-                        if tx2.send(Msg::Exec).is_err() {
+                    for pid in prx {
+                        if tx2.send(Msg::Exec(pid)).is_err() {
                             return;
                         }
                     }
@@ -164,13 +166,22 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
     let mut said_unavailable = std::collections::HashSet::new();
     let mut next_pass = Instant::now();
     let mut next_beat = Instant::now();
+    let mut last_full = Instant::now();
+    // exec events: the new pids get a partial pass of their own (cost: the
+    // new processes only), EXEC_SETTLE after the first of a burst
+    let mut exec_pids: Vec<u32> = Vec::new();
+    let mut exec_due: Option<Instant> = None;
     loop {
         let now_i = Instant::now();
-        let due = next_pass.min(next_beat);
+        let poll = now_i + NETWORK_POLL;
+        let due = next_pass.min(next_beat).min(exec_due.unwrap_or(poll)).min(poll);
         match rx.recv_timeout(due.saturating_duration_since(now_i)) {
-            Ok(Msg::Exec) => {
+            Ok(Msg::Exec(pid)) => {
                 m.exec_events.inc();
-                next_pass = next_pass.min(Instant::now() + EXEC_SETTLE);
+                if exec_pids.len() < 4096 && !exec_pids.contains(&pid) {
+                    exec_pids.push(pid);
+                }
+                exec_due = exec_due.or(Some(Instant::now() + EXEC_SETTLE));
                 continue;
             }
             Ok(Msg::Reload) => {
@@ -210,10 +221,39 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
             next_beat = Instant::now() + heartbeat;
             emit(&shared, now, EventKind::Heartbeat {});
         }
-        if Instant::now() < next_pass {
+        // network evidence waiting is worth a full pass now (at most one a second)
+        let network = last_full.elapsed() >= NETWORK_POLL * 2 && sensors.iter().any(|s| s.wants_pass());
+        let full = Instant::now() >= next_pass || network;
+        if !full && exec_due.is_some_and(|d| Instant::now() >= d) {
+            exec_due = None;
+            let pids = std::mem::take(&mut exec_pids);
+            let started = Instant::now();
+            let cur = procs.sample_pids(&pids);
+            let mut obs = Vec::new();
+            for s in sensors.iter_mut().filter(|s| s.per_process()) {
+                let _ = s.observe(&cur, &mut obs);
+            }
+            let findings = detector.assess(None, &cur, &obs, now);
+            let mut changes = tracker.update(findings, &|_, _| true, now, true);
+            changes.extend(tracker.resolve_exited(&mut |pid, start| procs.read_one(pid).is_some_and(|p| p.key.start_time == start)));
+            let save = !changes.is_empty();
+            apply(changes, &shared, &mut responder, now);
+            if let (Some(path), true) = (&tracker_file, save) {
+                if let Err(e) = tracker.save(path) {
+                    log("state_error", serde_json::json!(e.to_string()));
+                }
+            }
+            m.set_findings(&tracker.active(), cfg.metrics.max_finding_series);
+            m.pass_duration.observe(started.elapsed().as_secs_f64());
+            continue;
+        }
+        if !full {
             continue;
         }
         next_pass = Instant::now() + interval;
+        last_full = Instant::now();
+        exec_pids.clear();
+        exec_due = None;
         let started = Instant::now();
         let cur = procs.sample().map_err(|e| anyhow::anyhow!("cannot list {}: {e}", root.display()))?;
         let mut obs = Vec::new();
@@ -242,30 +282,11 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         *shared.sensors.lock().unwrap_or_else(|e| e.into_inner()) = status;
         let findings = detector.assess(base.as_ref(), &cur, &obs, now);
         let alive = |pid: u32, start: u64| cur.procs.keys().any(|k| k.pid == pid && k.start_time == start);
-        let changes = tracker.update(findings, &alive, now);
+        let changes = tracker.update(findings, &alive, now, false);
         // events reach the spool first, then the saved state: a crash in
         // between repeats an event (harmless) rather than losing one
         let save = !changes.is_empty();
-        for change in changes {
-            match change {
-                Change::Opened(f) => {
-                    m.findings_opened.with_label_values(&[&metrics::label(&metrics::main_rule(&f)), f.severity.as_str()]).inc();
-                    log("finding_opened", serde_json::to_value(&f).unwrap_or_default());
-                    respond(&mut responder, &f, m);
-                    emit(&shared, now, EventKind::FindingOpened { finding: f });
-                }
-                Change::Updated(f) => {
-                    log("finding_updated", serde_json::to_value(&f).unwrap_or_default());
-                    respond(&mut responder, &f, m);
-                    emit(&shared, now, EventKind::FindingUpdated { finding: f });
-                }
-                Change::Resolved { id, reason } => {
-                    m.findings_resolved.inc();
-                    log("finding_resolved", serde_json::json!({"id": id, "reason": reason}));
-                    emit(&shared, now, EventKind::FindingResolved { finding_id: id, reason });
-                }
-            }
-        }
+        apply(changes, &shared, &mut responder, now);
         if let (Some(path), true) = (&tracker_file, save) {
             if let Err(e) = tracker.save(path) {
                 log("state_error", serde_json::json!(e.to_string()));
@@ -281,6 +302,31 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         if once {
             std::io::Write::write_all(&mut std::io::stdout(), &m.render())?;
             return Ok(());
+        }
+    }
+}
+
+/// Logs, counts, responds to and spools each change.
+fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Responder, now: u64) {
+    let m = &shared.metrics;
+    for change in changes {
+        match change {
+            Change::Opened(f) => {
+                m.findings_opened.with_label_values(&[&metrics::label(&metrics::main_rule(&f)), f.severity.as_str()]).inc();
+                log("finding_opened", serde_json::to_value(&f).unwrap_or_default());
+                respond(responder, &f, m);
+                emit(shared, now, EventKind::FindingOpened { finding: f });
+            }
+            Change::Updated(f) => {
+                log("finding_updated", serde_json::to_value(&f).unwrap_or_default());
+                respond(responder, &f, m);
+                emit(shared, now, EventKind::FindingUpdated { finding: f });
+            }
+            Change::Resolved { id, reason } => {
+                m.findings_resolved.inc();
+                log("finding_resolved", serde_json::json!({"id": id, "reason": reason}));
+                emit(shared, now, EventKind::FindingResolved { finding_id: id, reason });
+            }
         }
     }
 }

@@ -64,6 +64,23 @@ impl Tracker {
         std::fs::rename(&tmp, path)
     }
 
+    /// Resolves the findings whose process has exited (cheap: one check per
+    /// active finding); used between full passes.
+    pub fn resolve_exited(&mut self, alive: &mut dyn FnMut(u32, u64) -> bool) -> Vec<Change> {
+        let gone: Vec<String> = self
+            .active
+            .values()
+            .filter(|f| f.pid.is_some_and(|pid| !alive(pid, f.process.start_time)))
+            .map(|f| f.id.clone())
+            .collect();
+        gone.into_iter()
+            .map(|id| {
+                self.active.remove(&id);
+                Change::Resolved { id, reason: "process exited".into() }
+            })
+            .collect()
+    }
+
     /// Active findings.
     pub fn active(&self) -> Vec<&Finding> {
         self.active.values().collect()
@@ -71,7 +88,8 @@ impl Tracker {
 
     /// Takes a pass's findings. `alive(pid, start_time)` says whether a
     /// process still exists (to tell "exited" from "evidence gone").
-    pub fn update(&mut self, findings: Vec<Finding>, alive: &dyn Fn(u32, u64) -> bool, now: u64) -> Vec<Change> {
+    /// With `partial` (an exec-triggered pass over a few processes), nothing is resolved.
+    pub fn update(&mut self, findings: Vec<Finding>, alive: &dyn Fn(u32, u64) -> bool, now: u64, partial: bool) -> Vec<Change> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for mut f in findings {
@@ -92,6 +110,9 @@ impl Tracker {
                     self.active.insert(f.id.clone(), f);
                 }
             }
+        }
+        if partial {
+            return out;
         }
         let gone: Vec<String> = self
             .active
@@ -134,16 +155,16 @@ mod tests {
     #[test]
     fn open_update_resolve() {
         let mut t = Tracker::default();
-        let c = t.update(vec![finding(10, 1.0, false)], &|_, _| true, 100);
+        let c = t.update(vec![finding(10, 1.0, false)], &|_, _| true, 100, false);
         assert!(matches!(&c[..], [Change::Opened(f)] if f.first_seen == 100));
         // CPU changes alone are no update
-        assert!(t.update(vec![finding(10, 1.7, false)], &|_, _| true, 110).is_empty());
-        let c = t.update(vec![finding(10, 1.7, true)], &|_, _| true, 120);
+        assert!(t.update(vec![finding(10, 1.7, false)], &|_, _| true, 110, false).is_empty());
+        let c = t.update(vec![finding(10, 1.7, true)], &|_, _| true, 120, false);
         assert!(matches!(&c[..], [Change::Updated(f)] if f.severity == rigwatch_signatures::Severity::Confirmed && f.first_seen == 100));
-        let c = t.update(vec![], &|_, _| false, 130);
+        let c = t.update(vec![], &|_, _| false, 130, false);
         assert_eq!(c, vec![Change::Resolved { id: finding(10, 0.0, false).id, reason: "process exited".into() }]);
-        t.update(vec![finding(11, 1.0, false)], &|_, _| true, 140);
-        let c = t.update(vec![], &|_, _| true, 150);
+        t.update(vec![finding(11, 1.0, false)], &|_, _| true, 140, false);
+        let c = t.update(vec![], &|_, _| true, 150, false);
         assert!(matches!(&c[..], [Change::Resolved { reason, .. }] if reason == "evidence gone"));
         assert!(t.active().is_empty());
     }

@@ -78,6 +78,11 @@ impl NetShared {
         g.pending.push(f);
     }
 
+    /// Whether flow evidence is waiting.
+    pub fn has_pending(&self) -> bool {
+        !self.lock().pending.is_empty()
+    }
+
     /// Takes the queued flow evidence.
     pub fn drain(&self) -> Vec<FlowFinding> {
         std::mem::take(&mut self.lock().pending)

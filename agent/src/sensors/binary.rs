@@ -168,6 +168,7 @@ pub struct PackingProbe {
     total: u64,
     head: Vec<u8>,
     tail: Vec<u8>,
+    end: Vec<u8>,
     upx: Option<&'static str>,
 }
 
@@ -198,29 +199,48 @@ impl PackingProbe {
             let n = (64 - self.head.len()).min(chunk.len());
             self.head.extend_from_slice(&chunk[..n]);
         }
-        if self.upx.is_none() {
-            // the end of the previous chunk joins this one, so marks split across reads are found
-            let mut window = std::mem::take(&mut self.tail);
-            window.extend_from_slice(&chunk[..chunk.len().min(64)]);
-            for hay in [&window[..], chunk] {
-                let marks = Self::marks();
-                let hit = hay.iter().enumerate().filter(|(_, &c)| c == b'U' || c == b'$').find_map(|(i, _)| {
-                    marks.iter().find(|(m, _)| hay[i..].starts_with(m))
-                });
-                if let Some((_, name)) = hit {
-                    self.upx = Some(name);
-                    break;
-                }
-            }
-            // the stream's last 63 bytes (a mark is shorter), whatever the chunk sizes
-            self.tail = if chunk.len() >= 63 {
-                chunk[chunk.len() - 63..].to_vec()
-            } else {
-                window.truncate(window.len() - chunk.len());
-                window.extend_from_slice(chunk);
-                window[window.len().saturating_sub(63)..].to_vec()
-            };
+        // UPX's marks sit in the first kilobytes (stub, l_info) and at the very
+        // end (the pack header): search the first MiB as it streams, the last
+        // 64 KiB at the end
+        let seen_before = self.total - chunk.len() as u64;
+        if self.upx.is_none() && seen_before < Self::HEAD_SEARCH {
+            let n = chunk.len().min((Self::HEAD_SEARCH - seen_before) as usize);
+            self.upx = Self::search(&mut self.tail, &chunk[..n]);
         }
+        if chunk.len() >= Self::END_KEEP {
+            self.end.clear();
+            self.end.extend_from_slice(&chunk[chunk.len() - Self::END_KEEP..]);
+        } else {
+            self.end.extend_from_slice(chunk);
+            let extra = self.end.len().saturating_sub(Self::END_KEEP);
+            self.end.drain(..extra);
+        }
+    }
+
+    const HEAD_SEARCH: u64 = 1 << 20;
+    const END_KEEP: usize = 64 * 1024;
+
+    /// Looks for a mark in `chunk`, joined to the end of the previous one
+    /// (`tail`, updated) so that marks split across reads are found.
+    fn search(tail: &mut Vec<u8>, chunk: &[u8]) -> Option<&'static str> {
+        let marks = Self::marks();
+        let find = |hay: &[u8]| {
+            hay.iter()
+                .enumerate()
+                .filter(|(_, &c)| c == b'U' || c == b'$')
+                .find_map(|(i, _)| marks.iter().find(|(m, _)| hay[i..].starts_with(m)).map(|(_, n)| *n))
+        };
+        let mut window = std::mem::take(tail);
+        window.extend_from_slice(&chunk[..chunk.len().min(64)]);
+        let hit = find(&window).or_else(|| find(chunk));
+        *tail = if chunk.len() >= 63 {
+            chunk[chunk.len() - 63..].to_vec()
+        } else {
+            window.truncate(window.len() - chunk.len());
+            window.extend_from_slice(chunk);
+            window[window.len().saturating_sub(63)..].to_vec()
+        };
+        hit
     }
 
     /// Shannon entropy of the bytes seen, bits per byte.
@@ -250,7 +270,7 @@ impl PackingProbe {
     /// `(packer, entropy)` when the file looks packed.
     pub fn verdict(&self) -> Option<(String, f64)> {
         let e = self.entropy();
-        if let Some(name) = self.upx {
+        if let Some(name) = self.upx.or_else(|| Self::search(&mut Vec::new(), &self.end)) {
             return Some((name.to_string(), e));
         }
         match self.elf_sections() {
@@ -313,10 +333,16 @@ impl Sensor for BinarySensor {
         "binary"
     }
 
+    fn per_process(&self) -> bool {
+        true
+    }
+
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         self.denied = 0;
-        self.by_proc.retain(|k, _| snap.procs.contains_key(k));
-        self.by_mem.retain(|k, _| snap.procs.contains_key(k));
+        if !snap.partial {
+            self.by_proc.retain(|k, _| snap.procs.contains_key(k));
+            self.by_mem.retain(|k, _| snap.procs.contains_key(k));
+        }
         let want_hash = self.sig.has_hash_allowlist();
         let pass_start = self.bytes_read;
         for (key, p) in &snap.procs {

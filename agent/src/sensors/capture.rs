@@ -485,6 +485,10 @@ impl Sensor for CaptureSensor {
         Ok(())
     }
 
+    fn wants_pass(&self) -> bool {
+        self.shared.has_pending()
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![("capture_packets", self.packets()), ("capture_findings", self.counters.findings.load(Ordering::Relaxed))]
     }

@@ -962,7 +962,7 @@ mod tests {
     }
 
     fn snap(at: Instant, procs: &[Proc]) -> Snapshot {
-        Snapshot { at, procs: procs.iter().map(|p| (p.key, p.clone())).collect(), ticks_per_second: 100 }
+        Snapshot { at, procs: procs.iter().map(|p| (p.key, p.clone())).collect(), ticks_per_second: 100, partial: false }
     }
 
     fn gpu_evidence(out: &[Observation]) -> HashMap<u32, Evidence> {

@@ -185,8 +185,14 @@ impl Sensor for MinerConfigSensor {
         "minerconfig"
     }
 
+    fn per_process(&self) -> bool {
+        true
+    }
+
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
-        self.done.retain(|k, _| snap.procs.contains_key(k));
+        if !snap.partial {
+            self.done.retain(|k, _| snap.procs.contains_key(k));
+        }
         for (key, p) in &snap.procs {
             if p.kernel_thread {
                 continue;

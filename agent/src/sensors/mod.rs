@@ -61,6 +61,16 @@ pub trait Sensor: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Whether the sensor has something new that should not wait for the
+    /// next periodic pass (the capture sensor's network evidence).
+    fn wants_pass(&self) -> bool {
+        false
+    }
+    /// Whether the sensor looks at single processes and so takes part in the
+    /// partial passes that follow exec events.
+    fn per_process(&self) -> bool {
+        false
+    }
     /// Takes a new signature set (hot reload).
     fn set_signatures(&mut self, _sig: Arc<Signatures>) {}
 }

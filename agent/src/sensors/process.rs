@@ -95,6 +95,9 @@ pub struct Snapshot {
     pub procs: HashMap<ProcKey, Proc>,
     /// Clock ticks per second (for CPU).
     pub ticks_per_second: u64,
+    /// Only some processes (an exec-triggered pass): sensors keep their
+    /// caches for processes not in it, and nothing is resolved.
+    pub partial: bool,
 }
 
 impl Snapshot {
@@ -215,7 +218,13 @@ impl ProcessSensor {
         }
         self.known.retain(|k, _| procs.contains_key(k));
         self.open.retain(|pid, e| procs.contains_key(&e.key) && e.key.pid == *pid);
-        Ok(Snapshot { at: Instant::now(), procs, ticks_per_second: self.ticks })
+        Ok(Snapshot { at: Instant::now(), procs, ticks_per_second: self.ticks, partial: false })
+    }
+
+    /// A partial snapshot of just these pids (the ones exec events named).
+    pub fn sample_pids(&mut self, pids: &[u32]) -> Snapshot {
+        let procs = pids.iter().filter_map(|&pid| self.read_one(pid)).map(|p| (p.key, p)).collect();
+        Snapshot { at: Instant::now(), procs, ticks_per_second: self.ticks, partial: true }
     }
 
     /// Reads one process by pid (used by the listing and by exec events).

@@ -1,0 +1,248 @@
+//! Alerting: Alertmanager's v2 API and a generic JSON webhook.
+//!
+//! Every `alert_resend` seconds (and at once when a report changes a
+//! finding) the loop posts every active finding to Alertmanager with an
+//! `endsAt` a few intervals ahead, so an alert stays firing while re-sent
+//! and expires by itself if the collector dies; findings that ended
+//! recently are posted with `endsAt` = when they ended, which resolves
+//! them. The state comes from the database, so replicas may all send:
+//! Alertmanager deduplicates by labels. Silent agents alert too.
+//!
+//! The webhook gets one message per transition (firing, resolved) that this
+//! replica observes, with a Slack-compatible `text`.
+
+use crate::server::App;
+use crate::store::{now, FindingFilter, FindingView};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The alertname of a miner finding.
+pub const ALERT_FINDING: &str = "RigwatchMinerFinding";
+/// The alertname of a host whose agent stopped reporting.
+pub const ALERT_SILENT: &str = "RigwatchAgentSilent";
+
+/// RFC 3339 UTC for unix seconds.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Percent-encodes one URL path segment.
+pub fn pct(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn finding_alert(app: &App, f: &FindingView, ends_at: u64) -> Value {
+    json!({
+        "labels": {
+            "alertname": ALERT_FINDING,
+            "host": f.host,
+            "severity": f.severity,
+            "rule": f.rule,
+            "process": f.process,
+            "pool": f.pool,
+            "finding_id": f.id,
+        },
+        "annotations": {
+            "summary": format!("{} miner finding on {}: process {}", f.severity, f.host, f.process),
+            "description": format!("rule {}, pool {}, executable {}, state {}", f.rule, f.pool, f.exe, f.state),
+        },
+        "startsAt": rfc3339(f.first_seen.min(now())),
+        "endsAt": rfc3339(ends_at),
+        "generatorURL": format!("{}/findings/{}/{}", app.settings.external_url, pct(&f.host), pct(&f.id)),
+    })
+}
+
+fn silent_alert(app: &App, host: &str, last_seen: u64, ends_at: u64) -> Value {
+    json!({
+        "labels": { "alertname": ALERT_SILENT, "host": host, "severity": "warning" },
+        "annotations": {
+            "summary": format!("rigwatch agent on {host} stopped reporting"),
+            "description": format!("no report since {} (threshold {} s); a miner may have killed the agent", rfc3339(last_seen), app.settings.silent_after),
+        },
+        "startsAt": rfc3339(last_seen + app.settings.silent_after),
+        "endsAt": rfc3339(ends_at),
+        "generatorURL": format!("{}/hosts/{}", app.settings.external_url, pct(host)),
+    })
+}
+
+/// Escapes text for Slack's mrkdwn.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// The webhook body for a finding transition.
+pub fn webhook_body(app: &App, f: &FindingView, status: &str) -> Value {
+    let url = format!("{}/findings/{}/{}", app.settings.external_url, pct(&f.host), pct(&f.id));
+    let text = format!(
+        "[{}] {} miner finding on {}: process {} (rule {}, pool {}) {}",
+        status,
+        f.severity,
+        slack_escape(&f.host),
+        slack_escape(&f.process),
+        slack_escape(&f.rule),
+        slack_escape(if f.pool.is_empty() { "-" } else { &f.pool }),
+        url
+    );
+    json!({
+        "text": text,
+        "status": status,
+        "host": f.host,
+        "finding_id": f.id,
+        "severity": f.severity,
+        "process": f.process,
+        "rule": f.rule,
+        "pool": f.pool,
+        "state": f.state,
+        "url": url,
+    })
+}
+
+/// The loop; runs until the process ends.
+pub async fn run(app: Arc<App>) {
+    if app.settings.alertmanager.is_none() && app.settings.webhook.is_none() {
+        return;
+    }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let mut firing: BTreeMap<(String, String), FindingView> = BTreeMap::new();
+    let mut silent: BTreeSet<String> = BTreeSet::new();
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(app.settings.alert_resend)) => {}
+                _ = app.alert_wakeup.notified() => {}
+            }
+        }
+        first = false;
+        if let Err(e) = tick(&app, &client, &mut firing, &mut silent).await {
+            tracing::warn!("alerting: {e}");
+        }
+    }
+}
+
+async fn tick(
+    app: &App,
+    client: &reqwest::Client,
+    firing: &mut BTreeMap<(String, String), FindingView>,
+    silent: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let t = now();
+    let resend = app.settings.alert_resend;
+    let active = app
+        .store
+        .findings(&FindingFilter { state: Some("active".into()), limit: Some(100_000), ..Default::default() })
+        .await?;
+    let ended = app.store.ended_since(t.saturating_sub((resend * 3).max(300))).await?;
+    let hosts = app.store.hosts(t, app.settings.silent_after).await?;
+
+    if let Some(am) = &app.settings.alertmanager {
+        let mut alerts: Vec<Value> = Vec::new();
+        for f in &active {
+            alerts.push(finding_alert(app, f, t + resend * 4));
+        }
+        for f in &ended {
+            alerts.push(finding_alert(app, f, f.state_changed_at.min(t)));
+        }
+        for h in &hosts {
+            if h.silent {
+                alerts.push(silent_alert(app, &h.host, h.last_seen, t + resend * 4));
+            } else if silent.contains(&h.host) {
+                alerts.push(silent_alert(app, &h.host, h.last_seen, t));
+            }
+        }
+        if !alerts.is_empty() {
+            let url = format!("{}/api/v2/alerts", am.trim_end_matches('/'));
+            let result = match client.post(&url).json(&alerts).send().await {
+                Ok(r) if r.status().is_success() => "ok",
+                Ok(r) => {
+                    tracing::warn!("alertmanager {url}: HTTP {}", r.status());
+                    "error"
+                }
+                Err(e) => {
+                    tracing::warn!("alertmanager {url}: {e}");
+                    "error"
+                }
+            };
+            app.metrics.alerts_sent.with_label_values(&["alertmanager", result]).inc_by(alerts.len() as u64);
+        }
+    }
+    let prev_silent = std::mem::replace(silent, hosts.iter().filter(|h| h.silent).map(|h| h.host.clone()).collect());
+
+    let now_firing: BTreeMap<(String, String), FindingView> =
+        active.into_iter().map(|f| ((f.host.clone(), f.id.clone()), f)).collect();
+    if let Some(hook) = &app.settings.webhook {
+        let mut messages = Vec::new();
+        for (k, f) in &now_firing {
+            if !firing.contains_key(k) {
+                messages.push(webhook_body(app, f, "firing"));
+            }
+        }
+        for (k, f) in firing.iter() {
+            if !now_firing.contains_key(k) {
+                let ended_view = ended.iter().find(|e| e.host == k.0 && e.id == k.1).unwrap_or(f);
+                messages.push(webhook_body(app, ended_view, "resolved"));
+            }
+        }
+        for h in silent.difference(&prev_silent) {
+            messages.push(json!({
+                "text": format!("[firing] rigwatch agent on {} stopped reporting {}/hosts/{}", slack_escape(h), app.settings.external_url, pct(h)),
+                "status": "firing", "alertname": ALERT_SILENT, "host": h,
+            }));
+        }
+        for h in prev_silent.difference(silent) {
+            messages.push(json!({
+                "text": format!("[resolved] rigwatch agent on {} reports again", slack_escape(h)),
+                "status": "resolved", "alertname": ALERT_SILENT, "host": h,
+            }));
+        }
+        for m in messages {
+            let result = match client.post(hook).json(&m).send().await {
+                Ok(r) if r.status().is_success() => "ok",
+                _ => "error",
+            };
+            app.metrics.alerts_sent.with_label_values(&["webhook", result]).inc();
+        }
+    }
+    *firing = now_firing;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_is_right() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn pct_encodes_segments() {
+        assert_eq!(pct("a b/<c>"), "a%20b%2F%3Cc%3E");
+    }
+}

@@ -1,0 +1,203 @@
+//! `rigwatch-collector`: serve, and manage tokens.
+
+use clap::{Parser, Subcommand};
+use rigwatch_collector::config::{FileConfig, Settings, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use rigwatch_collector::store::Role;
+use rigwatch_collector::{db, App, Store};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "rigwatch-collector", version, about = "The rigwatch collector: fleet ingest, alerting, campaigns, web page.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct Common {
+    /// Data directory (the SQLite database lives here).
+    #[arg(long, global = true, help = format!("Data directory (SQLite database inside) [default: {DEFAULT_DATA_DIR}]"))]
+    data_dir: Option<PathBuf>,
+    /// Database: a postgres://user@host:port/db URL, or a SQLite file path
+    /// [default: DATA_DIR/collector.sqlite3].
+    #[arg(long, global = true)]
+    database: Option<String>,
+    /// TOML config file; flags override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the report API, query API, /metrics and the web page.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on.
+        #[arg(long, help = format!("Address to listen on [default: {DEFAULT_LISTEN}]"))]
+        listen: Option<String>,
+        /// Alertmanager base URL (alerts go to URL/api/v2/alerts).
+        #[arg(long)]
+        alertmanager: Option<String>,
+        /// Generic JSON webhook URL (Slack-compatible `text`).
+        #[arg(long)]
+        webhook: Option<String>,
+        /// PEM certificate chain: serve HTTPS (with --tls-key).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// Seconds without a report before a host is "agent silent" [default: 90].
+        #[arg(long)]
+        silent_after: Option<u64>,
+        /// Seconds between re-sends of active alerts [default: 60].
+        #[arg(long)]
+        alert_resend: Option<u64>,
+        /// URL analysts reach this collector at (links in alerts).
+        #[arg(long)]
+        external_url: Option<String>,
+    },
+    /// Manage agent and analyst tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token; the secret is printed once, as the last line.
+    Create {
+        /// A name for the agent (or analyst) that will use it.
+        name: String,
+        /// An analyst token (web page and query API) instead of an agent token.
+        #[arg(long)]
+        analyst: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke a token by name.
+    Revoke {
+        /// The token's name.
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn settings(common: &Common, flags: FileConfig) -> anyhow::Result<Settings> {
+    let file = match &common.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let flags = FileConfig { data_dir: common.data_dir.clone(), database: common.database.clone(), ..flags };
+    Settings::resolve(file, flags)
+}
+
+fn open(s: &Settings) -> anyhow::Result<Store> {
+    if !s.database.starts_with("postgres://") && !s.database.starts_with("postgresql://") {
+        std::fs::create_dir_all(&s.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", s.data_dir.display()))?;
+    }
+    let backend = db::open(&s.database).map_err(|e| anyhow::anyhow!("database {}: {e}", redact(&s.database)))?;
+    Ok(Store::new(backend))
+}
+
+/// Hides a password in a database URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(a), Some(b)) if b > a => match url[a + 3..b].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..a + 3], &url[b..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Serve { common, listen, alertmanager, webhook, tls_cert, tls_key, silent_after, alert_resend, external_url } => {
+            let s = settings(
+                &common,
+                FileConfig {
+                    listen,
+                    alertmanager,
+                    webhook,
+                    tls_cert,
+                    tls_key,
+                    silent_after_seconds: silent_after,
+                    alert_resend_seconds: alert_resend,
+                    external_url,
+                    ..Default::default()
+                },
+            )?;
+            let store = open(&s)?;
+            eprintln!(
+                "rigwatch-collector: {} database {}, listening on {}{}",
+                store.backend_name(),
+                redact(&s.database),
+                s.listen,
+                if s.tls.is_some() { " (https)" } else { "" }
+            );
+            rigwatch_collector::serve(App::new(store, s)).await
+        }
+        Cmd::Token { cmd } => match cmd {
+            TokenCmd::Create { name, analyst, common } => {
+                let s = settings(&common, FileConfig::default())?;
+                let store = open(&s)?;
+                let role = if analyst { Role::Analyst } else { Role::Agent };
+                let secret = store.token_create(&name, role).await?;
+                println!("created {} token {name:?} in {}; it is shown only once:", role.as_str(), redact(&s.database));
+                println!("{secret}");
+                Ok(())
+            }
+            TokenCmd::List { common } => {
+                let s = settings(&common, FileConfig::default())?;
+                let store = open(&s)?;
+                println!("{:<32} {:<8} {:<22} STATUS", "NAME", "ROLE", "CREATED");
+                for t in store.token_list().await? {
+                    let status = if t.revoked_at == 0 {
+                        "valid".to_string()
+                    } else {
+                        format!("revoked {}", rigwatch_collector::alert::rfc3339(t.revoked_at))
+                    };
+                    println!("{:<32} {:<8} {:<22} {status}", t.name, t.role.as_str(), rigwatch_collector::alert::rfc3339(t.created_at));
+                }
+                Ok(())
+            }
+            TokenCmd::Revoke { name, common } => {
+                let s = settings(&common, FileConfig::default())?;
+                let store = open(&s)?;
+                if store.token_revoke(&name).await? {
+                    println!("revoked token {name:?}");
+                    Ok(())
+                } else {
+                    anyhow::bail!("no valid token named {name:?}")
+                }
+            }
+        },
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RIGWATCH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rigwatch-collector: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

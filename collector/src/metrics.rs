@@ -1,0 +1,112 @@
+//! `/metrics`: every metric name in one place. Fleet gauges are read from
+//! the database at scrape time (so every replica reports the same fleet);
+//! counters are this replica's.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// The collector's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Reports by outcome: stored, rejected_auth, rejected_invalid, rejected_too_large, error.
+    pub reports: IntCounterVec,
+    /// Events stored (first delivery).
+    pub events_stored: IntCounter,
+    /// Events received again and ignored.
+    pub events_duplicate: IntCounter,
+    /// Time to check and store one report.
+    pub ingest_seconds: Histogram,
+    /// Alert deliveries by receiver and result.
+    pub alerts_sent: IntCounterVec,
+    /// Hosts known.
+    pub hosts: IntGauge,
+    /// Hosts silent.
+    pub hosts_silent: IntGauge,
+    /// Active (open or acknowledged) findings by severity.
+    pub findings_active: IntGaugeVec,
+    /// Campaigns (findings on ≥ 2 hosts sharing a key).
+    pub campaigns: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reports = IntCounterVec::new(
+            Opts::new("rigwatch_collector_reports_total", "Agent reports received, by outcome."),
+            &["outcome"],
+        )
+        .expect("metric");
+        let events_stored =
+            IntCounter::new("rigwatch_collector_events_stored_total", "Report events stored (first delivery).").expect("metric");
+        let events_duplicate = IntCounter::new(
+            "rigwatch_collector_events_duplicate_total",
+            "Report events received again and ignored.",
+        )
+        .expect("metric");
+        let ingest_seconds = Histogram::with_opts(
+            HistogramOpts::new("rigwatch_collector_ingest_duration_seconds", "Time to check and store one report.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )
+        .expect("metric");
+        let alerts_sent = IntCounterVec::new(
+            Opts::new("rigwatch_collector_alert_deliveries_total", "Alert deliveries, by receiver and result."),
+            &["receiver", "result"],
+        )
+        .expect("metric");
+        let hosts = IntGauge::new("rigwatch_collector_hosts", "Hosts that have reported.").expect("metric");
+        let hosts_silent =
+            IntGauge::new("rigwatch_collector_hosts_silent", "Hosts whose agent stopped reporting.").expect("metric");
+        let findings_active = IntGaugeVec::new(
+            Opts::new("rigwatch_collector_findings_active", "Open or acknowledged findings, by severity."),
+            &["severity"],
+        )
+        .expect("metric");
+        let campaigns =
+            IntGauge::new("rigwatch_collector_campaigns", "Groups of findings on two or more hosts sharing a key.")
+                .expect("metric");
+        for c in [
+            Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events_stored.clone()),
+            Box::new(events_duplicate.clone()),
+            Box::new(ingest_seconds.clone()),
+            Box::new(alerts_sent.clone()),
+            Box::new(hosts.clone()),
+            Box::new(hosts_silent.clone()),
+            Box::new(findings_active.clone()),
+            Box::new(campaigns.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        for o in ["stored", "rejected_auth", "rejected_invalid", "rejected_too_large", "error"] {
+            reports.with_label_values(&[o]);
+        }
+        for s in ["confirmed", "likely", "suspicious"] {
+            findings_active.with_label_values(&[s]);
+        }
+        Metrics {
+            registry,
+            reports,
+            events_stored,
+            events_duplicate,
+            ingest_seconds,
+            alerts_sent,
+            hosts,
+            hosts_silent,
+            findings_active,
+            campaigns,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

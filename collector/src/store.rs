@@ -1,0 +1,712 @@
+//! Fleet state over either database: ingest of agent reports (each event
+//! stored once), tokens, hosts, findings with their history, analyst
+//! actions, and campaigns. Written once against [`Conn`]; see `db.rs`.
+
+use crate::db::{Backend, Conn, DbError, Job, Row, Value};
+use crate::keys::{finding_keys, labels_of};
+use rigwatch_signatures::report::{EventKind, Report};
+use rigwatch_signatures::Finding;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sends reports.
+    Agent,
+    /// Reads the web page and query API, acknowledges and suppresses.
+    Analyst,
+}
+
+impl Role {
+    /// The name stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Analyst => "analyst",
+        }
+    }
+    fn parse(s: &str) -> Role {
+        if s == "analyst" {
+            Role::Analyst
+        } else {
+            Role::Agent
+        }
+    }
+}
+
+/// A token as listed (never the secret).
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenInfo {
+    /// Its name (one per agent or analyst).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds, 0 while valid.
+    pub revoked_at: u64,
+}
+
+/// The SHA-256 of a token, as stored. Tokens are 256 random bits, so a
+/// plain hash (no salt, no stretching) is enough.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// What one report did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IngestOutcome {
+    /// Events stored now.
+    pub new_events: u64,
+    /// Events already stored (a batch delivered again).
+    pub duplicate_events: u64,
+    /// True when a finding opened, changed or resolved.
+    pub findings_changed: bool,
+}
+
+/// A host as the fleet view shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostView {
+    /// Host name.
+    pub host: String,
+    /// The reporting agent's id.
+    pub agent_id: String,
+    /// rigwatch version.
+    pub agent_version: String,
+    /// Signature set version.
+    pub signatures_version: String,
+    /// Sensors as the agent reported them.
+    pub sensors: serde_json::Value,
+    /// Unix seconds of the first report.
+    pub first_seen: u64,
+    /// Unix seconds of the last report received.
+    pub last_seen: u64,
+    /// Reports received.
+    pub reports: u64,
+    /// No report for longer than the silence threshold: "agent silent".
+    pub silent: bool,
+    /// Findings open or acknowledged.
+    pub active_findings: u64,
+}
+
+/// A finding as lists show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FindingView {
+    /// Host name (findings are keyed by host and id).
+    pub host: String,
+    /// The agent's finding id.
+    pub id: String,
+    /// confirmed, likely or suspicious.
+    pub severity: String,
+    /// open, acknowledged, suppressed or resolved.
+    pub state: String,
+    /// Why the state is what it is.
+    pub state_reason: String,
+    /// Unix seconds of the last state change.
+    pub state_changed_at: u64,
+    /// The process name (attacker-controlled!).
+    pub process: String,
+    /// The executable path.
+    pub exe: String,
+    /// The strongest rule.
+    pub rule: String,
+    /// The first pool named by the evidence.
+    pub pool: String,
+    /// Unix seconds.
+    pub first_seen: u64,
+    /// Unix seconds.
+    pub last_seen: u64,
+}
+
+/// One line of a finding's history.
+#[derive(Clone, Debug, Serialize)]
+pub struct HistoryEntry {
+    /// Unix seconds.
+    pub at: u64,
+    /// opened, updated, reopened, resolved, acknowledged, suppressed…
+    pub action: String,
+    /// Details.
+    pub detail: String,
+}
+
+/// A finding with everything known about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FindingDetail {
+    /// The summary.
+    #[serde(flatten)]
+    pub view: FindingView,
+    /// The finding as the agent last sent it (evidence included).
+    pub finding: serde_json::Value,
+    /// Oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Filters for finding lists; empty fields match everything.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct FindingFilter {
+    /// Exact host name.
+    pub host: Option<String>,
+    /// Exact severity.
+    pub severity: Option<String>,
+    /// Exact state, or "active" for open + acknowledged.
+    pub state: Option<String>,
+    /// At most this many (default 1000).
+    pub limit: Option<u64>,
+}
+
+/// Findings on different hosts tied by a shared wallet, pool, binary hash
+/// or stratum login.
+#[derive(Clone, Debug, Serialize)]
+pub struct Campaign {
+    /// Stable id (a hash of its first key).
+    pub id: String,
+    /// The shared keys, `kind` → values.
+    pub keys: BTreeMap<String, BTreeSet<String>>,
+    /// Distinct hosts.
+    pub hosts: Vec<String>,
+    /// Its findings.
+    pub findings: Vec<FindingView>,
+    /// The highest severity among them.
+    pub severity: String,
+    /// Unix seconds.
+    pub first_seen: u64,
+    /// Unix seconds.
+    pub last_seen: u64,
+}
+
+/// Counts for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct FleetCounts {
+    /// Hosts known.
+    pub hosts: u64,
+    /// Hosts silent.
+    pub silent: u64,
+    /// Active findings per severity.
+    pub active_by_severity: Vec<(String, u64)>,
+}
+
+/// Fleet state over a [`Backend`].
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+const FINDING_COLS: &str = "host, id, severity, state, state_reason, state_changed_at, process, exe, rule, pool, first_seen, last_seen";
+const SEVERITY_ORDER: &str = "CASE severity WHEN 'confirmed' THEN 0 WHEN 'likely' THEN 1 ELSE 2 END";
+
+fn finding_view(r: &Row) -> FindingView {
+    FindingView {
+        host: r[0].text(),
+        id: r[1].text(),
+        severity: r[2].text(),
+        state: r[3].text(),
+        state_reason: r[4].text(),
+        state_changed_at: r[5].int() as u64,
+        process: r[6].text(),
+        exe: r[7].text(),
+        rule: r[8].text(),
+        pool: r[9].text(),
+        first_seen: r[10].int() as u64,
+        last_seen: r[11].int() as u64,
+    }
+}
+
+fn severity_rank(s: &str) -> u8 {
+    match s {
+        "confirmed" => 3,
+        "likely" => 2,
+        "suspicious" => 1,
+        _ => 0,
+    }
+}
+
+impl Store {
+    /// A store over an opened backend.
+    pub fn new(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        write: bool,
+        f: impl FnMut(&mut dyn Conn) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let (job, rx) = Job::new(f);
+        if write {
+            self.backend.write(job);
+        } else {
+            self.backend.read(job);
+        }
+        let any = rx.await.map_err(|_| DbError::Other("the database dropped the job".into()))??;
+        any.downcast::<T>().map(|b| *b).map_err(|_| DbError::Other("internal: job result type".into()))
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    /// Creates a token and returns its secret (shown once). Fails when a
+    /// valid token of that name exists; a revoked one is replaced.
+    pub async fn token_create(&self, name: &str, role: Role) -> Result<String, DbError> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+            return Err(DbError::Other("a token name must be 1 to 128 printable characters".into()));
+        }
+        let mut raw = [0u8; 32];
+        getrandom::getrandom(&mut raw).map_err(|e| DbError::Other(format!("no randomness: {e}")))?;
+        let secret = format!("rwc_{}", hex::encode(raw));
+        let (name, hash, at) = (name.to_string(), token_hash(&secret), now());
+        self.run(true, move |c| {
+            let existing = c.query("SELECT revoked_at FROM tokens WHERE name = $1", &[name.as_str().into()])?;
+            match existing.first() {
+                Some(r) if r[0].int() == 0 => {
+                    return Err(DbError::Other(format!("a token named {name:?} exists; revoke it first")))
+                }
+                Some(_) => {
+                    c.exec(
+                        "UPDATE tokens SET role = $2, hash = $3, created_at = $4, revoked_at = 0 WHERE name = $1",
+                        &[name.as_str().into(), role.as_str().into(), hash.as_str().into(), at.into()],
+                    )?;
+                }
+                None => {
+                    c.exec(
+                        "INSERT INTO tokens (name, role, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, 0)",
+                        &[name.as_str().into(), role.as_str().into(), hash.as_str().into(), at.into()],
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(secret)
+    }
+
+    /// Every token, valid or revoked.
+    pub async fn token_list(&self) -> Result<Vec<TokenInfo>, DbError> {
+        self.run(false, |c| {
+            Ok(c.query("SELECT name, role, created_at, revoked_at FROM tokens ORDER BY name", &[])?
+                .iter()
+                .map(|r| TokenInfo {
+                    name: r[0].text(),
+                    role: Role::parse(&r[1].text()),
+                    created_at: r[2].int() as u64,
+                    revoked_at: r[3].int() as u64,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Revokes a token; false when no valid token has that name.
+    pub async fn token_revoke(&self, name: &str) -> Result<bool, DbError> {
+        let (name, at) = (name.to_string(), now().max(1));
+        self.run(true, move |c| {
+            Ok(c.exec(
+                "UPDATE tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at = 0",
+                &[name.as_str().into(), at.into()],
+            )? == 1)
+        })
+        .await
+    }
+
+    /// The valid token with this secret: its name and role.
+    pub async fn token_lookup(&self, secret: &str) -> Result<Option<(String, Role)>, DbError> {
+        let hash = token_hash(secret);
+        self.run(false, move |c| {
+            let rows = c.query(
+                "SELECT name, role FROM tokens WHERE hash = $1 AND revoked_at = 0",
+                &[hash.as_str().into()],
+            )?;
+            Ok(rows.first().map(|r| (r[0].text(), Role::parse(&r[1].text()))))
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------ ingest
+
+    /// Stores a checked report: host state, then each event not seen before.
+    /// `received` is the collector's clock (hosts' last seen).
+    pub async fn ingest(&self, report: Report, received: u64) -> Result<IngestOutcome, DbError> {
+        let report = Arc::new(report);
+        self.run(true, move |c| ingest_tx(c, &report, received)).await
+    }
+
+    // ----------------------------------------------------------- queries
+
+    /// Every host; `silent_after` seconds without a report marks it silent.
+    pub async fn hosts(&self, now: u64, silent_after: u64) -> Result<Vec<HostView>, DbError> {
+        self.run(false, move |c| {
+            let rows = c.query(
+                "SELECT h.host, h.agent_id, h.agent_version, h.signatures_version, h.sensors, h.first_seen, \
+                 h.last_seen, h.reports, (SELECT COUNT(*) FROM findings f WHERE f.host = h.host \
+                 AND f.state IN ('open', 'acknowledged')) FROM hosts h ORDER BY h.host",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let last_seen = r[6].int() as u64;
+                    HostView {
+                        host: r[0].text(),
+                        agent_id: r[1].text(),
+                        agent_version: r[2].text(),
+                        signatures_version: r[3].text(),
+                        sensors: serde_json::from_str(&r[4].text()).unwrap_or(serde_json::Value::Null),
+                        first_seen: r[5].int() as u64,
+                        last_seen,
+                        reports: r[7].int() as u64,
+                        silent: now.saturating_sub(last_seen) > silent_after,
+                        active_findings: r[8].int() as u64,
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Findings matching a filter, most severe and most recent first.
+    pub async fn findings(&self, filter: &FindingFilter) -> Result<Vec<FindingView>, DbError> {
+        let filter = filter.clone();
+        self.run(false, move |c| {
+            let mut sql = format!("SELECT {FINDING_COLS} FROM findings WHERE 1 = 1");
+            let mut params: Vec<Value> = Vec::new();
+            for (col, v) in [("host", &filter.host), ("severity", &filter.severity)] {
+                if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                    params.push(v.into());
+                    sql.push_str(&format!(" AND {col} = ${}", params.len()));
+                }
+            }
+            match filter.state.as_deref().filter(|v| !v.is_empty()) {
+                Some("active") => sql.push_str(" AND state IN ('open', 'acknowledged')"),
+                Some(s) => {
+                    params.push(s.into());
+                    sql.push_str(&format!(" AND state = ${}", params.len()));
+                }
+                None => {}
+            }
+            params.push(Value::Int(filter.limit.unwrap_or(1000).min(100_000) as i64));
+            sql.push_str(&format!(" ORDER BY {SEVERITY_ORDER}, last_seen DESC, host, id LIMIT ${}", params.len()));
+            Ok(c.query(&sql, &params)?.iter().map(finding_view).collect())
+        })
+        .await
+    }
+
+    /// One finding with its evidence and history.
+    pub async fn finding(&self, host: &str, id: &str) -> Result<Option<FindingDetail>, DbError> {
+        let (host, id) = (host.to_string(), id.to_string());
+        self.run(false, move |c| {
+            let p: [Value; 2] = [host.as_str().into(), id.as_str().into()];
+            let rows = c.query(&format!("SELECT {FINDING_COLS}, finding FROM findings WHERE host = $1 AND id = $2"), &p)?;
+            let Some(r) = rows.first() else { return Ok(None) };
+            let history = c
+                .query("SELECT at, action, detail FROM history WHERE host = $1 AND finding_id = $2 ORDER BY at, seq", &p)?
+                .iter()
+                .map(|h| HistoryEntry { at: h[0].int() as u64, action: h[1].text(), detail: h[2].text() })
+                .collect();
+            Ok(Some(FindingDetail {
+                view: finding_view(r),
+                finding: serde_json::from_str(&r[12].text()).unwrap_or(serde_json::Value::Null),
+                history,
+            }))
+        })
+        .await
+    }
+
+    /// An analyst acknowledges, suppresses or reopens a finding. False when
+    /// there is no such finding.
+    pub async fn set_state(&self, host: &str, id: &str, state: &str, reason: &str, actor: &str) -> Result<bool, DbError> {
+        if !matches!(state, "acknowledged" | "suppressed" | "open") {
+            return Err(DbError::Other(format!("unknown state {state:?} (acknowledged, suppressed or open)")));
+        }
+        let (host, id, state, reason, actor, at) =
+            (host.to_string(), id.to_string(), state.to_string(), reason.to_string(), actor.to_string(), now());
+        let seq = format!("analyst:{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        self.run(true, move |c| {
+            let n = c.exec(
+                "UPDATE findings SET state = $3, state_reason = $4, state_changed_at = $5 WHERE host = $1 AND id = $2",
+                &[host.as_str().into(), id.as_str().into(), state.as_str().into(), reason.as_str().into(), at.into()],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            c.exec(
+                "INSERT INTO history (host, finding_id, at, seq, action, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    host.as_str().into(),
+                    id.as_str().into(),
+                    at.into(),
+                    seq.as_str().into(),
+                    state.as_str().into(),
+                    format!("by {actor}: {reason}").into(),
+                ],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Forgets event ids received before `before` (unix seconds): the
+    /// idempotency window. A batch re-delivered after that would be applied
+    /// again, so keep it longer than an agent's spool can hold (default 30 days).
+    pub async fn prune_events(&self, before: u64) -> Result<u64, DbError> {
+        self.run(true, move |c| c.exec("DELETE FROM events WHERE received_at < $1", &[before.into()])).await
+    }
+
+    /// Findings that ended (resolved or suppressed) at or after `since`.
+    pub async fn ended_since(&self, since: u64) -> Result<Vec<FindingView>, DbError> {
+        self.run(false, move |c| {
+            Ok(c.query(
+                &format!("SELECT {FINDING_COLS} FROM findings WHERE state IN ('resolved', 'suppressed') AND state_changed_at >= $1"),
+                &[since.into()],
+            )?
+            .iter()
+            .map(finding_view)
+            .collect())
+        })
+        .await
+    }
+
+    /// Counts for metrics.
+    pub async fn counts(&self, now: u64, silent_after: u64) -> Result<FleetCounts, DbError> {
+        let cutoff = now.saturating_sub(silent_after) as i64;
+        self.run(false, move |c| {
+            let h = c.query(
+                "SELECT (SELECT COUNT(*) FROM hosts), (SELECT COUNT(*) FROM hosts WHERE last_seen < $1)",
+                &[Value::Int(cutoff)],
+            )?;
+            let by = c.query(
+                "SELECT severity, COUNT(*) FROM findings WHERE state IN ('open', 'acknowledged') GROUP BY severity",
+                &[],
+            )?;
+            Ok(FleetCounts {
+                hosts: h.first().map(|r| r[0].int() as u64).unwrap_or(0),
+                silent: h.first().map(|r| r[1].int() as u64).unwrap_or(0),
+                active_by_severity: by.iter().map(|r| (r[0].text(), r[1].int() as u64)).collect(),
+            })
+        })
+        .await
+    }
+
+    /// Campaigns: findings (not suppressed) on two or more hosts joined by
+    /// shared keys, transitively (wallet on A and B, pool on B and C: one
+    /// campaign of three).
+    pub async fn campaigns(&self) -> Result<Vec<Campaign>, DbError> {
+        self.run(false, |c| {
+            let keys = c.query(
+                "SELECT k.host, k.finding_id, k.kind, k.value FROM finding_keys k \
+                 JOIN findings f ON f.host = k.host AND f.id = k.finding_id \
+                 WHERE f.state <> 'suppressed' AND (k.kind, k.value) IN \
+                 (SELECT kind, value FROM finding_keys GROUP BY kind, value HAVING COUNT(DISTINCT host) >= 2) \
+                 ORDER BY k.kind, k.value, k.host, k.finding_id",
+                &[],
+            )?;
+            let findings = c.query(&format!("SELECT {FINDING_COLS} FROM findings WHERE state <> 'suppressed'"), &[])?;
+            Ok(group_campaigns(&keys, &findings))
+        })
+        .await
+    }
+}
+
+fn group_campaigns(keys: &[Row], findings: &[Row]) -> Vec<Campaign> {
+    // Union-find over findings, joined through each shared key.
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    let mut parent: Vec<usize> = Vec::new();
+    fn find(p: &mut [usize], mut i: usize) -> usize {
+        while p[i] != i {
+            p[i] = p[p[i]];
+            i = p[i];
+        }
+        i
+    }
+    let mut by_key: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for r in keys {
+        let node = (r[0].text(), r[1].text());
+        let n = index.len();
+        let i = *index.entry(node).or_insert_with(|| {
+            parent.push(n);
+            n
+        });
+        by_key.entry((r[2].text(), r[3].text())).or_default().push(i);
+    }
+    for members in by_key.values() {
+        for w in members.windows(2) {
+            let (a, b) = (find(&mut parent, w[0]), find(&mut parent, w[1]));
+            if a != b {
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let views: HashMap<(String, String), FindingView> =
+        findings.iter().map(finding_view).map(|v| ((v.host.clone(), v.id.clone()), v)).collect();
+    let mut groups: BTreeMap<usize, Campaign> = BTreeMap::new();
+    for ((kind, value), members) in &by_key {
+        let root = find(&mut parent, members[0]);
+        let c = groups.entry(root).or_insert_with(|| Campaign {
+            id: hex::encode(&Sha256::digest(format!("{kind}:{value}").as_bytes())[..6]),
+            keys: BTreeMap::new(),
+            hosts: Vec::new(),
+            findings: Vec::new(),
+            severity: String::new(),
+            first_seen: u64::MAX,
+            last_seen: 0,
+        });
+        c.keys.entry(kind.clone()).or_default().insert(value.clone());
+    }
+    let mut nodes: Vec<(&(String, String), &usize)> = index.iter().collect();
+    nodes.sort();
+    for (node, &i) in nodes {
+        let root = find(&mut parent, i);
+        let (Some(c), Some(v)) = (groups.get_mut(&root), views.get(node)) else { continue };
+        if !c.hosts.contains(&v.host) {
+            c.hosts.push(v.host.clone());
+        }
+        if severity_rank(&v.severity) > severity_rank(&c.severity) {
+            c.severity = v.severity.clone();
+        }
+        c.first_seen = c.first_seen.min(v.first_seen);
+        c.last_seen = c.last_seen.max(v.last_seen);
+        c.findings.push(v.clone());
+    }
+    let mut out: Vec<Campaign> = groups.into_values().filter(|c| c.hosts.len() >= 2).collect();
+    for c in &mut out {
+        c.hosts.sort();
+    }
+    out.sort_by(|a, b| b.hosts.len().cmp(&a.hosts.len()).then(a.id.cmp(&b.id)));
+    out
+}
+
+fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcome, DbError> {
+    let host = r.agent.host.as_str();
+    let sensors = serde_json::to_string(&r.agent.sensors).unwrap_or_else(|_| "[]".into());
+    c.exec(
+        "INSERT INTO hosts (host, agent_id, agent_version, signatures_version, sensors, first_seen, last_seen, reports) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, 1) ON CONFLICT (host) DO UPDATE SET agent_id = excluded.agent_id, \
+         agent_version = excluded.agent_version, signatures_version = excluded.signatures_version, \
+         sensors = excluded.sensors, last_seen = excluded.last_seen, reports = hosts.reports + 1",
+        &[
+            host.into(),
+            r.agent.agent_id.as_str().into(),
+            r.agent.version.as_str().into(),
+            r.agent.signatures_version.as_str().into(),
+            sensors.into(),
+            received.into(),
+        ],
+    )?;
+    let mut out = IngestOutcome::default();
+    for ev in &r.events {
+        if matches!(ev.kind, EventKind::Heartbeat {}) {
+            // Heartbeats only move last_seen (done above); storing them
+            // would grow the events table by the fleet size every interval.
+            out.new_events += 1;
+            continue;
+        }
+        let fresh = c.exec(
+            "INSERT INTO events (agent_id, event_id, host, at, received_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (agent_id, event_id) DO NOTHING",
+            &[r.agent.agent_id.as_str().into(), ev.event_id.as_str().into(), host.into(), ev.at.into(), received.into()],
+        )?;
+        if fresh == 0 {
+            out.duplicate_events += 1;
+            continue;
+        }
+        out.new_events += 1;
+        let seq = format!("{}:{}", r.agent.agent_id, ev.event_id);
+        match &ev.kind {
+            EventKind::FindingOpened { finding } | EventKind::FindingUpdated { finding } => {
+                if apply_finding(c, host, finding, ev.at, received, &seq)? {
+                    out.findings_changed = true;
+                }
+            }
+            EventKind::FindingResolved { finding_id, reason } => {
+                let p: [Value; 2] = [host.into(), finding_id.as_str().into()];
+                let cur = c.query("SELECT state, updated_at FROM findings WHERE host = $1 AND id = $2", &p)?;
+                let Some(cur) = cur.first() else { continue };
+                if cur[1].int() > Value::from(ev.at).int() {
+                    continue; // a late, stale event: the finding has moved on
+                }
+                c.exec(
+                    "UPDATE findings SET state = 'resolved', state_reason = $3, state_changed_at = $4, updated_at = $5 \
+                     WHERE host = $1 AND id = $2",
+                    &[host.into(), finding_id.as_str().into(), reason.as_str().into(), received.into(), ev.at.into()],
+                )?;
+                history(c, host, finding_id, ev.at, &seq, "resolved", reason)?;
+                out.findings_changed = true;
+            }
+            EventKind::Heartbeat {} => {}
+        }
+    }
+    Ok(out)
+}
+
+fn history(c: &mut dyn Conn, host: &str, id: &str, at: u64, seq: &str, action: &str, detail: &str) -> Result<(), DbError> {
+    c.exec(
+        "INSERT INTO history (host, finding_id, at, seq, action, detail) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        &[host.into(), id.into(), at.into(), seq.into(), action.into(), detail.into()],
+    )?;
+    Ok(())
+}
+
+fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, received: u64, seq: &str) -> Result<bool, DbError> {
+    let id = f.id.as_str();
+    let cur = c.query(
+        "SELECT state, state_reason, state_changed_at, updated_at FROM findings WHERE host = $1 AND id = $2",
+        &[host.into(), id.into()],
+    )?;
+    let (state, reason, changed_at, action) = match cur.first() {
+        None => ("open".to_string(), String::new(), received, "opened"),
+        Some(r) if r[3].int() > Value::from(at).int() => {
+            // Stale: newer content is stored already. Keep it in the history only.
+            history(c, host, id, at, seq, "updated", "older than the stored state; ignored")?;
+            return Ok(false);
+        }
+        Some(r) if r[0].text() == "resolved" => ("open".to_string(), String::new(), received, "reopened"),
+        Some(r) => (r[0].text(), r[1].text(), r[2].int() as u64, "updated"),
+    };
+    let labels = labels_of(f);
+    let json = serde_json::to_string(f).unwrap_or_else(|_| "{}".into());
+    c.exec(
+        "INSERT INTO findings (host, id, severity, state, state_reason, state_changed_at, process, exe, rule, pool, \
+         finding, first_seen, last_seen, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (host, id) DO UPDATE SET severity = excluded.severity, state = excluded.state, \
+         state_reason = excluded.state_reason, state_changed_at = excluded.state_changed_at, process = excluded.process, \
+         exe = excluded.exe, rule = excluded.rule, pool = excluded.pool, finding = excluded.finding, \
+         last_seen = excluded.last_seen, updated_at = excluded.updated_at",
+        &[
+            host.into(),
+            id.into(),
+            f.severity.as_str().into(),
+            state.into(),
+            reason.into(),
+            changed_at.into(),
+            labels.process.into(),
+            f.process.exe.as_str().into(),
+            labels.rule.into(),
+            labels.pool.into(),
+            json.into(),
+            f.first_seen.into(),
+            f.last_seen.max(at).into(),
+            at.into(),
+        ],
+    )?;
+    c.exec("DELETE FROM finding_keys WHERE host = $1 AND finding_id = $2", &[host.into(), id.into()])?;
+    for (kind, value) in finding_keys(f) {
+        c.exec(
+            "INSERT INTO finding_keys (host, finding_id, kind, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[host.into(), id.into(), kind.into(), value.into()],
+        )?;
+    }
+    let detail = format!("{} with {} evidence", f.severity, f.evidence.len());
+    history(c, host, id, at, seq, action, &detail)?;
+    Ok(true)
+}

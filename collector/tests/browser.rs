@@ -1,0 +1,206 @@
+//! The analysts' web page in a real headless Chromium (Debian's chromium +
+//! chromium-driver), driven over the W3C WebDriver protocol: log in, go
+//! from the fleet to a host to a finding with a hostile process name,
+//! acknowledge it, open a campaign, and save screenshots under
+//! target/collector-screenshots/. Skipped, with a message, only when
+//! chromium or chromedriver is missing.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    shots: PathBuf,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn start(profile: &Path) -> Option<Driver> {
+        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+        let driver = ["/usr/bin/chromedriver"].into_iter().find(|p| Path::new(p).exists());
+        let (Some(chromium), Some(driver)) = (chromium, driver) else {
+            eprintln!("SKIPPED: chromium and chromedriver are needed (apt-get install chromium chromium-driver)");
+            return None;
+        };
+        let port = free_port();
+        let child = Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/status")).send().await {
+                let v: Value = r.json().await.unwrap_or_default();
+                if v["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let r: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
+        let session = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {r}")).to_string();
+        let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/collector-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        Some(Driver { child, base: format!("{base}/session/{session}"), session, http, shots })
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut rq = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        let v: Value = rq.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+    async fn go(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
+    }
+    async fn find(&self, css: &str) -> String {
+        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        v.as_object().and_then(|o| o.values().next()).and_then(|x| x.as_str()).unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
+    }
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({}))).await;
+    }
+    async fn type_in(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({ "text": text }))).await;
+    }
+    async fn text(&self, css: &str) -> String {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await.as_str().unwrap_or("").to_string()
+    }
+    /// Polls (up to 10 s) until `f` holds for the text of `css`; returns it.
+    /// A click that submits a form returns before the next page is there.
+    async fn wait_text(&self, css: &str, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+            if let Some(e) = v.as_object().and_then(|o| o.values().next()).and_then(|x| x.as_str()) {
+                let t = self.cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await;
+                if let Some(t) = t.as_str().filter(|t| f(t)) {
+                    return t.to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting on the text of {css}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    async fn wait_title(&self, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = self.title().await;
+            if f(&t) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for the page; title {t:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    async fn script(&self, js: &str) -> Value {
+        self.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({"script": js, "args": []}))).await
+    }
+    async fn url(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or("").to_string()
+    }
+    async fn title(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/title", None).await.as_str().unwrap_or("").to_string()
+    }
+    async fn shot(&self, name: &str) -> PathBuf {
+        let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "a real screenshot");
+        let p = self.shots.join(name);
+        std::fs::write(&p, png).unwrap();
+        p
+    }
+    /// True when a JavaScript dialog is open (an injected alert() ran).
+    async fn dialog_open(&self) -> bool {
+        let v = self.cmd(reqwest::Method::GET, "/alert/text", None).await;
+        v.get("error").is_none()
+    }
+    async fn quit(&self) {
+        let _ = self.http.delete(self.base.clone()).send().await;
+        let _ = &self.session;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyst_clicks_from_fleet_to_finding_in_chromium() {
+    let profile = tempfile::tempdir().unwrap();
+    let Some(d) = Driver::start(profile.path()).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(sqlite_store(dir.path()), dir.path(), |_| {}).await;
+    let mut f = finding("web-1", "f1", HOSTILE, "pool.example.com", WALLET);
+    f.process.cmdline = format!("{HOSTILE} <img src=x onerror=alert(2)>");
+    c.post(&report("web-1", "a1", vec![opened("a1", 1, 1000, f)])).await;
+    c.post(&report("web-2", "a2", vec![opened("a2", 1, 1000, finding("web-2", "f2", "kswapd0", "pool.example.com", WALLET))])).await;
+    c.post(&report("db-1", "a3", vec![heartbeat("a3", 1, 1000)])).await;
+
+    d.go(&format!("{}/", c.url)).await;
+    assert!(d.url().await.ends_with("/login"), "not logged in: sent to the login page");
+    d.shot("01-login.png").await;
+    d.type_in("#token", &c.analyst_token).await;
+    d.click("#login").await;
+    d.wait_title(|t| t == "Fleet · rigwatch").await;
+    let cards = d.text("main").await;
+    assert!(cards.contains("3\nhosts") || cards.contains("3 hosts") || cards.contains("3\nhosts"), "{cards}");
+    assert!(cards.contains("campaigns"));
+    d.shot("02-fleet.png").await;
+    assert!(!d.dialog_open().await, "no injected script ran");
+    assert_eq!(d.script("return document.scripts.length").await, 0);
+
+    d.click("a.host[href='/hosts/web-1']").await;
+    d.wait_title(|t| t == "Host web-1 · rigwatch").await;
+    d.shot("03-host.png").await;
+
+    d.click("a.finding").await;
+    d.wait_title(|t| t == "Finding f1 · rigwatch").await;
+    assert_eq!(d.text("#process").await, HOSTILE, "the hostile name shows as text");
+    assert!(d.text("#evidence").await.contains("wallet.monero"));
+    assert!(!d.dialog_open().await, "no injected script ran");
+    assert_eq!(d.script("return document.scripts.length + document.images.length").await, 0);
+    d.shot("04-finding.png").await;
+
+    // Acknowledge with a reason (the first form on the page).
+    d.type_in("form.inline input[name=reason]", "owner paged").await;
+    d.click("#btn-acknowledged").await;
+    d.wait_text("#state", |t| t == "acknowledged").await;
+    d.wait_text("#history", |t| t.contains("by alice: owner paged")).await;
+    d.shot("05-acknowledged.png").await;
+
+    d.go(&format!("{}/", c.url)).await;
+    d.wait_title(|t| t == "Fleet · rigwatch").await;
+    d.click("a[href^='/campaigns/']").await;
+    d.wait_title(|t| t.starts_with("Campaign ")).await;
+    let body = d.text("main").await;
+    assert!(body.contains("web-1") && body.contains("web-2") && body.contains(WALLET), "{body}");
+    d.shot("06-campaign.png").await;
+    d.quit().await;
+}
