@@ -11,7 +11,6 @@ command -v python3 >/dev/null || need+=(python3)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v ip >/dev/null || need+=(iproute2)
 command -v promtool >/dev/null || need+=(prometheus)
-command -v upx >/dev/null || need+=(upx-ucl)
 # collector tests: a real PostgreSQL, Alertmanager and headless Chromium; openssl + curl for HTTPS
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)

@@ -27,7 +27,9 @@ fn main() {
     // agent would match its own executable).
     let out = Path::new(&env::var("OUT_DIR").unwrap()).join("bundled");
     fs::create_dir_all(&out).unwrap();
-    let mut src = String::from("/// Every bundled rule and list file: (path under rules/, XOR-masked contents).\nstatic BUNDLED_MASKED: &[(&str, &[u8])] = &[\n");
+    let mut src = String::from(
+        "/// Every bundled rule and list file: (path under rules/, XOR-masked contents).\nstatic BUNDLED_MASKED: &[(&str, &[u8])] = &[\n",
+    );
     for (i, f) in files.iter().enumerate() {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
         let masked: Vec<u8> = fs::read(root.join(f)).unwrap().iter().map(|b| b ^ MASK).collect();

@@ -16,7 +16,9 @@ fn stream() -> Vec<(SocketAddr, SocketAddr, u32, Vec<u8>)> {
     let notify = b"{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"j1\",\"00\",\"01\",\"02\",[],\"20000000\",\"1d00ffff\",\"5f5e1000\",true]}\n";
     let mut out = Vec::new();
     for i in 0..2000u32 {
-        let client: SocketAddr = format!("10.{}.{}.{}:{}", i % 200, (i / 200) % 200, 2 + i % 250, 40000 + i % 20000).parse().unwrap();
+        let client: SocketAddr = format!("10.{}.{}.{}:{}", i % 200, (i / 200) % 200, 2 + i % 250, 40000 + i % 20000)
+            .parse()
+            .unwrap();
         let server: SocketAddr = "10.0.0.1:3333".parse().unwrap();
         let (first, push): (&[u8], &[u8]) = if i % 2 == 0 { (login, job) } else { (subscribe, notify) };
         out.push((client, server, 1000, first.to_vec()));
@@ -40,7 +42,15 @@ fn bench(c: &mut Criterion) {
             let mut t = FlowTable::new();
             let mut n = 0;
             for (s, d, seq, payload) in &pkts {
-                let p = Packet { src: *s, dst: *d, tcp: true, seq: *seq, syn: false, syn_ack: false, payload };
+                let p = Packet {
+                    src: *s,
+                    dst: *d,
+                    tcp: true,
+                    seq: *seq,
+                    syn: false,
+                    syn_ack: false,
+                    payload,
+                };
                 n += t.push(&p).len();
             }
             assert_eq!(n, 2000, "one stratum event per flow");
@@ -52,7 +62,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut t = FlowTable::new();
             for (s, d, seq, payload) in &pkts {
-                let p = Packet { src: *s, dst: *d, tcp: true, seq: *seq, syn: false, syn_ack: false, payload };
+                let p = Packet {
+                    src: *s,
+                    dst: *d,
+                    tcp: true,
+                    seq: *seq,
+                    syn: false,
+                    syn_ack: false,
+                    payload,
+                };
                 t.push(&p);
             }
         })

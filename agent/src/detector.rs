@@ -3,8 +3,8 @@
 //! executable origin, masquerade, sustained CPU), scores the evidence and
 //! applies the allowlist. Sensors observe; only the detector decides.
 
-use crate::sensors::{Observation, Proc, ProcKey, Snapshot};
 use crate::sensors::process::cgroup_identity;
+use crate::sensors::{Observation, Proc, ProcKey, Snapshot};
 use rigwatch_signatures::{Evidence, EvidenceKind, Finding, FlowInfo, Origin, ProcessInfo, Signatures, Weight};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,8 +36,24 @@ impl Default for DetectorConfig {
                 .map(String::from)
                 .to_vec(),
             usual_dot_dirs: [
-                ".cargo", ".rustup", ".local", ".pyenv", ".nvm", ".vscode-server", ".cursor-server", ".sdkman",
-                ".rbenv", ".gradle", ".m2", ".npm", ".conda", ".deno", ".bun", ".venv", ".git", ".dotnet",
+                ".cargo",
+                ".rustup",
+                ".local",
+                ".pyenv",
+                ".nvm",
+                ".vscode-server",
+                ".cursor-server",
+                ".sdkman",
+                ".rbenv",
+                ".gradle",
+                ".m2",
+                ".npm",
+                ".conda",
+                ".deno",
+                ".bun",
+                ".venv",
+                ".git",
+                ".dotnet",
             ]
             .map(String::from)
             .to_vec(),
@@ -70,7 +86,15 @@ const STICKY: &[&str] = &["stratum", "tls_sni", "dns"];
 impl Detector {
     /// A detector for `host` with a signature set.
     pub fn new(sig: Arc<Signatures>, cfg: DetectorConfig, host: &str) -> Self {
-        Detector { sig, cfg, host: host.to_string(), own: HashMap::new(), sticky: HashMap::new(), history: Default::default(), flips: HashMap::new() }
+        Detector {
+            sig,
+            cfg,
+            host: host.to_string(),
+            own: HashMap::new(),
+            sticky: HashMap::new(),
+            history: Default::default(),
+            flips: HashMap::new(),
+        }
     }
 
     /// Takes a new signature set (hot reload).
@@ -98,9 +122,10 @@ impl Detector {
                 Observation::BinarySha256(k, h) => {
                     hashes.insert(*k, *h);
                 }
-                Observation::Flow(f) => {
-                    flows.entry((f.client.to_string(), f.server.to_string(), f.tcp)).or_default().push(f.evidence.clone())
-                }
+                Observation::Flow(f) => flows
+                    .entry((f.client.to_string(), f.server.to_string(), f.tcp))
+                    .or_default()
+                    .push(f.evidence.clone()),
                 Observation::Hidden(p) if !cur.procs.contains_key(&p.key) => {
                     hidden.insert(p.key, p.clone());
                 }
@@ -131,7 +156,10 @@ impl Detector {
             if let Some(cores) = prev.and_then(|pr| cur.cores_since(pr, key)) {
                 if cores >= self.cfg.cpu_cores_threshold {
                     ev.push(Evidence::heuristic(
-                        EvidenceKind::Cpu { cores: round2(cores), window_seconds: round2(window) },
+                        EvidenceKind::Cpu {
+                            cores: round2(cores),
+                            window_seconds: round2(window),
+                        },
                         Weight::Info,
                     ));
                 }
@@ -140,7 +168,10 @@ impl Detector {
                 if let Some((cores, secs)) = long_base.and_then(|b| self.long_cores(b, cur, p)) {
                     if cores >= self.cfg.long_window_cores_threshold {
                         ev.push(Evidence::heuristic(
-                            EvidenceKind::Cpu { cores: round2(cores), window_seconds: round2(secs) },
+                            EvidenceKind::Cpu {
+                                cores: round2(cores),
+                                window_seconds: round2(secs),
+                            },
                             Weight::Info,
                         ));
                     }
@@ -163,7 +194,11 @@ impl Detector {
             }
         }
         for ((client, server, tcp), ev) in flows {
-            let flow = FlowInfo { client, server, transport: if tcp { "tcp" } else { "udp" }.into() };
+            let flow = FlowInfo {
+                client,
+                server,
+                transport: if tcp { "tcp" } else { "udp" }.into(),
+            };
             findings.extend(Finding::for_flow(&self.host, flow, dedup(ev), now));
         }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
@@ -176,10 +211,16 @@ impl Detector {
         if self.history.back().is_some_and(|(at, _)| *at >= s.at) {
             return;
         }
-        self.history.push_back((s.at, s.procs.iter().map(|(k, p)| (*k, p.cpu_ticks)).collect()));
+        self.history
+            .push_back((s.at, s.procs.iter().map(|(k, p)| (*k, p.cpu_ticks)).collect()));
         // keep the newest sample at least a long window old, and everything after it
         let long = std::time::Duration::from_secs_f64(self.cfg.long_window_seconds.max(0.0));
-        while self.history.len() > 2 && self.history.get(1).is_some_and(|(at, _)| s.at.saturating_duration_since(*at) >= long) {
+        while self.history.len() > 2
+            && self
+                .history
+                .get(1)
+                .is_some_and(|(at, _)| s.at.saturating_duration_since(*at) >= long)
+        {
             self.history.pop_front();
         }
         while self.history.len() > 4096 {
@@ -190,7 +231,9 @@ impl Detector {
     /// The newest remembered sample at least a long window before `cur`.
     fn long_base(&self, cur: &Snapshot) -> Option<usize> {
         let long = std::time::Duration::from_secs_f64(self.cfg.long_window_seconds.max(0.0));
-        self.history.iter().rposition(|(at, _)| cur.at.saturating_duration_since(*at) >= long && *at < cur.at)
+        self.history
+            .iter()
+            .rposition(|(at, _)| cur.at.saturating_duration_since(*at) >= long && *at < cur.at)
     }
 
     /// Cores over the long window: (cores, seconds).
@@ -198,7 +241,12 @@ impl Detector {
         let (at, ticks) = self.history.get(base)?;
         let then = *ticks.get(&p.key)?;
         let secs = cur.at.checked_duration_since(*at)?.as_secs_f64();
-        (secs > 0.0).then(|| (p.cpu_ticks.saturating_sub(then) as f64 / cur.ticks_per_second.max(1) as f64 / secs, secs))
+        (secs > 0.0).then(|| {
+            (
+                p.cpu_ticks.saturating_sub(then) as f64 / cur.ticks_per_second.max(1) as f64 / secs,
+                secs,
+            )
+        })
     }
 
     /// Counts stopped/running flips per process (SIGSTOP/SIGCONT cycling).
@@ -222,7 +270,9 @@ impl Detector {
         let mut ev = Vec::new();
         if let Some((_, n)) = self.flips.get(&p.key).filter(|(_, n)| *n >= self.cfg.state_flips_threshold.max(1)) {
             ev.push(Evidence::heuristic(
-                EvidenceKind::Throttled { how: format!("stopped and continued {n} times between passes (SIGSTOP/SIGCONT cycling, as cpulimit does)") },
+                EvidenceKind::Throttled {
+                    how: format!("stopped and continued {n} times between passes (SIGSTOP/SIGCONT cycling, as cpulimit does)"),
+                },
                 Weight::Suspicious,
             ));
         }
@@ -237,7 +287,12 @@ impl Detector {
                 _ => {}
             }
             if !how.is_empty() {
-                ev.push(Evidence::heuristic(EvidenceKind::Throttled { how: format!("busy at low priority ({})", how.join(", ")) }, Weight::Info));
+                ev.push(Evidence::heuristic(
+                    EvidenceKind::Throttled {
+                        how: format!("busy at low priority ({})", how.join(", ")),
+                    },
+                    Weight::Info,
+                ));
             }
         }
         ev
@@ -304,11 +359,22 @@ pub fn own_evidence(sig: &Signatures, cfg: &DetectorConfig, p: &Proc) -> Vec<Evi
     let mut ev = sig.match_names(&[("comm", &p.comm), ("exe", basename(exe_clean)), ("argv0", basename(argv0))]);
     ev.extend(sig.scan_cmdline(&p.cmdline()));
     if let Some(o) = origin(cfg, exe) {
-        ev.push(Evidence::heuristic(EvidenceKind::ExecutableOrigin { origin: o, path: exe.to_string() }, Weight::Suspicious));
+        ev.push(Evidence::heuristic(
+            EvidenceKind::ExecutableOrigin {
+                origin: o,
+                path: exe.to_string(),
+            },
+            Weight::Suspicious,
+        ));
     }
     if let Some(reason) = masquerade(p) {
         ev.push(Evidence::heuristic(
-            EvidenceKind::Masquerade { reason, comm: p.comm.clone(), exe: exe.to_string(), argv0: argv0.to_string() },
+            EvidenceKind::Masquerade {
+                reason,
+                comm: p.comm.clone(),
+                exe: exe.to_string(),
+                argv0: argv0.to_string(),
+            },
             Weight::Suspicious,
         ));
     }
@@ -337,14 +403,39 @@ pub fn origin(cfg: &DetectorConfig, exe: &str) -> Option<Origin> {
             return Some(Origin::WritableDir);
         }
     }
-    let dotted = dir.split('/').any(|c| c.starts_with('.') && c != "." && c != ".." && !cfg.usual_dot_dirs.iter().any(|u| u == c));
+    let dotted = dir
+        .split('/')
+        .any(|c| c.starts_with('.') && c != "." && c != ".." && !cfg.usual_dot_dirs.iter().any(|u| u == c));
     dotted.then_some(Origin::DotDir)
 }
 
 const KERNEL_THREAD_PREFIXES: &[&str] = &[
-    "kworker", "ksoftirqd", "kswapd", "kthreadd", "migration/", "rcu_", "watchdog", "kcompactd", "khugepaged",
-    "kdevtmpfs", "jbd2/", "irq/", "kblockd", "kauditd", "khungtaskd", "oom_reaper", "writeback", "kintegrityd",
-    "cpuhp/", "idle_inject", "ext4-rsv", "xfs", "scsi_", "netns", "mm_percpu_wq", "kthrotld",
+    "kworker",
+    "ksoftirqd",
+    "kswapd",
+    "kthreadd",
+    "migration/",
+    "rcu_",
+    "watchdog",
+    "kcompactd",
+    "khugepaged",
+    "kdevtmpfs",
+    "jbd2/",
+    "irq/",
+    "kblockd",
+    "kauditd",
+    "khungtaskd",
+    "oom_reaper",
+    "writeback",
+    "kintegrityd",
+    "cpuhp/",
+    "idle_inject",
+    "ext4-rsv",
+    "xfs",
+    "scsi_",
+    "netns",
+    "mm_percpu_wq",
+    "kthrotld",
 ];
 
 /// Why a process looks like it pretends to be something else, if it does.
@@ -375,7 +466,9 @@ pub fn masquerade(p: &Proc) -> Option<String> {
     let exe_base = prefix15(basename(exe));
     let argv_base = prefix15(basename(argv0));
     if !comm.is_empty() && comm != exe_base && comm != argv_base && !argv0.is_empty() {
-        return Some(format!("comm {comm:?} is neither the executable {exe_base:?} nor argv[0] {argv_base:?}"));
+        return Some(format!(
+            "comm {comm:?} is neither the executable {exe_base:?} nor argv[0] {argv_base:?}"
+        ));
     }
     None
 }
@@ -404,8 +497,24 @@ mod tests {
             ..Default::default()
         });
         let key = ProcKey { pid: 4242, start_time: 7 };
-        let p = Proc { key, ppid: 1, comm: "kworker/0:9".into(), state, threads: 1, nice: 19, policy: 5, cpu_ticks: ticks, kernel_thread: false, fixed };
-        Snapshot { at, procs: [(key, p)].into_iter().collect(), ticks_per_second: 100, partial: false }
+        let p = Proc {
+            key,
+            ppid: 1,
+            comm: "kworker/0:9".into(),
+            state,
+            threads: 1,
+            nice: 19,
+            policy: 5,
+            cpu_ticks: ticks,
+            kernel_thread: false,
+            fixed,
+        };
+        Snapshot {
+            at,
+            procs: [(key, p)].into_iter().collect(),
+            ticks_per_second: 100,
+            partial: false,
+        }
     }
 
     fn kinds(f: &[Finding]) -> Vec<&'static str> {
@@ -415,7 +524,10 @@ mod tests {
     #[test]
     fn throttled_cpu_counts_over_the_long_window() {
         let sig = std::sync::Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
-        let cfg = DetectorConfig { long_window_seconds: 60.0, ..Default::default() };
+        let cfg = DetectorConfig {
+            long_window_seconds: 60.0,
+            ..Default::default()
+        };
         let mut d = Detector::new(sig, cfg, "h");
         let t0 = std::time::Instant::now();
         // 0.2 cores: below the 0.5 short threshold, above the 0.15 long one
@@ -430,10 +542,24 @@ mod tests {
             prev = cur;
         }
         let f = &last[0];
-        assert_eq!(f.severity, rigwatch_signatures::Severity::Suspicious, "masquerade + long-window CPU");
-        let cpu = f.evidence.iter().find_map(|e| match e.detail { EvidenceKind::Cpu { cores, window_seconds } => Some((cores, window_seconds)), _ => None }).unwrap();
+        assert_eq!(
+            f.severity,
+            rigwatch_signatures::Severity::Suspicious,
+            "masquerade + long-window CPU"
+        );
+        let cpu = f
+            .evidence
+            .iter()
+            .find_map(|e| match e.detail {
+                EvidenceKind::Cpu { cores, window_seconds } => Some((cores, window_seconds)),
+                _ => None,
+            })
+            .unwrap();
         assert!((cpu.0 - 0.2).abs() < 0.01 && cpu.1 >= 60.0, "{cpu:?}");
-        assert!(f.evidence.iter().any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("nice 19") && how.contains("SCHED_IDLE"))));
+        assert!(f
+            .evidence
+            .iter()
+            .any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("nice 19") && how.contains("SCHED_IDLE"))));
     }
 
     #[test]
@@ -449,6 +575,13 @@ mod tests {
             prev = cur;
         }
         let f = &last[0];
-        assert!(f.evidence.iter().any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("SIGSTOP/SIGCONT")) && e.weight == Weight::Suspicious), "{:?}", f.evidence);
+        assert!(
+            f.evidence.iter().any(
+                |e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("SIGSTOP/SIGCONT"))
+                    && e.weight == Weight::Suspicious
+            ),
+            "{:?}",
+            f.evidence
+        );
     }
 }

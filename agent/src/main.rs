@@ -17,7 +17,9 @@ const DEFAULT_SIGNATURE_DIR: &str = "/etc/rigwatch/signatures.d";
 /// and sustained CPU use, fused into one finding per process.
 #[derive(Parser)]
 #[command(name = "rigwatch", version, propagate_version = true)]
-#[command(after_help = "Examples:\n  rigwatch scan                 scan this host (5 s CPU window), table output\n  rigwatch scan --json | jq .   the same as JSON for scripts\n  rigwatch signatures check my-rules.toml\n  rigwatch signatures list\n\nExit status of scan: 0 nothing found, 1 findings, 2 error.")]
+#[command(
+    after_help = "Examples:\n  rigwatch scan                 scan this host (5 s CPU window), table output\n  rigwatch scan --json | jq .   the same as JSON for scripts\n  rigwatch signatures check my-rules.toml\n  rigwatch signatures list\n\nExit status of scan: 0 nothing found, 1 findings, 2 error."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -231,7 +233,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Scan(a) => run_scan(a),
-        Command::Inspect { files, json, max_bytes, sig } => run_inspect(&files, json, max_bytes, &sig),
+        Command::Inspect {
+            files,
+            json,
+            max_bytes,
+            sig,
+        } => run_inspect(&files, json, max_bytes, &sig),
         Command::Run(a) => run_daemon(a),
         Command::Pcap { files, json, sig } => run_pcap(&files, json, &sig),
         Command::Sniff { seconds, json, sig } => run_sniff(seconds, json, &sig),
@@ -261,8 +268,11 @@ fn load_signatures(s: &SigDirs) -> anyhow::Result<(Arc<Signatures>, Vec<String>)
         anyhow::ensure!(d.is_dir(), "signature directory {} does not exist", d.display());
     }
     let loaded = load::load(&sig_dirs(s), true);
-    let warnings: Vec<String> =
-        loaded.errors.iter().map(|e| format!("signature file skipped: {e} (the other rules stay in force)")).collect();
+    let warnings: Vec<String> = loaded
+        .errors
+        .iter()
+        .map(|e| format!("signature file skipped: {e} (the other rules stay in force)"))
+        .collect();
     Ok((Arc::new(loaded.signatures), warnings))
 }
 
@@ -275,7 +285,12 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     let opts = scan::ScanOptions {
         proc_root: a.proc_root.clone(),
         window: Duration::from_secs_f64(a.window),
-        detector: rigwatch_agent::detector::DetectorConfig { cpu_cores_threshold: a.cpu_threshold, long_window_seconds: a.long_window, long_window_cores_threshold: a.long_window_threshold, ..Default::default() },
+        detector: rigwatch_agent::detector::DetectorConfig {
+            cpu_cores_threshold: a.cpu_threshold,
+            long_window_seconds: a.long_window,
+            long_window_cores_threshold: a.long_window_threshold,
+            ..Default::default()
+        },
         sensors: rigwatch_agent::sensors::SensorOptions {
             max_binary_bytes: a.max_binary_bytes,
             capture: !a.no_capture,
@@ -306,7 +321,11 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     } else {
         write!(out, "{}", output::render(&report, std::io::stdout().is_terminal()))?;
     }
-    Ok(if report.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run_inspect(files: &[PathBuf], json: bool, cap: u64, s: &SigDirs) -> anyhow::Result<ExitCode> {
@@ -333,7 +352,14 @@ fn run_inspect(files: &[PathBuf], json: bool, cap: u64, s: &SigDirs) -> anyhow::
                     writeln!(out, "{}  clean  {}", hex::encode(v.sha256), output::clean(&shown, 200))?;
                 } else {
                     for e in &v.evidence {
-                        writeln!(out, "{}  {}  {}  [{}]", hex::encode(v.sha256), e.weight.as_str(), output::clean(&e.summary(), 200), e.rule.as_deref().unwrap_or(""))?;
+                        writeln!(
+                            out,
+                            "{}  {}  {}  [{}]",
+                            hex::encode(v.sha256),
+                            e.weight.as_str(),
+                            output::clean(&e.summary(), 200),
+                            e.rule.as_deref().unwrap_or("")
+                        )?;
                     }
                 }
             }
@@ -343,7 +369,13 @@ fn run_inspect(files: &[PathBuf], json: bool, cap: u64, s: &SigDirs) -> anyhow::
             }
         }
     }
-    Ok(if errors > 0 { ExitCode::from(2) } else if any { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if errors > 0 {
+        ExitCode::from(2)
+    } else if any {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
@@ -391,7 +423,10 @@ fn run_pcap(files: &[PathBuf], json: bool, s: &SigDirs) -> anyhow::Result<ExitCo
     if json {
         let mut w: Vec<String> = warnings;
         if r.skipped > 0 {
-            w.push(format!("{} of {} packets were not TCP/UDP over IP and were skipped", r.skipped, r.packets));
+            w.push(format!(
+                "{} of {} packets were not TCP/UDP over IP and were skipped",
+                r.skipped, r.packets
+            ));
         }
         let j = serde_json::json!({"host": scan::host_name(), "findings": r.findings, "packets": r.packets, "warnings": w});
         serde_json::to_writer_pretty(&mut out, &j)?;
@@ -399,14 +434,28 @@ fn run_pcap(files: &[PathBuf], json: bool, s: &SigDirs) -> anyhow::Result<ExitCo
     } else {
         writeln!(out, "{} packets, {} findings", r.packets, r.findings.len())?;
         for f in &r.findings {
-            let flow = f.flow.as_ref().map(|x| format!("{} -> {} ({})", x.client, x.server, x.transport)).unwrap_or_default();
+            let flow = f
+                .flow
+                .as_ref()
+                .map(|x| format!("{} -> {} ({})", x.client, x.server, x.transport))
+                .unwrap_or_default();
             writeln!(out, "\n[{}] {}", f.severity, flow)?;
             for e in &f.evidence {
-                writeln!(out, "    {:<10} {:<12} {}", e.weight.as_str(), e.kind(), output::clean(&e.summary(), 200))?;
+                writeln!(
+                    out,
+                    "    {:<10} {:<12} {}",
+                    e.weight.as_str(),
+                    e.kind(),
+                    output::clean(&e.summary(), 200)
+                )?;
             }
         }
     }
-    Ok(if r.findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> {
@@ -445,10 +494,17 @@ fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> 
                     "flow": flow.map(|(c, s)| serde_json::json!({"client": c.to_string(), "server": s.to_string()})), "evidence": ev});
                 writeln!(out, "{j}")?;
             } else {
-                let who = who.map(|(p, c)| format!("pid {p} ({})", output::clean(&c, 32))).unwrap_or_else(|| {
-                    flow.map(|(c, s)| format!("{c} -> {s}")).unwrap_or_default()
-                });
-                writeln!(out, "{:<10} {:<9} {}  {}", ev.weight.as_str(), ev.kind(), who, output::clean(&ev.summary(), 200))?;
+                let who = who
+                    .map(|(p, c)| format!("pid {p} ({})", output::clean(&c, 32)))
+                    .unwrap_or_else(|| flow.map(|(c, s)| format!("{c} -> {s}")).unwrap_or_default());
+                writeln!(
+                    out,
+                    "{:<10} {:<9} {}  {}",
+                    ev.weight.as_str(),
+                    ev.kind(),
+                    who,
+                    output::clean(&ev.summary(), 200)
+                )?;
             }
             out.flush()?;
         }
@@ -502,11 +558,22 @@ fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
                         "entries": r.entries(), "file": r.file, "line": r.line, "description": r.description})
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"version": loaded.signatures.version, "rules": v}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"version": loaded.signatures.version, "rules": v}))?
+                );
             } else {
                 println!("{:<34} {:<15} {:<11} {:>7}  {}", "RULE", "KIND", "SEVERITY", "ENTRIES", "FROM");
                 for r in rules {
-                    println!("{:<34} {:<15} {:<11} {:>7}  {}:{}", r.id, r.kind.as_str(), r.severity.as_str(), r.entries(), r.file, r.line);
+                    println!(
+                        "{:<34} {:<15} {:<11} {:>7}  {}:{}",
+                        r.id,
+                        r.kind.as_str(),
+                        r.severity.as_str(),
+                        r.entries(),
+                        r.file,
+                        r.line
+                    );
                 }
                 println!("\n{} rules, version {}; sources:", rules.len(), loaded.signatures.version);
                 for s in &loaded.sources {
@@ -516,7 +583,11 @@ fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
             for e in &loaded.errors {
                 eprintln!("rigwatch: skipped: {e}");
             }
-            Ok(if loaded.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if loaded.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         SigCommand::Import { format, file } => {
             let text = if file.as_os_str() == "-" {

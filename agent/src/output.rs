@@ -49,7 +49,11 @@ pub fn render(report: &ScanReport, color: bool) -> String {
             count("likely"),
             count("suspicious")
         );
-        let _ = writeln!(o, "{:<11} {:>7}  {:<12} {:<16} {:>6} {:>5}  {}", "SEVERITY", "PID", "USER", "PROCESS", "CPU", "GPU", "EXECUTABLE");
+        let _ = writeln!(
+            o,
+            "{:<11} {:>7}  {:<12} {:<16} {:>6} {:>5}  {}",
+            "SEVERITY", "PID", "USER", "PROCESS", "CPU", "GPU", "EXECUTABLE"
+        );
         for f in &report.findings {
             row(&mut o, f, color);
         }
@@ -79,11 +83,27 @@ fn paint(sev: &str, color: bool) -> String {
 fn row(o: &mut String, f: &Finding, color: bool) {
     let p = &f.process;
     if let Some(fl) = &f.flow {
-        let _ = writeln!(o, "{} {:>7}  {:<12} {:<16} {:>6} {:>5}  {} -> {} ({})", paint(f.severity.as_str(), color), "-", "-", "(flow)", "-", "-", fl.client, fl.server, fl.transport);
+        let _ = writeln!(
+            o,
+            "{} {:>7}  {:<12} {:<16} {:>6} {:>5}  {} -> {} ({})",
+            paint(f.severity.as_str(), color),
+            "-",
+            "-",
+            "(flow)",
+            "-",
+            "-",
+            fl.client,
+            fl.server,
+            fl.transport
+        );
         return;
     }
     let cpu = f.cpu_cores.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into());
-    let gpu = f.gpu.as_ref().map(|g| format!("{:.0}%", g.utilization_percent)).unwrap_or_else(|| "-".into());
+    let gpu = f
+        .gpu
+        .as_ref()
+        .map(|g| format!("{:.0}%", g.utilization_percent))
+        .unwrap_or_else(|| "-".into());
     let _ = writeln!(
         o,
         "{} {:>7}  {:<12} {:<16} {:>6} {:>5}  {}",
@@ -100,9 +120,21 @@ fn row(o: &mut String, f: &Finding, color: bool) {
 fn detail(o: &mut String, f: &Finding) {
     let p = &f.process;
     if let Some(fl) = &f.flow {
-        let _ = writeln!(o, "[{}] flow {} -> {} ({}), process not found, id {}", f.severity, fl.client, fl.server, fl.transport, f.id);
+        let _ = writeln!(
+            o,
+            "[{}] flow {} -> {} ({}), process not found, id {}",
+            f.severity, fl.client, fl.server, fl.transport, f.id
+        );
     } else {
-        let _ = writeln!(o, "[{}] {} pid {} ({}) id {}", f.severity, clean(&p.comm, 32), p.pid, clean(&p.user, 32), f.id);
+        let _ = writeln!(
+            o,
+            "[{}] {} pid {} ({}) id {}",
+            f.severity,
+            clean(&p.comm, 32),
+            p.pid,
+            clean(&p.user, 32),
+            f.id
+        );
         let _ = writeln!(o, "    cmdline  {}", clean(&p.cmdline, 160));
     }
     if !p.cgroup.is_empty() {
@@ -110,6 +142,13 @@ fn detail(o: &mut String, f: &Finding) {
     }
     for e in &f.evidence {
         let rule = e.rule.as_deref().map(|r| format!(" [{r}]")).unwrap_or_default();
-        let _ = writeln!(o, "    {:<10} {:<18} {}{}", e.weight.as_str(), e.kind(), clean(&e.summary(), 160), clean(&rule, 60));
+        let _ = writeln!(
+            o,
+            "    {:<10} {:<18} {}{}",
+            e.weight.as_str(),
+            e.kind(),
+            clean(&e.summary(), 160),
+            clean(&rule, 60)
+        );
     }
 }

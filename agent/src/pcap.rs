@@ -20,9 +20,8 @@ pub struct PcapReport {
 
 /// The IP packet inside a frame of a link type (pcap LINKTYPE_* numbers).
 pub fn frame_to_ip(linktype: u32, data: &[u8]) -> Option<&[u8]> {
-    let ip_after = |off: usize, ethertype: u16| -> Option<&[u8]> {
-        matches!(ethertype, 0x0800 | 0x86dd).then(|| data.get(off..)).flatten()
-    };
+    let ip_after =
+        |off: usize, ethertype: u16| -> Option<&[u8]> { matches!(ethertype, 0x0800 | 0x86dd).then(|| data.get(off..)).flatten() };
     let be16 = |o: usize| -> Option<u16> { Some(u16::from_be_bytes([*data.get(o)?, *data.get(o + 1)?])) };
     match linktype {
         // Ethernet, with up to two VLAN tags
@@ -73,11 +72,24 @@ pub fn read_files(files: &[&Path], sig: &Signatures, host: &str, now: u64) -> an
     let mut findings: Vec<Finding> = by_flow
         .into_iter()
         .filter_map(|((client, server, tcp), ev)| {
-            Finding::for_flow(host, FlowInfo { client, server, transport: if tcp { "tcp" } else { "udp" }.into() }, ev, now)
+            Finding::for_flow(
+                host,
+                FlowInfo {
+                    client,
+                    server,
+                    transport: if tcp { "tcp" } else { "udp" }.into(),
+                },
+                ev,
+                now,
+            )
         })
         .collect();
     findings.sort_by(|a, b| b.severity.cmp(&a.severity));
-    Ok(PcapReport { findings, packets, skipped })
+    Ok(PcapReport {
+        findings,
+        packets,
+        skipped,
+    })
 }
 
 /// Calls `handle(linktype, frame)` for every packet of one pcap or pcapng

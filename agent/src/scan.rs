@@ -70,7 +70,10 @@ pub fn host_name() -> String {
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Runs one scan. `progress` is called with short status lines.
@@ -81,7 +84,11 @@ pub fn scan(opts: &ScanOptions, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -
         .sample()
         .map_err(|e| anyhow::anyhow!("cannot list processes in {}: {e}", opts.proc_root.display()))?;
     let started = Instant::now();
-    progress(&format!("{} processes; reading executables and configs while sampling CPU for {:.0}s…", first.procs.len(), opts.window.as_secs_f64()));
+    progress(&format!(
+        "{} processes; reading executables and configs while sampling CPU for {:.0}s…",
+        first.procs.len(),
+        opts.window.as_secs_f64()
+    ));
     let mut sensors = sensors::registry(sig.clone(), &opts.proc_root, &opts.sensors);
     let mut observations = Vec::new();
     let mut warnings = Vec::new();
@@ -107,7 +114,9 @@ pub fn scan(opts: &ScanOptions, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -
     }
     let unreadable_cmdlines = second.procs.values().filter(|p| !p.kernel_thread && !p.fixed.argv_read).count();
     if unreadable_cmdlines > 0 {
-        warnings.push(format!("command lines of {unreadable_cmdlines} processes: not readable (permission, or in state D)"));
+        warnings.push(format!(
+            "command lines of {unreadable_cmdlines} processes: not readable (permission, or in state D)"
+        ));
     }
     let mut detector = Detector::new(sig.clone(), opts.detector.clone(), &host);
     let findings = detector.assess(Some(&first), &second, &observations, unix_now());

@@ -61,7 +61,8 @@ fn bulk_traffic_stays_in_the_kernel_and_stratum_gets_through() {
         c.write_all(&block).unwrap();
     }
     std::thread::sleep(Duration::from_millis(50));
-    let line = b"{\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"login\",\"params\":{\"login\":\"x\",\"pass\":\"x\",\"agent\":\"XMRig/6.21.0\"}}\n";
+    let line =
+        b"{\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"login\",\"params\":{\"login\":\"x\",\"pass\":\"x\",\"agent\":\"XMRig/6.21.0\"}}\n";
     c.write_all(line).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     drop(c);
@@ -69,13 +70,20 @@ fn bulk_traffic_stays_in_the_kernel_and_stratum_gets_through() {
     assert_eq!(total, 64 * (1 << 20) + line.len());
     let seen = drain(&fd, Instant::now() + Duration::from_millis(500));
     let ours: Vec<_> = seen.iter().filter(|(_, s, d)| *s == port || *d == port).collect();
-    assert!(ours.iter().any(|(p, _, _)| p.starts_with(b"{\"id\":1")), "the stratum segment reached user space: {ours:?}");
+    assert!(
+        ours.iter().any(|(p, _, _)| p.starts_with(b"{\"id\":1")),
+        "the stratum segment reached user space: {ours:?}"
+    );
     assert!(
         ours.iter().all(|(p, _, _)| !p.starts_with(b"xxxx")),
         "no bulk segment may reach user space, got {} of them",
         ours.iter().filter(|(p, _, _)| p.starts_with(b"xxxx")).count()
     );
-    assert!(seen.len() < 200, "the filter passed {} packets during 64 MiB of bulk traffic", seen.len());
+    assert!(
+        seen.len() < 200,
+        "the filter passed {} packets during 64 MiB of bulk traffic",
+        seen.len()
+    );
 }
 
 #[test]
@@ -92,7 +100,13 @@ fn dns_and_tls_starts_get_through() {
     let (_s, _) = l.accept().unwrap();
     c.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0]).unwrap();
     let seen = drain(&fd, Instant::now() + Duration::from_millis(500));
-    assert!(seen.iter().any(|(p, _, d)| *d == 53 && p.starts_with(&[0x12, 0x34])), "DNS query captured");
+    assert!(
+        seen.iter().any(|(p, _, d)| *d == 53 && p.starts_with(&[0x12, 0x34])),
+        "DNS query captured"
+    );
     assert!(!seen.iter().any(|(_, _, d)| *d == 5300), "other UDP is filtered out");
-    assert!(seen.iter().any(|(p, _, d)| *d == port && p.starts_with(&[0x16, 0x03])), "TLS record start captured");
+    assert!(
+        seen.iter().any(|(p, _, d)| *d == port && p.starts_with(&[0x16, 0x03])),
+        "TLS record start captured"
+    );
 }

@@ -22,7 +22,10 @@ fn sample(root: &Path) -> Snapshot {
 }
 
 fn key(s: &Snapshot, pid: u32) -> ProcKey {
-    *s.procs.keys().find(|k| k.pid == pid).unwrap_or_else(|| panic!("pid {pid} in fixture"))
+    *s.procs
+        .keys()
+        .find(|k| k.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} in fixture"))
 }
 
 fn kinds(ev: &[rigwatch_signatures::Evidence]) -> Vec<&'static str> {
@@ -88,13 +91,33 @@ fn miner_command_line_confirms() {
     let x: &Finding = get(1001).expect("xmrig found");
     assert_eq!(x.severity, Severity::Confirmed);
     let k = kinds(&x.evidence);
-    assert!(k.contains(&"process_name") && k.contains(&"wallet") && k.contains(&"command_line"), "{k:?}");
-    assert!(x.evidence.iter().any(|e| matches!(&e.detail, EvidenceKind::Wallet { coin, .. } if coin == "monero")));
-    assert!(x.evidence.iter().any(|e| matches!(&e.detail, EvidenceKind::PoolDomain { domain, .. } if domain == "supportxmr.com")));
+    assert!(
+        k.contains(&"process_name") && k.contains(&"wallet") && k.contains(&"command_line"),
+        "{k:?}"
+    );
+    assert!(x
+        .evidence
+        .iter()
+        .any(|e| matches!(&e.detail, EvidenceKind::Wallet { coin, .. } if coin == "monero")));
+    assert!(x
+        .evidence
+        .iter()
+        .any(|e| matches!(&e.detail, EvidenceKind::PoolDomain { domain, .. } if domain == "supportxmr.com")));
     // base64 one-liner: decoded, pool + wallet inside → confirmed, marked base64
     let b = get(1008).expect("base64 one-liner found");
     assert_eq!(b.severity, Severity::Confirmed);
-    assert!(b.evidence.iter().any(|e| matches!(&e.detail, EvidenceKind::CommandLine { base64: true, pool_url: true, .. })), "{:?}", b.evidence);
+    assert!(
+        b.evidence.iter().any(|e| matches!(
+            &e.detail,
+            EvidenceKind::CommandLine {
+                base64: true,
+                pool_url: true,
+                ..
+            }
+        )),
+        "{:?}",
+        b.evidence
+    );
     // kswapd0 (campaign name) in a dot-dir in a pod: a strong sign without CPU → suspicious, with pod identity
     let k = get(1006).expect("kswapd0 found");
     assert_eq!(k.severity, Severity::Suspicious);

@@ -48,7 +48,11 @@ impl Tree {
             5000 + pid
         );
         std::fs::write(d.join("stat"), stat).unwrap();
-        std::fs::write(d.join("status"), format!("Name:\t{comm}\nPid:\t{pid}\nUid:\t1000\t1000\t1000\t1000\n")).unwrap();
+        std::fs::write(
+            d.join("status"),
+            format!("Name:\t{comm}\nPid:\t{pid}\nUid:\t1000\t1000\t1000\t1000\n"),
+        )
+        .unwrap();
         std::fs::write(d.join("cmdline"), format!("{comm}\0--bench\0")).unwrap();
         std::fs::write(d.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
         std::os::unix::fs::symlink(format!("/usr/local/bin/{comm}"), d.join("exe")).unwrap();
@@ -78,9 +82,13 @@ fn gpu_evidence(obs: &[Observation], snap: &Snapshot) -> HashMap<u32, Evidence> 
 
 fn util_mem(e: &Evidence) -> (f64, u64, f64, Option<String>, String) {
     match &e.detail {
-        EvidenceKind::Gpu { gpu, utilization_percent, memory_bytes, window_seconds, scheduler } => {
-            (*utilization_percent, *memory_bytes, *window_seconds, scheduler.clone(), gpu.clone())
-        }
+        EvidenceKind::Gpu {
+            gpu,
+            utilization_percent,
+            memory_bytes,
+            window_seconds,
+            scheduler,
+        } => (*utilization_percent, *memory_bytes, *window_seconds, scheduler.clone(), gpu.clone()),
         d => panic!("{d:?}"),
     }
 }
@@ -88,9 +96,16 @@ fn util_mem(e: &Evidence) -> (f64, u64, f64, Option<String>, String) {
 #[test]
 fn two_passes_over_a_proc_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let t = Tree { root: dir.path().to_path_buf() };
+    let t = Tree {
+        root: dir.path().to_path_buf(),
+    };
     std::fs::write(t.root.join("devices"), "Character devices:\n  1 mem\n226 drm\n").unwrap();
-    let (i915, amd, amd_old, xe) = (fixture("i915.fdinfo"), fixture("amdgpu.fdinfo"), fixture("amdgpu-legacy.fdinfo"), fixture("xe.fdinfo"));
+    let (i915, amd, amd_old, xe) = (
+        fixture("i915.fdinfo"),
+        fixture("amdgpu.fdinfo"),
+        fixture("amdgpu-legacy.fdinfo"),
+        fixture("xe.fdinfo"),
+    );
     let user = "/user.slice/user-1000.slice/session-4.scope";
     // 3001: a GPU miner's name, on Intel, one client seen through two descriptors (dup)
     t.process(3001, "t-rex", user);
@@ -105,17 +120,30 @@ fn two_passes_over_a_proc_tree() {
     t.fd(3003, 9, "/dev/dri/renderD128", &amd);
     // 3004: a desktop program, barely using the GPU
     t.process(3004, "firefox", user);
-    t.fd(3004, 20, "/dev/dri/card0", &amd_old.replace("drm-client-id:\t5", "drm-client-id:\t6"));
+    t.fd(
+        3004,
+        20,
+        "/dev/dri/card0",
+        &amd_old.replace("drm-client-id:\t5", "drm-client-id:\t6"),
+    );
     // 3005: busy Intel xe GPU in a configured scheduler's cgroup
     t.process(3005, "python3", "/ml-batch.slice/run-17.scope");
     t.fd(3005, 3, "/dev/dri/renderD130", &xe);
     // 3006: DRM fdinfo text behind a descriptor that is not a GPU device: not read
     t.process(3006, "cat", user);
-    t.fd(3006, 3, "/tmp/copy-of-fdinfo", &i915.replace("drm-client-id:\t7", "drm-client-id:\t99"));
+    t.fd(
+        3006,
+        3,
+        "/tmp/copy-of-fdinfo",
+        &i915.replace("drm-client-id:\t7", "drm-client-id:\t99"),
+    );
     // 3007: opens the GPU between the passes
     t.process(3007, "late", user);
 
-    let cfg = GpuConfig { nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()), scheduler_cgroups: vec!["ml-batch.slice".into()] };
+    let cfg = GpuConfig {
+        nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()),
+        scheduler_cgroups: vec!["ml-batch.slice".into()],
+    };
     let mut gpu = GpuSensor::with_env(&t.root, cfg, None);
     assert!(!gpu.nvml_loaded());
     let mut procs = ProcessSensor::new(&t.root);
@@ -131,8 +159,18 @@ fn two_passes_over_a_proc_tree() {
     let i915b = set(&i915, "engine-render", &format!("{} ns", render + 1_600_000_000));
     t.fd(3001, 3, "/dev/dri/renderD128", &i915b);
     t.fd(3001, 4, "/dev/dri/renderD128", &i915b);
-    t.fd(3002, 7, "/dev/dri/renderD129", &set(&amd_old, "engine-gfx", &format!("{} ns", 9_017_645_412u64 + 1_800_000_000)));
-    t.fd(3003, 9, "/dev/dri/renderD128", &set(&amd, "engine-compute", &format!("{} ns", 81_234_567_890u64 + 1_400_000_000)));
+    t.fd(
+        3002,
+        7,
+        "/dev/dri/renderD129",
+        &set(&amd_old, "engine-gfx", &format!("{} ns", 9_017_645_412u64 + 1_800_000_000)),
+    );
+    t.fd(
+        3003,
+        9,
+        "/dev/dri/renderD128",
+        &set(&amd, "engine-compute", &format!("{} ns", 81_234_567_890u64 + 1_400_000_000)),
+    );
     t.fd(
         3004,
         20,
@@ -141,8 +179,18 @@ fn two_passes_over_a_proc_tree() {
     );
     let xeb = set(&set(&xe, "cycles-rcs", "628257900"), "total-cycles-rcs", "8655183225");
     t.fd(3005, 3, "/dev/dri/renderD130", &xeb);
-    t.fd(3006, 3, "/tmp/copy-of-fdinfo", &set(&i915, "engine-render", &format!("{} ns", render + 1_900_000_000)));
-    t.fd(3007, 3, "/dev/dri/renderD128", &set(&i915, "engine-render", &format!("{} ns", render * 2)).replace("drm-client-id:\t7", "drm-client-id:\t8"));
+    t.fd(
+        3006,
+        3,
+        "/tmp/copy-of-fdinfo",
+        &set(&i915, "engine-render", &format!("{} ns", render + 1_900_000_000)),
+    );
+    t.fd(
+        3007,
+        3,
+        "/dev/dri/renderD128",
+        &set(&i915, "engine-render", &format!("{} ns", render * 2)).replace("drm-client-id:\t7", "drm-client-id:\t8"),
+    );
 
     let mut second = procs.sample().unwrap();
     second.at = first.at + Duration::from_secs(2);
@@ -151,19 +199,33 @@ fn two_passes_over_a_proc_tree() {
     let ev = gpu_evidence(&obs, &second);
     let mut pids: Vec<u32> = ev.keys().copied().collect();
     pids.sort();
-    assert_eq!(pids, vec![3001, 3002, 3003, 3005], "5 % (3004), no GPU device (3006) and first sight (3007) are no evidence");
+    assert_eq!(
+        pids,
+        vec![3001, 3002, 3003, 3005],
+        "5 % (3004), no GPU device (3006) and first sight (3007) are no evidence"
+    );
 
     let (u, m, w, s, g) = util_mem(&ev[&3001]);
-    assert_eq!((u, w, s, g.as_str()), (80.0, 2.0, None, "i915 0000:00:02.0"), "one client through two descriptors counts once");
+    assert_eq!(
+        (u, w, s, g.as_str()),
+        (80.0, 2.0, None, "i915 0000:00:02.0"),
+        "one client through two descriptors counts once"
+    );
     assert_eq!(m, 10_240 * 1024);
     assert_eq!(ev[&3001].weight, Weight::Suspicious);
     let (u, m, _, s, g) = util_mem(&ev[&3002]);
-    assert_eq!((u, m, s.as_deref(), g.as_str()), (90.0, (1_167_440 + 10_100) * 1024, Some("slurm job_4711"), "amdgpu 0000:03:00.0"));
+    assert_eq!(
+        (u, m, s.as_deref(), g.as_str()),
+        (90.0, (1_167_440 + 10_100) * 1024, Some("slurm job_4711"), "amdgpu 0000:03:00.0")
+    );
     assert_eq!(ev[&3002].weight, Weight::Info);
     let (u, m, _, s, _) = util_mem(&ev[&3003]);
     assert_eq!((u, m, s), (70.0, (4_194_304 + 6152) * 1024, None));
     let (u, _, _, s, g) = util_mem(&ev[&3005]);
-    assert_eq!((u, s.as_deref(), g.as_str()), (60.0, Some("cgroup ml-batch.slice"), "xe 0000:00:02.0"));
+    assert_eq!(
+        (u, s.as_deref(), g.as_str()),
+        (60.0, Some("cgroup ml-batch.slice"), "xe 0000:00:02.0")
+    );
     assert_eq!(ev[&3005].weight, Weight::Info);
     let firefox = gpu.uses().iter().find(|u| u.key.pid == 3004).unwrap();
     assert_eq!(firefox.utilization_percent, Some(5.0));
@@ -207,7 +269,9 @@ fn unreadable_descriptors_are_counted() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let t = Tree { root: dir.path().to_path_buf() };
+    let t = Tree {
+        root: dir.path().to_path_buf(),
+    };
     std::fs::write(t.root.join("devices"), "226 drm\n").unwrap();
     t.process(4001, "x", "/");
     use std::os::unix::fs::PermissionsExt;
@@ -215,5 +279,9 @@ fn unreadable_descriptors_are_counted() {
     let mut gpu = GpuSensor::with_env(&t.root, GpuConfig::default(), Some("/nonexistent/libnvidia-ml.so.1".into()));
     let snap = ProcessSensor::new(&t.root).sample().unwrap();
     gpu.observe(&snap, &mut Vec::new()).unwrap();
-    assert!(gpu.unreadable().iter().any(|n| n.contains("1 processes: permission denied")), "{:?}", gpu.unreadable());
+    assert!(
+        gpu.unreadable().iter().any(|n| n.contains("1 processes: permission denied")),
+        "{:?}",
+        gpu.unreadable()
+    );
 }

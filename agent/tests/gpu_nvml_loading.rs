@@ -31,7 +31,11 @@ fn fake_nvml(dir: &Path, conf: &str) -> PathBuf {
 fn my_gpu(obs: &[Observation]) -> Option<(f64, u64)> {
     obs.iter().find_map(|o| match o {
         Observation::Evidence(k, e) if k.pid == std::process::id() => match e.detail {
-            EvidenceKind::Gpu { utilization_percent, memory_bytes, .. } => Some((utilization_percent, memory_bytes)),
+            EvidenceKind::Gpu {
+                utilization_percent,
+                memory_bytes,
+                ..
+            } => Some((utilization_percent, memory_bytes)),
             _ => None,
         },
         _ => None,
@@ -61,21 +65,45 @@ fn nvml_from_config_then_from_the_environment() {
     // the configured path, through the registry as scan and the daemon build it
     let a = tempfile::tempdir().unwrap();
     let lib_a = fake_nvml(a.path(), &format!("procs={me}:95:4096\n"));
-    let opts = SensorOptions { sockets: false, capture: false, nvml_library: Some(lib_a), ..Default::default() };
+    let opts = SensorOptions {
+        sockets: false,
+        capture: false,
+        nvml_library: Some(lib_a),
+        ..Default::default()
+    };
     let sig = Arc::new(rigwatch_signatures::load(&[], true).signatures);
-    let mut sensors: Vec<Box<dyn Sensor>> = registry(sig.clone(), Path::new("/proc"), &opts).into_iter().filter(|s| s.name() == "gpu").collect();
+    let mut sensors: Vec<Box<dyn Sensor>> = registry(sig.clone(), Path::new("/proc"), &opts)
+        .into_iter()
+        .filter(|s| s.name() == "gpu")
+        .collect();
     assert_eq!(sensors.len(), 1, "the registry has the GPU sensor");
     assert_eq!(my_gpu(&two_passes(&mut sensors)), Some((95.0, 4 << 30)));
-    let off = SensorOptions { gpu: false, ..opts.clone() };
-    assert!(registry(sig, Path::new("/proc"), &off).iter().all(|s| s.name() != "gpu"), "gpu: false leaves it out");
+    let off = SensorOptions {
+        gpu: false,
+        ..opts.clone()
+    };
+    assert!(
+        registry(sig, Path::new("/proc"), &off).iter().all(|s| s.name() != "gpu"),
+        "gpu: false leaves it out"
+    );
 
     // RIGWATCH_NVML_LIBRARY, through the sensor's own constructor; it wins over the configured path
     let b = tempfile::tempdir().unwrap();
     let lib_b = fake_nvml(b.path(), &format!("procs={me}:61:1024\n"));
     std::env::set_var(NVML_LIBRARY_ENV, &lib_b);
-    let s = GpuSensor::new(Path::new("/proc"), GpuConfig { nvml_library: opts.nvml_library.clone(), ..Default::default() });
+    let s = GpuSensor::new(
+        Path::new("/proc"),
+        GpuConfig {
+            nvml_library: opts.nvml_library.clone(),
+            ..Default::default()
+        },
+    );
     std::env::remove_var(NVML_LIBRARY_ENV);
     assert!(s.nvml_loaded(), "{:?}", s.nvml_problem());
     let mut sensors: Vec<Box<dyn Sensor>> = vec![Box::new(s)];
-    assert_eq!(my_gpu(&two_passes(&mut sensors)), Some((61.0, 1 << 30)), "the environment's library was used");
+    assert_eq!(
+        my_gpu(&two_passes(&mut sensors)),
+        Some((61.0, 1 << 30)),
+        "the environment's library was used"
+    );
 }

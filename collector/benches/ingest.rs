@@ -69,7 +69,11 @@ async fn bench(name: &str, store: Store, agents: usize, seconds: u64, rate: u64)
                 let mut f = finding(&host, "f1", "kworker/0:2", &format!("pool{}.example.com", i % 50), WALLET);
                 f.last_seen = 1000 + seq;
                 f.cpu_cores = Some(1.0 + (seq % 10) as f64 / 10.0);
-                let ev = if seq == 2 { opened(&agent, seq, 1000 + seq, f) } else { updated(&agent, seq, 1000 + seq, f) };
+                let ev = if seq == 2 {
+                    opened(&agent, seq, 1000 + seq, f)
+                } else {
+                    updated(&agent, seq, 1000 + seq, f)
+                };
                 let r = report(&host, &agent, vec![heartbeat(&agent, seq + 1, 1000 + seq), ev]);
                 let body = serde_json::to_vec(&r).unwrap();
                 let t = Instant::now();
@@ -103,11 +107,19 @@ async fn bench(name: &str, store: Store, agents: usize, seconds: u64, rate: u64)
         errors += e;
     }
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "| {name} | {agents} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {errors} |",
-        if rate > 0 { format!("paced, {rate}/s") } else { "as fast as possible".into() },
+        if rate > 0 {
+            format!("paced, {rate}/s")
+        } else {
+            "as fast as possible".into()
+        },
         all.len(),
         all.len() as f64 / elapsed,
         ms(pct(0.50)),
@@ -123,7 +135,11 @@ fn main() {
     let agents = env("BENCH_AGENTS", 500) as usize;
     let seconds = env("BENCH_SECONDS", 10);
     let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let rates: Vec<u64> = std::env::var("BENCH_RATES")
         .unwrap_or_else(|_| "0,2000".into())
         .split(',')
@@ -151,7 +167,11 @@ fn main() {
                     let url = url.clone();
                     move || {
                         let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                        for q in ["ALTER SYSTEM SET fsync = on", "ALTER SYSTEM SET synchronous_commit = off", "SELECT pg_reload_conf()"] {
+                        for q in [
+                            "ALTER SYSTEM SET fsync = on",
+                            "ALTER SYSTEM SET synchronous_commit = off",
+                            "SELECT pg_reload_conf()",
+                        ] {
                             c.batch_execute(q).unwrap();
                         }
                     }

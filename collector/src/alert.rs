@@ -125,7 +125,10 @@ pub async fn run(app: Arc<App>) {
     if app.settings.alertmanager.is_none() && app.settings.webhook.is_none() {
         return;
     }
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
     let mut firing: BTreeMap<(String, String), FindingView> = BTreeMap::new();
     let mut silent: BTreeSet<String> = BTreeSet::new();
     let mut first = true;
@@ -153,7 +156,11 @@ async fn tick(
     let resend = app.settings.alert_resend;
     let active = app
         .store
-        .findings(&FindingFilter { state: Some("active".into()), limit: Some(100_000), ..Default::default() })
+        .findings(&FindingFilter {
+            state: Some("active".into()),
+            limit: Some(100_000),
+            ..Default::default()
+        })
         .await?;
     let ended = app.store.ended_since(t.saturating_sub((resend * 3).max(300))).await?;
     let hosts = app.store.hosts(t, app.settings.silent_after).await?;
@@ -186,13 +193,15 @@ async fn tick(
                     "error"
                 }
             };
-            app.metrics.alerts_sent.with_label_values(&["alertmanager", result]).inc_by(alerts.len() as u64);
+            app.metrics
+                .alerts_sent
+                .with_label_values(&["alertmanager", result])
+                .inc_by(alerts.len() as u64);
         }
     }
     let prev_silent = std::mem::replace(silent, hosts.iter().filter(|h| h.silent).map(|h| h.host.clone()).collect());
 
-    let now_firing: BTreeMap<(String, String), FindingView> =
-        active.into_iter().map(|f| ((f.host.clone(), f.id.clone()), f)).collect();
+    let now_firing: BTreeMap<(String, String), FindingView> = active.into_iter().map(|f| ((f.host.clone(), f.id.clone()), f)).collect();
     if let Some(hook) = &app.settings.webhook {
         let mut messages = Vec::new();
         for (k, f) in &now_firing {

@@ -125,10 +125,21 @@ impl Settings {
             (None, None) => None,
             _ => anyhow::bail!("HTTPS needs both --tls-cert and --tls-key"),
         };
-        s.silent_after = flags.silent_after_seconds.or(file.silent_after_seconds).unwrap_or(s.silent_after).max(1);
-        s.alert_resend = flags.alert_resend_seconds.or(file.alert_resend_seconds).unwrap_or(s.alert_resend).max(1);
-        s.event_retention_days =
-            flags.event_retention_days.or(file.event_retention_days).unwrap_or(s.event_retention_days).max(1);
+        s.silent_after = flags
+            .silent_after_seconds
+            .or(file.silent_after_seconds)
+            .unwrap_or(s.silent_after)
+            .max(1);
+        s.alert_resend = flags
+            .alert_resend_seconds
+            .or(file.alert_resend_seconds)
+            .unwrap_or(s.alert_resend)
+            .max(1);
+        s.event_retention_days = flags
+            .event_retention_days
+            .or(file.event_retention_days)
+            .unwrap_or(s.event_retention_days)
+            .max(1);
         s.max_body_bytes = flags.max_body_bytes.or(file.max_body_bytes).unwrap_or(s.max_body_bytes);
         let scheme = if s.tls.is_some() { "https" } else { "http" };
         s.external_url = pick(flags.external_url, file.external_url)

@@ -52,10 +52,7 @@ impl DbError {
     /// deadlock or serialization failure between concurrent writers).
     fn retryable(&self) -> bool {
         match self {
-            DbError::Postgres(e) => matches!(
-                e.code().map(|c| c.code()),
-                Some("40P01") | Some("40001") | Some("23505")
-            ),
+            DbError::Postgres(e) => matches!(e.code().map(|c| c.code()), Some("40P01") | Some("40001") | Some("23505")),
             _ => false,
         }
     }
@@ -216,7 +213,10 @@ impl Job {
         mut f: impl FnMut(&mut dyn Conn) -> Result<T, DbError> + Send + 'static,
     ) -> (Job, tokio::sync::oneshot::Receiver<JobResult>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job = Job { run: Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>)), reply: tx };
+        let job = Job {
+            run: Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>)),
+            reply: tx,
+        };
         (job, rx)
     }
 }
@@ -314,7 +314,11 @@ impl Sqlite {
             .name("sqlite-writer".into())
             .spawn(move || sqlite_writer(&mut w, rx, max_batch.max(1)))
             .map_err(|e| DbError::Other(format!("cannot start the writer thread: {e}")))?;
-        Ok(Sqlite { writer: Mutex::new(tx), readers: Arc::new(readers), next: AtomicUsize::new(0) })
+        Ok(Sqlite {
+            writer: Mutex::new(tx),
+            readers: Arc::new(readers),
+            next: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -481,12 +485,17 @@ impl Postgres {
         tx.execute("SELECT pg_advisory_xact_lock(4242)", &[])?;
         tx.batch_execute(SCHEMA)?;
         tx.commit()?;
-        let readers =
-            (0..4).map(|_| connect().map(|c| Mutex::new((c, StmtCache::new())))).collect::<Result<Vec<_>, _>>()?;
+        let readers = (0..4)
+            .map(|_| connect().map(|c| Mutex::new((c, StmtCache::new()))))
+            .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..writers.max(1) {
-            let mut client = if i == 0 { std::mem::replace(&mut first, connect()?) } else { connect()? };
+            let mut client = if i == 0 {
+                std::mem::replace(&mut first, connect()?)
+            } else {
+                connect()?
+            };
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("pg-writer-{i}"))
@@ -510,7 +519,11 @@ impl Postgres {
                 })
                 .map_err(|e| DbError::Other(format!("cannot start a writer thread: {e}")))?;
         }
-        Ok(Postgres { writer: Mutex::new(tx), readers: Arc::new(readers), next: AtomicUsize::new(0) })
+        Ok(Postgres {
+            writer: Mutex::new(tx),
+            readers: Arc::new(readers),
+            next: AtomicUsize::new(0),
+        })
     }
 }
 

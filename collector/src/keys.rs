@@ -48,11 +48,11 @@ pub fn finding_keys(f: &Finding) -> Vec<(&'static str, String)> {
                     add("wallet", Some(w.trim().to_string()));
                 }
             }
-            EvidenceKind::CommandLine { matched, pool_url: true, .. } => add("pool", pool_host(matched)),
+            EvidenceKind::CommandLine {
+                matched, pool_url: true, ..
+            } => add("pool", pool_host(matched)),
             EvidenceKind::PoolDomain { domain, .. } => add("pool", pool_host(domain)),
-            EvidenceKind::PoolConnection { remote, domain, .. } => {
-                add("pool", pool_host(domain.as_deref().unwrap_or(remote)))
-            }
+            EvidenceKind::PoolConnection { remote, domain, .. } => add("pool", pool_host(domain.as_deref().unwrap_or(remote))),
             EvidenceKind::Dns { name, .. } => add("pool", pool_host(name)),
             EvidenceKind::TlsSni { server_name, .. } => add("pool", pool_host(server_name)),
             EvidenceKind::Stratum { login, remote, .. } => {
@@ -93,7 +93,11 @@ pub fn labels_of(f: &Finding) -> Labels {
         .find_map(|e| e.rule.clone())
         .or_else(|| f.evidence.first().map(|e| e.kind().to_string()))
         .unwrap_or_default();
-    let pool = finding_keys(f).into_iter().find(|(k, _)| *k == "pool").map(|(_, v)| v).unwrap_or_default();
+    let pool = finding_keys(f)
+        .into_iter()
+        .find(|(k, _)| *k == "pool")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
     Labels { process, rule, pool }
 }
 
@@ -104,7 +108,10 @@ mod tests {
     #[test]
     fn pools_normalise_to_host() {
         assert_eq!(pool_host("stratum+tcp://Pool.Example:3333/x").as_deref(), Some("pool.example"));
-        assert_eq!(pool_host("gulf.moneroocean.stream:10128").as_deref(), Some("gulf.moneroocean.stream"));
+        assert_eq!(
+            pool_host("gulf.moneroocean.stream:10128").as_deref(),
+            Some("gulf.moneroocean.stream")
+        );
         assert_eq!(pool_host("stratum+ssl://user@xmr.pool.tld").as_deref(), Some("xmr.pool.tld"));
         assert_eq!(pool_host("[2001:db8::1]:443").as_deref(), Some("2001:db8::1"));
         assert_eq!(pool_host("stratum+tcp://"), None);
@@ -142,6 +149,9 @@ mod tests {
             ]
         );
         let l = labels_of(&f);
-        assert_eq!((l.process.as_str(), l.rule.as_str(), l.pool.as_str()), ("kworker", "command_line", "xmr.pool.example"));
+        assert_eq!(
+            (l.process.as_str(), l.rule.as_str(), l.pool.as_str()),
+            ("kworker", "command_line", "xmr.pool.example")
+        );
     }
 }

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "rigwatch-collector", version, about = "The rigwatch collector: fleet ingest, alerting, campaigns, web page.")]
+#[command(
+    name = "rigwatch-collector",
+    version,
+    about = "The rigwatch collector: fleet ingest, alerting, campaigns, web page."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -97,7 +101,11 @@ fn settings(common: &Common, flags: FileConfig) -> anyhow::Result<Settings> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let flags = FileConfig { data_dir: common.data_dir.clone(), database: common.database.clone(), ..flags };
+    let flags = FileConfig {
+        data_dir: common.data_dir.clone(),
+        database: common.database.clone(),
+        ..flags
+    };
     Settings::resolve(file, flags)
 }
 
@@ -123,7 +131,17 @@ fn redact(url: &str) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Serve { common, listen, alertmanager, webhook, tls_cert, tls_key, silent_after, alert_resend, external_url } => {
+        Cmd::Serve {
+            common,
+            listen,
+            alertmanager,
+            webhook,
+            tls_cert,
+            tls_key,
+            silent_after,
+            alert_resend,
+            external_url,
+        } => {
             let s = settings(
                 &common,
                 FileConfig {
@@ -154,7 +172,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = open(&s)?;
                 let role = if analyst { Role::Analyst } else { Role::Agent };
                 let secret = store.token_create(&name, role).await?;
-                println!("created {} token {name:?} in {}; it is shown only once:", role.as_str(), redact(&s.database));
+                println!(
+                    "created {} token {name:?} in {}; it is shown only once:",
+                    role.as_str(),
+                    redact(&s.database)
+                );
                 println!("{secret}");
                 Ok(())
             }
@@ -168,7 +190,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         format!("revoked {}", rigwatch_collector::alert::rfc3339(t.revoked_at))
                     };
-                    println!("{:<32} {:<8} {:<22} {status}", t.name, t.role.as_str(), rigwatch_collector::alert::rfc3339(t.created_at));
+                    println!(
+                        "{:<32} {:<8} {:<22} {status}",
+                        t.name,
+                        t.role.as_str(),
+                        rigwatch_collector::alert::rfc3339(t.created_at)
+                    );
                 }
                 Ok(())
             }

@@ -55,21 +55,25 @@ impl Metrics {
         )
         .expect("metric");
         let alerts_sent = IntCounterVec::new(
-            Opts::new("rigwatch_collector_alert_deliveries_total", "Alert deliveries, by receiver and result."),
+            Opts::new(
+                "rigwatch_collector_alert_deliveries_total",
+                "Alert deliveries, by receiver and result.",
+            ),
             &["receiver", "result"],
         )
         .expect("metric");
         let hosts = IntGauge::new("rigwatch_collector_hosts", "Hosts that have reported.").expect("metric");
-        let hosts_silent =
-            IntGauge::new("rigwatch_collector_hosts_silent", "Hosts whose agent stopped reporting.").expect("metric");
+        let hosts_silent = IntGauge::new("rigwatch_collector_hosts_silent", "Hosts whose agent stopped reporting.").expect("metric");
         let findings_active = IntGaugeVec::new(
             Opts::new("rigwatch_collector_findings_active", "Open or acknowledged findings, by severity."),
             &["severity"],
         )
         .expect("metric");
-        let campaigns =
-            IntGauge::new("rigwatch_collector_campaigns", "Groups of findings on two or more hosts sharing a key.")
-                .expect("metric");
+        let campaigns = IntGauge::new(
+            "rigwatch_collector_campaigns",
+            "Groups of findings on two or more hosts sharing a key.",
+        )
+        .expect("metric");
         for c in [
             Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_stored.clone()),

@@ -56,7 +56,11 @@ impl App {
     /// Starts a session for an analyst; returns the cookie value.
     pub fn new_session(&self, name: &str) -> String {
         let id = random_hex();
-        let s = Session { name: name.to_string(), csrf: random_hex(), expires: Instant::now() + Duration::from_secs(12 * 3600) };
+        let s = Session {
+            name: name.to_string(),
+            csrf: random_hex(),
+            expires: Instant::now() + Duration::from_secs(12 * 3600),
+        };
         let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let t = Instant::now();
         m.retain(|_, s| s.expires > t);
@@ -89,10 +93,15 @@ fn random_hex() -> String {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then(|| v.to_string())
-    })
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -150,7 +159,10 @@ async fn post_report(State(app): State<Arc<App>>, headers: HeaderMap, body: Resu
             m.reports.with_label_values(&["rejected_too_large"]).inc();
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("report body larger than {} bytes; send smaller batches", app.settings.max_body_bytes),
+                format!(
+                    "report body larger than {} bytes; send smaller batches",
+                    app.settings.max_body_bytes
+                ),
             );
         }
         Err(e) => {
@@ -178,7 +190,11 @@ async fn post_report(State(app): State<Arc<App>>, headers: HeaderMap, body: Resu
             if out.findings_changed {
                 app.alert_wakeup.notify_one();
             }
-            (StatusCode::OK, Json(json!({ "stored": out.new_events, "duplicates": out.duplicate_events }))).into_response()
+            (
+                StatusCode::OK,
+                Json(json!({ "stored": out.new_events, "duplicates": out.duplicate_events })),
+            )
+                .into_response()
         }
         Err(e) => {
             m.reports.with_label_values(&["error"]).inc();
@@ -194,7 +210,10 @@ pub async fn analyst(app: &App, headers: &HeaderMap) -> Result<String, Response>
         return Ok(s.name);
     }
     let Some(token) = bearer(headers) else {
-        return Err(error(StatusCode::UNAUTHORIZED, "log in or send an analyst token (Authorization: Bearer TOKEN)"));
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "log in or send an analyst token (Authorization: Bearer TOKEN)",
+        ));
     };
     match app.store.token_lookup(token).await {
         Ok(Some((name, Role::Analyst))) => Ok(name),
@@ -266,7 +285,9 @@ async fn api_hosts(
     if let Err(r) = analyst(&app, &headers).await {
         return r;
     }
-    let Ok(Query(q)) = q else { return error(StatusCode::BAD_REQUEST, "bad query: the filter is silent=true|false") };
+    let Ok(Query(q)) = q else {
+        return error(StatusCode::BAD_REQUEST, "bad query: the filter is silent=true|false");
+    };
     match app.store.hosts(now(), app.settings.silent_after).await {
         Ok(mut v) => {
             if let Some(s) = q.silent {
@@ -292,7 +313,9 @@ async fn api_campaigns(
     if let Err(r) = analyst(&app, &headers).await {
         return r;
     }
-    let Ok(Query(q)) = q else { return error(StatusCode::BAD_REQUEST, "bad query: filters are host, min_hosts") };
+    let Ok(Query(q)) = q else {
+        return error(StatusCode::BAD_REQUEST, "bad query: filters are host, min_hosts");
+    };
     match app.store.campaigns().await {
         Ok(mut v) => {
             if let Some(h) = q.host.filter(|h| !h.is_empty()) {
@@ -320,7 +343,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(c) = app.store.campaigns().await {
         app.metrics.campaigns.set(c.len() as i64);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 /// Prunes old event ids once an hour.
@@ -339,8 +366,11 @@ async fn housekeeping(app: Arc<App>) {
 /// Serves until the process ends: HTTP, or HTTPS with rustls when a
 /// certificate and key are set; the alert loop runs beside it.
 pub async fn serve(app: Arc<App>) -> anyhow::Result<()> {
-    let addr: std::net::SocketAddr =
-        app.settings.listen.parse().map_err(|e| anyhow::anyhow!("--listen {}: {e}", app.settings.listen))?;
+    let addr: std::net::SocketAddr = app
+        .settings
+        .listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--listen {}: {e}", app.settings.listen))?;
     tokio::spawn(crate::alert::run(app.clone()));
     tokio::spawn(housekeeping(app.clone()));
     let router = router(app.clone());
@@ -354,8 +384,9 @@ pub async fn serve(app: Arc<App>) -> anyhow::Result<()> {
             axum_server::bind_rustls(addr, tls).serve(router.into_make_service()).await?;
         }
         None => {
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             tracing::info!(%addr, "rigwatch-collector listening (http)");
             axum::serve(listener, router).await?;
         }

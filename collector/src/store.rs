@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 /// Unix seconds now.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// What a token may do.
@@ -252,7 +255,9 @@ impl Store {
             self.backend.read(job);
         }
         let any = rx.await.map_err(|_| DbError::Other("the database dropped the job".into()))??;
-        any.downcast::<T>().map(|b| *b).map_err(|_| DbError::Other("internal: job result type".into()))
+        any.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| DbError::Other("internal: job result type".into()))
     }
 
     // ------------------------------------------------------------ tokens
@@ -270,9 +275,7 @@ impl Store {
         self.run(true, move |c| {
             let existing = c.query("SELECT revoked_at FROM tokens WHERE name = $1", &[name.as_str().into()])?;
             match existing.first() {
-                Some(r) if r[0].int() == 0 => {
-                    return Err(DbError::Other(format!("a token named {name:?} exists; revoke it first")))
-                }
+                Some(r) if r[0].int() == 0 => return Err(DbError::Other(format!("a token named {name:?} exists; revoke it first"))),
                 Some(_) => {
                     c.exec(
                         "UPDATE tokens SET role = $2, hash = $3, created_at = $4, revoked_at = 0 WHERE name = $1",
@@ -396,7 +399,10 @@ impl Store {
                 None => {}
             }
             params.push(Value::Int(filter.limit.unwrap_or(1000).min(100_000) as i64));
-            sql.push_str(&format!(" ORDER BY {SEVERITY_ORDER}, last_seen DESC, host, id LIMIT ${}", params.len()));
+            sql.push_str(&format!(
+                " ORDER BY {SEVERITY_ORDER}, last_seen DESC, host, id LIMIT ${}",
+                params.len()
+            ));
             Ok(c.query(&sql, &params)?.iter().map(finding_view).collect())
         })
         .await
@@ -407,12 +413,22 @@ impl Store {
         let (host, id) = (host.to_string(), id.to_string());
         self.run(false, move |c| {
             let p: [Value; 2] = [host.as_str().into(), id.as_str().into()];
-            let rows = c.query(&format!("SELECT {FINDING_COLS}, finding FROM findings WHERE host = $1 AND id = $2"), &p)?;
+            let rows = c.query(
+                &format!("SELECT {FINDING_COLS}, finding FROM findings WHERE host = $1 AND id = $2"),
+                &p,
+            )?;
             let Some(r) = rows.first() else { return Ok(None) };
             let history = c
-                .query("SELECT at, action, detail FROM history WHERE host = $1 AND finding_id = $2 ORDER BY at, seq", &p)?
+                .query(
+                    "SELECT at, action, detail FROM history WHERE host = $1 AND finding_id = $2 ORDER BY at, seq",
+                    &p,
+                )?
                 .iter()
-                .map(|h| HistoryEntry { at: h[0].int() as u64, action: h[1].text(), detail: h[2].text() })
+                .map(|h| HistoryEntry {
+                    at: h[0].int() as u64,
+                    action: h[1].text(),
+                    detail: h[2].text(),
+                })
                 .collect();
             Ok(Some(FindingDetail {
                 view: finding_view(r),
@@ -427,15 +443,35 @@ impl Store {
     /// there is no such finding.
     pub async fn set_state(&self, host: &str, id: &str, state: &str, reason: &str, actor: &str) -> Result<bool, DbError> {
         if !matches!(state, "acknowledged" | "suppressed" | "open") {
-            return Err(DbError::Other(format!("unknown state {state:?} (acknowledged, suppressed or open)")));
+            return Err(DbError::Other(format!(
+                "unknown state {state:?} (acknowledged, suppressed or open)"
+            )));
         }
-        let (host, id, state, reason, actor, at) =
-            (host.to_string(), id.to_string(), state.to_string(), reason.to_string(), actor.to_string(), now());
-        let seq = format!("analyst:{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        let (host, id, state, reason, actor, at) = (
+            host.to_string(),
+            id.to_string(),
+            state.to_string(),
+            reason.to_string(),
+            actor.to_string(),
+            now(),
+        );
+        let seq = format!(
+            "analyst:{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
         self.run(true, move |c| {
             let n = c.exec(
                 "UPDATE findings SET state = $3, state_reason = $4, state_changed_at = $5 WHERE host = $1 AND id = $2",
-                &[host.as_str().into(), id.as_str().into(), state.as_str().into(), reason.as_str().into(), at.into()],
+                &[
+                    host.as_str().into(),
+                    id.as_str().into(),
+                    state.as_str().into(),
+                    reason.as_str().into(),
+                    at.into(),
+                ],
             )?;
             if n == 0 {
                 return Ok(false);
@@ -460,7 +496,8 @@ impl Store {
     /// idempotency window. A batch re-delivered after that would be applied
     /// again, so keep it longer than an agent's spool can hold (default 30 days).
     pub async fn prune_events(&self, before: u64) -> Result<u64, DbError> {
-        self.run(true, move |c| c.exec("DELETE FROM events WHERE received_at < $1", &[before.into()])).await
+        self.run(true, move |c| c.exec("DELETE FROM events WHERE received_at < $1", &[before.into()]))
+            .await
     }
 
     /// Findings that ended (resolved or suppressed) at or after `since`.
@@ -547,8 +584,11 @@ fn group_campaigns(keys: &[Row], findings: &[Row]) -> Vec<Campaign> {
             }
         }
     }
-    let views: HashMap<(String, String), FindingView> =
-        findings.iter().map(finding_view).map(|v| ((v.host.clone(), v.id.clone()), v)).collect();
+    let views: HashMap<(String, String), FindingView> = findings
+        .iter()
+        .map(finding_view)
+        .map(|v| ((v.host.clone(), v.id.clone()), v))
+        .collect();
     let mut groups: BTreeMap<usize, Campaign> = BTreeMap::new();
     for ((kind, value), members) in &by_key {
         let root = find(&mut parent, members[0]);
@@ -567,7 +607,9 @@ fn group_campaigns(keys: &[Row], findings: &[Row]) -> Vec<Campaign> {
     nodes.sort();
     for (node, &i) in nodes {
         let root = find(&mut parent, i);
-        let (Some(c), Some(v)) = (groups.get_mut(&root), views.get(node)) else { continue };
+        let (Some(c), Some(v)) = (groups.get_mut(&root), views.get(node)) else {
+            continue;
+        };
         if !c.hosts.contains(&v.host) {
             c.hosts.push(v.host.clone());
         }
@@ -614,7 +656,13 @@ fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcom
         let fresh = c.exec(
             "INSERT INTO events (agent_id, event_id, host, at, received_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (agent_id, event_id) DO NOTHING",
-            &[r.agent.agent_id.as_str().into(), ev.event_id.as_str().into(), host.into(), ev.at.into(), received.into()],
+            &[
+                r.agent.agent_id.as_str().into(),
+                ev.event_id.as_str().into(),
+                host.into(),
+                ev.at.into(),
+                received.into(),
+            ],
         )?;
         if fresh == 0 {
             out.duplicate_events += 1;
@@ -638,7 +686,13 @@ fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcom
                 c.exec(
                     "UPDATE findings SET state = 'resolved', state_reason = $3, state_changed_at = $4, updated_at = $5 \
                      WHERE host = $1 AND id = $2",
-                    &[host.into(), finding_id.as_str().into(), reason.as_str().into(), received.into(), ev.at.into()],
+                    &[
+                        host.into(),
+                        finding_id.as_str().into(),
+                        reason.as_str().into(),
+                        received.into(),
+                        ev.at.into(),
+                    ],
                 )?;
                 history(c, host, finding_id, ev.at, &seq, "resolved", reason)?;
                 out.findings_changed = true;
@@ -699,7 +753,10 @@ fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, received: u
             at.into(),
         ],
     )?;
-    c.exec("DELETE FROM finding_keys WHERE host = $1 AND finding_id = $2", &[host.into(), id.into()])?;
+    c.exec(
+        "DELETE FROM finding_keys WHERE host = $1 AND finding_id = $2",
+        &[host.into(), id.into()],
+    )?;
     for (kind, value) in finding_keys(f) {
         c.exec(
             "INSERT INTO finding_keys (host, finding_id, kind, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

@@ -15,7 +15,8 @@ use axum::{Form, Router};
 use maud::{html, Markup, DOCTYPE};
 use std::sync::Arc;
 
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}header{background:#1f2933;color:#fff;padding:8px 16px;display:flex;gap:16px;align-items:center}header a{color:#fff}main{padding:16px}table{border-collapse:collapse;width:100%;margin-bottom:16px}td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f3f4f6}.confirmed{color:#b91c1c;font-weight:bold}.likely{color:#c2410c;font-weight:bold}.suspicious{color:#a16207}.silent{color:#b91c1c;font-weight:bold}code{font-size:12px;word-break:break-all}.card{display:inline-block;border:1px solid #ddd;padding:8px 16px;margin:0 8px 16px 0;border-radius:4px}.card b{font-size:22px;display:block}form.inline{display:inline-block;margin-right:16px}";
 
@@ -68,7 +69,11 @@ fn html_response(status: StatusCode, m: Markup) -> Response {
 }
 
 fn error_page(status: StatusCode, who: Option<&str>, msg: &str) -> Response {
-    let mut r = page(status.canonical_reason().unwrap_or("Error"), who, html! { p { (msg) } p { a href="/" { "Back to the fleet" } } });
+    let mut r = page(
+        status.canonical_reason().unwrap_or("Error"),
+        who,
+        html! { p { (msg) } p { a href="/" { "Back to the fleet" } } },
+    );
     *r.status_mut() = status;
     r
 }
@@ -143,8 +148,14 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     };
     let t = now();
     let hosts = app.store.hosts(t, app.settings.silent_after).await;
-    let active =
-        app.store.findings(&FindingFilter { state: Some("active".into()), limit: Some(500), ..Default::default() }).await;
+    let active = app
+        .store
+        .findings(&FindingFilter {
+            state: Some("active".into()),
+            limit: Some(500),
+            ..Default::default()
+        })
+        .await;
     let campaigns = app.store.campaigns().await;
     let (Ok(hosts), Ok(active), Ok(campaigns)) = (hosts, active, campaigns) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&name), "the database is not answering");
@@ -183,7 +194,13 @@ async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): 
         Err(r) => return r,
     };
     let hosts = app.store.hosts(now(), app.settings.silent_after).await;
-    let findings = app.store.findings(&FindingFilter { host: Some(host.clone()), ..Default::default() }).await;
+    let findings = app
+        .store
+        .findings(&FindingFilter {
+            host: Some(host.clone()),
+            ..Default::default()
+        })
+        .await;
     let (Ok(hosts), Ok(findings)) = (hosts, findings) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&name), "the database is not answering");
     };
@@ -219,7 +236,9 @@ async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): 
 }
 
 async fn finding_page(State(app): State<Arc<App>>, headers: HeaderMap, Path((host, id)): Path<(String, String)>) -> Response {
-    let Some(session) = app.session(&headers) else { return Redirect::to("/login").into_response() };
+    let Some(session) = app.session(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
     let name = session.name.clone();
     let d = match app.store.finding(&host, &id).await {
         Ok(Some(d)) => d,
@@ -301,19 +320,37 @@ async fn set_state(
     Path((host, id)): Path<(String, String)>,
     form: Result<Form<StateForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Some(session) = app.session(&headers) else { return Redirect::to("/login").into_response() };
+    let Some(session) = app.session(&headers) else {
+        return Redirect::to("/login").into_response();
+    };
     let Ok(Form(form)) = form else {
-        return error_page(StatusCode::BAD_REQUEST, Some(&session.name), "the form needs state, reason and csrf");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&session.name),
+            "the form needs state, reason and csrf",
+        );
     };
     if form.csrf != session.csrf {
-        return error_page(StatusCode::FORBIDDEN, Some(&session.name), "stale form: reload the page and try again");
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&session.name),
+            "stale form: reload the page and try again",
+        );
     }
     let reason = form.reason.trim();
     if reason.is_empty() || reason.len() > 500 {
-        return error_page(StatusCode::BAD_REQUEST, Some(&session.name), "a reason (1 to 500 characters) is required");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&session.name),
+            "a reason (1 to 500 characters) is required",
+        );
     }
     if !matches!(form.state.as_str(), "acknowledged" | "suppressed" | "open") {
-        return error_page(StatusCode::BAD_REQUEST, Some(&session.name), "state must be acknowledged, suppressed or open");
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&session.name),
+            "state must be acknowledged, suppressed or open",
+        );
     }
     match app.store.set_state(&host, &id, &form.state, reason, &session.name).await {
         Ok(true) => {
@@ -375,19 +412,18 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(
-    State(app): State<Arc<App>>,
-    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    let Ok(Form(form)) = form else { return login_form(StatusCode::BAD_REQUEST, Some("the form needs a token")) };
+async fn login(State(app): State<Arc<App>>, form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>) -> Response {
+    let Ok(Form(form)) = form else {
+        return login_form(StatusCode::BAD_REQUEST, Some("the form needs a token"));
+    };
     match app.store.token_lookup(form.token.trim()).await {
         Ok(Some((name, Role::Analyst))) => {
             let id = app.new_session(&name);
             let secure = if app.settings.tls.is_some() { "; Secure" } else { "" };
             let mut r = Redirect::to("/").into_response();
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}"))
-            {
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}"
+            )) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
             r

@@ -71,7 +71,10 @@ async fn alerts_fire_resend_and_resolve_in_alertmanager_and_webhook() {
     assert_eq!(s, 200);
 
     let alert = wait_for("the finding alert in Alertmanager", 20, async || {
-        am_alerts(&am.url).await.into_iter().find(|a| a["labels"]["alertname"] == "RigwatchMinerFinding")
+        am_alerts(&am.url)
+            .await
+            .into_iter()
+            .find(|a| a["labels"]["alertname"] == "RigwatchMinerFinding")
     })
     .await;
     let l = &alert["labels"];
@@ -85,18 +88,32 @@ async fn alerts_fire_resend_and_resolve_in_alertmanager_and_webhook() {
     assert!(alert["generatorURL"].as_str().unwrap().ends_with("/findings/node1/f1"));
 
     // Re-sent while active.
-    let before = counter(&c.text("/metrics").await.1, "rigwatch_collector_alert_deliveries_total{receiver=\"alertmanager\",result=\"ok\"}");
+    let before = counter(
+        &c.text("/metrics").await.1,
+        "rigwatch_collector_alert_deliveries_total{receiver=\"alertmanager\",result=\"ok\"}",
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = counter(&c.text("/metrics").await.1, "rigwatch_collector_alert_deliveries_total{receiver=\"alertmanager\",result=\"ok\"}");
+    let after = counter(
+        &c.text("/metrics").await.1,
+        "rigwatch_collector_alert_deliveries_total{receiver=\"alertmanager\",result=\"ok\"}",
+    );
     assert!(after >= before + 2, "re-sent while active: {before} → {after}");
 
     let firing = wait_for("the firing webhook", 10, async || {
-        received.lock().unwrap().iter().find(|m| m["status"] == "firing" && m["finding_id"] == "f1").cloned()
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["status"] == "firing" && m["finding_id"] == "f1")
+            .cloned()
     })
     .await;
     assert_eq!(firing["host"], "node1");
     let text = firing["text"].as_str().unwrap();
-    assert!(text.contains("confirmed") && text.contains("node1") && text.contains("xmrig") && text.contains("pool.example.com"), "{text}");
+    assert!(
+        text.contains("confirmed") && text.contains("node1") && text.contains("xmrig") && text.contains("pool.example.com"),
+        "{text}"
+    );
 
     // Resolve it: Alertmanager sees endsAt pass, the webhook gets "resolved".
     let (s, _) = c.post(&report("node1", "a1", vec![resolved("a1", 2, 1010, "f1")])).await;
@@ -115,7 +132,16 @@ async fn alerts_fire_resend_and_resolve_in_alertmanager_and_webhook() {
     .await;
     assert_eq!(done["finding_id"], "f1");
     assert_eq!(done["state"], "resolved");
-    assert_eq!(received.lock().unwrap().iter().filter(|m| m["status"] == "firing" && m["finding_id"] == "f1").count(), 1, "one message per transition");
+    assert_eq!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["status"] == "firing" && m["finding_id"] == "f1")
+            .count(),
+        1,
+        "one message per transition"
+    );
 
     // A host whose agent goes quiet raises "agent silent".
     let (s, _) = c.post(&report("quiet", "aq", vec![heartbeat("aq", 1, 1000)])).await;
@@ -129,7 +155,12 @@ async fn alerts_fire_resend_and_resolve_in_alertmanager_and_webhook() {
     .await;
     assert_eq!(silent["labels"]["severity"], "warning");
     let m = wait_for("the agent-silent webhook", 10, async || {
-        received.lock().unwrap().iter().find(|m| m["alertname"] == "RigwatchAgentSilent" && m["host"] == "quiet").cloned()
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m["alertname"] == "RigwatchAgentSilent" && m["host"] == "quiet")
+            .cloned()
     })
     .await;
     assert_eq!(m["status"], "firing");

@@ -31,14 +31,21 @@ impl Drop for Driver {
 
 impl Driver {
     async fn start(profile: &Path) -> Option<Driver> {
-        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
         let driver = ["/usr/bin/chromedriver"].into_iter().find(|p| Path::new(p).exists());
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
             eprintln!("SKIPPED: chromium and chromedriver are needed (apt-get install chromium chromium-driver)");
             return None;
         };
         let port = free_port();
-        let child = Command::new(driver).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -62,11 +69,28 @@ impl Driver {
                          format!("--user-data-dir={}", profile.display())]
             }
         }}});
-        let r: Value = http.post(format!("{base}/session")).json(&caps).send().await.unwrap().json().await.unwrap();
-        let session = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {r}")).to_string();
+        let r: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
+            .to_string();
         let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/collector-screenshots");
         std::fs::create_dir_all(&shots).unwrap();
-        Some(Driver { child, base: format!("{base}/session/{session}"), session, http, shots })
+        Some(Driver {
+            child,
+            base: format!("{base}/session/{session}"),
+            session,
+            http,
+            shots,
+        })
     }
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -81,27 +105,49 @@ impl Driver {
         self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
     }
     async fn find(&self, css: &str) -> String {
-        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
-        v.as_object().and_then(|o| o.values().next()).and_then(|x| x.as_str()).unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|x| x.as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
     }
     async fn click(&self, css: &str) {
         let e = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({}))).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({})))
+            .await;
     }
     async fn type_in(&self, css: &str, text: &str) {
         let e = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({ "text": text }))).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({ "text": text })))
+            .await;
     }
     async fn text(&self, css: &str) -> String {
         let e = self.find(css).await;
-        self.cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await.as_str().unwrap_or("").to_string()
+        self.cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     /// Polls (up to 10 s) until `f` holds for the text of `css`; returns it.
     /// A click that submits a form returns before the next page is there.
     async fn wait_text(&self, css: &str, f: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+            let v = self
+                .cmd(
+                    reqwest::Method::POST,
+                    "/element",
+                    Some(json!({"using": "css selector", "value": css})),
+                )
+                .await;
             if let Some(e) = v.as_object().and_then(|o| o.values().next()).and_then(|x| x.as_str()) {
                 let t = self.cmd(reqwest::Method::GET, &format!("/element/{e}/text"), None).await;
                 if let Some(t) = t.as_str().filter(|t| f(t)) {
@@ -124,13 +170,22 @@ impl Driver {
         }
     }
     async fn script(&self, js: &str) -> Value {
-        self.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({"script": js, "args": []}))).await
+        self.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({"script": js, "args": []})))
+            .await
     }
     async fn url(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or("").to_string()
+        self.cmd(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     async fn title(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/title", None).await.as_str().unwrap_or("").to_string()
+        self.cmd(reqwest::Method::GET, "/title", None)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     async fn shot(&self, name: &str) -> PathBuf {
         let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
@@ -160,7 +215,12 @@ async fn analyst_clicks_from_fleet_to_finding_in_chromium() {
     let mut f = finding("web-1", "f1", HOSTILE, "pool.example.com", WALLET);
     f.process.cmdline = format!("{HOSTILE} <img src=x onerror=alert(2)>");
     c.post(&report("web-1", "a1", vec![opened("a1", 1, 1000, f)])).await;
-    c.post(&report("web-2", "a2", vec![opened("a2", 1, 1000, finding("web-2", "f2", "kswapd0", "pool.example.com", WALLET))])).await;
+    c.post(&report(
+        "web-2",
+        "a2",
+        vec![opened("a2", 1, 1000, finding("web-2", "f2", "kswapd0", "pool.example.com", WALLET))],
+    ))
+    .await;
     c.post(&report("db-1", "a3", vec![heartbeat("a3", 1, 1000)])).await;
 
     d.go(&format!("{}/", c.url)).await;
@@ -170,7 +230,10 @@ async fn analyst_clicks_from_fleet_to_finding_in_chromium() {
     d.click("#login").await;
     d.wait_title(|t| t == "Fleet · rigwatch").await;
     let cards = d.text("main").await;
-    assert!(cards.contains("3\nhosts") || cards.contains("3 hosts") || cards.contains("3\nhosts"), "{cards}");
+    assert!(
+        cards.contains("3\nhosts") || cards.contains("3 hosts") || cards.contains("3\nhosts"),
+        "{cards}"
+    );
     assert!(cards.contains("campaigns"));
     d.shot("02-fleet.png").await;
     assert!(!d.dialog_open().await, "no injected script ran");

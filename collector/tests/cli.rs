@@ -27,11 +27,22 @@ impl Drop for Server {
 }
 
 fn serve(args: &[&str], cwd: &Path, health: &str, curl_extra: &[&str]) -> Server {
-    let child = Command::new(BIN).arg("serve").args(args).current_dir(cwd).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .current_dir(cwd)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let s = Server(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let o = Command::new("curl").args(["-sf", "--max-time", "2"]).args(curl_extra).arg(health).output().unwrap();
+        let o = Command::new("curl")
+            .args(["-sf", "--max-time", "2"])
+            .args(curl_extra)
+            .arg(health)
+            .output()
+            .unwrap();
         if o.status.success() && o.stdout == b"ok\n" {
             return s;
         }
@@ -71,7 +82,12 @@ async fn tokens_and_serve_on_embedded_defaults() {
     let client = reqwest::Client::new();
     let r = client.post(&url).bearer_auth(&agent).body(body.clone()).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = client.get(format!("http://{listen}/api/v1/hosts")).bearer_auth(&analyst).send().await.unwrap();
+    let r = client
+        .get(format!("http://{listen}/api/v1/hosts"))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap();
     let hosts: serde_json::Value = r.json().await.unwrap();
     assert_eq!(hosts[0]["host"], "node1");
 
@@ -83,7 +99,11 @@ async fn tokens_and_serve_on_embedded_defaults() {
     let o = run(&["token", "list"], d);
     let list = String::from_utf8_lossy(&o.stdout);
     assert!(list.lines().any(|l| l.starts_with("node1") && l.contains("revoked")), "{list}");
-    assert!(list.lines().any(|l| l.starts_with("alice") && l.contains("analyst") && l.ends_with("valid")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("alice") && l.contains("analyst") && l.ends_with("valid")),
+        "{list}"
+    );
     assert!(!list.contains("rwc_"), "list never shows secrets");
     let o = run(&["token", "revoke", "nobody"], d);
     assert_eq!(o.status.code(), Some(2));
@@ -109,7 +129,17 @@ fn config_file_and_https() {
     }
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
     let o = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
         .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")
         .arg(&key)
@@ -138,6 +168,10 @@ fn config_file_and_https() {
     );
     assert!(d.join("data/collector.sqlite3").exists(), "data_dir from the config file");
     // Plain HTTP to the HTTPS port does not get the API.
-    let o = Command::new("curl").args(["-sf", "--max-time", "2"]).arg(format!("http://127.0.0.1:{port}/healthz")).output().unwrap();
+    let o = Command::new("curl")
+        .args(["-sf", "--max-time", "2"])
+        .arg(format!("http://127.0.0.1:{port}/healthz"))
+        .output()
+        .unwrap();
     assert!(!o.status.success());
 }

@@ -11,7 +11,12 @@ use std::process::{Command, Stdio};
 async fn metrics_pass_promtool_check() {
     let dir = tempfile::tempdir().unwrap();
     let c = Collector::start(sqlite_store(dir.path()), dir.path(), |_| {}).await;
-    c.post(&report("n1", "a1", vec![opened("a1", 1, 1000, finding("n1", "f1", "xmrig", "p.example.com", WALLET))])).await;
+    c.post(&report(
+        "n1",
+        "a1",
+        vec![opened("a1", 1, 1000, finding("n1", "f1", "xmrig", "p.example.com", WALLET))],
+    ))
+    .await;
     c.post_raw(None, b"{}".to_vec()).await;
     let (s, text) = c.text("/metrics").await;
     assert_eq!(s, 200);

@@ -33,8 +33,21 @@ async fn postgres_runs_the_whole_suite() {
     let url = pg.database("replicas");
     let a = Store::new(db::open(&url).unwrap());
     let b = Store::new(db::open(&url).unwrap());
-    let r = common::report("n1", "a1", vec![common::opened("a1", 1, 1000, common::finding("n1", "f1", "xmrig", "p.example.com", common::WALLET))]);
+    let r = common::report(
+        "n1",
+        "a1",
+        vec![common::opened(
+            "a1",
+            1,
+            1000,
+            common::finding("n1", "f1", "xmrig", "p.example.com", common::WALLET),
+        )],
+    );
     let (x, y) = tokio::join!(a.ingest(r.clone(), 2000), b.ingest(r, 2000));
-    assert_eq!(x.unwrap().new_events + y.unwrap().new_events, 1, "one replica stores the event, the other sees a duplicate");
+    assert_eq!(
+        x.unwrap().new_events + y.unwrap().new_events,
+        1,
+        "one replica stores the event, the other sees a duplicate"
+    );
     assert_eq!(b.findings(&Default::default()).await.unwrap().len(), 1);
 }

@@ -52,12 +52,16 @@ fn bench(c: &mut Criterion) {
     ];
     let mut g = c.benchmark_group("cmdline");
     g.throughput(Throughput::Elements(lines.len() as u64));
-    g.bench_function("scan_cmdline", |b| b.iter(|| lines.iter().map(|l| sig.scan_cmdline(l).len()).sum::<usize>()));
+    g.bench_function("scan_cmdline", |b| {
+        b.iter(|| lines.iter().map(|l| sig.scan_cmdline(l).len()).sum::<usize>())
+    });
     g.finish();
     let hosts = ["gulf.moneroocean.stream", "api.github.com", "deb.debian.org", "xmr.2miners.com"];
     let mut g = c.benchmark_group("domains");
     g.throughput(Throughput::Elements(hosts.len() as u64));
-    g.bench_function("pool_domain", |b| b.iter(|| hosts.iter().filter(|h| sig.pool_domain(h).is_some()).count()));
+    g.bench_function("pool_domain", |b| {
+        b.iter(|| hosts.iter().filter(|h| sig.pool_domain(h).is_some()).count())
+    });
     g.finish();
 }
 

@@ -65,7 +65,11 @@ impl Signatures {
         let mut domains = HashMap::new();
         let (mut ips, mut endpoints, mut ports) = (HashMap::new(), HashMap::new(), HashMap::new());
         let (mut methods, mut markers, mut allow) = (HashMap::new(), Vec::new(), Vec::new());
-        let err = |r: &Rule, m: String| RuleError { path: r.file.clone(), line: r.line, message: m };
+        let err = |r: &Rule, m: String| RuleError {
+            path: r.file.clone(),
+            line: r.line,
+            message: m,
+        };
         for (i, r) in rules.iter().enumerate() {
             match &r.spec {
                 Spec::ProcessName { names: n } => n.iter().for_each(|n| names.entry(n.clone()).or_default().push(i)),
@@ -108,7 +112,9 @@ impl Signatures {
                 Spec::PoolPort { ports: p } => p.iter().for_each(|p| {
                     ports.insert(*p, i);
                 }),
-                Spec::Stratum { methods: m, markers: k, .. } => {
+                Spec::Stratum {
+                    methods: m, markers: k, ..
+                } => {
                     m.iter().for_each(|m| {
                         methods.insert(m.clone(), i);
                     });
@@ -142,16 +148,27 @@ impl Signatures {
             names,
             cmd_ac: build(&lower, true),
             cmd_ac_rule,
-            cmd_set: RegexSet::new(&cmd_pats).map_err(|e| RuleError { path: "cmdline".into(), line: 0, message: e.to_string() })?,
+            cmd_set: RegexSet::new(&cmd_pats).map_err(|e| RuleError {
+                path: "cmdline".into(),
+                line: 0,
+                message: e.to_string(),
+            })?,
             cmd_res,
-            wallet_set: RegexSet::new(&wallet_pats).map_err(|e| RuleError { path: "wallet".into(), line: 0, message: e.to_string() })?,
+            wallet_set: RegexSet::new(&wallet_pats).map_err(|e| RuleError {
+                path: "wallet".into(),
+                line: 0,
+                message: e.to_string(),
+            })?,
             wallet_rule,
             hashes,
             content_ac: build(&content_lits, false),
             content_fast: if content_lits.is_empty() {
                 None
             } else {
-                AhoCorasick::builder().match_kind(MatchKind::LeftmostFirst).build(&content_lits).ok()
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostFirst)
+                    .build(&content_lits)
+                    .ok()
             },
             content_pat,
             content_rules,
@@ -189,7 +206,13 @@ impl Signatures {
             if let Some(rs) = self.names.get(&name.to_lowercase()) {
                 for &i in rs {
                     if seen.insert(i) {
-                        out.push(self.ev(i, EvidenceKind::ProcessName { name: name.to_string(), field: field.to_string() }));
+                        out.push(self.ev(
+                            i,
+                            EvidenceKind::ProcessName {
+                                name: name.to_string(),
+                                field: field.to_string(),
+                            },
+                        ));
                     }
                 }
             }
@@ -227,7 +250,14 @@ impl Signatures {
             if hit.insert(*i) {
                 let matched = re.find(text).map(|m| m.as_str().trim().to_string()).unwrap_or_default();
                 let pool_url = self.rules[*i].has_tag("pool_url");
-                out.push(self.ev(*i, EvidenceKind::CommandLine { matched: clip(&matched), base64, pool_url }));
+                out.push(self.ev(
+                    *i,
+                    EvidenceKind::CommandLine {
+                        matched: clip(&matched),
+                        base64,
+                        pool_url,
+                    },
+                ));
             }
         }
         let mut domains = HashSet::new();
@@ -235,7 +265,13 @@ impl Signatures {
             if let Some((domain, i)) = self.pool_domain(m.as_str()) {
                 if domains.insert(domain.clone()) {
                     let source = if base64 { "cmdline (base64)" } else { "cmdline" };
-                    out.push(self.ev(i, EvidenceKind::PoolDomain { domain, source: source.into() }));
+                    out.push(self.ev(
+                        i,
+                        EvidenceKind::PoolDomain {
+                            domain,
+                            source: source.into(),
+                        },
+                    ));
                 }
             }
         }
@@ -259,7 +295,11 @@ impl Signatures {
                 }
                 out.push(self.ev(
                     i,
-                    EvidenceKind::Wallet { coin: coin.clone(), address: tok.to_string(), source: source.to_string() },
+                    EvidenceKind::Wallet {
+                        coin: coin.clone(),
+                        address: tok.to_string(),
+                        source: source.to_string(),
+                    },
                 ));
             }
         }
@@ -289,12 +329,19 @@ impl Signatures {
 
     /// A streaming scanner for binary content rules.
     pub fn content_scanner(&self) -> ContentScanner<'_> {
-        ContentScanner { sig: self, found: vec![false; self.content_pat.len()], tail: Vec::new() }
+        ContentScanner {
+            sig: self,
+            found: vec![false; self.content_pat.len()],
+            tail: Vec::new(),
+        }
     }
 
     /// The pool-address rule for a remote endpoint (exact endpoint, then IP).
     pub fn pool_address(&self, remote: &SocketAddr) -> Option<&Rule> {
-        self.endpoints.get(remote).or_else(|| self.ips.get(&remote.ip())).map(|&i| &self.rules[i])
+        self.endpoints
+            .get(remote)
+            .or_else(|| self.ips.get(&remote.ip()))
+            .map(|&i| &self.rules[i])
     }
 
     /// The pool-port rule for a remote port.
@@ -309,20 +356,35 @@ impl Signatures {
 
     /// The stratum rule whose protocol marker appears in `text`.
     pub fn stratum_marker(&self, text: &str) -> Option<&Rule> {
-        self.markers.iter().find(|(m, _)| text.contains(m.as_str())).map(|(_, i)| &self.rules[*i])
+        self.markers
+            .iter()
+            .find(|(m, _)| text.contains(m.as_str()))
+            .map(|(_, i)| &self.rules[*i])
     }
 
     /// Whether any allow rule names binary hashes (else hashes need not travel).
     pub fn has_hash_allowlist(&self) -> bool {
-        self.allow.iter().any(|&i| matches!(&self.rules[i].spec, Spec::Allow { sha256, .. } if !sha256.is_empty()))
+        self.allow
+            .iter()
+            .any(|&i| matches!(&self.rules[i].spec, Spec::Allow { sha256, .. } if !sha256.is_empty()))
     }
 
     /// The allow rule that covers a process, if any.
     pub fn allowed(&self, sha256: Option<&[u8; 32]>, exe: &str, user: &str, cgroup: &str) -> Option<&Rule> {
         self.allow.iter().map(|&i| &self.rules[i]).find(|r| {
-            let Spec::Allow { sha256: hs, paths, users, cgroups } = &r.spec else { return false };
+            let Spec::Allow {
+                sha256: hs,
+                paths,
+                users,
+                cgroups,
+            } = &r.spec
+            else {
+                return false;
+            };
             sha256.is_some_and(|h| hs.contains(h))
-                || paths.iter().any(|p| if p.ends_with('/') { exe.starts_with(p.as_str()) } else { exe == p })
+                || paths
+                    .iter()
+                    .any(|p| if p.ends_with('/') { exe.starts_with(p.as_str()) } else { exe == p })
                 || users.iter().any(|u| u == user)
                 || cgroups.iter().any(|c| !cgroup.is_empty() && cgroup.contains(c.as_str()))
         })
@@ -344,7 +406,11 @@ impl Signatures {
                                 "rule {}: example {:?} {}",
                                 r.id,
                                 clip(ex),
-                                if want { "should match but does not" } else { "should not match but does" }
+                                if want {
+                                    "should match but does not"
+                                } else {
+                                    "should not match but does"
+                                }
                             ),
                         });
                     }
@@ -418,7 +484,9 @@ impl ContentScanner<'_> {
     /// semantics every occurrence the fast search skips overlaps one it
     /// reported, so the windows catch them all.
     pub fn feed(&mut self, chunk: &[u8]) {
-        let (Some(ac), Some(fast)) = (&self.sig.content_ac, &self.sig.content_fast) else { return };
+        let (Some(ac), Some(fast)) = (&self.sig.content_ac, &self.sig.content_fast) else {
+            return;
+        };
         let keep = self.sig.content_max_len.saturating_sub(1);
         if !self.tail.is_empty() {
             let mut seam = std::mem::take(&mut self.tail);
@@ -458,7 +526,9 @@ impl ContentScanner<'_> {
         let mut out = Vec::new();
         for &i in &self.sig.content_rules {
             let r = &self.sig.rules[i];
-            let Spec::BinaryContent { strings, min_matches } = &r.spec else { continue };
+            let Spec::BinaryContent { strings, min_matches } = &r.spec else {
+                continue;
+            };
             let hits: Vec<String> = self
                 .sig
                 .content_pat
@@ -478,9 +548,7 @@ impl ContentScanner<'_> {
 fn plausible_wallet(coin: &str, tok: &str) -> bool {
     match coin {
         // Legacy Bitcoin addresses carry a checksum: random base58 tokens fail it.
-        "bitcoin" if tok.starts_with('1') || tok.starts_with('3') => {
-            bs58::decode(tok).with_check(None).into_vec().is_ok()
-        }
+        "bitcoin" if tok.starts_with('1') || tok.starts_with('3') => bs58::decode(tok).with_check(None).into_vec().is_ok(),
         _ => true,
     }
 }
@@ -517,9 +585,14 @@ fn clip(s: &str) -> String {
 pub fn to_yara(rules: &[Rule]) -> String {
     let mut out = String::from("// generated by `rigwatch signatures export-yara`\n");
     for r in rules {
-        let Spec::BinaryContent { strings, min_matches } = &r.spec else { continue };
+        let Spec::BinaryContent { strings, min_matches } = &r.spec else {
+            continue;
+        };
         let name: String = r.id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        out.push_str(&format!("rule {name}\n{{\n  meta:\n    description = {:?}\n  strings:\n", r.description));
+        out.push_str(&format!(
+            "rule {name}\n{{\n  meta:\n    description = {:?}\n  strings:\n",
+            r.description
+        ));
         for (i, s) in strings.iter().enumerate() {
             let hex: Vec<String> = s.bytes().map(|b| format!("{b:02X}")).collect();
             out.push_str(&format!("    $s{i} = {{ {} }}\n", hex.join(" ")));

@@ -27,9 +27,8 @@ pub fn normalise_domain(d: &str) -> Option<String> {
     let ok = !d.is_empty()
         && d.len() <= 253
         && d.contains('.')
-        && d.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        && d.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         && d.parse::<IpAddr>().is_err();
     ok.then_some(d)
 }
@@ -98,7 +97,13 @@ mod tests {
                  ||c.example.net^\nplain.example.io # note\n\n0.0.0.0 localhost\n";
         assert_eq!(
             domains(t).unwrap(),
-            vec!["pool.example.com", "a.example.org", "b.example.org", "c.example.net", "plain.example.io"]
+            vec![
+                "pool.example.com",
+                "a.example.org",
+                "b.example.org",
+                "c.example.net",
+                "plain.example.io"
+            ]
         );
     }
     #[test]

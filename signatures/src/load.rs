@@ -15,7 +15,12 @@ pub fn bundled() -> &'static [(&'static str, String)] {
     FILES.get_or_init(|| {
         BUNDLED_MASKED
             .iter()
-            .map(|(n, b)| (*n, String::from_utf8_lossy(&b.iter().map(|x| x ^ 0xA5).collect::<Vec<u8>>()).into_owned()))
+            .map(|(n, b)| {
+                (
+                    *n,
+                    String::from_utf8_lossy(&b.iter().map(|x| x ^ 0xA5).collect::<Vec<u8>>()).into_owned(),
+                )
+            })
             .collect()
     })
 }
@@ -60,8 +65,13 @@ fn parse_bundled(name: &str, text: &str) -> Result<crate::rules::RuleFile, Vec<R
 /// Parses one rule file on disk (lists relative to it).
 pub fn parse_path(path: &Path) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![RuleError { path: shown.clone(), line: 0, message: format!("cannot read: {e}") }])?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![RuleError {
+            path: shown.clone(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let read = move |l: &str| std::fs::read_to_string(dir.join(l)).map_err(|e| e.to_string());
     parse_file(&shown, &text, &read)
@@ -85,22 +95,24 @@ pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
     let mut sources = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut rules: Vec<Rule> = Vec::new();
-    let mut add = |file: String, parsed: Result<crate::rules::RuleFile, Vec<RuleError>>, errors: &mut Vec<RuleError>| {
-        match parsed {
-            Ok(f) => {
-                sources.push(SourceInfo { file, meta: f.meta, rules: f.rules.len() });
-                for r in f.rules {
-                    match by_id.get(&r.id) {
-                        Some(&i) => rules[i] = r,
-                        None => {
-                            by_id.insert(r.id.clone(), rules.len());
-                            rules.push(r);
-                        }
+    let mut add = |file: String, parsed: Result<crate::rules::RuleFile, Vec<RuleError>>, errors: &mut Vec<RuleError>| match parsed {
+        Ok(f) => {
+            sources.push(SourceInfo {
+                file,
+                meta: f.meta,
+                rules: f.rules.len(),
+            });
+            for r in f.rules {
+                match by_id.get(&r.id) {
+                    Some(&i) => rules[i] = r,
+                    None => {
+                        by_id.insert(r.id.clone(), rules.len());
+                        rules.push(r);
                     }
                 }
             }
-            Err(e) => errors.extend(e),
         }
+        Err(e) => errors.extend(e),
     };
     for (name, text) in bundled().iter().filter(|(n, _)| n.ends_with(".toml")) {
         add(format!("bundled:{name}"), parse_bundled(name, text), &mut errors);
@@ -113,7 +125,11 @@ pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
                 }
             }
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(RuleError { path: dir.display().to_string(), line: 0, message: format!("cannot read directory: {e}") }),
+            Err(e) => errors.push(RuleError {
+                path: dir.display().to_string(),
+                line: 0,
+                message: format!("cannot read directory: {e}"),
+            }),
         }
     }
     let signatures = match Signatures::compile(rules) {
@@ -123,7 +139,11 @@ pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
             Signatures::compile(Vec::new()).expect("the empty set compiles")
         }
     };
-    Loaded { signatures, sources, errors }
+    Loaded {
+        signatures,
+        sources,
+        errors,
+    }
 }
 
 /// Checks rule files (parse, validate, compile, examples) without loading

@@ -106,11 +106,19 @@ pub struct Evidence {
 impl Evidence {
     /// Evidence produced by a rule.
     pub fn from_rule(detail: EvidenceKind, rule: &str, weight: Weight) -> Self {
-        Evidence { detail, rule: Some(rule.to_string()), weight }
+        Evidence {
+            detail,
+            rule: Some(rule.to_string()),
+            weight,
+        }
     }
     /// Evidence produced by a built-in heuristic.
     pub fn heuristic(detail: EvidenceKind, weight: Weight) -> Self {
-        Evidence { detail, rule: None, weight }
+        Evidence {
+            detail,
+            rule: None,
+            weight,
+        }
     }
     /// The evidence kind's name, as in JSON.
     pub fn kind(&self) -> &'static str {
@@ -136,11 +144,20 @@ pub enum EvidenceKind {
     /// The executable's SHA-256 is a known miner.
     BinaryHash { sha256: String, path: String },
     /// Strings of a miner inside the executable (or its memory).
-    BinaryContent { strings: Vec<String>, path: String, source: String },
+    BinaryContent {
+        strings: Vec<String>,
+        path: String,
+        source: String,
+    },
     /// The executable runs from an odd place.
     ExecutableOrigin { origin: Origin, path: String },
     /// The process pretends to be something else.
-    Masquerade { reason: String, comm: String, exe: String, argv0: String },
+    Masquerade {
+        reason: String,
+        comm: String,
+        exe: String,
+        argv0: String,
+    },
     /// Sustained CPU use over a window.
     Cpu { cores: f64, window_seconds: f64 },
     /// Sustained GPU use over a window.
@@ -182,7 +199,12 @@ pub enum EvidenceKind {
     /// A persistence entry (cron, systemd, rc, authorized_keys).
     Persistence { path: String, entry: String },
     /// A miner configuration file with pools or wallets.
-    MinerConfig { path: String, pools: Vec<String>, wallets: Vec<String>, keys: Vec<String> },
+    MinerConfig {
+        path: String,
+        pools: Vec<String>,
+        wallets: Vec<String>,
+        keys: Vec<String>,
+    },
     /// A known pool domain in the command line or a config.
     PoolDomain { domain: String, source: String },
     /// CPU held down on purpose: SIGSTOP/SIGCONT cycling, nice, SCHED_IDLE/BATCH.
@@ -234,7 +256,13 @@ impl EvidenceKind {
             ExecutableOrigin { origin, path } => format!("runs from a {} location: {path}", origin.as_str()),
             Masquerade { reason, .. } => format!("masquerade: {reason}"),
             Cpu { cores, window_seconds } => format!("{cores:.2} cores over {window_seconds:.0}s"),
-            Gpu { gpu, utilization_percent, memory_bytes, window_seconds, scheduler } => format!(
+            Gpu {
+                gpu,
+                utilization_percent,
+                memory_bytes,
+                window_seconds,
+                scheduler,
+            } => format!(
                 "GPU {gpu}: {utilization_percent:.0}% util, {} MiB over {window_seconds:.0}s, {}",
                 memory_bytes / (1024 * 1024),
                 match scheduler {
@@ -245,7 +273,9 @@ impl EvidenceKind {
             PoolConnection { remote, reason, .. } => format!("connection to {remote} ({reason})"),
             Dns { name, .. } => format!("DNS for pool {name}"),
             TlsSni { server_name, .. } => format!("TLS SNI {server_name}"),
-            Stratum { dialect, method, remote, .. } => format!("stratum {dialect} {method} with {remote}"),
+            Stratum {
+                dialect, method, remote, ..
+            } => format!("stratum {dialect} {method} with {remote}"),
             HiddenProcess { how } => format!("hidden process: {how}"),
             Preload { library, source } => format!("preload {library} ({source})"),
             Persistence { path, entry } => format!("persistence {path}: {entry}"),
@@ -289,8 +319,7 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
     let active = evidence
         .iter()
         .any(|e| matches!(e.detail, EvidenceKind::Cpu { .. } | EvidenceKind::Gpu { .. }));
-    let strong: BTreeSet<&str> =
-        evidence.iter().filter(|e| e.weight == Weight::Likely).map(|e| e.kind()).collect();
+    let strong: BTreeSet<&str> = evidence.iter().filter(|e| e.weight == Weight::Likely).map(|e| e.kind()).collect();
     if !strong.is_empty() && (active || strong.len() >= 2) {
         return Some(Severity::Likely);
     }
@@ -405,10 +434,23 @@ impl GpuUse {
     pub fn from_evidence(evidence: &[Evidence]) -> Option<GpuUse> {
         let mut out: Option<GpuUse> = None;
         for e in evidence {
-            let EvidenceKind::Gpu { gpu, utilization_percent, memory_bytes, .. } = &e.detail else { continue };
+            let EvidenceKind::Gpu {
+                gpu,
+                utilization_percent,
+                memory_bytes,
+                ..
+            } = &e.detail
+            else {
+                continue;
+            };
             match &mut out {
                 None => {
-                    out = Some(GpuUse { gpu: gpu.clone(), utilization_percent: *utilization_percent, memory_bytes: *memory_bytes, gpus: 1 })
+                    out = Some(GpuUse {
+                        gpu: gpu.clone(),
+                        utilization_percent: *utilization_percent,
+                        memory_bytes: *memory_bytes,
+                        gpus: 1,
+                    })
                 }
                 Some(u) => {
                     if *utilization_percent > u.utilization_percent {
@@ -482,13 +524,31 @@ mod tests {
         Evidence::heuristic(detail, w)
     }
     fn cpu() -> Evidence {
-        ev(EvidenceKind::Cpu { cores: 1.0, window_seconds: 5.0 }, Weight::Info)
+        ev(
+            EvidenceKind::Cpu {
+                cores: 1.0,
+                window_seconds: 5.0,
+            },
+            Weight::Info,
+        )
     }
     fn name() -> Evidence {
-        ev(EvidenceKind::ProcessName { name: "xmrig".into(), field: "comm".into() }, Weight::Likely)
+        ev(
+            EvidenceKind::ProcessName {
+                name: "xmrig".into(),
+                field: "comm".into(),
+            },
+            Weight::Likely,
+        )
     }
     fn origin() -> Evidence {
-        ev(EvidenceKind::ExecutableOrigin { origin: Origin::Deleted, path: "/tmp/x".into() }, Weight::Suspicious)
+        ev(
+            EvidenceKind::ExecutableOrigin {
+                origin: Origin::Deleted,
+                path: "/tmp/x".into(),
+            },
+            Weight::Suspicious,
+        )
     }
 
     #[test]
@@ -505,7 +565,11 @@ mod tests {
         assert_eq!(score(&[name()]), Some(Severity::Suspicious));
         assert_eq!(score(&[name(), cpu()]), Some(Severity::Likely));
         let flag = ev(
-            EvidenceKind::CommandLine { matched: "--donate-level".into(), base64: false, pool_url: false },
+            EvidenceKind::CommandLine {
+                matched: "--donate-level".into(),
+                base64: false,
+                pool_url: false,
+            },
             Weight::Likely,
         );
         assert_eq!(score(&[name(), flag]), Some(Severity::Likely));
@@ -513,11 +577,19 @@ mod tests {
     #[test]
     fn pool_and_wallet_confirm() {
         let url = ev(
-            EvidenceKind::CommandLine { matched: "stratum+tcp://".into(), base64: false, pool_url: true },
+            EvidenceKind::CommandLine {
+                matched: "stratum+tcp://".into(),
+                base64: false,
+                pool_url: true,
+            },
             Weight::Likely,
         );
         let w = ev(
-            EvidenceKind::Wallet { coin: "monero".into(), address: "4...".into(), source: "cmdline".into() },
+            EvidenceKind::Wallet {
+                coin: "monero".into(),
+                address: "4...".into(),
+                source: "cmdline".into(),
+            },
             Weight::Likely,
         );
         assert_eq!(score(&[url.clone()]), Some(Severity::Suspicious));

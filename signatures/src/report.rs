@@ -103,7 +103,11 @@ impl Report {
         let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
         match v.get("version").and_then(|x| x.as_u64()) {
             Some(n) if n == REPORT_VERSION as u64 => {}
-            Some(n) => return Err(format!("unknown report version {n} (this collector reads version {REPORT_VERSION})")),
+            Some(n) => {
+                return Err(format!(
+                    "unknown report version {n} (this collector reads version {REPORT_VERSION})"
+                ))
+            }
             None => return Err("missing report version".into()),
         }
         let r: Report = serde_json::from_value(v).map_err(|e| format!("invalid report: {e}"))?;
@@ -130,12 +134,27 @@ mod tests {
                 host: "node1".into(),
                 version: "0.1.0".into(),
                 signatures_version: "abc".into(),
-                sensors: vec![SensorStatus { name: "capture".into(), up: false, message: Some("no CAP_NET_RAW".into()) }],
+                sensors: vec![SensorStatus {
+                    name: "capture".into(),
+                    up: false,
+                    message: Some("no CAP_NET_RAW".into()),
+                }],
             },
             sent_at: 10,
             events: vec![
-                Event { event_id: "a1:7".into(), at: 9, kind: EventKind::Heartbeat {} },
-                Event { event_id: "a1:8".into(), at: 9, kind: EventKind::FindingResolved { finding_id: "f".into(), reason: "process exited".into() } },
+                Event {
+                    event_id: "a1:7".into(),
+                    at: 9,
+                    kind: EventKind::Heartbeat {},
+                },
+                Event {
+                    event_id: "a1:8".into(),
+                    at: 9,
+                    kind: EventKind::FindingResolved {
+                        finding_id: "f".into(),
+                        reason: "process exited".into(),
+                    },
+                },
             ],
         }
     }
@@ -153,8 +172,12 @@ mod tests {
     #[test]
     fn bad_reports_say_why() {
         assert!(Report::from_json(b"{not json").unwrap_err().contains("malformed JSON"));
-        assert!(Report::from_json(br#"{"version": 99}"#).unwrap_err().contains("unknown report version 99"));
-        assert!(Report::from_json(br#"{"events": []}"#).unwrap_err().contains("missing report version"));
+        assert!(Report::from_json(br#"{"version": 99}"#)
+            .unwrap_err()
+            .contains("unknown report version 99"));
+        assert!(Report::from_json(br#"{"events": []}"#)
+            .unwrap_err()
+            .contains("missing report version"));
         let mut j = serde_json::to_value(sample()).unwrap();
         j["surprise"] = serde_json::json!(1);
         assert!(Report::from_json(j.to_string().as_bytes()).unwrap_err().contains("invalid report"));

@@ -132,16 +132,45 @@ fn yes() -> bool {
 #[derive(Clone, Debug, PartialEq)]
 #[allow(missing_docs)]
 pub enum Spec {
-    ProcessName { names: Vec<String> },
-    Cmdline { literals: Vec<String>, regexes: Vec<String> },
-    Wallet { coin: String, regex: String },
-    BinaryHash { sha256: Vec<[u8; 32]> },
-    BinaryContent { strings: Vec<String>, min_matches: usize },
-    PoolDomain { domains: Vec<String> },
-    PoolAddress { ips: Vec<IpAddr>, endpoints: Vec<SocketAddr> },
-    PoolPort { ports: Vec<u16> },
-    Stratum { dialect: String, methods: Vec<String>, markers: Vec<String> },
-    Allow { sha256: Vec<[u8; 32]>, paths: Vec<String>, users: Vec<String>, cgroups: Vec<String> },
+    ProcessName {
+        names: Vec<String>,
+    },
+    Cmdline {
+        literals: Vec<String>,
+        regexes: Vec<String>,
+    },
+    Wallet {
+        coin: String,
+        regex: String,
+    },
+    BinaryHash {
+        sha256: Vec<[u8; 32]>,
+    },
+    BinaryContent {
+        strings: Vec<String>,
+        min_matches: usize,
+    },
+    PoolDomain {
+        domains: Vec<String>,
+    },
+    PoolAddress {
+        ips: Vec<IpAddr>,
+        endpoints: Vec<SocketAddr>,
+    },
+    PoolPort {
+        ports: Vec<u16>,
+    },
+    Stratum {
+        dialect: String,
+        methods: Vec<String>,
+        markers: Vec<String>,
+    },
+    Allow {
+        sha256: Vec<[u8; 32]>,
+        paths: Vec<String>,
+        users: Vec<String>,
+        cgroups: Vec<String>,
+    },
 }
 
 /// A validated rule.
@@ -186,9 +215,12 @@ impl Rule {
             Spec::PoolAddress { ips, endpoints } => ips.len() + endpoints.len(),
             Spec::PoolPort { ports } => ports.len(),
             Spec::Stratum { methods, markers, .. } => methods.len() + markers.len(),
-            Spec::Allow { sha256, paths, users, cgroups } => {
-                sha256.len() + paths.len() + users.len() + cgroups.len()
-            }
+            Spec::Allow {
+                sha256,
+                paths,
+                users,
+                cgroups,
+            } => sha256.len() + paths.len() + users.len() + cgroups.len(),
         }
     }
 }
@@ -209,21 +241,27 @@ pub fn line_of(text: &str, offset: usize) -> usize {
 
 /// Parses one rule file. `read_list` reads a list file named relative to this
 /// one. Every error found is returned, not just the first.
-pub fn parse_file(
-    path: &str,
-    text: &str,
-    read_list: &dyn Fn(&str) -> Result<String, String>,
-) -> Result<RuleFile, Vec<RuleError>> {
+pub fn parse_file(path: &str, text: &str, read_list: &dyn Fn(&str) -> Result<String, String>) -> Result<RuleFile, Vec<RuleError>> {
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
-        vec![RuleError { path: path.into(), line, message: e.message().trim().to_string() }]
+        vec![RuleError {
+            path: path.into(),
+            line,
+            message: e.message().trim().to_string(),
+        }]
     })?;
     let mut errors = Vec::new();
     let mut rules = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for r in raw.rule {
         let line = line_of(text, r.id.span().start);
-        let mut err = |m: String| errors.push(RuleError { path: path.into(), line, message: m });
+        let mut err = |m: String| {
+            errors.push(RuleError {
+                path: path.into(),
+                line,
+                message: m,
+            })
+        };
         if let Some(first) = seen.insert(r.id.get_ref().clone(), line) {
             err(format!("duplicate rule id {:?} (first on line {first})", r.id.get_ref()));
             continue;
@@ -234,21 +272,23 @@ pub fn parse_file(
         }
     }
     if errors.is_empty() {
-        Ok(RuleFile { meta: raw.meta.unwrap_or_default(), rules })
+        Ok(RuleFile {
+            meta: raw.meta.unwrap_or_default(),
+            rules,
+        })
     } else {
         Err(errors)
     }
 }
 
-fn validate(
-    r: RawRule,
-    path: &str,
-    line: usize,
-    read_list: &dyn Fn(&str) -> Result<String, String>,
-) -> Result<Rule, Vec<String>> {
+fn validate(r: RawRule, path: &str, line: usize, read_list: &dyn Fn(&str) -> Result<String, String>) -> Result<Rule, Vec<String>> {
     let mut errs = Vec::new();
     let id = r.id.into_inner();
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)) {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    {
         errs.push(format!("rule id {id:?} must be non-empty and use only a-z 0-9 . _ -"));
     }
     // Fields that belong to each kind; anything else set is an error.
@@ -286,7 +326,11 @@ fn validate(
     ];
     for (field, set) in present {
         if set && !allowed.contains(&field) {
-            errs.push(format!("field `{field}` does not belong to a {} rule (it takes: {})", r.kind.as_str(), allowed.join(", ")));
+            errs.push(format!(
+                "field `{field}` does not belong to a {} rule (it takes: {})",
+                r.kind.as_str(),
+                allowed.join(", ")
+            ));
         }
     }
     for t in &r.tags {
@@ -330,14 +374,22 @@ fn validate(
             if regex.is_empty() {
                 errs.push("a wallet rule needs `regex`".into());
             }
-            Spec::Wallet { coin: r.coin.unwrap_or_else(|| "unknown".into()), regex }
+            Spec::Wallet {
+                coin: r.coin.unwrap_or_else(|| "unknown".into()),
+                regex,
+            }
         }
-        RuleKind::BinaryHash => Spec::BinaryHash { sha256: parse_hashes(r.sha256.unwrap_or_default(), &mut errs) },
+        RuleKind::BinaryHash => Spec::BinaryHash {
+            sha256: parse_hashes(r.sha256.unwrap_or_default(), &mut errs),
+        },
         RuleKind::BinaryContent => {
             let strings = r.strings.unwrap_or_default();
             let min = r.min_matches.unwrap_or(strings.len());
             if min == 0 || min > strings.len() {
-                errs.push(format!("min_matches {min} must be between 1 and the number of strings ({})", strings.len()));
+                errs.push(format!(
+                    "min_matches {min} must be between 1 and the number of strings ({})",
+                    strings.len()
+                ));
             }
             if strings.iter().any(|s| s.len() < 4) {
                 errs.push("content strings must be at least 4 bytes".into());
@@ -383,7 +435,9 @@ fn validate(
             }
             Spec::PoolAddress { ips, endpoints }
         }
-        RuleKind::PoolPort => Spec::PoolPort { ports: r.ports.unwrap_or_default() },
+        RuleKind::PoolPort => Spec::PoolPort {
+            ports: r.ports.unwrap_or_default(),
+        },
         RuleKind::Stratum => Spec::Stratum {
             dialect: r.dialect.unwrap_or_else(|| "unknown".into()),
             methods: r.methods.unwrap_or_default().into_iter().map(|m| m.to_lowercase()).collect(),

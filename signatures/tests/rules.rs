@@ -20,16 +20,32 @@ fn every_shipped_rule_loads_and_passes_its_examples() {
     let l = load(&[], true);
     assert!(l.errors.is_empty(), "bundled set has errors: {:#?}", l.errors);
     let errs = l.signatures.check_examples();
-    assert!(errs.is_empty(), "examples fail:\n{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"));
+    assert!(
+        errs.is_empty(),
+        "examples fail:\n{}",
+        errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+    );
     let rules = l.signatures.rules();
     for r in rules {
-        assert!(!r.examples.hit.is_empty() || r.kind == RuleKind::Allow, "{} has no hit example", r.id);
+        assert!(
+            !r.examples.hit.is_empty() || r.kind == RuleKind::Allow,
+            "{} has no hit example",
+            r.id
+        );
     }
     for s in &l.sources {
-        assert!(!s.meta.source.trim().is_empty(), "{} does not say where its indicators came from", s.file);
+        assert!(
+            !s.meta.source.trim().is_empty(),
+            "{} does not say where its indicators came from",
+            s.file
+        );
     }
     let count = |k: RuleKind| rules.iter().filter(|r| r.kind == k).map(|r| r.entries()).sum::<usize>();
-    assert!(count(RuleKind::PoolDomain) >= 300, "several hundred pool domains, got {}", count(RuleKind::PoolDomain));
+    assert!(
+        count(RuleKind::PoolDomain) >= 300,
+        "several hundred pool domains, got {}",
+        count(RuleKind::PoolDomain)
+    );
     assert!(count(RuleKind::ProcessName) >= 30, "miner and campaign names");
     assert!(count(RuleKind::Cmdline) >= 10);
     assert!(count(RuleKind::Wallet) >= 4);
@@ -58,7 +74,8 @@ fn errors_name_file_and_line() {
     assert!(e[0].message.contains("process_nam"), "{e:?}");
     assert_eq!(e[0].line, 3);
 
-    let misplaced = "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"a\"]\nports=[1]\nexamples={hit=[\"a\"]}\n";
+    let misplaced =
+        "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"a\"]\nports=[1]\nexamples={hit=[\"a\"]}\n";
     let e = parse_file("m.toml", misplaced, &no_lists).unwrap_err();
     assert!(e[0].message.contains("`ports` does not belong"), "{e:?}");
 
@@ -67,7 +84,9 @@ fn errors_name_file_and_line() {
     assert!(e[0].message.contains("duplicate") && e[0].line == 8, "{e:?}");
 
     let no_examples = "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"a\"]\n";
-    assert!(parse_file("n.toml", no_examples, &no_lists).unwrap_err()[0].message.contains("examples.hit"));
+    assert!(parse_file("n.toml", no_examples, &no_lists).unwrap_err()[0]
+        .message
+        .contains("examples.hit"));
 }
 
 #[test]
@@ -86,7 +105,13 @@ fn failing_examples_are_reported() {
 fn directories_override_and_broken_files_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let base = load(&[], true);
-    let some = base.signatures.rules().iter().find(|r| r.kind == RuleKind::ProcessName).unwrap().clone();
+    let some = base
+        .signatures
+        .rules()
+        .iter()
+        .find(|r| r.kind == RuleKind::ProcessName)
+        .unwrap()
+        .clone();
     // override: same id, a different name
     std::fs::write(
         dir.path().join("10-override.toml"),
@@ -102,17 +127,29 @@ fn directories_override_and_broken_files_are_skipped() {
     let r = l.signatures.rules().iter().find(|r| r.id == some.id).unwrap();
     assert_eq!(r.severity, Weight::Suspicious);
     assert!(matches!(&r.spec, Spec::ProcessName { names } if names == &vec!["zzminer".to_string()]));
-    assert_eq!(l.signatures.rules().len(), base.signatures.rules().len() + 1, "override replaces, list rule adds");
-    assert!(l.signatures.pool_domain("x.a.pool.internal.example").is_some(), "any subdomain matches");
+    assert_eq!(
+        l.signatures.rules().len(),
+        base.signatures.rules().len() + 1,
+        "override replaces, list rule adds"
+    );
+    assert!(
+        l.signatures.pool_domain("x.a.pool.internal.example").is_some(),
+        "any subdomain matches"
+    );
     assert!(l.signatures.pool_domain("pool.internal.example").is_some());
     assert!(l.signatures.pool_domain("internal.example").is_none(), "a parent does not");
-    assert!(l.signatures.pool_domain("apool.internal.example").is_none(), "suffix match is at label boundaries");
+    assert!(
+        l.signatures.pool_domain("apool.internal.example").is_none(),
+        "suffix match is at label boundaries"
+    );
     // the bundled rules are still in force
     assert!(l.signatures.pool_domain("pool.supportxmr.com").is_some());
     // a missing directory is an error unless allowed
     assert_eq!(load(&[PathBuf::from("/nonexistent/rigwatch")], false).errors.len(), 1);
     assert!(load(&[PathBuf::from("/nonexistent/rigwatch")], true).errors.is_empty());
-    assert!(parse_path(&dir.path().join("nope.toml")).unwrap_err()[0].message.contains("cannot read"));
+    assert!(parse_path(&dir.path().join("nope.toml")).unwrap_err()[0]
+        .message
+        .contains("cannot read"));
 }
 
 #[test]
@@ -139,7 +176,9 @@ fn wallets_are_found_inside_logins_and_checked() {
     let s = load(&[], true).signatures;
     let xmr = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
     let ev = s.wallets_in(&format!("-u {xmr}.rig01+50000"), "cmdline");
-    assert!(ev.iter().any(|e| matches!(&e.detail, EvidenceKind::Wallet { coin, address, .. } if coin == "monero" && address == xmr)));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(&e.detail, EvidenceKind::Wallet { coin, address, .. } if coin == "monero" && address == xmr)));
     // the Bitcoin genesis address passes its checksum; one changed character does not
     assert!(!s.wallets_in("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", "t").is_empty());
     assert!(s.wallets_in("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNb", "t").is_empty());
@@ -155,12 +194,21 @@ fn base64_command_lines_are_decoded() {
         let enc = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{inner}"));
         let ev = s.scan_cmdline(&format!("bash -c echo {enc}|base64 -d|bash"));
         assert!(
-            ev.iter().any(|e| matches!(&e.detail, EvidenceKind::CommandLine { base64: true, pool_url: true, .. })),
+            ev.iter().any(|e| matches!(
+                &e.detail,
+                EvidenceKind::CommandLine {
+                    base64: true,
+                    pool_url: true,
+                    ..
+                }
+            )),
             "prefix {prefix:?}: {ev:?}"
         );
     }
     // ordinary base64-looking tokens decode to nothing useful and raise nothing
-    assert!(s.scan_cmdline("tar czf backup-QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo.tgz /srv").is_empty());
+    assert!(s
+        .scan_cmdline("tar czf backup-QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo.tgz /srv")
+        .is_empty());
 }
 
 #[test]

@@ -46,7 +46,10 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
         }
     }
     if take_flag(&mut args, "--unpack") {
-        let decoded: Vec<String> = PACKED_STRINGS.iter().map(|s| s.iter().map(|b| (b ^ 0x5A) as char).collect()).collect();
+        let decoded: Vec<String> = PACKED_STRINGS
+            .iter()
+            .map(|s| s.iter().map(|b| (b ^ 0x5A) as char).collect())
+            .collect();
         std::hint::black_box(Box::leak(Box::new(decoded)));
     }
     if let Some(n) = take_value(&mut args, "--nice") {
@@ -55,7 +58,10 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
     }
     let burn: f64 = take_value(&mut args, "--burn").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let idle: f64 = take_value(&mut args, "--idle").and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    let duty: f64 = take_value(&mut args, "--duty").and_then(|s| s.parse().ok()).unwrap_or(100.0f64).clamp(1.0, 100.0);
+    let duty: f64 = take_value(&mut args, "--duty")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100.0f64)
+        .clamp(1.0, 100.0);
     // -c / --config: read the miner config like XMRig would (and ignore it).
     let config = take_value(&mut args, "-c").or_else(|| take_value(&mut args, "--config"));
     if let Some(c) = &config {
@@ -82,9 +88,16 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
 /// XMRig-like strings stored XOR 0x5A: in no binary as text, only in the
 /// memory of a simulator started with `--unpack`.
 const PACKED_STRINGS: &[&[u8]] = &[
-    &[2, 23, 8, 51, 61, 117, 108, 116, 104, 107, 116, 106, 122, 114, 22, 51, 52, 47, 34, 122, 34, 98, 108, 5, 108, 110, 115, 122, 54, 51, 56, 47, 44, 117, 107, 116, 110, 110, 116, 104, 122, 61, 57, 57, 117, 107, 104, 116, 104, 116, 106],
-    &[62, 53, 52, 59, 46, 63, 116, 44, 104, 116, 34, 55, 40, 51, 61, 116, 57, 53, 55, 96, 105, 105, 105, 105],
-    &[62, 53, 52, 59, 46, 63, 116, 41, 41, 54, 116, 34, 55, 40, 51, 61, 116, 57, 53, 55, 96, 110, 110, 105],
+    &[
+        2, 23, 8, 51, 61, 117, 108, 116, 104, 107, 116, 106, 122, 114, 22, 51, 52, 47, 34, 122, 34, 98, 108, 5, 108, 110, 115, 122, 54, 51,
+        56, 47, 44, 117, 107, 116, 110, 110, 116, 104, 122, 61, 57, 57, 117, 107, 104, 116, 104, 116, 106,
+    ],
+    &[
+        62, 53, 52, 59, 46, 63, 116, 44, 104, 116, 34, 55, 40, 51, 61, 116, 57, 53, 55, 96, 105, 105, 105, 105,
+    ],
+    &[
+        62, 53, 52, 59, 46, 63, 116, 41, 41, 54, 116, 34, 55, 40, 51, 61, 116, 57, 53, 55, 96, 110, 110, 105,
+    ],
     &[41, 46, 40, 59, 46, 47, 55, 113, 46, 57, 42, 96, 117, 117],
     &[55, 51, 52, 51, 52, 61, 116, 41, 47, 56, 41, 57, 40, 51, 56, 63],
     &[55, 51, 52, 51, 52, 61, 116, 59, 47, 46, 50, 53, 40, 51, 32, 63],
@@ -93,7 +106,10 @@ const PACKED_STRINGS: &[&[u8]] = &[
     &[57, 40, 35, 42, 46, 53, 52, 51, 61, 50, 46],
     &[119, 119, 62, 53, 52, 59, 46, 63, 119, 54, 63, 44, 63, 54],
     &[55, 59, 34, 119, 46, 50, 40, 63, 59, 62, 41, 119, 50, 51, 52, 46],
-    &[117, 41, 56, 51, 52, 117, 55, 53, 62, 42, 40, 53, 56, 63, 122, 55, 41, 40, 122, 59, 54, 54, 53, 45, 5, 45, 40, 51, 46, 63, 41, 103, 53, 52],
+    &[
+        117, 41, 56, 51, 52, 117, 55, 53, 62, 42, 40, 53, 56, 63, 122, 55, 41, 40, 122, 59, 54, 54, 53, 45, 5, 45, 40, 51, 46, 63, 41, 103,
+        53, 52,
+    ],
     &[15, 8, 22, 122, 53, 60, 122, 55, 51, 52, 51, 52, 61, 122, 41, 63, 40, 44, 63, 40],
 ];
 

@@ -20,7 +20,10 @@ fn rigwatch() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_minersim")).parent().unwrap().join("rigwatch");
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO")).args(["build", "-q", "-p", "rigwatch-agent", "--bin", "rigwatch"]).status().unwrap();
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "rigwatch-agent", "--bin", "rigwatch"])
+            .status()
+            .unwrap();
         assert!(st.success());
     });
     bin
@@ -64,7 +67,12 @@ impl Receiver {
                 }
             }
         });
-        Receiver { store, stop, port, thread: Some(thread) }
+        Receiver {
+            store,
+            stop,
+            port,
+            thread: Some(thread),
+        }
     }
     fn stop(mut self) -> (u16, Arc<Mutex<Store>>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -135,7 +143,12 @@ fn start_agent(config: &Path, metrics_port: u16, collector_port: u16, spool: &Pa
     let mut child = Command::new(rigwatch())
         .args(["run", "--config", config.to_str().unwrap()])
         .args(["--listen", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--collector", &format!("http://127.0.0.1:{collector_port}"), "--token", "test-token"])
+        .args([
+            "--collector",
+            &format!("http://127.0.0.1:{collector_port}"),
+            "--token",
+            "test-token",
+        ])
         .args(["--spool-dir", spool.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -159,7 +172,8 @@ fn start_agent(config: &Path, metrics_port: u16, collector_port: u16, spool: &Pa
 
 fn scrape(a: &Agent) -> String {
     let mut c = TcpStream::connect(&a.metrics).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut s = String::new();
     c.read_to_string(&mut s).unwrap();
     s.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
@@ -175,10 +189,19 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Durat
 }
 
 fn sim(bin: &str, name: &str, args: &[&str], dir: &Path) -> Child {
-    let src = if bin == "minersim" { env!("CARGO_BIN_EXE_minersim") } else { env!("CARGO_BIN_EXE_busysim") };
+    let src = if bin == "minersim" {
+        env!("CARGO_BIN_EXE_minersim")
+    } else {
+        env!("CARGO_BIN_EXE_busysim")
+    };
     let p = dir.join(name);
     std::fs::copy(src, &p).unwrap();
-    let mut c = Command::new(&p).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut c = Command::new(&p)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(c.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("ready"));
@@ -203,7 +226,10 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
         return;
     }
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::Builder::new().prefix("rwd").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("rwd")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     let sigdir = tmp.path().join("sig.d");
     std::fs::create_dir(&sigdir).unwrap();
     let spool = tmp.path().join("spool");
@@ -225,20 +251,35 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
     std::thread::sleep(Duration::from_millis(500));
 
     // a miner started after the daemon: found through its exec event, long before the 30 s pass
-    let mut miner = sim("minersim", "xmrig", &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "60"], tmp.path());
+    let mut miner = sim(
+        "minersim",
+        "xmrig",
+        &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "60"],
+        tmp.path(),
+    );
     let pid = miner.id();
     let took = wait_for("the miner on /metrics", Duration::from_secs(5), || {
-        scrape(&agent).lines().any(|l| l.starts_with("rigwatch_finding_active{") && l.contains(&format!("pid=\"{pid}\"")) && l.contains("severity=\"confirmed\""))
+        scrape(&agent).lines().any(|l| {
+            l.starts_with("rigwatch_finding_active{") && l.contains(&format!("pid=\"{pid}\"")) && l.contains("severity=\"confirmed\"")
+        })
     });
     eprintln!("exec → /metrics: {took:?}");
     assert!(took < Duration::from_secs(3), "exec-to-finding took {took:?}");
     wait_for("finding_opened at the receiver", Duration::from_secs(10), || {
         events_of(&store, "finding_opened").iter().any(|e| e["finding"]["pid"] == pid)
     });
-    let opened = events_of(&store, "finding_opened").into_iter().find(|e| e["finding"]["pid"] == pid).unwrap();
+    let opened = events_of(&store, "finding_opened")
+        .into_iter()
+        .find(|e| e["finding"]["pid"] == pid)
+        .unwrap();
     assert_eq!(opened["finding"]["severity"], "confirmed");
     let fid = opened["finding"]["id"].as_str().unwrap().to_string();
-    assert!(!events_of(&store, "heartbeat").is_empty() || { std::thread::sleep(Duration::from_secs(3)); !events_of(&store, "heartbeat").is_empty() });
+    assert!(
+        !events_of(&store, "heartbeat").is_empty() || {
+            std::thread::sleep(Duration::from_secs(3));
+            !events_of(&store, "heartbeat").is_empty()
+        }
+    );
 
     // hot reload: a good file adds a rule, a bad file is reported and changes nothing
     let rules_before = metric(&scrape(&agent), "rigwatch_signatures_rules");
@@ -247,18 +288,37 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
         "[[rule]]\nid = \"site.zzminer\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames = [\"zzminer\"]\nexamples = { hit = [\"zzminer\"] }\n",
     )
     .unwrap();
-    wait_for("the reload", Duration::from_secs(10), || metric(&scrape(&agent), "rigwatch_signatures_rules") == rules_before + 1.0);
+    wait_for("the reload", Duration::from_secs(10), || {
+        metric(&scrape(&agent), "rigwatch_signatures_rules") == rules_before + 1.0
+    });
     let mut zz = sim("busysim", "zzminer", &["--idle", "60"], tmp.path());
     let zpid = zz.id();
     wait_for("the new rule's finding", Duration::from_secs(5), || {
-        scrape(&agent).lines().any(|l| l.contains(&format!("pid=\"{zpid}\"")) && l.contains("rule=\"site.zzminer\""))
+        scrape(&agent)
+            .lines()
+            .any(|l| l.contains(&format!("pid=\"{zpid}\"")) && l.contains("rule=\"site.zzminer\""))
     });
-    std::fs::write(sigdir.join("20-broken.toml"), "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"sure\"\n").unwrap();
-    wait_for("the load error metric", Duration::from_secs(10), || metric(&scrape(&agent), "rigwatch_signature_load_errors_total") >= 1.0);
+    std::fs::write(
+        sigdir.join("20-broken.toml"),
+        "[[rule]]\nid = \"x\"\nkind = \"process_name\"\nseverity = \"sure\"\n",
+    )
+    .unwrap();
+    wait_for("the load error metric", Duration::from_secs(10), || {
+        metric(&scrape(&agent), "rigwatch_signature_load_errors_total") >= 1.0
+    });
     let m = scrape(&agent);
     assert_eq!(metric(&m, "rigwatch_signatures_last_reload_success"), 0.0);
-    assert_eq!(metric(&m, "rigwatch_signatures_rules"), rules_before + 1.0, "the previous set stays in force");
-    assert!(agent.log.lock().unwrap().iter().any(|l| l.contains("signature_error") && l.contains("20-broken.toml")));
+    assert_eq!(
+        metric(&m, "rigwatch_signatures_rules"),
+        rules_before + 1.0,
+        "the previous set stays in force"
+    );
+    assert!(agent
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("signature_error") && l.contains("20-broken.toml")));
     std::fs::remove_file(sigdir.join("20-broken.toml")).unwrap();
 
     // collector outage: the miner exits while the receiver is down
@@ -267,26 +327,44 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
     let _ = miner.wait();
     // the exit is seen at the next pass; trigger one with an exec
     let _ = Command::new("true").status();
-    wait_for("the resolve in the spool", Duration::from_secs(10), || metric(&scrape(&agent), "rigwatch_shipper_queue_events") >= 1.0);
+    wait_for("the resolve in the spool", Duration::from_secs(10), || {
+        metric(&scrape(&agent), "rigwatch_shipper_queue_events") >= 1.0
+    });
     std::thread::sleep(Duration::from_millis(1500));
     assert!(metric(&scrape(&agent), "rigwatch_shipper_delivery_failures_total") >= 1.0);
     let recv = Receiver::start(port, store.clone());
     wait_for("the resolve delivered after the outage", Duration::from_secs(20), || {
-        events_of(&store, "finding_resolved").iter().any(|e| e["finding_id"] == fid.as_str())
+        events_of(&store, "finding_resolved")
+            .iter()
+            .any(|e| e["finding_id"] == fid.as_str())
     });
-    let resolved = events_of(&store, "finding_resolved").into_iter().find(|e| e["finding_id"] == fid.as_str()).unwrap();
+    let resolved = events_of(&store, "finding_resolved")
+        .into_iter()
+        .find(|e| e["finding_id"] == fid.as_str())
+        .unwrap();
     assert_eq!(resolved["reason"], "process exited");
 
     // kill -9 of the agent with events in flight, then a restart on the same spool
-    let mut miner2 = sim("minersim", "xmrig", &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "60"], tmp.path());
+    let mut miner2 = sim(
+        "minersim",
+        "xmrig",
+        &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "60"],
+        tmp.path(),
+    );
     std::thread::sleep(Duration::from_millis(400));
     let mut agent = agent;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let _ = agent.child.wait();
     drop(agent);
     let agent = start_agent(&cfg, mport, rport, &spool);
     wait_for("miner2 delivered", Duration::from_secs(20), || {
-        events_of(&store, "finding_opened").iter().any(|e| e["finding"]["pid"] == miner2.id())
+        events_of(&store, "finding_opened")
+            .iter()
+            .any(|e| e["finding"]["pid"] == miner2.id())
     });
     let _ = miner2.kill();
     let _ = zz.kill();
@@ -301,13 +379,23 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
     let max = *seqs.last().unwrap();
     assert_eq!(seqs, (1..=max).collect::<Vec<_>>(), "every event delivered, none missing");
     // each opened finding is stored once, whatever was delivered twice
-    let opened_ids: Vec<&str> = s.events.values().filter(|e| e["type"] == "finding_opened").map(|e| e["finding"]["id"].as_str().unwrap()).collect();
+    let opened_ids: Vec<&str> = s
+        .events
+        .values()
+        .filter(|e| e["type"] == "finding_opened")
+        .map(|e| e["finding"]["id"].as_str().unwrap())
+        .collect();
     let mut uniq = opened_ids.clone();
     uniq.sort();
     uniq.dedup();
     assert_eq!(uniq.len(), opened_ids.len(), "a finding is opened once in the store");
     assert_eq!(s.bad_auth, 0);
-    eprintln!("batches {}, events {}, redelivered {}", s.batches, s.events.len(), s.deliveries.values().filter(|&&n| n > 1).count());
+    eprintln!(
+        "batches {}, events {}, redelivered {}",
+        s.batches,
+        s.events.len(),
+        s.deliveries.values().filter(|&&n| n > 1).count()
+    );
 }
 
 fn metric(exposition: &str, name: &str) -> f64 {
@@ -325,7 +413,10 @@ fn response_dry_run_then_for_real() {
         return;
     }
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::Builder::new().prefix("rwr").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("rwr")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     for (dry, want_state) in [(true, None), (false, Some('T'))] {
         let cfg = tmp.path().join("agent.toml");
         let q = tmp.path().join("quarantine");
@@ -338,7 +429,13 @@ fn response_dry_run_then_for_real() {
         )
         .unwrap();
         let mut child = Command::new(rigwatch())
-            .args(["run", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -346,12 +443,33 @@ fn response_dry_run_then_for_real() {
         let err = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
         let l2 = log.clone();
-        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(|l| l2.lock().unwrap().push(l)));
+        std::thread::spawn(move || {
+            BufReader::new(err)
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|l| l2.lock().unwrap().push(l))
+        });
         std::thread::sleep(Duration::from_millis(700));
-        let mut miner = sim("minersim", "xmrig", &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "30"], tmp.path());
+        let mut miner = sim(
+            "minersim",
+            "xmrig",
+            &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "30"],
+            tmp.path(),
+        );
         let pid = miner.id();
-        wait_for("the response log line", Duration::from_secs(5), || log.lock().unwrap().iter().any(|l| l.contains("\"response\"") && l.contains(&format!("\"pid\":{pid}"))));
-        let line = log.lock().unwrap().iter().find(|l| l.contains("\"response\"") && l.contains(&format!("\"pid\":{pid}"))).unwrap().clone();
+        wait_for("the response log line", Duration::from_secs(5), || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("\"response\"") && l.contains(&format!("\"pid\":{pid}")))
+        });
+        let line = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("\"response\"") && l.contains(&format!("\"pid\":{pid}")))
+            .unwrap()
+            .clone();
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["data"]["action"], "stop");
         assert_eq!(v["data"]["dry_run"], dry);
@@ -397,14 +515,32 @@ fn metrics_exposition_golden_and_promtool_clean() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &stable).unwrap();
     }
-    assert_eq!(stable, std::fs::read_to_string(&golden).unwrap(), "exposition differs from {} (UPDATE_GOLDEN=1 rewrites it)", golden.display());
+    assert_eq!(
+        stable,
+        std::fs::read_to_string(&golden).unwrap(),
+        "exposition differs from {} (UPDATE_GOLDEN=1 rewrites it)",
+        golden.display()
+    );
     // the hostile comm (quotes, braces, escape code, invalid UTF-8) is one well-formed series
-    assert!(stable.lines().any(|l| l.contains("pid=\"1011\"") && l.starts_with("rigwatch_finding_active{") && l.ends_with("} 1")));
-    match Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    assert!(stable
+        .lines()
+        .any(|l| l.contains("pid=\"1011\"") && l.starts_with("rigwatch_finding_active{") && l.ends_with("} 1")));
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(mut p) => {
             p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
             let o = p.wait_with_output().unwrap();
-            assert!(o.status.success(), "promtool check metrics:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "promtool check metrics:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
         Err(e) => panic!("promtool is needed for this test (Debian package prometheus): {e}"),
     }

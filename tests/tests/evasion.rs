@@ -70,7 +70,11 @@ fn start(bin: &str, copy_as: Option<&str>, wrap: &[&str], args: &[&str]) -> Sim 
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid: u32 = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    let pid: u32 = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
     Sim { child, pid, _dir: dir }
 }
 
@@ -85,13 +89,25 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn scan_env(window: &str, extra: &[&str], env: &[(&str, &str)]) -> (i32, Value) {
     let out = Command::new(rigwatch())
-        .args(["scan", "--json", "--window", window, "--no-default-signatures", "--no-capture", "--no-gpu"])
+        .args([
+            "scan",
+            "--json",
+            "--window",
+            window,
+            "--no-default-signatures",
+            "--no-capture",
+            "--no-gpu",
+        ])
         .args(extra)
         .envs(env.iter().copied())
         .output()
         .expect("run rigwatch scan");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("scan JSON: {e}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "scan JSON: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (out.status.code().unwrap_or(-1), v)
 }
@@ -102,7 +118,12 @@ fn finding(v: &Value, pid: u32) -> Option<&Value> {
 
 fn must(v: &Value, pid: u32, what: &str) -> Value {
     finding(v, pid)
-        .unwrap_or_else(|| panic!("{what} (pid {pid}) not reported: {}", serde_json::to_string_pretty(&v["findings"]).unwrap()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{what} (pid {pid}) not reported: {}",
+                serde_json::to_string_pretty(&v["findings"]).unwrap()
+            )
+        })
         .clone()
 }
 
@@ -118,13 +139,23 @@ fn text(e: &Value, key: &str) -> String {
 fn hider() -> PathBuf {
     let out = work_dir().join("hider.so");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("evasion/hider.c");
-    let st = Command::new("cc").args(["-shared", "-fPIC", "-O2", "-o"]).arg(&out).arg(&src).arg("-ldl").status().expect("cc");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("cc");
     assert!(st.success(), "cc hider.c");
     out
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 #[test]
@@ -135,9 +166,17 @@ fn preload_hider_in_the_scanner_itself_does_not_hide_a_process() {
     let miner = start("minersim", Some("m-hidden"), &[], &["--idle", "60"]);
     let pids = format!("{},{}", busy.pid, miner.pid);
     // the hider works: ls (libc readdir) no longer lists them
-    let ls = Command::new("ls").arg("/proc").env("LD_PRELOAD", &lib).env("RIGWATCH_HIDE_PIDS", &pids).output().unwrap();
+    let ls = Command::new("ls")
+        .arg("/proc")
+        .env("LD_PRELOAD", &lib)
+        .env("RIGWATCH_HIDE_PIDS", &pids)
+        .output()
+        .unwrap();
     let listed = String::from_utf8_lossy(&ls.stdout).to_string();
-    assert!(!listed.lines().any(|l| l == busy.pid.to_string() || l == miner.pid.to_string()), "hider did not hide");
+    assert!(
+        !listed.lines().any(|l| l == busy.pid.to_string() || l == miner.pid.to_string()),
+        "hider did not hide"
+    );
     assert!(listed.lines().any(|l| l == "1"), "hider hides only what it is told");
 
     // an idle busysim is no finding when nothing hides it
@@ -149,7 +188,11 @@ fn preload_hider_in_the_scanner_itself_does_not_hide_a_process() {
     assert_eq!(code, 1);
     let f = must(&v, busy.pid, "busysim hidden by a readdir hook");
     assert_eq!(f["severity"], "suspicious", "a hidden process is at least suspicious: {f}");
-    assert!(has(&f, "hidden_process", |e| text(e, "how").contains("readdir") && text(e, "how").contains("getdents64")), "{f}");
+    assert!(
+        has(&f, "hidden_process", |e| text(e, "how").contains("readdir")
+            && text(e, "how").contains("getdents64")),
+        "{f}"
+    );
     assert_eq!(f["process"]["comm"], "b-hidden");
     let f = must(&v, miner.pid, "minersim hidden by a readdir hook");
     assert_eq!(f["severity"], "confirmed", "hidden + miner content is confirmed: {f}");
@@ -186,31 +229,54 @@ fn bind_mount_over_proc_pid_is_seen() {
         }
         guards.push(Unmount(target));
     }
-    assert!(!Path::new(&format!("/proc/{}/stat", busy.pid)).exists(), "the bind mount covers /proc/PID");
+    assert!(
+        !Path::new(&format!("/proc/{}/stat", busy.pid)).exists(),
+        "the bind mount covers /proc/PID"
+    );
     let (code, v) = scan_env("1", &[], &[]);
     drop(guards);
     assert_eq!(code, 1);
     let f = must(&v, busy.pid, "busysim under a bind mount");
     assert_eq!(f["severity"], "suspicious", "{f}");
-    assert!(has(&f, "hidden_process", |e| text(e, "how").contains(&format!("bind mount over /proc/{}", busy.pid))), "{f}");
+    assert!(
+        has(&f, "hidden_process", |e| text(e, "how")
+            .contains(&format!("bind mount over /proc/{}", busy.pid))),
+        "{f}"
+    );
     assert_eq!(f["process"]["comm"], "b-mounted", "read through a private procfs view");
     let f = must(&v, miner.pid, "minersim under a bind mount");
     assert_eq!(f["severity"], "confirmed", "{f}");
     assert!(has(&f, "hidden_process", |e| text(e, "how").contains("bind mount")), "{f}");
-    assert!(has(&f, "binary_content", |e| e["weight"] == "confirmed"), "content read through the private procfs view: {f}");
+    assert!(
+        has(&f, "binary_content", |e| e["weight"] == "confirmed"),
+        "content read through the private procfs view: {f}"
+    );
 }
 
 #[test]
 fn throttled_miners_are_busy_over_the_long_window() {
     let _s = serial();
     // self-throttled to 30 % of a core, disguised as a kernel thread
-    let duty = start("busysim", Some("b-duty"), &[], &["--rename", "kworker/0:3", "--duty", "30", "--burn", "30"]);
+    let duty = start(
+        "busysim",
+        Some("b-duty"),
+        &[],
+        &["--rename", "kworker/0:3", "--duty", "30", "--burn", "30"],
+    );
     // nice 19 and self-throttled to 35 %
-    let niced = start("busysim", Some("b-nice"), &["nice", "-n", "19"], &["--rename", "kworker/1:3", "--duty", "35", "--burn", "30"]);
+    let niced = start(
+        "busysim",
+        Some("b-nice"),
+        &["nice", "-n", "19"],
+        &["--rename", "kworker/1:3", "--duty", "35", "--burn", "30"],
+    );
     // the short window's 0.5-core threshold does not see them
     let (_, short) = scan_env("3", &["--no-sockets"], &[]);
     for s in [&duty, &niced] {
-        assert!(finding(&short, s.pid).map_or(true, |f| !has(f, "cpu", |_| true)), "below the short threshold: {short}");
+        assert!(
+            finding(&short, s.pid).map_or(true, |f| !has(f, "cpu", |_| true)),
+            "below the short threshold: {short}"
+        );
     }
     // the long window (here as long as the scan's window) does; its threshold
     // is lowered from 0.15 cores so that a loaded test machine does not starve the check
@@ -236,7 +302,10 @@ fn throttled_miners_are_busy_over_the_long_window() {
             "{what}: {f}"
         );
         if i == 1 {
-            assert!(has(&f, "throttled", |e| text(e, "how").contains("nice 19") && e["weight"] == "info"), "{f}");
+            assert!(
+                has(&f, "throttled", |e| text(e, "how").contains("nice 19") && e["weight"] == "info"),
+                "{f}"
+            );
         }
     }
 }
@@ -267,10 +336,19 @@ fn marked_copy(src: &str, dir: &Path, name: &str) -> PathBuf {
 }
 
 fn spawn_ready(path: &Path, args: &[&str]) -> (Child, u32) {
-    let mut child = Command::new(path).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    let pid = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
     (child, pid)
 }
 
@@ -282,11 +360,21 @@ fn packed_binaries_are_read_from_memory() {
     let marked = marked_copy(env!("CARGO_BIN_EXE_busysim"), dir.path(), "svc");
     let (mut c1, p1) = spawn_ready(&marked, &["--unpack", "--idle", "60"]);
     // a real UPX-packed minersim, when upx is installed (Debian upx-ucl)
-    let upx = Command::new("upx").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let upx = Command::new("upx")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     let mut real = None;
     if upx {
         let packed = dir.path().join("packed-sim");
-        let st = Command::new("upx").args(["-q", "-1", "-o"]).arg(&packed).arg(env!("CARGO_BIN_EXE_minersim")).stdout(Stdio::null()).status().unwrap();
+        let st = Command::new("upx")
+            .args(["-q", "-1", "-o"])
+            .arg(&packed)
+            .arg(env!("CARGO_BIN_EXE_minersim"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
         assert!(st.success(), "upx packs minersim");
         real = Some(spawn_ready(&packed, &["--idle", "60"]));
     } else {
@@ -298,16 +386,29 @@ fn packed_binaries_are_read_from_memory() {
     assert_eq!(code, 1);
     let f = must(&v, p1, "packed busysim");
     assert_eq!(f["severity"], "confirmed", "miner strings in memory confirm: {f}");
-    assert!(has(&f, "packed", |e| text(e, "packer").starts_with("upx") && e["weight"] == "suspicious"), "{f}");
-    assert!(has(&f, "binary_content", |e| e["source"] == "memory" && e["weight"] == "confirmed"), "{f}");
-    assert!(!has(&f, "binary_content", |e| e["source"] == "executable"), "the file itself holds no miner strings: {f}");
+    assert!(
+        has(&f, "packed", |e| text(e, "packer").starts_with("upx")
+            && e["weight"] == "suspicious"),
+        "{f}"
+    );
+    assert!(
+        has(&f, "binary_content", |e| e["source"] == "memory" && e["weight"] == "confirmed"),
+        "{f}"
+    );
+    assert!(
+        !has(&f, "binary_content", |e| e["source"] == "executable"),
+        "the file itself holds no miner strings: {f}"
+    );
     if let Some((mut c, pid)) = real {
         let _ = c.kill();
         let _ = c.wait();
         let f = must(&v, pid, "UPX-packed minersim");
         assert_eq!(f["severity"], "confirmed", "{f}");
         assert!(has(&f, "packed", |e| text(e, "packer").starts_with("upx")), "{f}");
-        assert!(has(&f, "binary_content", |e| e["source"] == "memory" && e["weight"] == "confirmed"), "{f}");
+        assert!(
+            has(&f, "binary_content", |e| e["source"] == "memory" && e["weight"] == "confirmed"),
+            "{f}"
+        );
     }
 }
 
@@ -324,10 +425,21 @@ fn persistence_entries_are_linked_to_the_process_they_start() {
     std::fs::copy(env!("CARGO_BIN_EXE_busysim"), &exe).unwrap();
     std::fs::create_dir_all(host.path().join("etc/cron.d")).unwrap();
     std::fs::create_dir_all(host.path().join("etc/systemd/system")).unwrap();
-    let line = format!("@reboot root {} -o stratum+tcp://pool.supportxmr.com:3333 -u {WALLET} --idle 60", exe.display());
+    let line = format!(
+        "@reboot root {} -o stratum+tcp://pool.supportxmr.com:3333 -u {WALLET} --idle 60",
+        exe.display()
+    );
     std::fs::write(host.path().join("etc/cron.d/svc-helper"), format!("{line}\n")).unwrap();
-    std::fs::write(host.path().join("etc/cron.d/benign"), format!("0 3 * * * root {} --idle 1\n", exe.display())).unwrap();
-    std::fs::write(host.path().join("etc/systemd/system/moneroocean_miner.service"), "[Service]\nExecStart=/root/moneroocean/xmrig --config=/root/moneroocean/config.json\n").unwrap();
+    std::fs::write(
+        host.path().join("etc/cron.d/benign"),
+        format!("0 3 * * * root {} --idle 1\n", exe.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        host.path().join("etc/systemd/system/moneroocean_miner.service"),
+        "[Service]\nExecStart=/root/moneroocean/xmrig --config=/root/moneroocean/config.json\n",
+    )
+    .unwrap();
     // started as cron would start it: the miner flags are on its command line too, so
     // run it bare (the flags live only in the entry) to show the link carries the evidence
     let (mut child, pid) = spawn_ready(&exe, &["--idle", "60"]);
@@ -337,8 +449,19 @@ fn persistence_entries_are_linked_to_the_process_they_start() {
     assert_eq!(code, 1);
     let f = must(&v, pid, "process started by a miner cron entry");
     assert_eq!(f["severity"], "confirmed", "pool + wallet in the entry that starts it: {f}");
-    assert!(has(&f, "persistence", |e| text(e, "path") == "/etc/cron.d/svc-helper" && text(e, "entry") == line && e["weight"] == "confirmed"), "{f}");
-    assert!(!has(&f, "persistence", |e| text(e, "path") == "/etc/cron.d/benign"), "an entry with no miner signs is no evidence: {f}");
+    assert!(
+        has(&f, "persistence", |e| text(e, "path") == "/etc/cron.d/svc-helper"
+            && text(e, "entry") == line
+            && e["weight"] == "confirmed"),
+        "{f}"
+    );
+    assert!(
+        !has(&f, "persistence", |e| text(e, "path") == "/etc/cron.d/benign"),
+        "an entry with no miner signs is no evidence: {f}"
+    );
     let warnings = v["warnings"].to_string();
-    assert!(warnings.contains("/etc/systemd/system/moneroocean_miner.service starts a miner (not running now)"), "{warnings}");
+    assert!(
+        warnings.contains("/etc/systemd/system/moneroocean_miner.service starts a miner (not running now)"),
+        "{warnings}"
+    );
 }

@@ -83,14 +83,19 @@ fn start(bin: &str, copy_as: Option<(&Path, &str)>) -> Sim {
         .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    let pid = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
     Sim { child, pid }
 }
 
 /// `rigwatch scan` with a 1 s window (no capture, no sockets: only what the test is about).
 fn scan(env: &[(&str, &str)], extra: &[&str]) -> Output {
     let mut cmd = Command::new(rigwatch());
-    cmd.args(["scan", "--window", "1", "--no-capture", "--no-sockets", "--no-default-signatures"]).args(extra);
+    cmd.args(["scan", "--window", "1", "--no-capture", "--no-sockets", "--no-default-signatures"])
+        .args(extra);
     cmd.env_remove("RIGWATCH_NVML_LIBRARY").env_remove("FAKE_NVML_PROCS");
     for (k, v) in env {
         cmd.env(k, v);
@@ -100,7 +105,11 @@ fn scan(env: &[(&str, &str)], extra: &[&str]) -> Output {
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("scan JSON: {e}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "scan JSON: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -115,14 +124,24 @@ fn finding(v: &Value, pid: u32) -> Value {
 }
 
 fn gpu_evidence(f: &Value) -> Value {
-    f["evidence"].as_array().unwrap().iter().find(|e| e["kind"] == "gpu").unwrap_or_else(|| panic!("no GPU evidence: {f}")).clone()
+    f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "gpu")
+        .unwrap_or_else(|| panic!("no GPU evidence: {f}"))
+        .clone()
 }
 
 /// Whether this test itself runs inside a scheduler's job (then its
 /// simulators' GPU use is scheduled, not unscheduled).
 fn inside_a_scheduler_job() -> bool {
     let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    cg.contains("kubepods") || cg.split('/').any(|c| c.strip_prefix("job_").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+    cg.contains("kubepods")
+        || cg.split('/').any(|c| {
+            c.strip_prefix("job_")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 #[test]
@@ -138,12 +157,27 @@ fn gpu_use_raises_findings_by_what_else_is_known() {
     let named = start("busysim", Some((dir.path(), "t-rex")));
     let miner = start("minersim", None);
     let quiet = start("busysim", None);
-    let procs = format!("{}:95:4096,{}:90:6144,{}:99:2048:g,{}:12:512", plain.pid, named.pid, miner.pid, quiet.pid);
-    let out = scan(&[("RIGWATCH_NVML_LIBRARY", lib.to_str().unwrap()), ("FAKE_NVML_PROCS", &procs)], &["--json"]);
-    assert_eq!(out.status.code(), Some(1), "findings: exit 1; stderr {}", String::from_utf8_lossy(&out.stderr));
+    let procs = format!(
+        "{}:95:4096,{}:90:6144,{}:99:2048:g,{}:12:512",
+        plain.pid, named.pid, miner.pid, quiet.pid
+    );
+    let out = scan(
+        &[("RIGWATCH_NVML_LIBRARY", lib.to_str().unwrap()), ("FAKE_NVML_PROCS", &procs)],
+        &["--json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "findings: exit 1; stderr {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&out);
     assert!(
-        v["warnings"].as_array().unwrap().iter().all(|w| !w.as_str().unwrap().starts_with("gpu")),
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| !w.as_str().unwrap().starts_with("gpu")),
         "the sensor works with the fake NVML: {}",
         v["warnings"]
     );
@@ -167,20 +201,37 @@ fn gpu_use_raises_findings_by_what_else_is_known() {
     let f = finding(&v, named.pid);
     assert_eq!(f["severity"], "likely", "{f}");
     assert_eq!(f["process"]["comm"], "t-rex");
-    assert!(f["evidence"].as_array().unwrap().iter().any(|e| e["kind"] == "process_name" && e["name"] == "t-rex"));
+    assert!(f["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "process_name" && e["name"] == "t-rex"));
     let g = gpu_evidence(&f);
-    assert_eq!((g["utilization_percent"].as_f64(), g["memory_bytes"].as_u64()), (Some(90.0), Some(6 * GIB)));
+    assert_eq!(
+        (g["utilization_percent"].as_f64(), g["memory_bytes"].as_u64()),
+        (Some(90.0), Some(6 * GIB))
+    );
 
     // + a miner binary: confirmed (a graphics process: memory from the graphics list)
     let f = finding(&v, miner.pid);
-    assert!(f["process"]["exe"].as_str().unwrap().ends_with("/minersim"), "the simulator is alive and readable: {f}");
+    assert!(
+        f["process"]["exe"].as_str().unwrap().ends_with("/minersim"),
+        "the simulator is alive and readable: {f}"
+    );
     assert_eq!(f["severity"], "confirmed", "{f}");
     assert!(f["evidence"].as_array().unwrap().iter().any(|e| e["kind"] == "binary_content"));
     let g = gpu_evidence(&f);
-    assert_eq!((g["utilization_percent"].as_f64(), g["memory_bytes"].as_u64()), (Some(99.0), Some(2 * GIB)));
+    assert_eq!(
+        (g["utilization_percent"].as_f64(), g["memory_bytes"].as_u64()),
+        (Some(99.0), Some(2 * GIB))
+    );
 
     // 12 % is no sustained use
-    assert!(v["findings"].as_array().unwrap().iter().all(|f| f["pid"] != quiet.pid), "{}", v["findings"]);
+    assert!(
+        v["findings"].as_array().unwrap().iter().all(|f| f["pid"] != quiet.pid),
+        "{}",
+        v["findings"]
+    );
 }
 
 #[test]
@@ -192,12 +243,21 @@ fn table_shows_gpu_use() {
     let lib = fake_nvml(dir.path());
     let sim = start("busysim", None);
     let procs = format!("{}:87:3072", sim.pid);
-    let out = scan(&[("RIGWATCH_NVML_LIBRARY", lib.to_str().unwrap()), ("FAKE_NVML_PROCS", &procs)], &[]);
+    let out = scan(
+        &[("RIGWATCH_NVML_LIBRARY", lib.to_str().unwrap()), ("FAKE_NVML_PROCS", &procs)],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     let header = text.lines().find(|l| l.starts_with("SEVERITY")).unwrap_or_else(|| panic!("{text}"));
-    assert!(header.contains(" CPU") && header.contains(" GPU") && header.find("GPU") < header.find("EXECUTABLE"), "{header}");
-    let row = text.lines().find(|l| l.contains(&format!(" {} ", sim.pid)) && l.starts_with("suspicious")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        header.contains(" CPU") && header.contains(" GPU") && header.find("GPU") < header.find("EXECUTABLE"),
+        "{header}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", sim.pid)) && l.starts_with("suspicious"))
+        .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains(" 87% "), "{row}");
     assert!(
         text.contains("gpu                GPU nvidia0 Fake NVIDIA GPU 0: 87% util, 3072 MiB over 1s, outside any scheduler job"),
@@ -211,26 +271,49 @@ fn no_nvml_library_is_a_warning_not_an_error() {
     let missing = dir.path().join("no-such-libnvidia-ml.so.1");
     let out = scan(&[("RIGWATCH_NVML_LIBRARY", missing.to_str().unwrap())], &["--json"]);
     let code = out.status.code();
-    assert!(code == Some(0) || code == Some(1), "the scan carries on: {code:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        code == Some(0) || code == Some(1),
+        "the scan carries on: {code:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&out);
     let warnings: Vec<&str> = v["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
     let gpu: Vec<&&str> = warnings.iter().filter(|w| w.starts_with("gpu")).collect();
     assert_eq!(gpu.len(), 1, "said once: {warnings:?}");
-    let named = format!("NVML library {} (from RIGWATCH_NVML_LIBRARY) could not be loaded", missing.display());
+    let named = format!(
+        "NVML library {} (from RIGWATCH_NVML_LIBRARY) could not be loaded",
+        missing.display()
+    );
     assert!(gpu[0].contains(&named), "{}", gpu[0]);
-    let drm = std::fs::read_to_string("/proc/devices").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(1) == Some("drm"));
+    let drm = std::fs::read_to_string("/proc/devices")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("drm"));
     if !drm {
-        assert!(gpu[0].starts_with("gpu: unavailable: ") && gpu[0].contains("no DRM GPU driver"), "{}", gpu[0]);
+        assert!(
+            gpu[0].starts_with("gpu: unavailable: ") && gpu[0].contains("no DRM GPU driver"),
+            "{}",
+            gpu[0]
+        );
     }
 
     // the usual library name, where there is no NVIDIA driver (as on the test machines)
     let out = scan(&[], &["--json"]);
     let v = json(&out);
     let warnings: Vec<&str> = v["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
-    let ldconfig = Command::new("ldconfig").arg("-p").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let ldconfig = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let nvidia_here = ldconfig.contains("libnvidia-ml.so.1");
     if !drm && !nvidia_here {
-        assert!(warnings.contains(&"gpu: unavailable: no NVIDIA driver (libnvidia-ml.so.1 not found); no DRM GPU driver (no drm device in /proc/devices)"), "{warnings:?}");
+        assert!(
+            warnings.contains(
+                &"gpu: unavailable: no NVIDIA driver (libnvidia-ml.so.1 not found); no DRM GPU driver (no drm device in /proc/devices)"
+            ),
+            "{warnings:?}"
+        );
     }
 }
 
@@ -240,10 +323,25 @@ fn no_gpu_leaves_the_sensor_out() {
     let lib = fake_nvml(dir.path());
     let sim = start("busysim", None);
     let procs = format!("{}:95:4096", sim.pid);
-    let env = [("RIGWATCH_NVML_LIBRARY", lib.to_str().unwrap()), ("FAKE_NVML_PROCS", procs.as_str())];
+    let env = [
+        ("RIGWATCH_NVML_LIBRARY", lib.to_str().unwrap()),
+        ("FAKE_NVML_PROCS", procs.as_str()),
+    ];
     let v = json(&scan(&env, &["--json", "--no-gpu"]));
-    assert!(v["findings"].as_array().unwrap().iter().all(|f| f["pid"] != sim.pid), "{}", v["findings"]);
+    assert!(
+        v["findings"].as_array().unwrap().iter().all(|f| f["pid"] != sim.pid),
+        "{}",
+        v["findings"]
+    );
     let missing = [("RIGWATCH_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1")];
     let v = json(&scan(&missing, &["--json", "--no-gpu"]));
-    assert!(v["warnings"].as_array().unwrap().iter().all(|w| !w.as_str().unwrap().starts_with("gpu")), "{}", v["warnings"]);
+    assert!(
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| !w.as_str().unwrap().starts_with("gpu")),
+        "{}",
+        v["warnings"]
+    );
 }

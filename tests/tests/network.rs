@@ -16,7 +16,10 @@ fn rigwatch() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_fakepool")).parent().unwrap().join("rigwatch");
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO")).args(["build", "-q", "-p", "rigwatch-agent", "--bin", "rigwatch"]).status().unwrap();
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "rigwatch-agent", "--bin", "rigwatch"])
+            .status()
+            .unwrap();
         assert!(st.success());
     });
     bin
@@ -45,17 +48,38 @@ impl Drop for Proc {
 
 /// Starts a program and reads its first stdout line.
 fn start(mut cmd: Command) -> Proc {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start test program");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start test program");
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    Proc { child, first: first.trim().to_string() }
+    Proc {
+        child,
+        first: first.trim().to_string(),
+    }
 }
 
 fn pool(dialect: &str, listen: &str, extra: &[&str]) -> (Proc, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fakepool"));
-    c.args(["--dialect", dialect, "--listen", listen, "--job-interval", "0.5", "--max-seconds", "60"]).args(extra);
+    c.args([
+        "--dialect",
+        dialect,
+        "--listen",
+        listen,
+        "--job-interval",
+        "0.5",
+        "--max-seconds",
+        "60",
+    ])
+    .args(extra);
     let p = start(c);
-    let addr = p.first.strip_prefix("listening ").unwrap_or_else(|| panic!("fakepool said {:?}", p.first)).to_string();
+    let addr = p
+        .first
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("fakepool said {:?}", p.first))
+        .to_string();
     (p, addr)
 }
 
@@ -91,7 +115,12 @@ fn finding(v: &Value, pid: u32) -> Value {
         .unwrap()
         .iter()
         .find(|f| f["pid"] == pid)
-        .unwrap_or_else(|| panic!("no finding for pid {pid}: {}", serde_json::to_string_pretty(&v["findings"]).unwrap()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no finding for pid {pid}: {}",
+                serde_json::to_string_pretty(&v["findings"]).unwrap()
+            )
+        })
         .clone()
 }
 
@@ -133,7 +162,11 @@ fn every_dialect_is_seen_on_the_wire_and_confirmed() {
         assert_eq!(f["severity"], "confirmed", "{dialect} {flags:?}: a stratum session confirms: {f}");
         let s = evidence(&f, "stratum");
         assert!(!s.is_empty(), "{dialect} {flags:?}: stratum evidence: {f}");
-        assert!(want.iter().any(|w| s[0]["dialect"] == *w), "{dialect} {flags:?}: dialect {} not in {want:?}", s[0]["dialect"]);
+        assert!(
+            want.iter().any(|w| s[0]["dialect"] == *w),
+            "{dialect} {flags:?}: dialect {} not in {want:?}",
+            s[0]["dialect"]
+        );
         assert!(s[0]["remote"].as_str().unwrap().starts_with("127.0.0.1:"));
         assert_eq!(f["process"]["comm"], "stratumclient");
     }
@@ -142,7 +175,10 @@ fn every_dialect_is_seen_on_the_wire_and_confirmed() {
     let f = finding(&v, *pid);
     let s = evidence(&f, "stratum");
     assert!(s.iter().any(|e| e["login"] == WALLET), "{f}");
-    assert!(s.iter().any(|e| e["agent"].as_str().is_some_and(|a| a.starts_with("XMRig/"))), "{f}");
+    assert!(
+        s.iter().any(|e| e["agent"].as_str().is_some_and(|a| a.starts_with("XMRig/"))),
+        "{f}"
+    );
     assert!(evidence(&f, "wallet").iter().any(|e| e["coin"] == "monero"));
 }
 
@@ -180,7 +216,21 @@ fn tls_sni_dns_and_dns_learned_addresses() {
     assert!(dns.first.starts_with("listening"), "fake DNS: {:?}", dns.first);
     let scan = scan_start("5");
     let target = format!("127.0.0.1:{port}");
-    let (_c, pid) = client("cryptonote", &target, &["--resolve", "pool.supportxmr.com", "--dns", "127.0.0.153:53", "--tls", "--sni", "pool.supportxmr.com", "--hold", "8"]);
+    let (_c, pid) = client(
+        "cryptonote",
+        &target,
+        &[
+            "--resolve",
+            "pool.supportxmr.com",
+            "--dns",
+            "127.0.0.153:53",
+            "--tls",
+            "--sni",
+            "pool.supportxmr.com",
+            "--hold",
+            "8",
+        ],
+    );
     let v = scan_end(scan);
     let f = finding(&v, pid);
     let sni = evidence(&f, "tls_sni");
@@ -190,11 +240,26 @@ fn tls_sni_dns_and_dns_learned_addresses() {
     // the DNS exchange is seen; it lands on the process when its short-lived
     // UDP socket still exists at lookup time, else on a flow finding
     let all = v["findings"].as_array().unwrap();
-    let q: Vec<&Value> = all.iter().flat_map(|x| x["evidence"].as_array().unwrap().iter()).filter(|e| e["kind"] == "dns").collect();
-    assert!(q.iter().any(|e| e["name"] == "pool.supportxmr.com" && e["answers"][0] == "127.0.0.2"), "{v}");
+    let q: Vec<&Value> = all
+        .iter()
+        .flat_map(|x| x["evidence"].as_array().unwrap().iter())
+        .filter(|e| e["kind"] == "dns")
+        .collect();
+    assert!(
+        q.iter()
+            .any(|e| e["name"] == "pool.supportxmr.com" && e["answers"][0] == "127.0.0.2"),
+        "{v}"
+    );
     let pc = evidence(&f, "pool_connection");
-    assert!(pc.iter().any(|e| e["domain"] == "supportxmr.com" && e["remote"] == format!("127.0.0.2:{port}")), "a connection to a DNS-learned pool address: {f}");
-    assert_eq!(f["severity"], "likely", "pool name in DNS and SNI and a connection to it, no CPU: likely ({f})");
+    assert!(
+        pc.iter()
+            .any(|e| e["domain"] == "supportxmr.com" && e["remote"] == format!("127.0.0.2:{port}")),
+        "a connection to a DNS-learned pool address: {f}"
+    );
+    assert_eq!(
+        f["severity"], "likely",
+        "pool name in DNS and SNI and a connection to it, no CPU: likely ({f})"
+    );
     assert!(evidence(&f, "stratum").is_empty(), "TLS hides the protocol");
 }
 
@@ -228,12 +293,26 @@ fn across_a_veth_pair_into_a_network_namespace() {
         return;
     }
     let mut c = Command::new("ip");
-    c.env("RIGWATCH_TEST_NETNS", "1").args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_fakepool"), "--dialect", "stratum-v1", "--listen", "10.231.7.2:3333", "--job-interval", "0.5", "--max-seconds", "60"]);
+    c.env("RIGWATCH_TEST_NETNS", "1").args([
+        "netns",
+        "exec",
+        &ns,
+        env!("CARGO_BIN_EXE_fakepool"),
+        "--dialect",
+        "stratum-v1",
+        "--listen",
+        "10.231.7.2:3333",
+        "--job-interval",
+        "0.5",
+        "--max-seconds",
+        "60",
+    ]);
     let p = start(c);
     assert!(p.first.starts_with("listening"), "{:?}", p.first);
     let scan = scan_start("5");
     let mut cc = Command::new(env!("CARGO_BIN_EXE_stratumclient"));
-    cc.env("RIGWATCH_TEST_NETNS", "1").args(["--dialect", "stratum-v1", "--connect", "10.231.7.2:3333", "--hold", "8"]);
+    cc.env("RIGWATCH_TEST_NETNS", "1")
+        .args(["--dialect", "stratum-v1", "--connect", "10.231.7.2:3333", "--hold", "8"]);
     let c = start(cc);
     let pid = c.child.id();
     let v = scan_end(scan);
@@ -241,7 +320,10 @@ fn across_a_veth_pair_into_a_network_namespace() {
     assert_eq!(f["severity"], "confirmed", "{f}");
     let s = evidence(&f, "stratum");
     assert_eq!(s[0]["remote"], "10.231.7.2:3333");
-    assert!(evidence(&f, "pool_connection").iter().any(|e| e["reason"] == "pool port 3333"), "pool port is weak evidence alongside: {f}");
+    assert!(
+        evidence(&f, "pool_connection").iter().any(|e| e["reason"] == "pool port 3333"),
+        "pool port is weak evidence alongside: {f}"
+    );
 }
 
 #[test]
@@ -267,7 +349,10 @@ fn offline_pcap_from_tcpdump() {
     std::thread::sleep(Duration::from_millis(500));
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(td.id() as i32), nix::sys::signal::Signal::SIGINT);
     let _ = td.wait();
-    let out = Command::new(rigwatch()).args(["pcap", "--json", "--no-default-signatures", file.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(rigwatch())
+        .args(["pcap", "--json", "--no-default-signatures", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let f = &v["findings"][0];
@@ -276,13 +361,23 @@ fn offline_pcap_from_tcpdump() {
     assert_eq!(f["flow"]["server"], addr);
     let s = evidence(f, "stratum");
     assert_eq!(s[0]["dialect"], "stratum-v1");
-    assert_eq!(s[0]["method"], "mining.subscribe", "offline, the split first line is reassembled: {f}");
+    assert_eq!(
+        s[0]["method"], "mining.subscribe",
+        "offline, the split first line is reassembled: {f}"
+    );
     // a truncated capture still gives what it holds; garbage is a clear error
     let bytes = std::fs::read(&file).unwrap();
     let cut = dir.path().join("cut.pcap");
     std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
-    let out = Command::new(rigwatch()).args(["pcap", "--json", "--no-default-signatures", cut.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.code() == Some(1) || out.status.code() == Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(rigwatch())
+        .args(["pcap", "--json", "--no-default-signatures", cut.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.code() == Some(1) || out.status.code() == Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let junk = dir.path().join("junk.pcap");
     std::fs::write(&junk, b"this is not a capture file at all").unwrap();
     let out = Command::new(rigwatch()).args(["pcap", junk.to_str().unwrap()]).output().unwrap();

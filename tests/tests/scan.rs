@@ -61,7 +61,11 @@ fn start(bin: &str, copy_as: Option<&str>, args: &[&str], cwd: Option<&Path>) ->
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid: u32 = line.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    let pid: u32 = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
     Sim { child, pid, _dir: dir }
 }
 
@@ -82,12 +86,25 @@ fn busy() -> std::sync::MutexGuard<'static, ()> {
 
 fn scan(window: &str, extra: &[&str]) -> (i32, Value) {
     let out = Command::new(rigwatch())
-        .args(["scan", "--json", "--window", window, "--cpu-threshold", "0.05", "--no-default-signatures"])
+        .args([
+            "scan",
+            "--json",
+            "--window",
+            window,
+            "--cpu-threshold",
+            "0.05",
+            "--no-default-signatures",
+        ])
         .args(extra)
         .output()
         .expect("run rigwatch scan");
-    let v: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("scan JSON: {e}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "scan JSON: {e}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap_or(-1), v)
 }
 
@@ -96,7 +113,14 @@ fn finding(v: &Value, pid: u32) -> Option<&Value> {
 }
 
 fn must(v: &Value, pid: u32, what: &str) -> Value {
-    finding(v, pid).unwrap_or_else(|| panic!("{what} (pid {pid}) not reported: {}", serde_json::to_string_pretty(&v["findings"]).unwrap())).clone()
+    finding(v, pid)
+        .unwrap_or_else(|| {
+            panic!(
+                "{what} (pid {pid}) not reported: {}",
+                serde_json::to_string_pretty(&v["findings"]).unwrap()
+            )
+        })
+        .clone()
 }
 
 fn has(f: &Value, kind: &str, pred: impl Fn(&Value) -> bool) -> bool {
@@ -110,8 +134,14 @@ fn any(_: &Value) -> bool {
 #[test]
 fn miner_simulator_in_every_disguise() {
     let _busy = busy();
+    rigwatch(); // built before the simulators start their bounded burn
     let pool = "stratum+tcp://pool.supportxmr.com:3333";
-    let plain = start("minersim", Some("xmrig"), &["-o", pool, "-u", WALLET, "-p", "x", "--donate-level", "1", "--burn", "20"], None);
+    let plain = start(
+        "minersim",
+        Some("xmrig"),
+        &["-o", pool, "-u", WALLET, "-p", "x", "--donate-level", "1", "--burn", "20"],
+        None,
+    );
     let renamed = start("minersim", Some("sim1"), &["--rename", "kworker/0:2", "--burn", "20"], None);
     let deleted = start("minersim", Some("sim2"), &["--self-delete", "--burn", "20"], None);
     let memfd = start("minersim", None, &["--memfd", "--burn", "20"], None);
@@ -145,16 +175,27 @@ fn miner_simulator_in_every_disguise() {
     let f = must(&v, deleted.pid, "deleted minersim");
     assert_eq!(f["severity"], "confirmed");
     assert!(has(&f, "executable_origin", |e| e["origin"] == "deleted"));
-    assert!(has(&f, "binary_content", any), "a deleted binary is still read through /proc/PID/exe");
+    assert!(
+        has(&f, "binary_content", any),
+        "a deleted binary is still read through /proc/PID/exe"
+    );
 
     let f = must(&v, memfd.pid, "fileless minersim");
     assert_eq!(f["severity"], "confirmed");
     assert!(has(&f, "executable_origin", |e| e["origin"] == "memfd"));
     assert!(has(&f, "binary_content", any), "a memfd binary is read through /proc/PID/exe");
 
-    for (sim, origin_or_masq) in [(&b_renamed, "masquerade"), (&b_deleted, "deleted"), (&b_memfd, "memfd"), (&b_shm, "writable_dir")] {
+    for (sim, origin_or_masq) in [
+        (&b_renamed, "masquerade"),
+        (&b_deleted, "deleted"),
+        (&b_memfd, "memfd"),
+        (&b_shm, "writable_dir"),
+    ] {
         let f = must(&v, sim.pid, origin_or_masq);
-        assert_eq!(f["severity"], "suspicious", "{origin_or_masq}: odd origin + CPU is suspicious, no more");
+        assert_eq!(
+            f["severity"], "suspicious",
+            "{origin_or_masq}: odd origin + CPU is suspicious, no more"
+        );
         assert!(has(&f, "cpu", any));
         if origin_or_masq == "masquerade" {
             assert!(has(&f, "masquerade", any));
@@ -172,6 +213,7 @@ fn miner_simulator_in_every_disguise() {
 #[test]
 fn config_only_miners() {
     let _busy = busy();
+    rigwatch(); // built before the simulators start their bounded burn
     let dir = tempfile::Builder::new().prefix("rigwatch-cfg").tempdir_in(home_dir()).unwrap();
     let cfg = format!(
         r#"{{"autosave": true, "donate-level": 1, "cpu": {{"enabled": true}},
@@ -179,13 +221,23 @@ fn config_only_miners() {
     );
     std::fs::write(dir.path().join("miner.json"), &cfg).unwrap();
     // config given with -c, command line otherwise bare
-    let with_c = start("busysim", None, &["-c", dir.path().join("miner.json").to_str().unwrap(), "--idle", "20"], None);
+    let with_c = start(
+        "busysim",
+        None,
+        &["-c", dir.path().join("miner.json").to_str().unwrap(), "--idle", "20"],
+        None,
+    );
     // config.json beside the executable, no flags at all: the classic `./kswapd0`
     let beside = tempfile::Builder::new().prefix("rigwatch-cfg2").tempdir_in(home_dir()).unwrap();
     std::fs::write(beside.path().join("config.json"), &cfg).unwrap();
     let exe = beside.path().join("kswapd0");
     std::fs::copy(env!("CARGO_BIN_EXE_busysim"), &exe).unwrap();
-    let mut child = Command::new(&exe).args(["--idle", "20"]).current_dir(beside.path()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(&exe)
+        .args(["--idle", "20"])
+        .current_dir(beside.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let beside_pid = child.id();
@@ -195,7 +247,9 @@ fn config_only_miners() {
 
     let f = must(&v, with_c.pid, "-c config");
     assert_eq!(f["severity"], "confirmed", "pool + wallet in a miner config is confirmed");
-    assert!(has(&f, "miner_config", |e| e["pools"][0] == "127.0.0.1:3333" && e["wallets"][0] == WALLET && e["path"].as_str().unwrap().ends_with("miner.json")));
+    assert!(has(&f, "miner_config", |e| e["pools"][0] == "127.0.0.1:3333"
+        && e["wallets"][0] == WALLET
+        && e["path"].as_str().unwrap().ends_with("miner.json")));
     let f = must(&v, beside_pid, "config beside the exe");
     assert_eq!(f["severity"], "confirmed");
     assert!(has(&f, "miner_config", |e| e["path"].as_str().unwrap().ends_with("/config.json")));
@@ -205,6 +259,7 @@ fn config_only_miners() {
 #[test]
 fn benign_busy_programs_stay_below_likely() {
     let _busy = busy();
+    rigwatch(); // built before the simulators start their bounded burn
     let work = tempfile::Builder::new().prefix("rigwatch-benign").tempdir_in(home_dir()).unwrap();
     // 8 MiB of incompressible data for xz -9
     let mut data = vec![0u8; 8 << 20];
@@ -218,18 +273,31 @@ fn benign_busy_programs_stay_below_likely() {
     std::fs::write(work.path().join("data.bin"), &data).unwrap();
     let mut src = String::from("#include <stdio.h>\n");
     for i in 0..3000 {
-        src.push_str(&format!("static int f{i}(int x) {{ int s = 0; for (int j = 0; j < x; j++) s += j * {i} % 7; return s; }}\n"));
+        src.push_str(&format!(
+            "static int f{i}(int x) {{ int s = 0; for (int j = 0; j < x; j++) s += j * {i} % 7; return s; }}\n"
+        ));
     }
     src.push_str("int main(void) { return f1(3); }\n");
     std::fs::write(work.path().join("big.c"), src).unwrap();
     let mut progs = vec![
-        Command::new("xz").args(["-9", "-k", "-T1", "-f", "data.bin"]).current_dir(work.path()).spawn().expect("xz"),
+        Command::new("xz")
+            .args(["-9", "-k", "-T1", "-f", "data.bin"])
+            .current_dir(work.path())
+            .spawn()
+            .expect("xz"),
         Command::new("python3")
-            .args(["-c", "import time\nend=time.time()+8\nn=0\nwhile time.time()<end:\n  n+=sum(i*i for i in range(1000))"])
+            .args([
+                "-c",
+                "import time\nend=time.time()+8\nn=0\nwhile time.time()<end:\n  n+=sum(i*i for i in range(1000))",
+            ])
             .spawn()
             .expect("python3"),
     ];
-    if let Ok(c) = Command::new("cc").args(["-O2", "-c", "big.c", "-o", "big.o"]).current_dir(work.path()).spawn() {
+    if let Ok(c) = Command::new("cc")
+        .args(["-O2", "-c", "big.c", "-o", "big.o"])
+        .current_dir(work.path())
+        .spawn()
+    {
         progs.push(c);
     }
     let pids: Vec<u32> = progs.iter().map(|c| c.id()).collect();
@@ -240,14 +308,20 @@ fn benign_busy_programs_stay_below_likely() {
     }
     for f in v["findings"].as_array().unwrap() {
         let sev = f["severity"].as_str().unwrap();
-        assert!(sev == "suspicious" || !pids.contains(&(f["pid"].as_u64().unwrap() as u32)), "benign program reached {sev}: {f}");
+        assert!(
+            sev == "suspicious" || !pids.contains(&(f["pid"].as_u64().unwrap() as u32)),
+            "benign program reached {sev}: {f}"
+        );
     }
     // nothing on this host but the test's own processes reaches likely
     for f in v["findings"].as_array().unwrap() {
         let cmdline = f["process"]["cmdline"].as_str().unwrap();
         let ours = cmdline.contains("--burn") || cmdline.contains("--idle");
-        assert!(f["severity"] == "suspicious" || ours,
-            "unexpected {} finding on this host: {f}", f["severity"]);
+        assert!(
+            f["severity"] == "suspicious" || ours,
+            "unexpected {} finding on this host: {f}",
+            f["severity"]
+        );
     }
 }
 
@@ -265,7 +339,17 @@ fn fixture_tree_json_and_exit_codes() {
         assert!(f["process"][key].is_string(), "process has {key}");
     }
     // hostile names come out as valid JSON strings
-    let out = Command::new(rigwatch()).args(["scan", "--proc-root", root.to_str().unwrap(), "--window", "0", "--no-default-signatures"]).output().unwrap();
+    let out = Command::new(rigwatch())
+        .args([
+            "scan",
+            "--proc-root",
+            root.to_str().unwrap(),
+            "--window",
+            "0",
+            "--no-default-signatures",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("confirmed") && table.contains("xmrig"), "{table}");
@@ -274,7 +358,10 @@ fn fixture_tree_json_and_exit_codes() {
     let (code, v) = scan("0", &["--proc-root", root.to_str().unwrap(), "--min-severity", "confirmed"]);
     assert_eq!(code, 1);
     assert!(v["findings"].as_array().unwrap().iter().all(|f| f["severity"] == "confirmed"));
-    let out = Command::new(rigwatch()).args(["scan", "--proc-root", "/nonexistent-rigwatch", "--window", "0"]).output().unwrap();
+    let out = Command::new(rigwatch())
+        .args(["scan", "--proc-root", "/nonexistent-rigwatch", "--window", "0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-rigwatch"));
 }

@@ -95,7 +95,14 @@ pub struct SensorsConfig {
 
 impl Default for SensorsConfig {
     fn default() -> Self {
-        SensorsConfig { exec_events: true, binary: true, minerconfig: true, sockets: true, capture: true, gpu: true }
+        SensorsConfig {
+            exec_events: true,
+            binary: true,
+            minerconfig: true,
+            sockets: true,
+            capture: true,
+            gpu: true,
+        }
     }
 }
 
@@ -109,7 +116,9 @@ pub struct SignaturesConfig {
 
 impl Default for SignaturesConfig {
     fn default() -> Self {
-        SignaturesConfig { dirs: vec![PathBuf::from("/etc/rigwatch/signatures.d")] }
+        SignaturesConfig {
+            dirs: vec![PathBuf::from("/etc/rigwatch/signatures.d")],
+        }
     }
 }
 
@@ -125,7 +134,10 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { listen: "127.0.0.1:9861".into(), max_finding_series: 100 }
+        MetricsConfig {
+            listen: "127.0.0.1:9861".into(),
+            max_finding_series: 100,
+        }
     }
 }
 
@@ -246,7 +258,11 @@ mod tests {
         assert!(e.contains("c.toml:5"), "{e}");
         std::fs::write(&p, "[scan]\nintervl = 5\n").unwrap();
         assert!(Config::from_file(&p).unwrap_err().to_string().contains("intervl"));
-        std::fs::write(&p, "[scan]\ninterval_seconds = 2\n[response]\nconfirmed = \"kill\"\ndry_run = true\n").unwrap();
+        std::fs::write(
+            &p,
+            "[scan]\ninterval_seconds = 2\n[response]\nconfirmed = \"kill\"\ndry_run = true\n",
+        )
+        .unwrap();
         let c = Config::from_file(&p).unwrap();
         assert_eq!(c.scan.interval_seconds, 2.0);
         assert_eq!(c.response.confirmed, Action::Kill);

@@ -3,8 +3,7 @@
 //! process details only on the bounded set of active findings.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use rigwatch_signatures::{EvidenceKind, Finding, Severity};
 
@@ -83,8 +82,16 @@ impl Metrics {
         let icv = |n: &str, h: &str, l: &[&str]| IntCounterVec::new(Opts::new(n, h), l).unwrap();
         let m = Metrics {
             build_info: reg!(igv("rigwatch_build_info", "rigwatch agent build information.", &["version"])),
-            sensor_up: reg!(igv("rigwatch_sensor_up", "Whether a sensor works on this host (1) or not (0).", &["sensor"])),
-            sensor_duration: reg!(gv("rigwatch_sensor_pass_duration_seconds", "Duration of the sensor's last pass.", &["sensor"])),
+            sensor_up: reg!(igv(
+                "rigwatch_sensor_up",
+                "Whether a sensor works on this host (1) or not (0).",
+                &["sensor"]
+            )),
+            sensor_duration: reg!(gv(
+                "rigwatch_sensor_pass_duration_seconds",
+                "Duration of the sensor's last pass.",
+                &["sensor"]
+            )),
             sensor_errors: reg!(icv("rigwatch_sensor_errors_total", "Passes in which a sensor failed.", &["sensor"])),
             findings_active: reg!(igv("rigwatch_findings_active", "Active findings by severity.", &["severity"])),
             finding_active: reg!(igv(
@@ -92,19 +99,41 @@ impl Metrics {
                 "One series per active finding (bounded), value 1.",
                 &["id", "severity", "rule", "comm", "pid"]
             )),
-            finding_cpu: reg!(gv("rigwatch_finding_cpu_cores", "Cores used by the process of an active finding.", &["id"])),
-            finding_gpu: reg!(gv("rigwatch_finding_gpu_utilization_ratio", "GPU utilisation of the process of an active finding.", &["id"])),
-            findings_opened: reg!(icv("rigwatch_findings_opened_total", "Findings opened, by rule and severity.", &["rule", "severity"])),
+            finding_cpu: reg!(gv(
+                "rigwatch_finding_cpu_cores",
+                "Cores used by the process of an active finding.",
+                &["id"]
+            )),
+            finding_gpu: reg!(gv(
+                "rigwatch_finding_gpu_utilization_ratio",
+                "GPU utilisation of the process of an active finding.",
+                &["id"]
+            )),
+            findings_opened: reg!(icv(
+                "rigwatch_findings_opened_total",
+                "Findings opened, by rule and severity.",
+                &["rule", "severity"]
+            )),
             findings_resolved: reg!(IntCounter::new("rigwatch_findings_resolved_total", "Findings resolved.").unwrap()),
             signatures_info: reg!(igv("rigwatch_signatures_info", "The signature set in force.", &["version"])),
             signatures_rules: reg!(IntGauge::new("rigwatch_signatures_rules", "Rules in force.").unwrap()),
-            signature_load_errors: reg!(IntCounter::new("rigwatch_signature_load_errors_total", "Signature files that failed to load.").unwrap()),
-            signatures_reload_ok: reg!(IntGauge::new("rigwatch_signatures_last_reload_success", "Whether the last signature reload succeeded.").unwrap()),
+            signature_load_errors: reg!(
+                IntCounter::new("rigwatch_signature_load_errors_total", "Signature files that failed to load.").unwrap()
+            ),
+            signatures_reload_ok: reg!(IntGauge::new(
+                "rigwatch_signatures_last_reload_success",
+                "Whether the last signature reload succeeded."
+            )
+            .unwrap()),
             shipper_queue: reg!(IntGauge::new("rigwatch_shipper_queue_events", "Events waiting for the collector.").unwrap()),
             spool_bytes: reg!(IntGauge::new("rigwatch_spool_bytes", "Bytes in the on-disk spool.").unwrap()),
-            spool_dropped: reg!(IntCounter::new("rigwatch_spool_dropped_events_total", "Events dropped because the spool was full.").unwrap()),
+            spool_dropped: reg!(
+                IntCounter::new("rigwatch_spool_dropped_events_total", "Events dropped because the spool was full.").unwrap()
+            ),
             shipper_delivered: reg!(IntCounter::new("rigwatch_shipper_delivered_events_total", "Events the collector accepted.").unwrap()),
-            shipper_failures: reg!(IntCounter::new("rigwatch_shipper_delivery_failures_total", "Failed deliveries to the collector.").unwrap()),
+            shipper_failures: reg!(
+                IntCounter::new("rigwatch_shipper_delivery_failures_total", "Failed deliveries to the collector.").unwrap()
+            ),
             pass_duration: reg!(Histogram::with_opts(
                 HistogramOpts::new("rigwatch_pass_duration_seconds", "Duration of a detection pass.")
                     .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
@@ -112,7 +141,11 @@ impl Metrics {
             .unwrap()),
             processes: reg!(IntGauge::new("rigwatch_processes", "Processes seen in the last pass.").unwrap()),
             exec_events: reg!(IntCounter::new("rigwatch_exec_events_total", "Exec events from the kernel's proc connector.").unwrap()),
-            response_actions: reg!(icv("rigwatch_response_actions_total", "Response actions taken (or logged in dry run).", &["action", "dry_run"])),
+            response_actions: reg!(icv(
+                "rigwatch_response_actions_total",
+                "Response actions taken (or logged in dry run).",
+                &["action", "dry_run"]
+            )),
             last_pass: reg!(Gauge::new("rigwatch_last_pass_timestamp_seconds", "Unix time of the last detection pass.").unwrap()),
             registry: r,
         };
@@ -142,8 +175,14 @@ impl Metrics {
         for f in sorted.into_iter().take(cap) {
             let rule = main_rule(f);
             let pid = f.pid.map(|p| p.to_string()).unwrap_or_default();
-            let comm = if f.flow.is_some() { "(flow)".to_string() } else { label(&f.process.comm) };
-            self.finding_active.with_label_values(&[&f.id, f.severity.as_str(), &label(&rule), &comm, &pid]).set(1);
+            let comm = if f.flow.is_some() {
+                "(flow)".to_string()
+            } else {
+                label(&f.process.comm)
+            };
+            self.finding_active
+                .with_label_values(&[&f.id, f.severity.as_str(), &label(&rule), &comm, &pid])
+                .set(1);
             if let Some(c) = f.cpu_cores {
                 self.finding_cpu.with_label_values(&[&f.id]).set(c);
             }
@@ -172,5 +211,9 @@ impl Default for Metrics {
 
 /// The rule that best names a finding: its strongest rule-based evidence, else its strongest kind.
 pub fn main_rule(f: &Finding) -> String {
-    f.evidence.iter().find_map(|e| e.rule.clone()).or_else(|| f.evidence.first().map(|e| e.kind().to_string())).unwrap_or_default()
+    f.evidence
+        .iter()
+        .find_map(|e| e.rule.clone())
+        .or_else(|| f.evidence.first().map(|e| e.kind().to_string()))
+        .unwrap_or_default()
 }

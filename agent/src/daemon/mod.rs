@@ -123,8 +123,13 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         None
     } else {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let listener = rt.block_on(tokio::net::TcpListener::bind(&cfg.metrics.listen)).map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.metrics.listen))?;
-        log("listening", serde_json::json!({"metrics": format!("http://{}/metrics", listener.local_addr()?)}));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(&cfg.metrics.listen))
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.metrics.listen))?;
+        log(
+            "listening",
+            serde_json::json!({"metrics": format!("http://{}/metrics", listener.local_addr()?)}),
+        );
         let s2 = shared.clone();
         rt.spawn(serve(listener, s2));
         if shared.spool.is_some() {
@@ -153,7 +158,10 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
             _ => true,
         })
         .collect();
-    let dcfg = DetectorConfig { cpu_cores_threshold: cfg.scan.cpu_threshold_cores, ..Default::default() };
+    let dcfg = DetectorConfig {
+        cpu_cores_threshold: cfg.scan.cpu_threshold_cores,
+        ..Default::default()
+    };
     let mut detector = Detector::new(sig.clone(), dcfg, &host);
     // with a spool, the active set survives restarts next to it
     let tracker_file = shared.spool.as_ref().map(|_| cfg.collector.spool_dir.join("active.json"));
@@ -202,7 +210,10 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                     for s in sensors.iter_mut() {
                         s.set_signatures(sig.clone());
                     }
-                    log("signatures_reloaded", serde_json::json!({"version": sig.version, "rules": sig.rules().len()}));
+                    log(
+                        "signatures_reloaded",
+                        serde_json::json!({"version": sig.version, "rules": sig.rules().len()}),
+                    );
                     next_pass = Instant::now();
                 } else {
                     m.signatures_reload_ok.set(0);
@@ -257,12 +268,24 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         let started = Instant::now();
         let cur = procs.sample().map_err(|e| anyhow::anyhow!("cannot list {}: {e}", root.display()))?;
         let mut obs = Vec::new();
-        let mut status = vec![SensorStatus { name: "process".into(), up: true, message: None }];
+        let mut status = vec![SensorStatus {
+            name: "process".into(),
+            up: true,
+            message: None,
+        }];
         if let Some(Some(why)) = &exec_up {
-            status.push(SensorStatus { name: "exec_events".into(), up: false, message: Some(why.clone()) });
+            status.push(SensorStatus {
+                name: "exec_events".into(),
+                up: false,
+                message: Some(why.clone()),
+            });
             m.sensor_up.with_label_values(&["exec_events"]).set(0);
         } else if exec_up.is_some() {
-            status.push(SensorStatus { name: "exec_events".into(), up: true, message: None });
+            status.push(SensorStatus {
+                name: "exec_events".into(),
+                up: true,
+                message: None,
+            });
             m.sensor_up.with_label_values(&["exec_events"]).set(1);
         }
         m.sensor_up.with_label_values(&["process"]).set(1);
@@ -277,7 +300,11 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                     log("sensor_unavailable", serde_json::json!({"sensor": s.name(), "why": e.message}));
                 }
             }
-            status.push(SensorStatus { name: s.name().into(), up: r.is_ok(), message: r.err().map(|e| e.message) });
+            status.push(SensorStatus {
+                name: s.name().into(),
+                up: r.is_ok(),
+                message: r.err().map(|e| e.message),
+            });
         }
         *shared.sensors.lock().unwrap_or_else(|e| e.into_inner()) = status;
         let findings = detector.assess(base.as_ref(), &cur, &obs, now);
@@ -312,7 +339,9 @@ fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Respon
     for change in changes {
         match change {
             Change::Opened(f) => {
-                m.findings_opened.with_label_values(&[&metrics::label(&metrics::main_rule(&f)), f.severity.as_str()]).inc();
+                m.findings_opened
+                    .with_label_values(&[&metrics::label(&metrics::main_rule(&f)), f.severity.as_str()])
+                    .inc();
                 log("finding_opened", serde_json::to_value(&f).unwrap_or_default());
                 respond(responder, &f, m);
                 emit(shared, now, EventKind::FindingOpened { finding: f });
@@ -333,7 +362,9 @@ fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Respon
 
 fn respond(r: &mut response::Responder, f: &rigwatch_signatures::Finding, m: &Metrics) {
     if let Some(o) = r.act(f) {
-        m.response_actions.with_label_values(&[o.action, if o.dry_run { "true" } else { "false" }]).inc();
+        m.response_actions
+            .with_label_values(&[o.action, if o.dry_run { "true" } else { "false" }])
+            .inc();
         log(
             "response",
             serde_json::json!({"finding": f.id, "action": o.action, "pid": o.pid, "dry_run": o.dry_run, "quarantined": o.quarantined, "skipped": o.skipped}),
@@ -363,7 +394,10 @@ fn watch(dirs: &[PathBuf], tx: Sender<Msg>) -> Option<notify::RecommendedWatcher
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             // reading the files (our own reload) raises access events: ignore those
-            let change = matches!(ev.kind, notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_));
+            let change = matches!(
+                ev.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
+            );
             if change && ev.paths.iter().any(|p| p.extension().is_some_and(|e| e == "toml" || e == "txt")) {
                 let _ = tx.lock().map(|t| t.send(Msg::Reload));
             }
@@ -388,7 +422,12 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             "/metrics",
             get(move || {
                 let s = s.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()) }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        s.metrics.render(),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));

@@ -34,7 +34,11 @@ pub struct Responder {
 impl Responder {
     /// A responder with a policy.
     pub fn new(cfg: ResponseConfig, proc_root: &Path) -> Self {
-        Responder { cfg, proc_root: proc_root.to_path_buf(), done: HashSet::new() }
+        Responder {
+            cfg,
+            proc_root: proc_root.to_path_buf(),
+            done: HashSet::new(),
+        }
     }
 
     fn action_for(&self, s: Severity) -> Action {
@@ -54,7 +58,13 @@ impl Responder {
         }
         self.done.insert(f.id.clone());
         let name = if action == Action::Kill { "kill" } else { "stop" };
-        let mut out = Outcome { action: name, pid, dry_run: self.cfg.dry_run, quarantined: None, skipped: None };
+        let mut out = Outcome {
+            action: name,
+            pid,
+            dry_run: self.cfg.dry_run,
+            quarantined: None,
+            skipped: None,
+        };
         // re-identify: same pid, same start time, not a kernel thread, not us, not init
         let stat = std::fs::read(self.proc_root.join(pid.to_string()).join("stat")).ok();
         let now = stat.as_deref().and_then(crate::sensors::process::parse_stat);
@@ -73,9 +83,16 @@ impl Responder {
             return Some(out);
         }
         if self.cfg.quarantine {
-            out.quarantined = self.quarantine(pid).map_err(|e| out.skipped = Some(format!("quarantine failed: {e}"))).ok();
+            out.quarantined = self
+                .quarantine(pid)
+                .map_err(|e| out.skipped = Some(format!("quarantine failed: {e}")))
+                .ok();
         }
-        let sig = if action == Action::Kill { nix::sys::signal::Signal::SIGKILL } else { nix::sys::signal::Signal::SIGSTOP };
+        let sig = if action == Action::Kill {
+            nix::sys::signal::Signal::SIGKILL
+        } else {
+            nix::sys::signal::Signal::SIGSTOP
+        };
         if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig) {
             out.skipped = Some(format!("signal failed: {e}"));
         }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn client(cfg: &CollectorConfig) -> anyhow::Result<reqwest::Client> {
-    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30)).user_agent(concat!("rigwatch/", env!("CARGO_PKG_VERSION")));
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("rigwatch/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &cfg.ca_file {
         let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("collector CA {}: {e}", ca.display()))?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
@@ -83,7 +85,10 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
                     Ok(r) => format!("collector answered {}", r.status()),
                     Err(e) => format!("{e}"),
                 };
-                log("delivery_failed", serde_json::json!({"url": url, "error": why, "retry_in_s": backoff.as_secs()}));
+                log(
+                    "delivery_failed",
+                    serde_json::json!({"url": url, "error": why, "retry_in_s": backoff.as_secs()}),
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }

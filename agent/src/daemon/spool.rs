@@ -64,7 +64,10 @@ impl Spool {
                 id
             }
         };
-        let acked = std::fs::read_to_string(dir.join("acked")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let acked = std::fs::read_to_string(dir.join("acked"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)?
             .flatten()
             .map(|e| e.path())
@@ -83,7 +86,12 @@ impl Spool {
             match (first, last) {
                 (Some(f), Some(l)) if l > acked => {
                     next_seq = next_seq.max(l + 1);
-                    segments.push_back(Segment { first_seq: f, last_seq: l, path, bytes: good_bytes });
+                    segments.push_back(Segment {
+                        first_seq: f,
+                        last_seq: l,
+                        path,
+                        bytes: good_bytes,
+                    });
                 }
                 (_, Some(l)) => {
                     next_seq = next_seq.max(l + 1);
@@ -92,7 +100,16 @@ impl Spool {
                 _ => std::fs::remove_file(&path)?,
             }
         }
-        Ok(Spool { dir: dir.to_path_buf(), max_bytes, agent_id, segments, next_seq, acked, out: None, dropped: 0 })
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            agent_id,
+            segments,
+            next_seq,
+            acked,
+            out: None,
+            dropped: 0,
+        })
     }
 
     /// This installation's agent id.
@@ -103,7 +120,11 @@ impl Spool {
     /// Appends an event (fsync'd before returning) and returns it.
     pub fn append(&mut self, at: u64, kind: EventKind) -> std::io::Result<Event> {
         let seq = self.next_seq;
-        let event = Event { event_id: format!("{}:{seq}", self.agent_id), at, kind };
+        let event = Event {
+            event_id: format!("{}:{seq}", self.agent_id),
+            at,
+            kind,
+        };
         let mut line = serde_json::to_vec(&Line { seq, event: event.clone() })?;
         line.push(b'\n');
         let roll = self.segments.back().is_none_or(|s| s.bytes + line.len() as u64 > SEGMENT_BYTES) || self.out.is_none();
@@ -112,7 +133,12 @@ impl Spool {
             let f = OpenOptions::new().create(true).append(true).open(&path)?;
             sync_dir(&self.dir);
             self.out = Some(f);
-            self.segments.push_back(Segment { first_seq: seq, last_seq: seq - 1, path, bytes: 0 });
+            self.segments.push_back(Segment {
+                first_seq: seq,
+                last_seq: seq - 1,
+                path,
+                bytes: 0,
+            });
         }
         let f = self.out.as_mut().expect("opened above");
         f.write_all(&line)?;
@@ -228,7 +254,12 @@ mod tests {
         assert_eq!(s.queued(), 2);
         drop(s);
         // a crash mid-write leaves half a line
-        let seg = std::fs::read_dir(dir.path()).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "jsonl")).unwrap().path();
+        let seg = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+            .unwrap()
+            .path();
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(b"{\"seq\":6,\"event\":{\"event_").unwrap();
         drop(f);
@@ -236,7 +267,11 @@ mod tests {
         assert_eq!(s.agent_id(), id, "the agent id survives restarts");
         assert_eq!(s.pending(100).unwrap().iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![4, 5]);
         let e = s.append(9, EventKind::Heartbeat {}).unwrap();
-        assert_eq!(e.event_id, format!("{id}:6"), "the torn line's number is reused: it was never emitted");
+        assert_eq!(
+            e.event_id,
+            format!("{id}:6"),
+            "the torn line's number is reused: it was never emitted"
+        );
         assert_eq!(s.pending(100).unwrap().len(), 3);
     }
 
@@ -246,7 +281,14 @@ mod tests {
         let mut s = Spool::open(dir.path(), SEGMENT_BYTES + 1000).unwrap();
         let big = "x".repeat(4000);
         for t in 0..3000u64 {
-            s.append(t, EventKind::FindingResolved { finding_id: big.clone(), reason: "test".into() }).unwrap();
+            s.append(
+                t,
+                EventKind::FindingResolved {
+                    finding_id: big.clone(),
+                    reason: "test".into(),
+                },
+            )
+            .unwrap();
         }
         assert!(s.bytes() <= SEGMENT_BYTES + 1000 + 5000, "{}", s.bytes());
         assert!(s.dropped > 0);

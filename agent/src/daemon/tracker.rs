@@ -76,7 +76,10 @@ impl Tracker {
         gone.into_iter()
             .map(|id| {
                 self.active.remove(&id);
-                Change::Resolved { id, reason: "process exited".into() }
+                Change::Resolved {
+                    id,
+                    reason: "process exited".into(),
+                }
             })
             .collect()
     }
@@ -140,16 +143,45 @@ mod tests {
 
     fn finding(pid: u32, cores: f64, extra: bool) -> Finding {
         let mut ev = vec![
-            Evidence::heuristic(EvidenceKind::ProcessName { name: "xmrig".into(), field: "comm".into() }, Weight::Likely),
-            Evidence::heuristic(EvidenceKind::Cpu { cores, window_seconds: 10.0 }, Weight::Info),
+            Evidence::heuristic(
+                EvidenceKind::ProcessName {
+                    name: "xmrig".into(),
+                    field: "comm".into(),
+                },
+                Weight::Likely,
+            ),
+            Evidence::heuristic(
+                EvidenceKind::Cpu {
+                    cores,
+                    window_seconds: 10.0,
+                },
+                Weight::Info,
+            ),
         ];
         if extra {
             ev.push(Evidence::heuristic(
-                EvidenceKind::Stratum { dialect: "cryptonote".into(), method: "login".into(), agent: None, login: None, worker: None, remote: "x".into() },
+                EvidenceKind::Stratum {
+                    dialect: "cryptonote".into(),
+                    method: "login".into(),
+                    agent: None,
+                    login: None,
+                    worker: None,
+                    remote: "x".into(),
+                },
                 Weight::Confirmed,
             ));
         }
-        Finding::assess("h", ProcessInfo { pid, start_time: 7, ..Default::default() }, ev, 1).unwrap()
+        Finding::assess(
+            "h",
+            ProcessInfo {
+                pid,
+                start_time: 7,
+                ..Default::default()
+            },
+            ev,
+            1,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -162,7 +194,13 @@ mod tests {
         let c = t.update(vec![finding(10, 1.7, true)], &|_, _| true, 120, false);
         assert!(matches!(&c[..], [Change::Updated(f)] if f.severity == rigwatch_signatures::Severity::Confirmed && f.first_seen == 100));
         let c = t.update(vec![], &|_, _| false, 130, false);
-        assert_eq!(c, vec![Change::Resolved { id: finding(10, 0.0, false).id, reason: "process exited".into() }]);
+        assert_eq!(
+            c,
+            vec![Change::Resolved {
+                id: finding(10, 0.0, false).id,
+                reason: "process exited".into()
+            }]
+        );
         t.update(vec![finding(11, 1.0, false)], &|_, _| true, 140, false);
         let c = t.update(vec![], &|_, _| true, 150, false);
         assert!(matches!(&c[..], [Change::Resolved { reason, .. }] if reason == "evidence gone"));

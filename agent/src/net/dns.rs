@@ -134,10 +134,20 @@ fn convert(p: &Packet<'_>) -> DnsMessage {
                 RData::CNAME(c) => (None, Some(name_to_string(&c.0))),
                 _ => return None,
             };
-            Some(DnsAnswer { name: name_to_string(&rr.name), addr, cname, ttl: rr.ttl })
+            Some(DnsAnswer {
+                name: name_to_string(&rr.name),
+                addr,
+                cname,
+                ttl: rr.ttl,
+            })
         })
         .collect();
-    DnsMessage { id: p.id(), response: p.has_flags(PacketFlag::RESPONSE), questions, answers }
+    DnsMessage {
+        id: p.id(),
+        response: p.has_flags(PacketFlag::RESPONSE),
+        questions,
+        answers,
+    }
 }
 
 /// Lowercased presentation form without the trailing dot; the root is "".
@@ -248,7 +258,12 @@ mod tests {
         assert_eq!(m.questions, vec!["xmr.2miners.com"]);
         assert_eq!(
             m.answers,
-            vec![DnsAnswer { name: "xmr.2miners.com".into(), addr: Some(IpAddr::V6(v6)), cname: None, ttl: 120 }]
+            vec![DnsAnswer {
+                name: "xmr.2miners.com".into(),
+                addr: Some(IpAddr::V6(v6)),
+                cname: None,
+                ttl: 120
+            }]
         );
     }
 

@@ -37,11 +37,24 @@ pub struct Packet<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FlowEvent {
     /// A mining protocol.
-    Stratum { client: SocketAddr, server: SocketAddr, hit: StratumSeen },
+    Stratum {
+        client: SocketAddr,
+        server: SocketAddr,
+        hit: StratumSeen,
+    },
     /// A TLS ClientHello with a server name.
-    TlsSni { client: SocketAddr, server: SocketAddr, name: String },
+    TlsSni {
+        client: SocketAddr,
+        server: SocketAddr,
+        name: String,
+    },
     /// A DNS message (query or answer); `client` asked, `server` answered.
-    Dns { client: SocketAddr, server: SocketAddr, questions: Vec<String>, answers: Vec<(String, std::net::IpAddr)> },
+    Dns {
+        client: SocketAddr,
+        server: SocketAddr,
+        questions: Vec<String>,
+        answers: Vec<(String, std::net::IpAddr)>,
+    },
     /// Stratum V2 handshake sizes (a weak signal).
     StratumV2 { client: SocketAddr, server: SocketAddr },
 }
@@ -115,7 +128,12 @@ fn is_dns_port(p: u16) -> bool {
 impl FlowTable {
     /// An empty table.
     pub fn new() -> Self {
-        FlowTable { flows: HashMap::new(), tick: 0, packets: 0, bytes: 0 }
+        FlowTable {
+            flows: HashMap::new(),
+            tick: 0,
+            packets: 0,
+            bytes: 0,
+        }
     }
 
     /// Flows tracked now.
@@ -140,7 +158,12 @@ impl FlowTable {
                 if let Ok(m) = msg {
                     let (client, server) = if m.response { (p.dst, p.src) } else { (p.src, p.dst) };
                     let answers = m.answers.iter().filter_map(|a| a.addr.map(|ip| (a.name.clone(), ip))).collect();
-                    out.push(FlowEvent::Dns { client, server, questions: m.questions.clone(), answers });
+                    out.push(FlowEvent::Dns {
+                        client,
+                        server,
+                        questions: m.questions.clone(),
+                        answers,
+                    });
                 }
             }
             return out;
@@ -274,7 +297,15 @@ mod tests {
     use super::*;
 
     fn pkt<'a>(src: &str, dst: &str, seq: u32, payload: &'a [u8]) -> Packet<'a> {
-        Packet { src: src.parse().unwrap(), dst: dst.parse().unwrap(), tcp: true, seq, syn: false, syn_ack: false, payload }
+        Packet {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            tcp: true,
+            seq,
+            syn: false,
+            syn_ack: false,
+            payload,
+        }
     }
 
     #[test]
@@ -345,6 +376,9 @@ mod tests {
             }
         }
         assert!(t.len() <= MAX_FLOWS);
-        assert!(t.flows.values().all(|f| f.dirs.iter().all(|d| d.buf.len() <= MAX_BYTES_PER_DIRECTION)));
+        assert!(t
+            .flows
+            .values()
+            .all(|f| f.dirs.iter().all(|d| d.buf.len() <= MAX_BYTES_PER_DIRECTION)));
     }
 }

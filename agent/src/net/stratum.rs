@@ -139,7 +139,14 @@ struct Cand {
 
 fn cand(dialect: &'static str, method: &str, from_client: bool, score: u8) -> Cand {
     Cand {
-        hit: StratumHit { dialect, method: method.to_string(), agent: None, login: None, worker: None, from_client },
+        hit: StratumHit {
+            dialect,
+            method: method.to_string(),
+            agent: None,
+            login: None,
+            worker: None,
+            from_client,
+        },
         score,
     }
 }
@@ -254,7 +261,8 @@ fn classify_line(line: &[u8]) -> Option<Cand> {
 
 /// Field of an object, key compared case-insensitively.
 fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    obj.get(key)
+        .or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 
 /// The key is present with a string, or (in a cut line) with a value that
@@ -336,7 +344,9 @@ fn any_str_starts_ci(items: &[Value], prefix: &str) -> bool {
 }
 
 fn starts_with_ci(s: &str, prefix: &str) -> bool {
-    s.as_bytes().get(..prefix.len()).is_some_and(|h| h.eq_ignore_ascii_case(prefix.as_bytes()))
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 fn classify_method(m: &str, obj: &Map<String, Value>, cut: bool) -> Option<Cand> {
@@ -346,8 +356,11 @@ fn classify_method(m: &str, obj: &Map<String, Value>, cut: bool) -> Option<Cand>
         // ---- Stratum v1 family, client side
         "mining.subscribe" => {
             let p = params_array(params, true)?;
-            let dialect =
-                if any_str_starts_ci(p, "ethereumstratum/1") { "ethereumstratum/1.0.0" } else { "stratum-v1" };
+            let dialect = if any_str_starts_ci(p, "ethereumstratum/1") {
+                "ethereumstratum/1.0.0"
+            } else {
+                "stratum-v1"
+            };
             let mut c = cand(dialect, m, true, 90);
             c.hit.agent = p.first().and_then(Value::as_str).and_then(clean);
             c
@@ -566,10 +579,7 @@ fn classify_result(obj: &Map<String, Value>, cut: bool) -> Option<Cand> {
                 return Some(cand("ethereumstratum/2.0.0", "mining.hello(result)", false, 85));
             }
             // getwork result: {"midstate":..,"data":..,"hash1":..,"target":..}
-            if has_str(r, "data", cut)
-                && has_str(r, "target", cut)
-                && (has_str(r, "midstate", cut) || has_str(r, "hash1", cut))
-            {
+            if has_str(r, "data", cut) && has_str(r, "target", cut) && (has_str(r, "midstate", cut) || has_str(r, "hash1", cut)) {
                 return Some(cand("getwork", "getwork(result)", false, 70));
             }
             None
@@ -664,9 +674,7 @@ fn http_body(body: &[u8], response: bool) -> Option<Cand> {
     }
     let method = str_field(obj, "method")?.trim().to_ascii_lowercase();
     match method.as_str() {
-        "eth_getwork" | "eth_submitwork" | "eth_submithashrate" | "eth_submitlogin" => {
-            classify_method(&method, obj, cut).filter(over_http)
-        }
+        "eth_getwork" | "eth_submitwork" | "eth_submithashrate" | "eth_submitlogin" => classify_method(&method, obj, cut).filter(over_http),
         "getwork" => Some(cand("getwork", "getwork", true, 70)),
         "getblocktemplate" | "get_block_template" => {
             let mut c = cand("getwork", &method, true, 75);
@@ -848,7 +856,9 @@ impl Tolerant<'_> {
         match serde_json::from_slice::<String>(raw) {
             Ok(s) => Ok(Some(s)),
             // invalid UTF-8 or escape: keep what can be read
-            Err(_) => Ok(Some(String::from_utf8_lossy(raw.get(1..raw.len() - 1).unwrap_or_default()).into_owned())),
+            Err(_) => Ok(Some(
+                String::from_utf8_lossy(raw.get(1..raw.len() - 1).unwrap_or_default()).into_owned(),
+            )),
         }
     }
 
@@ -868,7 +878,10 @@ impl Tolerant<'_> {
 
     fn number(&mut self) -> Result<Value, Bad> {
         let start = self.pos;
-        while self.peek().is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+        while self
+            .peek()
+            .is_some_and(|c| matches!(c, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+        {
             self.pos += 1;
         }
         if self.pos >= self.b.len() {
@@ -886,8 +899,7 @@ mod tests {
     use super::*;
 
     const XMRIG_LOGIN: &str = r#"{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A.rig7","pass":"x","agent":"XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0","rigid":"","algo":["rx/0","cn/r"]}}"#;
-    const WALLET: &str =
-        "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+    const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 
     fn hit(s: &str) -> StratumHit {
         classify(s.as_bytes()).unwrap_or_else(|| panic!("no hit for {s:?}"))
@@ -945,9 +957,7 @@ mod tests {
 
     #[test]
     fn cgminer_submit_params_first() {
-        let h = hit(
-            r#"{"params": ["user.w2", "4f1a", "00000001", "5f5e1000", "a1b2c3d4"], "id": 4, "method": "mining.submit"}"#,
-        );
+        let h = hit(r#"{"params": ["user.w2", "4f1a", "00000001", "5f5e1000", "a1b2c3d4"], "id": 4, "method": "mining.submit"}"#);
         assert_eq!(h.method, "mining.submit");
         assert_eq!(h.login.as_deref(), Some("user"));
         assert_eq!(h.worker.as_deref(), Some("w2"));
@@ -965,9 +975,7 @@ mod tests {
 
     #[test]
     fn ethereumstratum_v1_subscribe() {
-        let h = hit(
-            "{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"ethminer-0.18.0\",\"EthereumStratum/1.0.0\"]}\n",
-        );
+        let h = hit("{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"ethminer-0.18.0\",\"EthereumStratum/1.0.0\"]}\n");
         assert_eq!(h.dialect, "ethereumstratum/1.0.0");
         assert_eq!(h.agent.as_deref(), Some("ethminer-0.18.0"));
     }
@@ -1068,12 +1076,15 @@ mod tests {
     #[test]
     fn cryptonote_login_variants() {
         // spaced, short agent
-        let h = hit(&format!("{{\"id\": 1, \"method\": \"login\", \"params\": {{\"login\": \"{WALLET}\", \"pass\": \"x\", \"agent\": \"xmr/1.0\"}}}}\n"));
+        let h = hit(&format!(
+            "{{\"id\": 1, \"method\": \"login\", \"params\": {{\"login\": \"{WALLET}\", \"pass\": \"x\", \"agent\": \"xmr/1.0\"}}}}\n"
+        ));
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.agent.as_deref(), Some("xmr/1.0"));
         // web-miner proxy: neither agent nor jsonrpc
-        let h =
-            hit(&format!("{{\"method\":\"login\",\"params\":{{\"login\":\"{WALLET}\",\"pass\":\"w\"}},\"id\":1}}\n"));
+        let h = hit(&format!(
+            "{{\"method\":\"login\",\"params\":{{\"login\":\"{WALLET}\",\"pass\":\"w\"}},\"id\":1}}\n"
+        ));
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.agent, None);
         assert_eq!(h.login.as_deref(), Some(WALLET));
@@ -1087,9 +1098,7 @@ mod tests {
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.method, "submit");
         assert!(h.from_client);
-        let h = hit(
-            "{\"id\":5,\"jsonrpc\":\"2.0\",\"method\":\"keepalived\",\"params\":{\"id\":\"725a0a4c-7d8c-4a1e\"}}\n",
-        );
+        let h = hit("{\"id\":5,\"jsonrpc\":\"2.0\",\"method\":\"keepalived\",\"params\":{\"id\":\"725a0a4c-7d8c-4a1e\"}}\n");
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.method, "keepalived");
     }
@@ -1100,7 +1109,9 @@ mod tests {
         assert_eq!(h.dialect, "cryptonote");
         assert_eq!(h.method, "login(result)");
         assert!(!h.from_client);
-        let h = hit("{\"jsonrpc\":\"2.0\",\"method\":\"job\",\"params\":{\"blob\":\"0e0eb6\",\"job_id\":\"876460\",\"target\":\"b88d0600\"}}\n");
+        let h = hit(
+            "{\"jsonrpc\":\"2.0\",\"method\":\"job\",\"params\":{\"blob\":\"0e0eb6\",\"job_id\":\"876460\",\"target\":\"b88d0600\"}}\n",
+        );
         assert_eq!(h.method, "job");
         assert!(!h.from_client);
     }
@@ -1293,7 +1304,10 @@ mod tests {
         let h = hit("POST / HTTP/1.1\r\nHost: 127.0.0.1:8545\r\nContent-Type: application/json\r\nContent-Length: 58\r\n\r\n{\"jsonrpc\":\"2.0\",\"method\":\"eth_getWork\",\"params\":[],\"id\":1}");
         assert_eq!((h.dialect, h.method.as_str(), h.from_client), ("ethproxy", "eth_getwork", true));
         let h = hit("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[\"0x645cf20198c2f3861e947d4f67e3ab63b7b2e24dcc9095bd9123e7b33371f6cc\",\"0xabad8f99f3918bf903c6a909d9bbc0fdfa5a2f4b9cb1196175ec825c6610126c\",\"0x00000000ffff0000000000000000000000000000000000000000000000000000\",\"0xd3b9a1\"]}\n");
-        assert_eq!((h.dialect, h.method.as_str(), h.from_client), ("ethproxy", "eth_getwork(result)", false));
+        assert_eq!(
+            (h.dialect, h.method.as_str(), h.from_client),
+            ("ethproxy", "eth_getwork(result)", false)
+        );
     }
 
     #[test]

@@ -139,7 +139,10 @@ fn sni_from_extensions(mut ext: &[u8]) -> Option<String> {
             let Ok((_, TlsExtension::SNI(names))) = parse_tls_extension_sni_content(data) else {
                 return None;
             };
-            return names.iter().find(|(t, _)| *t == SNIType::HostName).and_then(|(_, n)| plausible_host(n));
+            return names
+                .iter()
+                .find(|(t, _)| *t == SNIType::HostName)
+                .and_then(|(_, n)| plausible_host(n));
         }
         ext = rest.get(len..)?;
     }
@@ -298,7 +301,10 @@ mod tests {
         assert_eq!(client_hello_sni(&[0x16, 0x03, 0x01, 0x00, 0x00]), Err(TlsError::NotTls));
         assert_eq!(client_hello_sni(&[0x16, 0x03, 0x01, 0xff, 0xff]), Err(TlsError::NotTls));
         // ServerHello (type 2)
-        assert_eq!(client_hello_sni(&[0x16, 0x03, 0x03, 0x00, 0x50, 0x02, 0x00]), Err(TlsError::NotClientHello));
+        assert_eq!(
+            client_hello_sni(&[0x16, 0x03, 0x03, 0x00, 0x50, 0x02, 0x00]),
+            Err(TlsError::NotClientHello)
+        );
         // a ClientHello whose body is garbage
         let m = [0x01, 0x00, 0x00, 0x03, 0x03, 0x03, 0x00];
         assert_eq!(client_hello_sni(&record(&m)), Err(TlsError::Malformed));

@@ -97,7 +97,15 @@ impl BinarySensor {
         }
         if !self.by_mem.contains_key(&key) {
             let shown = p.fixed.exe.clone().unwrap_or_default();
-            let ev = scan_memory(&self.sig, &self.root, key.pid, MEMORY_SCAN_CAP.min(self.cap), &shown, &mut self.bytes_read).unwrap_or_default();
+            let ev = scan_memory(
+                &self.sig,
+                &self.root,
+                key.pid,
+                MEMORY_SCAN_CAP.min(self.cap),
+                &shown,
+                &mut self.bytes_read,
+            )
+            .unwrap_or_default();
             self.by_mem.insert(key, ev);
         }
         out.extend(self.by_mem[&key].iter().map(|e| Observation::Evidence(key, e.clone())));
@@ -136,7 +144,10 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
     if let Some(rule) = sig.binary_hash(&sha256) {
         if !truncated {
             evidence.push(Evidence::from_rule(
-                EvidenceKind::BinaryHash { sha256: hex::encode(sha256), path: shown.to_string() },
+                EvidenceKind::BinaryHash {
+                    sha256: hex::encode(sha256),
+                    path: shown.to_string(),
+                },
                 &rule.id,
                 rule.severity,
             ));
@@ -144,7 +155,11 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
     }
     for (rule, strings) in scanner.finish() {
         evidence.push(Evidence::from_rule(
-            EvidenceKind::BinaryContent { strings, path: shown.to_string(), source: "executable".into() },
+            EvidenceKind::BinaryContent {
+                strings,
+                path: shown.to_string(),
+                source: "executable".into(),
+            },
             &rule.id,
             rule.severity,
         ));
@@ -152,11 +167,20 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
     let packed = packing.verdict();
     if let Some((packer, entropy)) = &packed {
         evidence.push(Evidence::heuristic(
-            EvidenceKind::Packed { packer: packer.clone(), entropy: (entropy * 100.0).round() / 100.0, path: shown.to_string() },
+            EvidenceKind::Packed {
+                packer: packer.clone(),
+                entropy: (entropy * 100.0).round() / 100.0,
+                path: shown.to_string(),
+            },
             Weight::Suspicious,
         ));
     }
-    Ok(Verdict { sha256, truncated, evidence, packed: packed.is_some() })
+    Ok(Verdict {
+        sha256,
+        truncated,
+        evidence,
+        packed: packed.is_some(),
+    })
 }
 
 /// Looks for a packed executable while the file streams by: UPX's magic,
@@ -176,14 +200,25 @@ impl PackingProbe {
     /// UPX's banner, magic and section names, stored XOR 0x5A so that
     /// rigwatch's own binary does not look packed.
     const MARKS_X: &'static [(&'static [u8], &'static str)] = &[
-        (&[126, 19, 52, 60, 53, 96, 122, 14, 50, 51, 41, 122, 60, 51, 54, 63, 122, 51, 41, 122, 42, 59, 57, 49, 63, 62, 122, 45, 51, 46, 50, 122, 46, 50, 63, 122, 15, 10, 2], "upx (banner)"),
+        (
+            &[
+                126, 19, 52, 60, 53, 96, 122, 14, 50, 51, 41, 122, 60, 51, 54, 63, 122, 51, 41, 122, 42, 59, 57, 49, 63, 62, 122, 45, 51,
+                46, 50, 122, 46, 50, 63, 122, 15, 10, 2,
+            ],
+            "upx (banner)",
+        ),
         (&[15, 10, 2, 123], "upx (magic)"),
         (&[15, 10, 2, 106, 0x5A], "upx (section names)"),
     ];
 
     fn marks() -> &'static [(Vec<u8>, &'static str)] {
         static M: std::sync::OnceLock<Vec<(Vec<u8>, &'static str)>> = std::sync::OnceLock::new();
-        M.get_or_init(|| Self::MARKS_X.iter().map(|(m, n)| (m.iter().map(|b| b ^ 0x5A).collect(), *n)).collect())
+        M.get_or_init(|| {
+            Self::MARKS_X
+                .iter()
+                .map(|(m, n)| (m.iter().map(|b| b ^ 0x5A).collect(), *n))
+                .collect()
+        })
     }
 
     /// Takes the next chunk of the file.
@@ -249,10 +284,14 @@ impl PackingProbe {
             return 0.0;
         }
         let t = self.total as f64;
-        self.counts.iter().filter(|&&c| c > 0).map(|&c| {
-            let p = c as f64 / t;
-            -p * p.log2()
-        }).sum()
+        self.counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = c as f64 / t;
+                -p * p.log2()
+            })
+            .sum()
     }
 
     /// Section count of a 64- or 32-bit ELF header, if it is one.
@@ -296,13 +335,17 @@ pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown
     let mut left = cap;
     for line in maps.lines() {
         let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
         let path = line.splitn(6, ' ').nth(5).map(str::trim).unwrap_or("");
         if !perms.starts_with('r') || path.starts_with("[v") || path.starts_with("/dev/") {
             continue;
         }
         let Some((a, b)) = range.split_once('-') else { continue };
-        let (Ok(mut a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
+        let (Ok(mut a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
         while a < b && left > 0 {
             let want = (b - a).min(buf.len() as u64).min(left) as usize;
             match mem.read_at(&mut buf[..want], a) {
@@ -323,7 +366,15 @@ pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown
         .finish()
         .into_iter()
         .map(|(rule, strings)| {
-            Evidence::from_rule(EvidenceKind::BinaryContent { strings, path: shown.to_string(), source: "memory".into() }, &rule.id, rule.severity)
+            Evidence::from_rule(
+                EvidenceKind::BinaryContent {
+                    strings,
+                    path: shown.to_string(),
+                    source: "memory".into(),
+                },
+                &rule.id,
+                rule.severity,
+            )
         })
         .collect())
 }
@@ -384,7 +435,10 @@ impl Sensor for BinarySensor {
 
     fn unreadable(&self) -> Vec<String> {
         if self.denied > 0 {
-            vec![format!("executables of {} processes: permission denied (run as root or with CAP_SYS_PTRACE)", self.denied)]
+            vec![format!(
+                "executables of {} processes: permission denied (run as root or with CAP_SYS_PTRACE)",
+                self.denied
+            )]
         } else {
             Vec::new()
         }
@@ -459,7 +513,10 @@ mod tests {
         assert!(packer.starts_with("unknown") && e > 7.7, "{packer} {e}");
         let mut many = elf(29);
         many.extend(&noise);
-        assert!(probe(&many, 65536).is_none(), "a normal section table: compressed data, not a packer");
+        assert!(
+            probe(&many, 65536).is_none(),
+            "a normal section table: compressed data, not a packer"
+        );
         assert!(probe(&noise, 65536).is_none(), "not an ELF");
     }
 
@@ -472,6 +529,10 @@ mod tests {
         let ev = scan_memory(&sig, Path::new("/proc"), std::process::id(), 1 << 30, "self", &mut n).unwrap();
         assert!(n > 0);
         // the test binary's memory holds the decoded signature set: content rules match there
-        assert!(ev.iter().any(|e| matches!(&e.detail, EvidenceKind::BinaryContent { source, .. } if source == "memory")), "{ev:?}");
+        assert!(
+            ev.iter()
+                .any(|e| matches!(&e.detail, EvidenceKind::BinaryContent { source, .. } if source == "memory")),
+            "{ev:?}"
+        );
     }
 }

@@ -185,14 +185,24 @@ fn assemble(p: &[Ins]) -> Vec<libc::sock_filter> {
     for i in p {
         match i {
             Ins::Label(_) => {}
-            Ins::Op(code, k) => out.push(libc::sock_filter { code: *code, jt: 0, jf: 0, k: *k }),
+            Ins::Op(code, k) => out.push(libc::sock_filter {
+                code: *code,
+                jt: 0,
+                jf: 0,
+                k: *k,
+            }),
             Ins::J(code, k, t, f) => {
                 let here = out.len() + 1;
                 let off = |l: &str| -> u8 {
                     let target = *at.get(l).unwrap_or_else(|| panic!("BPF label {l}"));
                     u8::try_from(target - here).expect("BPF jump fits")
                 };
-                out.push(libc::sock_filter { code: *code, jt: off(t), jf: off(f), k: *k });
+                out.push(libc::sock_filter {
+                    code: *code,
+                    jt: off(t),
+                    jf: off(f),
+                    k: *k,
+                });
             }
         }
     }
@@ -211,7 +221,10 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
         }
         let fd = OwnedFd::from_raw_fd(fd);
         let prog = bpf_program();
-        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut _,
+        };
         if libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
@@ -222,12 +235,26 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
         {
             return Err(std::io::Error::last_os_error());
         }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        if libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) < 0 {
+        if libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         Ok(fd)
@@ -237,10 +264,21 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
 /// Packets the kernel passed to the socket and dropped for it so far
 /// (PACKET_STATISTICS; reading resets the kernel's counters).
 pub fn socket_stats(fd: &OwnedFd) -> Option<(u32, u32)> {
-    let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
     let mut len = std::mem::size_of::<libc::tpacket_stats>() as u32;
     // SAFETY: getsockopt into a correctly sized struct.
-    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st as *mut _ as *mut libc::c_void, &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut st as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
     (r == 0).then_some((st.tp_packets, st.tp_drops))
 }
 
@@ -291,7 +329,11 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
                 worker: hit.worker.clone(),
                 remote: server.to_string(),
             };
-            let e = Evidence { detail, rule: rule.map(|r| r.id.clone()), weight: Weight::Confirmed };
+            let e = Evidence {
+                detail,
+                rule: rule.map(|r| r.id.clone()),
+                weight: Weight::Confirmed,
+            };
             out.push((*client, *server, true, e));
             if let Some(login) = &hit.login {
                 for w in sig.wallets_in(login, "stratum login") {
@@ -313,11 +355,23 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
         FlowEvent::TlsSni { client, server, name } => {
             if let Some((_, i)) = sig.pool_domain(name) {
                 let r = &sig.rules()[i];
-                let e = Evidence::from_rule(EvidenceKind::TlsSni { server_name: name.clone(), remote: server.to_string() }, &r.id, r.severity);
+                let e = Evidence::from_rule(
+                    EvidenceKind::TlsSni {
+                        server_name: name.clone(),
+                        remote: server.to_string(),
+                    },
+                    &r.id,
+                    r.severity,
+                );
                 out.push((*client, *server, true, e));
             }
         }
-        FlowEvent::Dns { client, server, questions, answers } => {
+        FlowEvent::Dns {
+            client,
+            server,
+            questions,
+            answers,
+        } => {
             for q in questions {
                 if let Some((domain, i)) = sig.pool_domain(q) {
                     let r = &sig.rules()[i];
@@ -327,7 +381,14 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
                             sh.learn_dns(*ip, &domain);
                         }
                     }
-                    let e = Evidence::from_rule(EvidenceKind::Dns { name: q.clone(), answers: ips }, &r.id, r.severity);
+                    let e = Evidence::from_rule(
+                        EvidenceKind::Dns {
+                            name: q.clone(),
+                            answers: ips,
+                        },
+                        &r.id,
+                        r.severity,
+                    );
                     out.push((*client, *server, false, e));
                 }
             }
@@ -376,7 +437,9 @@ impl CaptureSensor {
             thread: None,
             unavailable: None,
             counters: counters.clone(),
-            resolvers: ["systemd-resolve", "dnsmasq", "unbound", "named", "nscd", "coredns", "resolved"].into_iter().collect(),
+            resolvers: ["systemd-resolve", "dnsmasq", "unbound", "named", "nscd", "coredns", "resolved"]
+                .into_iter()
+                .collect(),
         };
         match open_socket() {
             Ok(fd) => {
@@ -411,7 +474,13 @@ impl Drop for CaptureSensor {
     }
 }
 
-fn capture_loop(fd: OwnedFd, sig: Arc<RwLock<Arc<Signatures>>>, shared: Arc<NetShared>, stop: Arc<AtomicBool>, counters: Arc<CaptureCounters>) {
+fn capture_loop(
+    fd: OwnedFd,
+    sig: Arc<RwLock<Arc<Signatures>>>,
+    shared: Arc<NetShared>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<CaptureCounters>,
+) {
     let lo = nix::net::if_::if_nametoindex("lo").unwrap_or(1) as i32;
     let mut table = FlowTable::new();
     let mut buf = vec![0u8; SNAP_LEN as usize + 64];
@@ -423,11 +492,20 @@ fn capture_loop(fd: OwnedFd, sig: Arc<RwLock<Arc<Signatures>>>, shared: Arc<NetS
         let flush = counters.flush_req.load(Ordering::Acquire) > counters.flush_done.load(Ordering::Acquire);
         let flags = libc::MSG_TRUNC | if flush { libc::MSG_DONTWAIT } else { 0 };
         let n = unsafe {
-            libc::recvfrom(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), flags, &mut sll as *mut _ as *mut libc::sockaddr, &mut alen)
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                flags,
+                &mut sll as *mut _ as *mut libc::sockaddr,
+                &mut alen,
+            )
         };
         if n <= 0 {
             // the queue is empty: everything asked for so far has been read
-            counters.flush_done.store(counters.flush_req.load(Ordering::Acquire), Ordering::Release);
+            counters
+                .flush_done
+                .store(counters.flush_req.load(Ordering::Acquire), Ordering::Release);
             continue;
         }
         // loopback shows each packet twice (outgoing and incoming): keep one
@@ -446,7 +524,13 @@ fn capture_loop(fd: OwnedFd, sig: Arc<RwLock<Arc<Signatures>>>, shared: Arc<NetS
             for (client, server, tcp, e) in evidence_of(&sig, Some(&shared), ev) {
                 let inode = sock_diag_lookup(tcp, client, server).map(|s| s.inode).filter(|&i| i != 0);
                 counters.findings.fetch_add(1, Ordering::Relaxed);
-                shared.push(FlowFinding { client, server, tcp, evidence: e, inode });
+                shared.push(FlowFinding {
+                    client,
+                    server,
+                    tcp,
+                    evidence: e,
+                    inode,
+                });
             }
         }
     }
@@ -459,7 +543,10 @@ impl Sensor for CaptureSensor {
 
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         if let Some(why) = &self.unavailable {
-            return Err(SensorError { sensor: "capture", message: why.clone() });
+            return Err(SensorError {
+                sensor: "capture",
+                message: why.clone(),
+            });
         }
         // let the thread read what the kernel has queued before taking its findings
         let want = self.counters.flush_req.fetch_add(1, Ordering::AcqRel) + 1;
@@ -473,8 +560,9 @@ impl Sensor for CaptureSensor {
         for f in pending {
             match f.inode.and_then(|i| owners.get(&i)) {
                 // DNS asked by a local resolver says nothing about the resolver itself
-                Some(k) if !(matches!(f.evidence.detail, EvidenceKind::Dns { .. })
-                    && snap.procs.get(k).is_some_and(|p| self.resolvers.contains(p.comm.as_str()))) =>
+                Some(k)
+                    if !(matches!(f.evidence.detail, EvidenceKind::Dns { .. })
+                        && snap.procs.get(k).is_some_and(|p| self.resolvers.contains(p.comm.as_str()))) =>
                 {
                     out.push(Observation::Evidence(*k, f.evidence))
                 }
@@ -490,7 +578,10 @@ impl Sensor for CaptureSensor {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("capture_packets", self.packets()), ("capture_findings", self.counters.findings.load(Ordering::Relaxed))]
+        vec![
+            ("capture_packets", self.packets()),
+            ("capture_findings", self.counters.findings.load(Ordering::Relaxed)),
+        ]
     }
 
     fn set_signatures(&mut self, sig: Arc<Signatures>) {

@@ -43,7 +43,12 @@ pub fn open() -> std::io::Result<OwnedFd> {
         sa.nl_family = libc::AF_NETLINK as u16;
         sa.nl_groups = CN_IDX_PROC;
         sa.nl_pid = 0;
-        if libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32) < 0 {
+        if libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        ) < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         let mut msg = Vec::with_capacity(NLMSG_HDR + CN_MSG_HDR + 4);

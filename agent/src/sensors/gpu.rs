@@ -112,7 +112,10 @@ pub fn scheduler_of(cgroup: &str, configured: &[String]) -> Option<String> {
     if cgroup.contains("kubepods") {
         return Some("kubernetes".into());
     }
-    configured.iter().find(|s| !s.is_empty() && cgroup.contains(s.as_str())).map(|s| format!("cgroup {s}"))
+    configured
+        .iter()
+        .find(|s| !s.is_empty() && cgroup.contains(s.as_str()))
+        .map(|s| format!("cgroup {s}"))
 }
 
 /// One GPU as the last pass saw it.
@@ -299,9 +302,7 @@ pub fn engine_busy(prev: &DrmClient, cur: &DrmClient, wall_ns: u64) -> BTreeMap<
         let cap = c.capacity.max(1) as f64;
         let frac = match (c.busy_ns, p.busy_ns, c.cycles, p.cycles, c.total_cycles, p.total_cycles) {
             (Some(b1), Some(b0), ..) if wall_ns > 0 => b1.saturating_sub(b0) as f64 / wall_ns as f64 / cap,
-            (_, _, Some(c1), Some(c0), Some(t1), Some(t0)) if t1 > t0 => {
-                c1.saturating_sub(c0) as f64 / (t1 - t0) as f64 / cap
-            }
+            (_, _, Some(c1), Some(c0), Some(t1), Some(t0)) if t1 > t0 => c1.saturating_sub(c0) as f64 / (t1 - t0) as f64 / cap,
             _ => continue,
         };
         out.insert(name.clone(), frac.clamp(0.0, 1.0));
@@ -342,7 +343,9 @@ pub fn read_drm_clients(proc_root: &Path, pid: u32) -> std::io::Result<Vec<DrmCl
         if !(t.starts_with(b"/dev/dri/") || t.starts_with(b"/dev/accel/")) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(dir.join("fdinfo").join(entry.file_name())) else { continue };
+        let Ok(text) = std::fs::read_to_string(dir.join("fdinfo").join(entry.file_name())) else {
+            continue;
+        };
         if let Some(c) = parse_fdinfo(&text) {
             // NVIDIA's DRM clients carry no usage stats; NVML covers them
             if c.driver.starts_with("nvidia") {
@@ -414,7 +417,10 @@ fn init_nvml(cfg: &GpuConfig, env: Option<OsString>) -> (Result<NvmlState, Strin
 }
 
 fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// NVML's view of one process on one GPU: pid, GPU label, utilisation since the last pass, memory.
@@ -603,11 +609,18 @@ impl GpuSensor {
                 by_gpu.entry(c.gpu()).or_default().push(c);
             }
             for (gpu, cs) in by_gpu {
-                let pairs: Vec<(&DrmClient, &DrmClient)> =
-                    cs.iter().filter_map(|c| self.drm_prev.get(&(*key, c.key())).map(|p| (p, *c))).collect();
+                let pairs: Vec<(&DrmClient, &DrmClient)> = cs
+                    .iter()
+                    .filter_map(|c| self.drm_prev.get(&(*key, c.key())).map(|p| (p, *c)))
+                    .collect();
                 let util = if wall_ns > 0 { drm_utilization(&pairs, wall_ns) } else { None };
                 let memory_bytes = cs.iter().map(|c| c.memory_bytes()).sum();
-                uses.push(ProcessGpuUse { key: *key, gpu, utilization_percent: util, memory_bytes });
+                uses.push(ProcessGpuUse {
+                    key: *key,
+                    gpu,
+                    utilization_percent: util,
+                    memory_bytes,
+                });
             }
             for c in clients {
                 cur.insert((*key, c.key()), c);
@@ -629,7 +642,10 @@ impl Sensor for GpuSensor {
     }
 
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
-        let window = self.last_pass.and_then(|t| snap.at.checked_duration_since(t)).filter(|d| !d.is_zero());
+        let window = self
+            .last_pass
+            .and_then(|t| snap.at.checked_duration_since(t))
+            .filter(|d| !d.is_zero());
         self.last_pass = Some(snap.at);
         self.denied = 0;
         self.problems.clear();
@@ -650,12 +666,21 @@ impl Sensor for GpuSensor {
         if let Some(nv) = &mut self.nvml {
             let (stats, per_pid) = nv.pass(&mut self.problems);
             gpus.extend(stats);
-            let by_pid: HashMap<u32, ProcKey> =
-                snap.procs.iter().filter(|(_, p)| !p.kernel_thread).map(|(k, _)| (k.pid, *k)).collect();
+            let by_pid: HashMap<u32, ProcKey> = snap
+                .procs
+                .iter()
+                .filter(|(_, p)| !p.kernel_thread)
+                .map(|(k, _)| (k.pid, *k))
+                .collect();
             let mut missing = 0;
             for (pid, gpu, util, mem) in per_pid {
                 match by_pid.get(&pid) {
-                    Some(k) => uses.push(ProcessGpuUse { key: *k, gpu, utilization_percent: util, memory_bytes: mem }),
+                    Some(k) => uses.push(ProcessGpuUse {
+                        key: *k,
+                        gpu,
+                        utilization_percent: util,
+                        memory_bytes: mem,
+                    }),
                     None => missing += 1,
                 }
             }
@@ -767,7 +792,11 @@ mod tests {
         assert_eq!(c.engines["compute"].capacity, 1);
         // resident per region, not resident + drm-memory + total
         assert_eq!(c.memory["vram"].bytes(), 4_194_304 * KIB);
-        assert_eq!(c.memory["gtt"].memory, Some(6152 * KIB), "\"drm-memory-gtt: \\t\" with amdgpu's space");
+        assert_eq!(
+            c.memory["gtt"].memory,
+            Some(6152 * KIB),
+            "\"drm-memory-gtt: \\t\" with amdgpu's space"
+        );
         assert_eq!(c.memory_bytes(), (4_194_304 + 6152) * KIB);
         assert!(!c.memory.contains_key("visible-vram"), "amd-* keys are not DRM keys");
     }
@@ -798,9 +827,15 @@ mod tests {
         let c = parse_fdinfo(&fixture("xe.fdinfo")).unwrap();
         assert_eq!((c.driver.as_str(), c.client_id), ("xe", 43));
         let rcs = &c.engines["rcs"];
-        assert_eq!((rcs.cycles, rcs.total_cycles, rcs.busy_ns), (Some(28_257_900), Some(7_655_183_225), None));
+        assert_eq!(
+            (rcs.cycles, rcs.total_cycles, rcs.busy_ns),
+            (Some(28_257_900), Some(7_655_183_225), None)
+        );
         assert_eq!(c.engines["ccs"].capacity, 4);
-        assert!(!c.memory.contains_key("cycles-rcs"), "drm-total-cycles- is an engine key, not a region");
+        assert!(
+            !c.memory.contains_key("cycles-rcs"),
+            "drm-total-cycles- is an engine key, not a region"
+        );
         assert_eq!(c.memory_bytes(), (192 + 23_992) * KIB);
     }
 
@@ -868,11 +903,20 @@ mod tests {
     #[test]
     fn schedulers_from_cgroups() {
         let none: Vec<String> = Vec::new();
-        assert_eq!(scheduler_of("/system.slice/slurmstepd.scope/job_123/step_0/user/task_0", &none).as_deref(), Some("slurm job_123"));
-        assert_eq!(scheduler_of("/slurm/uid_1000/job_77/step_batch", &none).as_deref(), Some("slurm job_77"));
         assert_eq!(
-            scheduler_of("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-ab.scope", &none)
-                .as_deref(),
+            scheduler_of("/system.slice/slurmstepd.scope/job_123/step_0/user/task_0", &none).as_deref(),
+            Some("slurm job_123")
+        );
+        assert_eq!(
+            scheduler_of("/slurm/uid_1000/job_77/step_batch", &none).as_deref(),
+            Some("slurm job_77")
+        );
+        assert_eq!(
+            scheduler_of(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-ab.scope",
+                &none
+            )
+            .as_deref(),
             Some("kubernetes")
         );
         assert_eq!(scheduler_of("/", &none), None);
@@ -880,7 +924,10 @@ mod tests {
         assert_eq!(scheduler_of("/system.slice/job_runner.service", &none), None, "job_ needs a number");
         assert_eq!(scheduler_of("/home/job_12abc", &none), None);
         let pbs = vec!["pbs_jobs.service".to_string(), String::new()];
-        assert_eq!(scheduler_of("/pbs_jobs.service/jobid/42.server", &pbs).as_deref(), Some("cgroup pbs_jobs.service"));
+        assert_eq!(
+            scheduler_of("/pbs_jobs.service/jobid/42.server", &pbs).as_deref(),
+            Some("cgroup pbs_jobs.service")
+        );
         assert_eq!(scheduler_of("/user.slice", &pbs), None, "an empty entry matches nothing");
     }
 
@@ -893,7 +940,10 @@ mod tests {
         );
         assert_eq!(nvml_library(None, Some(cfg)), (cfg.to_path_buf(), LibrarySource::Config));
         assert_eq!(nvml_library(Some("".into()), Some(cfg)), (cfg.to_path_buf(), LibrarySource::Config));
-        assert_eq!(nvml_library(None, None), (PathBuf::from("libnvidia-ml.so.1"), LibrarySource::Default));
+        assert_eq!(
+            nvml_library(None, None),
+            (PathBuf::from("libnvidia-ml.so.1"), LibrarySource::Default)
+        );
     }
 
     // ---- the fake NVML (tests/gpu/fake_nvml.c), loaded through the real code ----
@@ -940,7 +990,10 @@ mod tests {
 
     fn proc(pid: u32, comm: &str, cgroup: &str) -> Proc {
         Proc {
-            key: ProcKey { pid, start_time: 1000 + pid as u64 },
+            key: ProcKey {
+                pid,
+                start_time: 1000 + pid as u64,
+            },
             ppid: 1,
             comm: comm.into(),
             state: 'S',
@@ -962,7 +1015,12 @@ mod tests {
     }
 
     fn snap(at: Instant, procs: &[Proc]) -> Snapshot {
-        Snapshot { at, procs: procs.iter().map(|p| (p.key, p.clone())).collect(), ticks_per_second: 100, partial: false }
+        Snapshot {
+            at,
+            procs: procs.iter().map(|p| (p.key, p.clone())).collect(),
+            ticks_per_second: 100,
+            partial: false,
+        }
     }
 
     fn gpu_evidence(out: &[Observation]) -> HashMap<u32, Evidence> {
@@ -978,7 +1036,10 @@ mod tests {
     fn nvml_from_the_configured_path_per_process_use_and_scheduler() {
         let (_d, lib) = fake_nvml("procs=4242:95:4096,4343:10:512,4444:80:2048:g\n");
         let root = root_without_drm();
-        let cfg = GpuConfig { nvml_library: Some(lib.clone()), ..Default::default() };
+        let cfg = GpuConfig {
+            nvml_library: Some(lib.clone()),
+            ..Default::default()
+        };
         let mut s = GpuSensor::with_env(root.path(), cfg, None);
         assert!(s.nvml_loaded(), "{:?}", s.nvml_problem());
         assert_eq!(fake_counter::<i32>(&lib, "fake_nvml_init_calls"), 1);
@@ -991,7 +1052,11 @@ mod tests {
         let mut out = Vec::new();
         s.observe(&snap(t0, &procs), &mut out).unwrap();
         assert!(out.is_empty(), "the first pass only primes: {out:?}");
-        assert_eq!(fake_counter::<u64>(&lib, "fake_nvml_last_seen"), 0, "the first query asks for every buffered sample");
+        assert_eq!(
+            fake_counter::<u64>(&lib, "fake_nvml_last_seen"),
+            0,
+            "the first query asks for every buffered sample"
+        );
         // per-GPU figures
         let g = &s.gpus()[0];
         assert_eq!(g.gpu, "nvidia0 Fake NVIDIA GPU 0");
@@ -1006,10 +1071,20 @@ mod tests {
         let first_seen = now_us();
         s.observe(&snap(t0 + Duration::from_secs(2), &procs), &mut out).unwrap();
         let last_seen: u64 = fake_counter(&lib, "fake_nvml_last_seen");
-        assert!(last_seen > 0 && last_seen < first_seen, "the second query carries the first one's newest timestamp ({last_seen})");
+        assert!(
+            last_seen > 0 && last_seen < first_seen,
+            "the second query carries the first one's newest timestamp ({last_seen})"
+        );
         s.observe(&snap(t0 + Duration::from_secs(4), &procs), &mut Vec::new()).unwrap();
-        assert!(fake_counter::<u64>(&lib, "fake_nvml_last_seen") > last_seen, "and the third the second's");
-        assert_eq!(fake_counter::<i32>(&lib, "fake_nvml_init_calls"), 1, "NVML is initialised once, not per pass");
+        assert!(
+            fake_counter::<u64>(&lib, "fake_nvml_last_seen") > last_seen,
+            "and the third the second's"
+        );
+        assert_eq!(
+            fake_counter::<i32>(&lib, "fake_nvml_init_calls"),
+            1,
+            "NVML is initialised once, not per pass"
+        );
 
         let ev = gpu_evidence(&out);
         assert_eq!(ev.len(), 2, "10 % is below the threshold: {ev:?}");
@@ -1028,14 +1103,23 @@ mod tests {
         assert!(e.summary().contains("outside any scheduler job"), "{}", e.summary());
         let e = &ev[&4444];
         match &e.detail {
-            EvidenceKind::Gpu { utilization_percent, memory_bytes, scheduler, .. } => {
+            EvidenceKind::Gpu {
+                utilization_percent,
+                memory_bytes,
+                scheduler,
+                ..
+            } => {
                 assert_eq!((*utilization_percent, *memory_bytes), (80.0, 2 << 30), "a graphics process");
                 assert_eq!(scheduler.as_deref(), Some("slurm job_77"));
             }
             d => panic!("{d:?}"),
         }
         assert_eq!(e.weight, Weight::Info, "GPU use inside a Slurm job is context only");
-        let low = s.uses().iter().find(|u| u.key.pid == 4343).expect("below-threshold use is still recorded");
+        let low = s
+            .uses()
+            .iter()
+            .find(|u| u.key.pid == 4343)
+            .expect("below-threshold use is still recorded");
         assert_eq!((low.utilization_percent, low.memory_bytes), (Some(10.0), 512 << 20));
         assert_eq!(s.counters(), vec![("gpus", 1), ("gpu_processes", 3)]);
         assert!(s.unreadable().is_empty(), "{:?}", s.unreadable());
@@ -1044,14 +1128,44 @@ mod tests {
         let unscheduled = ev[&4242].clone();
         let scheduled = ev[&4444].clone();
         let h = |d, w| Evidence::heuristic(d, w);
-        let name = h(EvidenceKind::ProcessName { name: "t-rex".into(), field: "comm".into() }, Weight::Likely);
-        let origin = h(EvidenceKind::ExecutableOrigin { origin: Origin::Deleted, path: "/tmp/x".into() }, Weight::Suspicious);
-        let content =
-            h(EvidenceKind::BinaryContent { strings: vec!["T-Rex NVIDIA GPU miner".into()], path: "/x".into(), source: "executable".into() }, Weight::Confirmed);
-        assert_eq!(score(std::slice::from_ref(&unscheduled)), Some(Severity::Suspicious), "unscheduled GPU use alone");
-        assert_eq!(score(std::slice::from_ref(&scheduled)), None, "a scheduled GPU job alone is nothing");
+        let name = h(
+            EvidenceKind::ProcessName {
+                name: "t-rex".into(),
+                field: "comm".into(),
+            },
+            Weight::Likely,
+        );
+        let origin = h(
+            EvidenceKind::ExecutableOrigin {
+                origin: Origin::Deleted,
+                path: "/tmp/x".into(),
+            },
+            Weight::Suspicious,
+        );
+        let content = h(
+            EvidenceKind::BinaryContent {
+                strings: vec!["T-Rex NVIDIA GPU miner".into()],
+                path: "/x".into(),
+                source: "executable".into(),
+            },
+            Weight::Confirmed,
+        );
+        assert_eq!(
+            score(std::slice::from_ref(&unscheduled)),
+            Some(Severity::Suspicious),
+            "unscheduled GPU use alone"
+        );
+        assert_eq!(
+            score(std::slice::from_ref(&scheduled)),
+            None,
+            "a scheduled GPU job alone is nothing"
+        );
         assert_eq!(score(&[scheduled.clone(), origin]), Some(Severity::Suspicious), "GPU + odd origin");
-        assert_eq!(score(&[scheduled.clone(), name.clone()]), Some(Severity::Likely), "GPU + miner name");
+        assert_eq!(
+            score(&[scheduled.clone(), name.clone()]),
+            Some(Severity::Likely),
+            "GPU + miner name"
+        );
         assert_eq!(score(&[unscheduled.clone(), name]), Some(Severity::Likely));
         assert_eq!(score(&[scheduled, content]), Some(Severity::Confirmed), "GPU + miner binary");
         let f = rigwatch_signatures::Finding::assess("h", Default::default(), vec![unscheduled], 0).unwrap();
@@ -1063,16 +1177,30 @@ mod tests {
     fn nvml_environment_variable_comes_first() {
         let (_d, lib) = fake_nvml("procs=\n");
         let root = root_without_drm();
-        let broken = GpuConfig { nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()), ..Default::default() };
+        let broken = GpuConfig {
+            nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()),
+            ..Default::default()
+        };
         let s = GpuSensor::with_env(root.path(), broken, Some(lib.clone().into_os_string()));
         assert!(s.nvml_loaded(), "{:?}", s.nvml_problem());
-        let good = GpuConfig { nvml_library: Some(lib), ..Default::default() };
+        let good = GpuConfig {
+            nvml_library: Some(lib),
+            ..Default::default()
+        };
         let mut s = GpuSensor::with_env(root.path(), good, Some("/nonexistent/env/libnvidia-ml.so.1".into()));
         assert!(!s.nvml_loaded());
         let why = s.nvml_problem().unwrap().to_string();
-        assert!(why.contains("/nonexistent/env/libnvidia-ml.so.1") && why.contains("RIGWATCH_NVML_LIBRARY"), "{why}");
+        assert!(
+            why.contains("/nonexistent/env/libnvidia-ml.so.1") && why.contains("RIGWATCH_NVML_LIBRARY"),
+            "{why}"
+        );
         let e = s.observe(&snap(Instant::now(), &[]), &mut Vec::new()).unwrap_err().to_string();
-        assert!(e.starts_with("gpu: unavailable: NVML library /nonexistent/env/libnvidia-ml.so.1 (from RIGWATCH_NVML_LIBRARY) could not be loaded"), "{e}");
+        assert!(
+            e.starts_with(
+                "gpu: unavailable: NVML library /nonexistent/env/libnvidia-ml.so.1 (from RIGWATCH_NVML_LIBRARY) could not be loaded"
+            ),
+            "{e}"
+        );
         assert!(e.contains("no DRM GPU driver"), "{e}");
     }
 
@@ -1080,7 +1208,14 @@ mod tests {
     fn without_process_samples_the_only_process_gets_the_gpu_utilisation() {
         let (d, lib) = fake_nvml("process_util=unsupported\ndevice_util=88\nprocs=4242:0:3072\n");
         let root = root_without_drm();
-        let mut s = GpuSensor::with_env(root.path(), GpuConfig { nvml_library: Some(lib), ..Default::default() }, None);
+        let mut s = GpuSensor::with_env(
+            root.path(),
+            GpuConfig {
+                nvml_library: Some(lib),
+                ..Default::default()
+            },
+            None,
+        );
         let procs = [proc(4242, "busysim", "/"), proc(4343, "idle", "/")];
         let t0 = Instant::now();
         let mut out = Vec::new();
@@ -1088,14 +1223,22 @@ mod tests {
         s.observe(&snap(t0 + Duration::from_secs(3), &procs), &mut out).unwrap();
         let ev = gpu_evidence(&out);
         match &ev[&4242].detail {
-            EvidenceKind::Gpu { utilization_percent, memory_bytes, window_seconds, .. } => {
+            EvidenceKind::Gpu {
+                utilization_percent,
+                memory_bytes,
+                window_seconds,
+                ..
+            } => {
                 assert_eq!((*utilization_percent, *memory_bytes, *window_seconds), (88.0, 3 << 30, 3.0))
             }
             d => panic!("{d:?}"),
         }
         // two processes share the GPU: no one can be blamed for its utilisation
-        std::fs::write(d.path().join("fake_nvml.conf"), "process_util=unsupported\ndevice_util=88\nprocs=4242:0:3072,4343:0:1024\n")
-            .unwrap();
+        std::fs::write(
+            d.path().join("fake_nvml.conf"),
+            "process_util=unsupported\ndevice_util=88\nprocs=4242:0:3072,4343:0:1024\n",
+        )
+        .unwrap();
         let mut out = Vec::new();
         s.observe(&snap(t0 + Duration::from_secs(6), &procs), &mut out).unwrap();
         assert!(gpu_evidence(&out).is_empty(), "{out:?}");
@@ -1106,7 +1249,14 @@ mod tests {
     fn driver_not_loaded_is_said_clearly() {
         let (_d, lib) = fake_nvml("init=driver_not_loaded\n");
         let root = root_without_drm();
-        let mut s = GpuSensor::with_env(root.path(), GpuConfig { nvml_library: Some(lib.clone()), ..Default::default() }, None);
+        let mut s = GpuSensor::with_env(
+            root.path(),
+            GpuConfig {
+                nvml_library: Some(lib.clone()),
+                ..Default::default()
+            },
+            None,
+        );
         assert!(!s.nvml_loaded());
         let e = s.observe(&snap(Instant::now(), &[]), &mut Vec::new()).unwrap_err().to_string();
         assert!(e.contains("NVIDIA driver not loaded") && e.contains(lib.to_str().unwrap()), "{e}");
@@ -1139,12 +1289,20 @@ mod tests {
     fn a_drm_driver_keeps_the_sensor_up_without_nvml() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("devices"), "Character devices:\n  1 mem\n226 drm\n").unwrap();
-        let cfg = GpuConfig { nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()), ..Default::default() };
+        let cfg = GpuConfig {
+            nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()),
+            ..Default::default()
+        };
         let mut s = GpuSensor::with_env(root.path(), cfg, None);
         let p = snap(Instant::now(), &[proc(4242, "x", "/")]);
         s.observe(&p, &mut Vec::new()).expect("up for DRM");
         let notes = s.unreadable();
-        assert!(notes.iter().any(|n| n.contains("/nonexistent/libnvidia-ml.so.1 (from gpu.nvml_library)")), "a configured NVML that fails is still said: {notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("/nonexistent/libnvidia-ml.so.1 (from gpu.nvml_library)")),
+            "a configured NVML that fails is still said: {notes:?}"
+        );
         assert!(drm_loaded(Path::new("/nonexistent-proc")), "a fixture tree without devices");
     }
 }

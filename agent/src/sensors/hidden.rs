@@ -121,7 +121,9 @@ pub fn pids_under_mounts(mountinfo: &str, proc_root: &Path) -> Vec<u32> {
     for line in mountinfo.lines() {
         let Some(mp) = line.split(' ').nth(4) else { continue };
         let mp = unescape_octal(mp);
-        let Some(rest) = mp.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else { continue };
+        let Some(rest) = mp.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
         if let Some(pid) = parse_pid(rest.as_bytes()) {
             if !out.contains(&pid) {
                 out.push(pid);
@@ -173,7 +175,9 @@ pub fn mapped_libraries(maps: &str, libs: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for line in maps.lines() {
         // address perms offset dev inode path
-        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim) else { continue };
+        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim) else {
+            continue;
+        };
         if !path.starts_with('/') {
             continue;
         }
@@ -216,7 +220,10 @@ fn exists(pid: u32) -> bool {
 }
 
 fn tgid(status: &str) -> Option<u32> {
-    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The hidden-process and preload sensor.
@@ -262,7 +269,11 @@ impl HiddenSensor {
     }
 
     fn pid_max(&self) -> u32 {
-        std::fs::read_to_string(self.root.join("sys/kernel/pid_max")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768).clamp(2, 1 << 22)
+        std::fs::read_to_string(self.root.join("sys/kernel/pid_max"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(32768)
+            .clamp(2, 1 << 22)
     }
 
     /// Reads a process through the private procfs instance.
@@ -286,7 +297,13 @@ impl HiddenSensor {
             return e.clone();
         }
         let dir = self.root.join(p.key.pid.to_string());
-        let env_libs = if root_user { std::fs::read(dir.join("environ")).map(|b| ld_preload_from_environ(&b)).unwrap_or_default() } else { Vec::new() };
+        let env_libs = if root_user {
+            std::fs::read(dir.join("environ"))
+                .map(|b| ld_preload_from_environ(&b))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut ev = Vec::new();
         if !global.is_empty() || !env_libs.is_empty() {
             let all: Vec<String> = global.iter().chain(env_libs.iter()).cloned().collect();
@@ -299,7 +316,13 @@ impl HiddenSensor {
                     } else {
                         ("LD_PRELOAD, mapped into the process", Weight::Info)
                     };
-                    ev.push(Evidence::heuristic(EvidenceKind::Preload { library: lib, source: source.into() }, weight));
+                    ev.push(Evidence::heuristic(
+                        EvidenceKind::Preload {
+                            library: lib,
+                            source: source.into(),
+                        },
+                        weight,
+                    ));
                 }
             }
         }
@@ -316,8 +339,14 @@ impl Sensor for HiddenSensor {
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         self.pass += 1;
         self.notes.clear();
-        let err = |m: String| SensorError { sensor: "hidden", message: m };
-        let raw: HashSet<u32> = list_pids(&self.root).map_err(|e| err(format!("getdents64 {}: {e}", self.root.display())))?.into_iter().collect();
+        let err = |m: String| SensorError {
+            sensor: "hidden",
+            message: m,
+        };
+        let raw: HashSet<u32> = list_pids(&self.root)
+            .map_err(|e| err(format!("getdents64 {}: {e}", self.root.display())))?
+            .into_iter()
+            .collect();
         let mut hidden: Vec<(u32, String)> = Vec::new();
 
         // 1. userland hiding: getdents64 lists it, libc readdir does not
@@ -325,7 +354,10 @@ impl Sensor for HiddenSensor {
             let seen: HashSet<u32> = libc_list.into_iter().collect();
             for &pid in raw.difference(&seen) {
                 if self.root.join(pid.to_string()).exists() {
-                    hidden.push((pid, "missing from libc readdir of /proc (a preload library hooks readdir); getdents64 lists it".into()));
+                    hidden.push((
+                        pid,
+                        "missing from libc readdir of /proc (a preload library hooks readdir); getdents64 lists it".into(),
+                    ));
                 }
             }
         }
@@ -364,9 +396,10 @@ impl Sensor for HiddenSensor {
                     // threads answer kill() too: only thread-group leaders are processes
                     let status = std::fs::read_to_string(self.root.join(pid.to_string()).join("status")).ok();
                     match status.as_deref().and_then(tgid) {
-                        Some(t) if t == pid => {
-                            hidden.push((pid, "answers kill(pid, 0) and /proc/PID is reachable, but getdents64 of /proc does not list it".into()))
-                        }
+                        Some(t) if t == pid => hidden.push((
+                            pid,
+                            "answers kill(pid, 0) and /proc/PID is reachable, but getdents64 of /proc does not list it".into(),
+                        )),
                         Some(_) => {
                             self.threads.insert(pid);
                         }
@@ -423,9 +456,15 @@ impl Sensor for HiddenSensor {
         self.hidden_exe.retain(|k, _| exists(k.pid));
 
         // 4. preload libraries
-        let global = std::fs::read_to_string(self.host_root.join("etc/ld.so.preload")).map(|t| parse_preload_list(&t)).unwrap_or_default();
+        let global = std::fs::read_to_string(self.host_root.join("etc/ld.so.preload"))
+            .map(|t| parse_preload_list(&t))
+            .unwrap_or_default();
         if !global.is_empty() {
-            self.notes.push(format!("host: {} is not empty: {} (a preload library is loaded into every program)", self.host_root.join("etc/ld.so.preload").display(), global.join(", ")));
+            self.notes.push(format!(
+                "host: {} is not empty: {} (a preload library is loaded into every program)",
+                self.host_root.join("etc/ld.so.preload").display(),
+                global.join(", ")
+            ));
         }
         // SAFETY: geteuid has no preconditions.
         let root_user = unsafe { libc::geteuid() } == 0;
@@ -491,18 +530,23 @@ mod tests {
 
     #[test]
     fn preload_lists_environ_and_maps() {
-        assert_eq!(parse_preload_list("# hider\n/usr/local/lib/libprocesshider.so\n/lib/x.so:/lib/y.so\n"), vec![
-            "/usr/local/lib/libprocesshider.so",
-            "/lib/x.so",
-            "/lib/y.so"
-        ]);
-        assert_eq!(ld_preload_from_environ(b"HOME=/root\0LD_PRELOAD=/tmp/h.so libz.so\0X=1\0"), vec!["/tmp/h.so", "libz.so"]);
+        assert_eq!(
+            parse_preload_list("# hider\n/usr/local/lib/libprocesshider.so\n/lib/x.so:/lib/y.so\n"),
+            vec!["/usr/local/lib/libprocesshider.so", "/lib/x.so", "/lib/y.so"]
+        );
+        assert_eq!(
+            ld_preload_from_environ(b"HOME=/root\0LD_PRELOAD=/tmp/h.so libz.so\0X=1\0"),
+            vec!["/tmp/h.so", "libz.so"]
+        );
         assert!(ld_preload_from_environ(b"HOME=/root\0").is_empty());
         let maps = "7f00-7f01 r-xp 00000000 08:01 1234 /tmp/h.so\n\
                     7f01-7f02 r--p 00000000 08:01 99 /usr/lib/x86_64-linux-gnu/libz.so\n\
                     7f02-7f03 rw-p 00000000 00:00 0 \n\
                     7f03-7f04 r-xp 00000000 08:01 1234 /tmp/h.so\n";
-        assert_eq!(mapped_libraries(maps, &["/tmp/h.so".into(), "libz.so".into()]), vec!["/tmp/h.so", "/usr/lib/x86_64-linux-gnu/libz.so"]);
+        assert_eq!(
+            mapped_libraries(maps, &["/tmp/h.so".into(), "libz.so".into()]),
+            vec!["/tmp/h.so", "/usr/lib/x86_64-linux-gnu/libz.so"]
+        );
         assert!(mapped_libraries(maps, &["/lib/other.so".into()]).is_empty());
     }
 

@@ -42,7 +42,11 @@ pub struct MinerConfigSensor {
 impl MinerConfigSensor {
     /// A sensor over `root` (normally /proc).
     pub fn new(sig: Arc<Signatures>, root: &Path) -> Self {
-        MinerConfigSensor { sig, root: root.to_path_buf(), done: HashMap::new() }
+        MinerConfigSensor {
+            sig,
+            root: root.to_path_buf(),
+            done: HashMap::new(),
+        }
     }
 
     fn check(&self, p: &Proc) -> Vec<Evidence> {
@@ -79,7 +83,11 @@ pub fn candidates(p: &Proc) -> Vec<PathBuf> {
         };
         if let Some(g) = given {
             let g = PathBuf::from(g);
-            out.push(if g.is_absolute() { g } else { cwd.clone().unwrap_or_default().join(g) });
+            out.push(if g.is_absolute() {
+                g
+            } else {
+                cwd.clone().unwrap_or_default().join(g)
+            });
         }
     }
     if let Some(exe) = &f.exe {
@@ -101,7 +109,10 @@ pub fn candidates(p: &Proc) -> Vec<PathBuf> {
 }
 
 fn home_of(uid: u32) -> Option<PathBuf> {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.dir)
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
 }
 
 /// Evidence from one config file's bytes, or `None` when it is no miner config.
@@ -124,7 +135,9 @@ pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Option<Evide
                 match e.detail {
                     EvidenceKind::Wallet { address, .. } => wallets.push(address),
                     EvidenceKind::PoolDomain { domain, .. } => pools.push(domain),
-                    EvidenceKind::CommandLine { matched, pool_url: true, .. } => pools.push(matched),
+                    EvidenceKind::CommandLine {
+                        matched, pool_url: true, ..
+                    } => pools.push(matched),
                     _ => {}
                 }
             }
@@ -144,7 +157,15 @@ pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Option<Evide
     } else {
         Weight::Likely
     };
-    Some(Evidence::heuristic(EvidenceKind::MinerConfig { path: path.to_string(), pools, wallets, keys }, weight))
+    Some(Evidence::heuristic(
+        EvidenceKind::MinerConfig {
+            path: path.to_string(),
+            pools,
+            wallets,
+            keys,
+        },
+        weight,
+    ))
 }
 
 fn walk(v: &serde_json::Value, pools: &mut Vec<String>, wallets: &mut Vec<String>, keys: &mut Vec<String>, sig: &Signatures) {

@@ -102,7 +102,18 @@ pub struct SensorOptions {
 
 impl Default for SensorOptions {
     fn default() -> Self {
-        SensorOptions { max_binary_bytes: 64 * 1024 * 1024, binary_bytes_per_pass: u64::MAX, sockets: true, capture: true, gpu: true, nvml_library: None, gpu_scheduler_cgroups: Vec::new(), hidden: true, host_root: "/".into(), persistence: true }
+        SensorOptions {
+            max_binary_bytes: 64 * 1024 * 1024,
+            binary_bytes_per_pass: u64::MAX,
+            sockets: true,
+            capture: true,
+            gpu: true,
+            nvml_library: None,
+            gpu_scheduler_cgroups: Vec::new(),
+            hidden: true,
+            host_root: "/".into(),
+            persistence: true,
+        }
     }
 }
 
@@ -127,7 +138,10 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
         v.push(Box::new(sockets::SocketSensor::new(sig, proc_root, shared)));
     }
     if opts.gpu {
-        let cfg = gpu::GpuConfig { nvml_library: opts.nvml_library.clone(), scheduler_cgroups: opts.gpu_scheduler_cgroups.clone() };
+        let cfg = gpu::GpuConfig {
+            nvml_library: opts.nvml_library.clone(),
+            scheduler_cgroups: opts.gpu_scheduler_cgroups.clone(),
+        };
         v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
     }
     v

@@ -15,7 +15,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Service names used by mining campaigns.
-const MINER_SERVICES: &[&str] = &["c3pool_miner", "moneroocean_miner", "bot", "xmrig", "sysupdate", "networkservice", "kinsing", "kdevtmpfsi"];
+const MINER_SERVICES: &[&str] = &[
+    "c3pool_miner",
+    "moneroocean_miner",
+    "bot",
+    "xmrig",
+    "sysupdate",
+    "networkservice",
+    "kinsing",
+    "kdevtmpfsi",
+];
 
 /// Re-read the files every this many passes.
 const RESCAN_PASSES: u64 = 30;
@@ -46,7 +55,14 @@ pub struct PersistenceSensor {
 impl PersistenceSensor {
     /// A sensor reading persistence files under `host_root` (normally `/`).
     pub fn new(sig: Arc<Signatures>, host_root: PathBuf) -> Self {
-        PersistenceSensor { sig, host_root, pass: 0, entries: Vec::new(), context: Vec::new(), notes: Vec::new() }
+        PersistenceSensor {
+            sig,
+            host_root,
+            pass: 0,
+            entries: Vec::new(),
+            context: Vec::new(),
+            notes: Vec::new(),
+        }
     }
 
     /// Every miner-starting entry under the host root.
@@ -87,7 +103,11 @@ impl PersistenceSensor {
     fn host_context(&self) -> Vec<String> {
         let mut v = Vec::new();
         let r = &self.host_root;
-        if let Some(n) = std::fs::read_to_string(r.join("proc/sys/vm/nr_hugepages")).ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|&n| n > 0) {
+        if let Some(n) = std::fs::read_to_string(r.join("proc/sys/vm/nr_hugepages"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|&n| n > 0)
+        {
             v.push(format!("vm.nr_hugepages is {n} (miners raise it for RandomX)"));
         }
         if let Ok(s) = std::fs::read_to_string(r.join("sys/module/msr/parameters/allow_writes")) {
@@ -142,7 +162,9 @@ fn command_of(kind: Kind, line: &str, system_cron: bool) -> Option<String> {
         }
         Kind::Unit => {
             let (k, v) = l.split_once('=')?;
-            k.trim().starts_with("Exec").then(|| v.trim().trim_start_matches(['-', '@', '+', '!']).to_string())
+            k.trim()
+                .starts_with("Exec")
+                .then(|| v.trim().trim_start_matches(['-', '@', '+', '!']).to_string())
         }
         Kind::Script => Some(l.to_string()),
     }
@@ -151,14 +173,25 @@ fn command_of(kind: Kind, line: &str, system_cron: bool) -> Option<String> {
 /// The miner-starting entries of one file (pure: for fixtures and tests).
 pub fn assess_file(sig: &Signatures, shown: &str, kind: Kind, text: &str) -> Vec<Entry> {
     let system_cron = kind == Kind::Cron && !shown.contains("/var/spool/");
-    let stem = shown.rsplit('/').next().unwrap_or(shown).trim_end_matches(".service").trim_end_matches(".timer");
+    let stem = shown
+        .rsplit('/')
+        .next()
+        .unwrap_or(shown)
+        .trim_end_matches(".service")
+        .trim_end_matches(".timer");
     let service_named = kind != Kind::Cron && MINER_SERVICES.contains(&stem);
     let mut out = Vec::new();
     for line in text.lines() {
         let Some(cmd) = command_of(kind, line, system_cron) else { continue };
-        let commands: Vec<String> =
-            cmd.split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|' || c == '\'' || c == '"').filter(|t| t.starts_with('/') && t.len() > 1).map(String::from).collect();
-        let names: Vec<(&str, &str)> = commands.iter().map(|c| ("persistence", c.rsplit('/').next().unwrap_or(c))).collect();
+        let commands: Vec<String> = cmd
+            .split(|c: char| c.is_whitespace() || c == ';' || c == '&' || c == '|' || c == '\'' || c == '"')
+            .filter(|t| t.starts_with('/') && t.len() > 1)
+            .map(String::from)
+            .collect();
+        let names: Vec<(&str, &str)> = commands
+            .iter()
+            .map(|c| ("persistence", c.rsplit('/').next().unwrap_or(c)))
+            .collect();
         let mut ev = sig.scan_cmdline(&cmd);
         ev.extend(sig.match_names(&names));
         let strong = ev.iter().map(|e| e.weight).max();
@@ -168,7 +201,12 @@ pub fn assess_file(sig: &Signatures, shown: &str, kind: Kind, text: &str) -> Vec
             _ => continue,
         };
         let entry: String = line.trim().chars().take(300).collect();
-        out.push(Entry { path: shown.to_string(), entry, commands, weight });
+        out.push(Entry {
+            path: shown.to_string(),
+            entry,
+            commands,
+            weight,
+        });
     }
     out
 }
@@ -192,13 +230,23 @@ impl Sensor for PersistenceSensor {
             for (i, e) in self.entries.iter().enumerate() {
                 if e.commands.iter().any(|c| c == exe || c == argv0) {
                     linked[i] = true;
-                    out.push(Observation::Evidence(p.key, Evidence::heuristic(EvidenceKind::Persistence { path: e.path.clone(), entry: e.entry.clone() }, e.weight)));
+                    out.push(Observation::Evidence(
+                        p.key,
+                        Evidence::heuristic(
+                            EvidenceKind::Persistence {
+                                path: e.path.clone(),
+                                entry: e.entry.clone(),
+                            },
+                            e.weight,
+                        ),
+                    ));
                 }
             }
         }
         for (e, l) in self.entries.iter().zip(linked) {
             if !l {
-                self.notes.push(format!("persistence: {} starts a miner (not running now): {}", e.path, e.entry));
+                self.notes
+                    .push(format!("persistence: {} starts a miner (not running now): {}", e.path, e.entry));
             }
         }
         self.notes.extend(self.context.iter().map(|c| format!("host: {c}")));
@@ -232,7 +280,12 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/host");
         let s = PersistenceSensor::new(Arc::new(sig()), root);
         let entries = s.scan_host();
-        let find = |p: &str| entries.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("{p} not found in {entries:#?}"));
+        let find = |p: &str| {
+            entries
+                .iter()
+                .find(|e| e.path == p)
+                .unwrap_or_else(|| panic!("{p} not found in {entries:#?}"))
+        };
         let cron = find("/etc/cron.d/apache-update");
         assert!(cron.commands.contains(&"/var/tmp/.x/kswapd0".to_string()));
         assert_eq!(cron.weight, Weight::Confirmed, "pool URL + wallet in the entry");
@@ -241,7 +294,12 @@ mod tests {
         assert!(unit.weight >= Weight::Likely);
         find("/var/spool/cron/crontabs/www-data");
         find("/etc/rc.local");
-        assert!(!entries.iter().any(|e| e.path.contains("logrotate") || e.path.contains("ssh.service")), "benign entries stay out: {entries:#?}");
+        assert!(
+            !entries
+                .iter()
+                .any(|e| e.path.contains("logrotate") || e.path.contains("ssh.service")),
+            "benign entries stay out: {entries:#?}"
+        );
         let ctx = s.host_context();
         assert!(ctx.iter().any(|c| c.contains("nr_hugepages is 1280")), "{ctx:?}");
         assert!(ctx.iter().any(|c| c.contains("msr")), "{ctx:?}");
@@ -249,10 +307,16 @@ mod tests {
 
     #[test]
     fn cron_and_unit_lines() {
-        assert_eq!(command_of(Kind::Cron, "*/5 * * * * root /opt/x -o a", true).as_deref(), Some("/opt/x -o a"));
+        assert_eq!(
+            command_of(Kind::Cron, "*/5 * * * * root /opt/x -o a", true).as_deref(),
+            Some("/opt/x -o a")
+        );
         assert_eq!(command_of(Kind::Cron, "@reboot /opt/x", false).as_deref(), Some("/opt/x"));
         assert_eq!(command_of(Kind::Cron, "SHELL=/bin/sh", true), None);
-        assert_eq!(command_of(Kind::Unit, "ExecStart=-/usr/bin/x --y", false).as_deref(), Some("/usr/bin/x --y"));
+        assert_eq!(
+            command_of(Kind::Unit, "ExecStart=-/usr/bin/x --y", false).as_deref(),
+            Some("/usr/bin/x --y")
+        );
         assert_eq!(command_of(Kind::Unit, "Description=x", false), None);
     }
 }

@@ -161,7 +161,18 @@ pub fn parse_stat(buf: &[u8]) -> Option<StatFields> {
     let threads = num(nth(0)?)?; // 20
     let starttime = num(nth(1)?)? as u64; // 22
     let policy = nth(18).and_then(num).unwrap_or(0) as u32; // 41
-    Some(StatFields { comm, state, ppid, flags, utime, stime, nice, threads, starttime, policy })
+    Some(StatFields {
+        comm,
+        state,
+        ppid,
+        flags,
+        utime,
+        stime,
+        nice,
+        threads,
+        starttime,
+        policy,
+    })
 }
 
 struct Entry {
@@ -218,13 +229,23 @@ impl ProcessSensor {
         }
         self.known.retain(|k, _| procs.contains_key(k));
         self.open.retain(|pid, e| procs.contains_key(&e.key) && e.key.pid == *pid);
-        Ok(Snapshot { at: Instant::now(), procs, ticks_per_second: self.ticks, partial: false })
+        Ok(Snapshot {
+            at: Instant::now(),
+            procs,
+            ticks_per_second: self.ticks,
+            partial: false,
+        })
     }
 
     /// A partial snapshot of just these pids (the ones exec events named).
     pub fn sample_pids(&mut self, pids: &[u32]) -> Snapshot {
         let procs = pids.iter().filter_map(|&pid| self.read_one(pid)).map(|p| (p.key, p)).collect();
-        Snapshot { at: Instant::now(), procs, ticks_per_second: self.ticks, partial: true }
+        Snapshot {
+            at: Instant::now(),
+            procs,
+            ticks_per_second: self.ticks,
+            partial: true,
+        }
     }
 
     /// Reads one process by pid (used by the listing and by exec events).
@@ -247,11 +268,23 @@ impl ProcessSensor {
                 (&mut f).take(64 * 1024).read_to_end(&mut v).ok()?;
                 let s = parse_stat(&v)?;
                 let keep = self.open.len() < self.max_open;
-                self.open.insert(pid, Entry { key: ProcKey { pid, start_time: s.starttime }, stat: keep.then_some(f) });
+                self.open.insert(
+                    pid,
+                    Entry {
+                        key: ProcKey {
+                            pid,
+                            start_time: s.starttime,
+                        },
+                        stat: keep.then_some(f),
+                    },
+                );
                 s
             }
         };
-        let key = ProcKey { pid, start_time: stat.starttime };
+        let key = ProcKey {
+            pid,
+            start_time: stat.starttime,
+        };
         let kernel_thread = stat.flags & PF_KTHREAD as u64 != 0;
         let fixed = match self.known.get(&key) {
             Some(f) if (f.argv_read || kernel_thread || stat.state == 'D') && f.comm == stat.comm => f.clone(),
@@ -277,7 +310,10 @@ impl ProcessSensor {
 
     fn read_fixed(&mut self, pid: u32, comm: &str, state: char, kernel_thread: bool) -> ProcStatic {
         let dir = self.root.join(itoa(pid));
-        let mut f = ProcStatic { comm: comm.to_string(), ..Default::default() };
+        let mut f = ProcStatic {
+            comm: comm.to_string(),
+            ..Default::default()
+        };
         if kernel_thread {
             f.argv_read = true;
             f.user = "root".into();
@@ -330,9 +366,15 @@ impl ProcessSensor {
 /// to the hard one, and a quarter of it (at most 65,536) goes to the sensor.
 fn open_file_budget() -> usize {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 0 };
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
     let target = hard.min(1 << 20);
-    let soft = if soft < target && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() { target } else { soft };
+    let soft = if soft < target && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        target
+    } else {
+        soft
+    };
     ((soft / 4) as usize).min(65_536)
 }
 
@@ -357,7 +399,10 @@ pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
 
 /// The real uid from /proc/PID/status text.
 pub fn parse_status_uid(status: &str) -> Option<u32> {
-    status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|r| r.split_whitespace().next()?.parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
 }
 
 /// The cgroup v2 path (hierarchy 0), else the first v1 path, from /proc/PID/cgroup text.
@@ -417,7 +462,10 @@ mod tests {
     fn kubernetes_and_docker_ids() {
         let k = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_1111_2222_3333_444455556666.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
         let (c, p, _) = cgroup_identity(k);
-        assert_eq!(c.as_deref(), Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            c.as_deref(),
+            Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
         assert_eq!(p.as_deref(), Some("1b2c3d4e-1111-2222-3333-444455556666"));
         let d = "/docker/fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
         assert!(cgroup_identity(d).0.is_some());
@@ -452,7 +500,10 @@ mod tests {
         let line = b"42 (a) (b) x\n ) S 1 42 42 0 -1 4194560 1 0 0 0 7 3 0 0 20 5 2 0 999 1 1 1 1 1 1 1 1 1 1 1 1 1 17 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.comm, "a) (b) x\n ");
-        assert_eq!((s.state, s.ppid, s.utime, s.stime, s.nice, s.threads, s.starttime), ('S', 1, 7, 3, 5, 2, 999));
+        assert_eq!(
+            (s.state, s.ppid, s.utime, s.stime, s.nice, s.threads, s.starttime),
+            ('S', 1, 7, 3, 5, 2, 999)
+        );
         for bad in [&b""[..], b"42 (x", b"42 x) S", b"42 (x) S 1"] {
             assert!(parse_stat(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }

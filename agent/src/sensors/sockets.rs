@@ -44,10 +44,21 @@ pub fn parse_proc_net(text: &str, tcp: bool) -> Vec<SocketEntry> {
         if f.len() < 10 {
             continue;
         }
-        let (Some(local), Some(remote)) = (hex_endpoint(f[1]), hex_endpoint(f[2])) else { continue };
+        let (Some(local), Some(remote)) = (hex_endpoint(f[1]), hex_endpoint(f[2])) else {
+            continue;
+        };
         let Ok(state) = u8::from_str_radix(f[3], 16) else { continue };
-        let (Ok(uid), Ok(inode)) = (f[7].parse(), f[9].parse()) else { continue };
-        out.push(SocketEntry { tcp, local, remote, state, inode, uid });
+        let (Ok(uid), Ok(inode)) = (f[7].parse(), f[9].parse()) else {
+            continue;
+        };
+        out.push(SocketEntry {
+            tcp,
+            local,
+            remote,
+            state,
+            inode,
+            uid,
+        });
     }
     out
 }
@@ -92,7 +103,8 @@ pub fn sock_diag_lookup(tcp: bool, local: SocketAddr, remote: SocketAddr) -> Opt
     let mut out = Vec::new();
     let id = if tcp { (local, remote) } else { (remote, local) };
     diag::query(family, proto, Some(id), &mut out).ok()?;
-    out.into_iter().find(|e| e.local.port() == local.port() && (e.remote == remote || (!tcp && e.remote.port() == 0)))
+    out.into_iter()
+        .find(|e| e.local.port() == local.port() && (e.remote == remote || (!tcp && e.remote.port() == 0)))
 }
 
 mod diag {
@@ -186,7 +198,10 @@ pub struct InodeOwners {
 impl InodeOwners {
     /// Over a proc root.
     pub fn new(root: &Path) -> Self {
-        InodeOwners { root: root.to_path_buf(), map: HashMap::new() }
+        InodeOwners {
+            root: root.to_path_buf(),
+            map: HashMap::new(),
+        }
     }
 
     /// Owners of `inodes`; walks the fd tables only when some are unknown.
@@ -194,11 +209,17 @@ impl InodeOwners {
         self.map.retain(|_, k| snap.procs.contains_key(k));
         if inodes.iter().any(|i| !self.map.contains_key(i)) {
             for key in snap.procs.keys() {
-                let Ok(rd) = std::fs::read_dir(self.root.join(key.pid.to_string()).join("fd")) else { continue };
+                let Ok(rd) = std::fs::read_dir(self.root.join(key.pid.to_string()).join("fd")) else {
+                    continue;
+                };
                 for e in rd.flatten() {
                     let Ok(t) = std::fs::read_link(e.path()) else { continue };
                     let t = t.to_string_lossy();
-                    if let Some(n) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|n| n.parse().ok()) {
+                    if let Some(n) = t
+                        .strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .and_then(|n| n.parse().ok())
+                    {
                         if inodes.contains(&n) {
                             self.map.insert(n, *key);
                         }
@@ -223,7 +244,13 @@ pub struct SocketSensor {
 impl SocketSensor {
     /// Over a proc root; `shared` carries DNS-learned pool addresses.
     pub fn new(sig: Arc<Signatures>, root: &Path, shared: Arc<NetShared>) -> Self {
-        SocketSensor { sig, root: root.to_path_buf(), owners: InodeOwners::new(root), shared, fallback: root != Path::new("/proc") }
+        SocketSensor {
+            sig,
+            root: root.to_path_buf(),
+            owners: InodeOwners::new(root),
+            shared,
+            fallback: root != Path::new("/proc"),
+        }
     }
 
     fn list(&mut self) -> Result<Vec<SocketEntry>, SensorError> {
@@ -247,21 +274,33 @@ impl SocketSensor {
         if let Some(domain) = self.shared.dns_learned(remote.ip()) {
             let rule = self.sig.pool_domain(&domain).map(|(_, i)| self.sig.rules()[i].id.clone());
             return Some(Evidence {
-                detail: EvidenceKind::PoolConnection { remote: remote.to_string(), reason: format!("address of pool domain {domain} (DNS answer)"), domain: Some(domain) },
+                detail: EvidenceKind::PoolConnection {
+                    remote: remote.to_string(),
+                    reason: format!("address of pool domain {domain} (DNS answer)"),
+                    domain: Some(domain),
+                },
                 rule,
                 weight: Weight::Likely,
             });
         }
         if let Some(r) = self.sig.pool_address(&remote) {
             return Some(Evidence::from_rule(
-                EvidenceKind::PoolConnection { remote: remote.to_string(), reason: "known pool address".into(), domain: None },
+                EvidenceKind::PoolConnection {
+                    remote: remote.to_string(),
+                    reason: "known pool address".into(),
+                    domain: None,
+                },
                 &r.id,
                 r.severity,
             ));
         }
         self.sig.pool_port(remote.port()).map(|r| {
             Evidence::from_rule(
-                EvidenceKind::PoolConnection { remote: remote.to_string(), reason: format!("pool port {}", remote.port()), domain: None },
+                EvidenceKind::PoolConnection {
+                    remote: remote.to_string(),
+                    reason: format!("pool port {}", remote.port()),
+                    domain: None,
+                },
                 &r.id,
                 r.severity,
             )
@@ -278,7 +317,11 @@ impl Sensor for SocketSensor {
         let socks = self.list()?;
         let mut hits = Vec::new();
         for s in &socks {
-            let connected = if s.tcp { s.state == TCP_ESTABLISHED } else { !s.remote.ip().is_unspecified() && s.remote.port() != 0 };
+            let connected = if s.tcp {
+                s.state == TCP_ESTABLISHED
+            } else {
+                !s.remote.ip().is_unspecified() && s.remote.port() != 0
+            };
             if !connected || s.inode == 0 {
                 continue;
             }
@@ -331,7 +374,10 @@ mod tests {
         let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (_srv, _) = l.accept().unwrap();
         let all = sock_diag_dump().expect("sock_diag works here");
-        let mine = all.iter().find(|e| e.local == c.local_addr().unwrap()).expect("client socket listed");
+        let mine = all
+            .iter()
+            .find(|e| e.local == c.local_addr().unwrap())
+            .expect("client socket listed");
         assert_eq!(mine.remote, l.local_addr().unwrap());
         assert_eq!(mine.state, TCP_ESTABLISHED);
         let one = sock_diag_lookup(true, c.local_addr().unwrap(), l.local_addr().unwrap()).expect("exact lookup");

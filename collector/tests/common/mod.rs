@@ -37,16 +37,30 @@ pub fn finding(host: &str, id: &str, comm: &str, pool: &str, wallet: &str) -> Fi
     };
     let evidence = vec![
         Evidence::from_rule(
-            EvidenceKind::CommandLine { matched: format!("stratum+tcp://{pool}:3333"), base64: false, pool_url: true },
+            EvidenceKind::CommandLine {
+                matched: format!("stratum+tcp://{pool}:3333"),
+                base64: false,
+                pool_url: true,
+            },
             "cmdline.pool-url",
             Weight::Likely,
         ),
         Evidence::from_rule(
-            EvidenceKind::Wallet { coin: "monero".into(), address: wallet.into(), source: "cmdline".into() },
+            EvidenceKind::Wallet {
+                coin: "monero".into(),
+                address: wallet.into(),
+                source: "cmdline".into(),
+            },
             "wallet.monero",
             Weight::Likely,
         ),
-        Evidence::heuristic(EvidenceKind::Cpu { cores: 1.9, window_seconds: 5.0 }, Weight::Info),
+        Evidence::heuristic(
+            EvidenceKind::Cpu {
+                cores: 1.9,
+                window_seconds: 5.0,
+            },
+            Weight::Info,
+        ),
     ];
     serde_json::from_value(serde_json::json!({
         "id": id,
@@ -73,8 +87,16 @@ pub fn report(host: &str, agent: &str, events: Vec<Event>) -> Report {
             version: "0.1.0".into(),
             signatures_version: "sig123".into(),
             sensors: vec![
-                SensorStatus { name: "process".into(), up: true, message: None },
-                SensorStatus { name: "capture".into(), up: false, message: Some("no CAP_NET_RAW".into()) },
+                SensorStatus {
+                    name: "process".into(),
+                    up: true,
+                    message: None,
+                },
+                SensorStatus {
+                    name: "capture".into(),
+                    up: false,
+                    message: Some("no CAP_NET_RAW".into()),
+                },
             ],
         },
         sent_at: 1000,
@@ -83,20 +105,35 @@ pub fn report(host: &str, agent: &str, events: Vec<Event>) -> Report {
 }
 
 pub fn opened(agent: &str, seq: u64, at: u64, f: Finding) -> Event {
-    Event { event_id: format!("{agent}:{seq}"), at, kind: EventKind::FindingOpened { finding: f } }
+    Event {
+        event_id: format!("{agent}:{seq}"),
+        at,
+        kind: EventKind::FindingOpened { finding: f },
+    }
 }
 pub fn updated(agent: &str, seq: u64, at: u64, f: Finding) -> Event {
-    Event { event_id: format!("{agent}:{seq}"), at, kind: EventKind::FindingUpdated { finding: f } }
+    Event {
+        event_id: format!("{agent}:{seq}"),
+        at,
+        kind: EventKind::FindingUpdated { finding: f },
+    }
 }
 pub fn resolved(agent: &str, seq: u64, at: u64, id: &str) -> Event {
     Event {
         event_id: format!("{agent}:{seq}"),
         at,
-        kind: EventKind::FindingResolved { finding_id: id.into(), reason: "process exited".into() },
+        kind: EventKind::FindingResolved {
+            finding_id: id.into(),
+            reason: "process exited".into(),
+        },
     }
 }
 pub fn heartbeat(agent: &str, seq: u64, at: u64) -> Event {
-    Event { event_id: format!("{agent}:{seq}"), at, kind: EventKind::Heartbeat {} }
+    Event {
+        event_id: format!("{agent}:{seq}"),
+        at,
+        kind: EventKind::Heartbeat {},
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -135,7 +172,10 @@ impl Collector {
             app,
             agent_token,
             analyst_token,
-            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
         }
     }
 
@@ -157,7 +197,13 @@ impl Collector {
 
     /// GET with the analyst token; returns status and JSON.
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self.client.get(format!("{}{path}", self.url)).bearer_auth(&self.analyst_token).send().await.unwrap();
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.analyst_token)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
@@ -181,9 +227,15 @@ pub struct Pg {
 }
 
 fn pg_bin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
     dirs.sort();
-    dirs.into_iter().rev().find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
+    dirs.into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists())
 }
 
 impl Pg {
@@ -198,19 +250,41 @@ impl Pg {
         let root = nix_is_root();
         if root {
             // initdb refuses to run as root: run the server as `postgres`.
-            let ok = Command::new("chown").arg("-R").arg("postgres:postgres").arg(dir.path()).status().unwrap().success();
+            let ok = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success();
             assert!(ok, "chown of the PostgreSQL temp dir to postgres failed");
         }
         let port = free_port();
-        let pg = Pg { _dir: dir, data: data.clone(), bin, port, as_postgres: root };
+        let pg = Pg {
+            _dir: dir,
+            data: data.clone(),
+            bin,
+            port,
+            as_postgres: root,
+        };
         let out = pg
             .cmd("initdb")
-            .args(["-D", &data.display().to_string(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let sock = pg._dir.path().display().to_string();
-        let opts = format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=100");
+        let opts =
+            format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=100");
         let out = pg
             .cmd("pg_ctl")
             .args(["-D", &data.display().to_string(), "-o", &opts, "-w", "-t", "60", "-l"])
@@ -255,7 +329,10 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let _ = self.cmd("pg_ctl").args(["-D", &self.data.display().to_string(), "-m", "immediate", "-w", "stop"]).output();
+        let _ = self
+            .cmd("pg_ctl")
+            .args(["-D", &self.data.display().to_string(), "-m", "immediate", "-w", "stop"])
+            .output();
     }
 }
 
@@ -263,7 +340,11 @@ fn nix_is_root() -> bool {
     // Our real uid, from /proc/self/status (no libc call needed).
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -279,7 +360,9 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub fn start() -> Option<Alertmanager> {
-        let exe = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"].into_iter().find(|p| Path::new(p).exists());
+        let exe = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
         let Some(exe) = exe else {
             eprintln!("SKIPPED: prometheus-alertmanager not installed (apt-get install prometheus-alertmanager)");
             return None;
@@ -301,7 +384,11 @@ impl Alertmanager {
             .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
             .spawn()
             .unwrap();
-        let am = Alertmanager { _dir: dir, child, url: format!("http://127.0.0.1:{port}") };
+        let am = Alertmanager {
+            _dir: dir,
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {

@@ -49,7 +49,11 @@ pub async fn tokens_are_hashed_and_revocable(store: Store, _dir: &Path) {
 
 pub async fn bad_reports_get_4xx_and_store_nothing(store: Store, dir: &Path) {
     let c = Collector::start(store.clone(), dir, |s| s.max_body_bytes = 4096).await;
-    let good = report("node1", "a1", vec![opened("a1", 1, 1000, finding("node1", "f1", "xmrig", "pool.example.com", WALLET))]);
+    let good = report(
+        "node1",
+        "a1",
+        vec![opened("a1", 1, 1000, finding("node1", "f1", "xmrig", "pool.example.com", WALLET))],
+    );
     let body = serde_json::to_vec(&good).unwrap();
 
     let (s, j) = c.post_raw(None, body.clone()).await;
@@ -97,8 +101,14 @@ pub async fn bad_reports_get_4xx_and_store_nothing(store: Store, dir: &Path) {
     assert!(store.findings(&FindingFilter::default()).await.unwrap().is_empty());
     let (_, m) = c.text("/metrics").await;
     assert!(m.contains("rigwatch_collector_reports_total{outcome=\"rejected_auth\"} 4"), "{m}");
-    assert!(m.contains("rigwatch_collector_reports_total{outcome=\"rejected_invalid\"} 5"), "{m}");
-    assert!(m.contains("rigwatch_collector_reports_total{outcome=\"rejected_too_large\"} 1"), "{m}");
+    assert!(
+        m.contains("rigwatch_collector_reports_total{outcome=\"rejected_invalid\"} 5"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rigwatch_collector_reports_total{outcome=\"rejected_too_large\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("rigwatch_collector_reports_total{outcome=\"stored\"} 0"), "{m}");
 
     // And the good report still goes in.
@@ -110,7 +120,11 @@ pub async fn bad_reports_get_4xx_and_store_nothing(store: Store, dir: &Path) {
     odd.first_seen = u64::MAX;
     odd.last_seen = u64::MAX;
     odd.evidence.clear();
-    let mut r = report("\u{0}näme\u{202e}", "a-odd", vec![opened("a-odd", 1, u64::MAX, odd), resolved("a-odd", 2, u64::MAX, "nope")]);
+    let mut r = report(
+        "\u{0}näme\u{202e}",
+        "a-odd",
+        vec![opened("a-odd", 1, u64::MAX, odd), resolved("a-odd", 2, u64::MAX, "nope")],
+    );
     r.sent_at = u64::MAX;
     let (s, j) = c.post(&r).await;
     assert_eq!(s, 200, "{j}");
@@ -125,7 +139,10 @@ pub async fn a_batch_delivered_twice_is_stored_once(store: Store, dir: &Path) {
     let r = report(
         "node1",
         "a1",
-        vec![opened("a1", 1, 1000, finding("node1", "f1", "xmrig", "pool.example.com", WALLET)), heartbeat("a1", 2, 1000)],
+        vec![
+            opened("a1", 1, 1000, finding("node1", "f1", "xmrig", "pool.example.com", WALLET)),
+            heartbeat("a1", 2, 1000),
+        ],
     );
     let (s, j) = c.post(&r).await;
     assert_eq!((s, j["stored"].as_u64(), j["duplicates"].as_u64()), (200, Some(2), Some(0)));
@@ -134,11 +151,20 @@ pub async fn a_batch_delivered_twice_is_stored_once(store: Store, dir: &Path) {
     let (_, list) = c.get("/api/v1/findings").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     let (_, d) = c.get("/api/v1/findings/node1/f1").await;
-    let actions: Vec<&str> = d["history"].as_array().unwrap().iter().map(|h| h["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = d["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["action"].as_str().unwrap())
+        .collect();
     assert_eq!(actions, ["opened"]);
     assert_eq!(d["finding"]["evidence"].as_array().unwrap().len(), 3, "full evidence kept");
     // The same event id from another agent is another event.
-    let other = report("node2", "a2", vec![opened("a1", 1, 1000, finding("node2", "f1", "xmrig", "pool.example.com", WALLET))]);
+    let other = report(
+        "node2",
+        "a2",
+        vec![opened("a1", 1, 1000, finding("node2", "f1", "xmrig", "pool.example.com", WALLET))],
+    );
     let (s, j) = c.post(&other).await;
     assert_eq!((s, j["stored"].as_u64()), (200, Some(1)));
     let (_, hosts) = c.get("/api/v1/hosts").await;
@@ -162,36 +188,63 @@ pub async fn finding_lifecycle_and_history(store: Store, _dir: &Path) {
     let now = rigwatch_collector::store::now();
     let mut f = finding("node1", "f1", "xmrig", "pool.example.com", WALLET);
     f.severity = Severity::Likely;
-    let out = store.ingest(report("node1", "a1", vec![opened("a1", 1, 1000, f.clone())]), now).await.unwrap();
+    let out = store
+        .ingest(report("node1", "a1", vec![opened("a1", 1, 1000, f.clone())]), now)
+        .await
+        .unwrap();
     assert!(out.findings_changed);
     f.severity = Severity::Confirmed;
-    store.ingest(report("node1", "a1", vec![updated("a1", 2, 1010, f.clone())]), now).await.unwrap();
+    store
+        .ingest(report("node1", "a1", vec![updated("a1", 2, 1010, f.clone())]), now)
+        .await
+        .unwrap();
     let v = store.findings(&FindingFilter::default()).await.unwrap();
     assert_eq!((v[0].severity.as_str(), v[0].state.as_str()), ("confirmed", "open"));
     assert_eq!(v[0].rule, "cmdline.pool-url");
     assert_eq!(v[0].pool, "pool.example.com");
     assert_eq!(v[0].process, "xmrig");
-    store.ingest(report("node1", "a1", vec![resolved("a1", 3, 1020, "f1")]), now).await.unwrap();
+    store
+        .ingest(report("node1", "a1", vec![resolved("a1", 3, 1020, "f1")]), now)
+        .await
+        .unwrap();
     let d = store.finding("node1", "f1").await.unwrap().unwrap();
-    assert_eq!((d.view.state.as_str(), d.view.state_reason.as_str()), ("resolved", "process exited"));
+    assert_eq!(
+        (d.view.state.as_str(), d.view.state_reason.as_str()),
+        ("resolved", "process exited")
+    );
     // A late, older update does not reopen it.
-    store.ingest(report("node1", "a1", vec![updated("a1", 4, 1015, f.clone())]), now).await.unwrap();
+    store
+        .ingest(report("node1", "a1", vec![updated("a1", 4, 1015, f.clone())]), now)
+        .await
+        .unwrap();
     assert_eq!(store.finding("node1", "f1").await.unwrap().unwrap().view.state, "resolved");
     // A newer one does.
-    store.ingest(report("node1", "a1", vec![updated("a1", 5, 1030, f.clone())]), now).await.unwrap();
+    store
+        .ingest(report("node1", "a1", vec![updated("a1", 5, 1030, f.clone())]), now)
+        .await
+        .unwrap();
     assert_eq!(store.finding("node1", "f1").await.unwrap().unwrap().view.state, "open");
     assert!(store.set_state("node1", "f1", "acknowledged", "on it", "alice").await.unwrap());
     assert!(!store.set_state("node1", "nope", "acknowledged", "x", "alice").await.unwrap());
-    assert!(store.set_state("node1", "f1", "resolved", "x", "alice").await.is_err(), "analysts cannot fake a resolution");
+    assert!(
+        store.set_state("node1", "f1", "resolved", "x", "alice").await.is_err(),
+        "analysts cannot fake a resolution"
+    );
     // Acknowledged stays acknowledged through updates.
-    store.ingest(report("node1", "a1", vec![updated("a1", 6, 1040, f.clone())]), now).await.unwrap();
+    store
+        .ingest(report("node1", "a1", vec![updated("a1", 6, 1040, f.clone())]), now)
+        .await
+        .unwrap();
     let d = store.finding("node1", "f1").await.unwrap().unwrap();
     assert_eq!(d.view.state, "acknowledged");
     assert_eq!(d.view.last_seen, 1040);
     let actions: Vec<(String, String)> = d.history.iter().map(|h| (h.action.clone(), h.detail.clone())).collect();
     let names: Vec<&str> = actions.iter().map(|a| a.0.as_str()).collect();
     // Order by event time: opened 1000, updated 1010, stale update 1015, resolved 1020, reopened 1030, updated 1040; the analyst's at "now".
-    assert_eq!(names, ["opened", "updated", "updated", "resolved", "reopened", "updated", "acknowledged"]);
+    assert_eq!(
+        names,
+        ["opened", "updated", "updated", "resolved", "reopened", "updated", "acknowledged"]
+    );
     assert!(actions[2].1.contains("ignored"), "{actions:?}");
     assert_eq!(actions[6].1, "by alice: on it");
     assert_eq!(d.finding["evidence"][1]["kind"], "wallet");
@@ -199,7 +252,10 @@ pub async fn finding_lifecycle_and_history(store: Store, _dir: &Path) {
 
 fn with_hash(mut f: rigwatch_signatures::Finding, sha: &str) -> rigwatch_signatures::Finding {
     f.evidence.push(Evidence::from_rule(
-        EvidenceKind::BinaryHash { sha256: sha.into(), path: "/tmp/x".into() },
+        EvidenceKind::BinaryHash {
+            sha256: sha.into(),
+            path: "/tmp/x".into(),
+        },
         "hash.xmrig",
         Weight::Confirmed,
     ));
@@ -218,10 +274,25 @@ pub async fn campaigns_group_findings_across_hosts(store: Store, dir: &Path) {
         ("h1", post("h1", finding("h1", "a", "xmrig", "pool-a.example.com", WALLET))),
         ("h2", post("h2", finding("h2", "b", "kworker", "pool-b.example.com", WALLET))),
         ("h3", post("h3", finding("h3", "c", "sshd", "POOL-B.example.com", other_wallet))),
-        ("h4", post("h4", finding("h4", "d", "lonely", "pool-z.example.com", "4lonelywallet"))),
+        (
+            "h4",
+            post("h4", finding("h4", "d", "lonely", "pool-z.example.com", "4lonelywallet")),
+        ),
         // h5 and h6 share only a binary hash.
-        ("h5", post("h5", with_hash(finding("h5", "e", "m1", "p5.example.com", "w5"), "ab".repeat(32).as_str()))),
-        ("h6", post("h6", with_hash(finding("h6", "f", "m2", "p6.example.com", "w6"), "AB".repeat(32).as_str()))),
+        (
+            "h5",
+            post(
+                "h5",
+                with_hash(finding("h5", "e", "m1", "p5.example.com", "w5"), "ab".repeat(32).as_str()),
+            ),
+        ),
+        (
+            "h6",
+            post(
+                "h6",
+                with_hash(finding("h6", "f", "m2", "p6.example.com", "w6"), "AB".repeat(32).as_str()),
+            ),
+        ),
     ] {
         let (s, j) = c.post(&r).await;
         assert_eq!(s, 200, "{h}: {j}");
@@ -247,8 +318,10 @@ pub async fn campaigns_group_findings_across_hosts(store: Store, dir: &Path) {
     let (s, camps) = c.get("/api/v1/campaigns").await;
     assert_eq!(s, 200);
     let camps = camps.as_array().unwrap();
-    let hosts: Vec<Vec<&str>> =
-        camps.iter().map(|c| c["hosts"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect()).collect();
+    let hosts: Vec<Vec<&str>> = camps
+        .iter()
+        .map(|c| c["hosts"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect())
+        .collect();
     assert_eq!(hosts.len(), 3, "{hosts:?}");
     assert_eq!(hosts[0], ["h1", "h2", "h3"]);
     assert!(hosts.contains(&vec!["h5", "h6"]));
@@ -295,8 +368,18 @@ pub async fn query_api_filters_and_metrics(store: Store, dir: &Path) {
     let c = Collector::start(store.clone(), dir, |_| {}).await;
     let mut weak = finding("n2", "w1", "python3", "p.example.com", WALLET);
     weak.severity = Severity::Suspicious;
-    c.post(&report("n1", "a1", vec![opened("a1", 1, 1000, finding("n1", "x1", "xmrig", "p.example.com", WALLET))])).await;
-    c.post(&report("n1", "a1", vec![opened("a1", 2, 1000, finding("n1", "x2", "xmrig2", "q.example.com", "w2"))])).await;
+    c.post(&report(
+        "n1",
+        "a1",
+        vec![opened("a1", 1, 1000, finding("n1", "x1", "xmrig", "p.example.com", WALLET))],
+    ))
+    .await;
+    c.post(&report(
+        "n1",
+        "a1",
+        vec![opened("a1", 2, 1000, finding("n1", "x2", "xmrig2", "q.example.com", "w2"))],
+    ))
+    .await;
     c.post(&report("n2", "a2", vec![opened("a2", 1, 1000, weak)])).await;
     c.post(&report("n1", "a1", vec![resolved("a1", 3, 1001, "x2")])).await;
     let count = |j: &Value| j.as_array().map(|a| a.len()).unwrap_or(usize::MAX);
@@ -317,7 +400,13 @@ pub async fn query_api_filters_and_metrics(store: Store, dir: &Path) {
     // Query API needs an analyst.
     let r = c.client.get(format!("{}/api/v1/findings", c.url)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let r = c.client.get(format!("{}/api/v1/hosts", c.url)).bearer_auth(&c.agent_token).send().await.unwrap();
+    let r = c
+        .client
+        .get(format!("{}/api/v1/hosts", c.url))
+        .bearer_auth(&c.agent_token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let (s, m) = c.text("/metrics").await;
     assert_eq!(s, 200);
@@ -331,7 +420,13 @@ pub async fn query_api_filters_and_metrics(store: Store, dir: &Path) {
 
 /// Logs in through the form; returns the `Cookie` header value.
 pub async fn login(c: &Collector, token: &str) -> (u16, Option<String>) {
-    let r = c.client.post(format!("{}/login", c.url)).form(&[("token", token)]).send().await.unwrap();
+    let r = c
+        .client
+        .post(format!("{}/login", c.url))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
     let cookie = r
         .headers()
         .get("set-cookie")
@@ -342,8 +437,18 @@ pub async fn login(c: &Collector, token: &str) -> (u16, Option<String>) {
 }
 
 async fn page(c: &Collector, cookie: &str, path: &str) -> (u16, String, String) {
-    let r = c.client.get(format!("{}{path}", c.url)).header("cookie", cookie).send().await.unwrap();
-    let csp = r.headers().get("content-security-policy").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let r = c
+        .client
+        .get(format!("{}{path}", c.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     (r.status().as_u16(), csp, r.text().await.unwrap())
 }
 
@@ -386,7 +491,13 @@ pub async fn web_page_escapes_hostile_names_and_needs_login(store: Store, dir: &
     let (s, _, _) = page(&c, &cookie, "/hosts/nobody").await;
     assert_eq!(s, 404);
     // Logging out ends the session.
-    let r = c.client.post(format!("{}/logout", c.url)).header("cookie", &cookie).send().await.unwrap();
+    let r = c
+        .client
+        .post(format!("{}/logout", c.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 303);
     let r = c.client.get(format!("{}/", c.url)).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 303);
@@ -394,29 +505,69 @@ pub async fn web_page_escapes_hostile_names_and_needs_login(store: Store, dir: &
 
 pub async fn analyst_acknowledges_with_a_reason(store: Store, dir: &Path) {
     let c = Collector::start(store.clone(), dir, |_| {}).await;
-    c.post(&report("n1", "a1", vec![opened("a1", 1, 1000, finding("n1", "f1", "xmrig", "p.example.com", WALLET))])).await;
+    c.post(&report(
+        "n1",
+        "a1",
+        vec![opened("a1", 1, 1000, finding("n1", "f1", "xmrig", "p.example.com", WALLET))],
+    ))
+    .await;
     let (_, cookie) = login(&c, &c.analyst_token.clone()).await;
     let cookie = cookie.unwrap();
     let (_, _, html) = page(&c, &cookie, "/findings/n1/f1").await;
-    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
     let post = |form: Vec<(&'static str, String)>| {
-        c.client.post(format!("{}/findings/n1/f1/state", c.url)).header("cookie", cookie.clone()).form(&form).send()
+        c.client
+            .post(format!("{}/findings/n1/f1/state", c.url))
+            .header("cookie", cookie.clone())
+            .form(&form)
+            .send()
     };
-    let r = post(vec![("csrf", "forged".into()), ("state", "suppressed".into()), ("reason", "x".into())]).await.unwrap();
+    let r = post(vec![
+        ("csrf", "forged".into()),
+        ("state", "suppressed".into()),
+        ("reason", "x".into()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let r = post(vec![("csrf", csrf.clone()), ("state", "acknowledged".into()), ("reason", "  ".into())]).await.unwrap();
+    let r = post(vec![
+        ("csrf", csrf.clone()),
+        ("state", "acknowledged".into()),
+        ("reason", "  ".into()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let r = post(vec![("csrf", csrf.clone()), ("state", "deleted".into()), ("reason", "x".into())]).await.unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let r = post(vec![("csrf", csrf.clone()), ("state", "acknowledged".into()), ("reason", "paging the owner".into())])
+    let r = post(vec![("csrf", csrf.clone()), ("state", "deleted".into()), ("reason", "x".into())])
         .await
         .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = post(vec![
+        ("csrf", csrf.clone()),
+        ("state", "acknowledged".into()),
+        ("reason", "paging the owner".into()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 303);
     let d = store.finding("n1", "f1").await.unwrap().unwrap();
     assert_eq!(d.view.state, "acknowledged");
     assert_eq!(d.view.state_reason, "paging the owner");
     assert_eq!(d.history.last().unwrap().detail, "by alice: paging the owner");
-    let r = post(vec![("csrf", csrf), ("state", "suppressed".into()), ("reason", "benchmark box".into())]).await.unwrap();
+    let r = post(vec![
+        ("csrf", csrf),
+        ("state", "suppressed".into()),
+        ("reason", "benchmark box".into()),
+    ])
+    .await
+    .unwrap();
     assert_eq!(r.status().as_u16(), 303);
     let (_, j) = c.get("/api/v1/findings?state=suppressed").await;
     assert_eq!(j.as_array().unwrap().len(), 1);
