@@ -34,10 +34,11 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
     let url = format!("{}/api/v1/reports", cfg.url.trim_end_matches('/'));
     let spool = shared.spool.as_ref().expect("the shipper runs only with a spool");
     let mut backoff = Duration::from_secs(1);
+    let mut batch_size = cfg.batch_size.max(1);
     loop {
         let (batch, agent_id) = {
             let s = spool.lock().unwrap_or_else(|e| e.into_inner());
-            (s.pending(cfg.batch_size.max(1)), s.agent_id().to_string())
+            (s.pending(batch_size), s.agent_id().to_string())
         };
         let batch = match batch {
             Ok(b) => b,
@@ -78,6 +79,33 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
                 shared.metrics.shipper_queue.set(s.queued() as i64);
                 shared.metrics.spool_bytes.set(s.bytes() as i64);
                 backoff = Duration::from_secs(1);
+            }
+            // too large: send smaller batches from now on
+            Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE && batch_size > 1 => {
+                shared.metrics.shipper_failures.inc();
+                batch_size = (batch_size / 2).max(1);
+                log(
+                    "delivery_failed",
+                    serde_json::json!({"url": url, "error": "batch too large", "batch_size": batch_size}),
+                );
+            }
+            // the collector will never take this batch (malformed for it): keep a
+            // copy beside the spool, move on, so one bad batch cannot block the rest
+            Ok(r) if matches!(r.status().as_u16(), 400 | 413 | 422) => {
+                shared.metrics.shipper_failures.inc();
+                let status = r.status();
+                let why = r.text().await.unwrap_or_default();
+                let path = cfg.spool_dir.join(format!("rejected-{first}-{last}.json"));
+                let _ = std::fs::write(&path, serde_json::to_vec(&report).unwrap_or_default());
+                log(
+                    "batch_rejected",
+                    serde_json::json!({"status": status.as_u16(), "reason": why, "kept_in": path}),
+                );
+                let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = s.ack(last) {
+                    log("spool_error", serde_json::json!(e.to_string()));
+                }
+                shared.metrics.shipper_queue.set(s.queued() as i64);
             }
             other => {
                 shared.metrics.shipper_failures.inc();
