@@ -26,4 +26,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

@@ -333,7 +333,8 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(metric(&scrape(&agent), "rigwatch_shipper_delivery_failures_total") >= 1.0);
     let recv = Receiver::start(port, store.clone());
-    wait_for("the resolve delivered after the outage", Duration::from_secs(20), || {
+    // the shipper's backoff doubles up to 60 s during the outage
+    wait_for("the resolve delivered after the outage", Duration::from_secs(75), || {
         events_of(&store, "finding_resolved")
             .iter()
             .any(|e| e["finding_id"] == fid.as_str())
