@@ -135,6 +135,7 @@ fn every_dialect_is_seen_on_the_wire_and_confirmed() {
         return;
     }
     let _one = one();
+    rigwatch(); // built before anything starts its bounded hold
     let scan = scan_start("7");
     let cases: &[(&str, &[&str], &[&str])] = &[
         ("stratum-v1", &[], &["stratum-v1"]),
@@ -189,6 +190,7 @@ fn a_miner_connected_before_the_agent_started_is_seen_from_the_pool_side() {
         return;
     }
     let _one = one();
+    rigwatch(); // built before anything starts its bounded hold
     let (_p, addr) = pool("cryptonote", "127.0.0.1:0", &[]);
     let (_c, pid) = client("cryptonote", &addr, &["--hold", "12", "--login", WALLET]);
     std::thread::sleep(Duration::from_millis(1500)); // login long done
@@ -207,7 +209,8 @@ fn tls_sni_dns_and_dns_learned_addresses() {
         return;
     }
     let _one = one();
-    // the pool listens on 127.0.0.2; the fake resolver answers pool.supportxmr.com with it
+    rigwatch(); // built before anything starts its bounded hold
+                // the pool listens on 127.0.0.2; the fake resolver answers pool.supportxmr.com with it
     let (_p, addr) = pool("cryptonote", "127.0.0.2:0", &["--tls"]);
     let port = addr.rsplit(':').next().unwrap().to_string();
     let mut d = Command::new(env!("CARGO_BIN_EXE_fakepool"));
@@ -270,6 +273,7 @@ fn across_a_veth_pair_into_a_network_namespace() {
         return;
     }
     let _one = one();
+    rigwatch(); // built before anything starts its bounded hold
     let ns = format!("rwtest{}", std::process::id());
     let host_if = format!("rwh{}", std::process::id() % 100000);
     let sh = |args: &[&str]| Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
@@ -333,6 +337,7 @@ fn offline_pcap_from_tcpdump() {
         return;
     }
     let _one = one();
+    rigwatch(); // built before anything starts its bounded hold
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lo.pcap");
     let (_p, addr) = pool("stratum-v1", "127.0.0.1:0", &[]);

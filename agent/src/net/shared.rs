@@ -29,6 +29,9 @@ pub struct FlowFinding {
     pub evidence: Evidence,
     /// The client socket's inode, when it could be looked up at capture time.
     pub inode: Option<u64>,
+    /// Passes that could not yet find the socket's process (it may be newer
+    /// than the pass's snapshot).
+    pub tries: u8,
 }
 
 #[derive(Default)]

@@ -530,6 +530,7 @@ fn capture_loop(
                     tcp,
                     evidence: e,
                     inode,
+                    tries: 0,
                 });
             }
         }
@@ -567,6 +568,8 @@ impl Sensor for CaptureSensor {
                     out.push(Observation::Evidence(*k, f.evidence))
                 }
                 Some(_) => {}
+                // the owner may be newer than this pass's snapshot: try again next pass
+                None if f.inode.is_some() && f.tries < 1 => self.shared.push(FlowFinding { tries: f.tries + 1, ..f }),
                 None => out.push(Observation::Flow(f)),
             }
         }
