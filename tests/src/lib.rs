@@ -196,3 +196,22 @@ extern "C" {
     #[link_name = "nice"]
     fn libc_nice(inc: i32) -> i32;
 }
+
+/// A workspace binary (e.g. `rigwatch` from `rigwatch-agent`), built once per
+/// test process with the same cargo, found beside `sibling` (a
+/// `CARGO_BIN_EXE_*` path of this package). `cargo test --workspace` has
+/// built it already; building here covers `cargo test -p rigwatch-e2e`.
+pub fn workspace_bin(package: &str, name: &str, sibling: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let st = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", package, "--bin", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build -p {package} --bin {name}");
+        built.push(name.to_string());
+    }
+    std::path::Path::new(sibling).parent().expect("a binary has a directory").join(name)
+}

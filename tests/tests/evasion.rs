@@ -9,18 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 fn rigwatch() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_minersim")).parent().unwrap().to_path_buf();
-    let bin = dir.join("rigwatch");
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "rigwatch-agent", "--bin", "rigwatch"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build rigwatch");
-        assert!(st.success());
-    });
-    bin
+    rigwatch_e2e::workspace_bin("rigwatch-agent", "rigwatch", env!("CARGO_BIN_EXE_minersim"))
 }
 
 /// A running simulator, killed on drop.

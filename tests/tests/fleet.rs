@@ -12,12 +12,7 @@ use std::time::{Duration, Instant};
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 
 fn bin(name: &str, package: &str) -> PathBuf {
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", package, "--bin", name])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    Path::new(env!("CARGO_BIN_EXE_minersim")).parent().unwrap().join(name)
+    rigwatch_e2e::workspace_bin(package, name, env!("CARGO_BIN_EXE_minersim"))
 }
 
 fn free_port() -> u16 {

@@ -10,18 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 const GIB: u64 = 1 << 30;
 
 fn rigwatch() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_minersim")).parent().unwrap().to_path_buf();
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        // `cargo test --workspace` builds it; building here covers `-p rigwatch-e2e`.
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "rigwatch-agent", "--bin", "rigwatch"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo build rigwatch");
-        assert!(st.success());
-    });
-    dir.join("rigwatch")
+    rigwatch_e2e::workspace_bin("rigwatch-agent", "rigwatch", env!("CARGO_BIN_EXE_minersim"))
 }
 
 /// Not /tmp: a world-writable directory would be evidence by itself.

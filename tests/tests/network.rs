@@ -6,23 +6,14 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 
 fn rigwatch() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_fakepool")).parent().unwrap().join("rigwatch");
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "rigwatch-agent", "--bin", "rigwatch"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
-    bin
+    rigwatch_e2e::workspace_bin("rigwatch-agent", "rigwatch", env!("CARGO_BIN_EXE_fakepool"))
 }
 
 fn root() -> bool {
