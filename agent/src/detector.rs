@@ -26,6 +26,8 @@ pub struct DetectorConfig {
     pub long_window_cores_threshold: f64,
     /// Stopped/running flips (SIGSTOP/SIGCONT cycling) seen before it is evidence.
     pub state_flips_threshold: u32,
+    /// The host's root: Kubernetes pod names are read from its /var/log/pods.
+    pub host_root: std::path::PathBuf,
 }
 
 impl Default for DetectorConfig {
@@ -60,6 +62,7 @@ impl Default for DetectorConfig {
             long_window_seconds: 60.0,
             long_window_cores_threshold: 0.15,
             state_flips_threshold: 4,
+            host_root: "/".into(),
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct Detector {
     history: std::collections::VecDeque<(std::time::Instant, HashMap<ProcKey, u64>)>,
     /// Per process: whether it was stopped (T) last pass, and how often that flipped.
     flips: HashMap<ProcKey, (bool, u32)>,
+    /// Kubernetes pod names by pod uid.
+    pods: crate::kube::PodNames,
 }
 
 /// Evidence kinds that are events (seen once) rather than states.
@@ -86,6 +91,7 @@ const STICKY: &[&str] = &["stratum", "tls_sni", "dns"];
 impl Detector {
     /// A detector for `host` with a signature set.
     pub fn new(sig: Arc<Signatures>, cfg: DetectorConfig, host: &str) -> Self {
+        let pods = crate::kube::PodNames::new(&cfg.host_root);
         Detector {
             sig,
             cfg,
@@ -94,6 +100,7 @@ impl Detector {
             sticky: HashMap::new(),
             history: Default::default(),
             flips: HashMap::new(),
+            pods,
         }
     }
 
@@ -185,7 +192,11 @@ impl Detector {
             if ev.is_empty() {
                 continue;
             }
-            let info = process_info(p);
+            let mut info = process_info(p);
+            if let Some(pod) = info.pod_uid.as_deref().and_then(|u| self.pods.lookup(u)) {
+                info.namespace = Some(pod.namespace);
+                info.pod = Some(pod.name);
+            }
             if self.sig.allowed(hashes.get(key), &info.exe, &info.user, &info.cgroup).is_some() {
                 continue;
             }
@@ -342,6 +353,8 @@ pub fn process_info(p: &Proc) -> ProcessInfo {
         cgroup: f.cgroup.clone(),
         container_id,
         pod_uid,
+        namespace: None,
+        pod: None,
         systemd_unit,
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod detector;
+pub mod kube;
 pub mod net;
 pub mod output;
 pub mod pcap;

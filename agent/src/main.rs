@@ -163,6 +163,10 @@ struct RunArgs {
     /// The proc filesystem to read.
     #[arg(long, value_name = "DIR")]
     proc_root: Option<PathBuf>,
+    /// The host's root directory, where ld.so.preload, crontabs, systemd units
+    /// and /var/log/pods are read (in a container: the host's / mounted read-only).
+    #[arg(long, value_name = "DIR")]
+    host_root: Option<PathBuf>,
     /// Seconds between periodic passes.
     #[arg(long, value_name = "SECONDS")]
     interval: Option<f64>,
@@ -289,6 +293,7 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
             cpu_cores_threshold: a.cpu_threshold,
             long_window_seconds: a.long_window,
             long_window_cores_threshold: a.long_window_threshold,
+            host_root: a.host_root.clone(),
             ..Default::default()
         },
         sensors: rigwatch_agent::sensors::SensorOptions {
@@ -398,6 +403,9 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = a.proc_root {
         cfg.scan.proc_root = v;
+    }
+    if let Some(v) = a.host_root {
+        cfg.scan.host_root = v;
     }
     if let Some(v) = a.interval {
         anyhow::ensure!(v > 0.0, "--interval must be positive");

@@ -140,6 +140,9 @@ fn detail(o: &mut String, f: &Finding) {
     if !p.cgroup.is_empty() {
         let _ = writeln!(o, "    cgroup   {}", clean(&p.cgroup, 160));
     }
+    if let (Some(ns), Some(pod)) = (&p.namespace, &p.pod) {
+        let _ = writeln!(o, "    pod      {}/{}", clean(ns, 64), clean(pod, 253));
+    }
     for e in &f.evidence {
         let rule = e.rule.as_deref().map(|r| format!(" [{r}]")).unwrap_or_default();
         let _ = writeln!(

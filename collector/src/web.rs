@@ -277,6 +277,9 @@ async fn finding_page(State(app): State<Arc<App>>, headers: HeaderMap, Path((hos
             tr { th { "executable" } td { code { (s(&p["exe"])) } } }
             tr { th { "command line" } td { code { (s(&p["cmdline"])) } } }
             tr { th { "cgroup" } td { code { (s(&p["cgroup"])) } } }
+            @if p["pod"].is_string() {
+                tr { th { "pod" } td { code id="pod" { (s(&p["namespace"])) "/" (s(&p["pod"])) } } }
+            }
             tr { th { "first seen" } td { (when(f.first_seen)) } }
             tr { th { "last seen" } td { (when(f.last_seen)) } }
         }

@@ -215,3 +215,51 @@ pub fn workspace_bin(package: &str, name: &str, sibling: &str) -> std::path::Pat
     }
     std::path::Path::new(sibling).parent().expect("a binary has a directory").join(name)
 }
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A child process killed (and reaped) when the test lets go of it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `GET path` on 127.0.0.1:port with an optional bearer token: (status, body).
+/// HTTP/1.0, so that no server answers chunked.
+/// Status 0 when nothing answers.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    if write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").is_err() {
+        return (0, String::new());
+    }
+    let mut s = String::new();
+    let _ = c.read_to_string(&mut s);
+    let code = s.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, s.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or panics with `what` after `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out after {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

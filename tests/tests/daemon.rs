@@ -490,6 +490,7 @@ fn metrics_exposition_golden_and_promtool_clean() {
     let out = Command::new(rigwatch())
         .env("RIGWATCH_HOSTNAME", "fixture-host")
         .args(["run", "--once", "--proc-root", fixtures().join("proc").to_str().unwrap()])
+        .args(["--host-root", fixtures().join("host").to_str().unwrap()])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -512,6 +513,14 @@ fn metrics_exposition_golden_and_promtool_clean() {
         std::fs::read_to_string(&golden).unwrap(),
         "exposition differs from {} (UPDATE_GOLDEN=1 rewrites it)",
         golden.display()
+    );
+    // a finding in a Kubernetes pod carries its namespace and pod
+    assert!(
+        stable.lines().any(|l| l.starts_with("rigwatch_finding_active{")
+            && l.contains("pid=\"1006\"")
+            && l.contains("namespace=\"crypto\"")
+            && l.contains("pod=\"kswapd-7d9f\"")),
+        "{stable}"
     );
     // the hostile comm (quotes, braces, escape code, invalid UTF-8) is one well-formed series
     assert!(stable

@@ -2,11 +2,12 @@
 //! to `rigwatch-collector serve` (SQLite, embedded defaults), and an analyst
 //! sees the finding, its evidence and the host through the query API.
 
+use rigwatch_e2e::{free_port, http_get, KillOnDrop as Kill};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
@@ -15,29 +16,8 @@ fn bin(name: &str, package: &str) -> PathBuf {
     rigwatch_e2e::workspace_bin(package, name, env!("CARGO_BIN_EXE_minersim"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn get(port: u16, path: &str, token: &str) -> (u16, String) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    let code = s.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, s.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    http_get(port, path, Some(token))
 }
 
 fn token(collector: &Path, data: &Path, name: &str, analyst: bool) -> String {

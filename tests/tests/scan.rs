@@ -316,8 +316,17 @@ fn benign_busy_programs_stay_below_likely() {
 #[test]
 fn fixture_tree_json_and_exit_codes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/proc");
-    let (code, v) = scan("0", &["--proc-root", root.to_str().unwrap()]);
+    let host = root.with_file_name("host");
+    let (code, v) = scan("0", &["--proc-root", root.to_str().unwrap(), "--host-root", host.to_str().unwrap()]);
     assert_eq!(code, 1);
+    // a process in a Kubernetes pod is named by its pod, from the kubelet's /var/log/pods
+    let k = must(&v, 1006, "kswapd0 in a pod");
+    assert_eq!(k["process"]["pod_uid"], "7f0c2e1a-5b1d-4c3e-9a8b-0123456789ab", "{k}");
+    assert_eq!(
+        (k["process"]["namespace"].as_str(), k["process"]["pod"].as_str()),
+        (Some("crypto"), Some("kswapd-7d9f")),
+        "{k}"
+    );
     let f = must(&v, 1001, "fixture xmrig");
     assert_eq!(f["severity"], "confirmed");
     for key in ["id", "severity", "pid", "evidence"] {

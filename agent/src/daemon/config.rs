@@ -52,6 +52,15 @@ pub struct ScanConfig {
     pub cpu_threshold_cores: f64,
     /// The proc filesystem to read.
     pub proc_root: PathBuf,
+    /// The host's root directory: /etc/ld.so.preload, crontabs, systemd
+    /// units, rc scripts and /var/log/pods (pod names) are read under it.
+    /// In a container, where the host's / is mounted (e.g. /host/root).
+    pub host_root: PathBuf,
+    /// The long CPU window: a miner throttled by cpulimit, nice, SCHED_IDLE
+    /// or cgroup cpu.max is busy on average over this many seconds.
+    pub long_window_seconds: f64,
+    /// Cores over the long window that count as busy.
+    pub long_window_cores_threshold: f64,
     /// Most bytes of one executable read for hashing and content matching.
     pub max_binary_bytes: u64,
     /// Most bytes of new executables read in one pass (the rest waits for the
@@ -68,6 +77,9 @@ impl Default for ScanConfig {
             cpu_window_seconds: 10.0,
             cpu_threshold_cores: 0.5,
             proc_root: PathBuf::from("/proc"),
+            host_root: PathBuf::from("/"),
+            long_window_seconds: 60.0,
+            long_window_cores_threshold: 0.15,
             max_binary_bytes: 64 * 1024 * 1024,
             binary_bytes_per_pass: 256 * 1024 * 1024,
             lower_priority: true,
@@ -91,6 +103,10 @@ pub struct SensorsConfig {
     pub capture: bool,
     /// GPU use (NVML, DRM fdinfo).
     pub gpu: bool,
+    /// Processes hidden from the /proc listing, preload hiders, bind mounts.
+    pub hidden: bool,
+    /// Cron entries, systemd units and rc scripts that start miners.
+    pub persistence: bool,
 }
 
 impl Default for SensorsConfig {
@@ -102,6 +118,8 @@ impl Default for SensorsConfig {
             sockets: true,
             capture: true,
             gpu: true,
+            hidden: true,
+            persistence: true,
         }
     }
 }

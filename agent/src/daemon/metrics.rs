@@ -97,7 +97,7 @@ impl Metrics {
             finding_active: reg!(igv(
                 "rigwatch_finding_active",
                 "One series per active finding (bounded), value 1.",
-                &["id", "severity", "rule", "comm", "pid"]
+                &["id", "severity", "rule", "comm", "pid", "namespace", "pod"]
             )),
             finding_cpu: reg!(gv(
                 "rigwatch_finding_cpu_cores",
@@ -181,7 +181,15 @@ impl Metrics {
                 label(&f.process.comm)
             };
             self.finding_active
-                .with_label_values(&[&f.id, f.severity.as_str(), &label(&rule), &comm, &pid])
+                .with_label_values(&[
+                    &f.id,
+                    f.severity.as_str(),
+                    &label(&rule),
+                    &comm,
+                    &pid,
+                    &label(f.process.namespace.as_deref().unwrap_or("")),
+                    &label(f.process.pod.as_deref().unwrap_or("")),
+                ])
                 .set(1);
             if let Some(c) = f.cpu_cores {
                 self.finding_cpu.with_label_values(&[&f.id]).set(c);

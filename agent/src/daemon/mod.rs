@@ -146,6 +146,9 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         gpu: cfg.sensors.gpu,
         nvml_library: cfg.gpu.nvml_library.clone(),
         gpu_scheduler_cgroups: cfg.gpu.scheduler_cgroups.clone(),
+        hidden: cfg.sensors.hidden,
+        persistence: cfg.sensors.persistence,
+        host_root: cfg.scan.host_root.clone(),
         ..SensorOptions::default()
     };
     let root = cfg.scan.proc_root.clone();
@@ -160,6 +163,9 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         .collect();
     let dcfg = DetectorConfig {
         cpu_cores_threshold: cfg.scan.cpu_threshold_cores,
+        long_window_seconds: cfg.scan.long_window_seconds,
+        long_window_cores_threshold: cfg.scan.long_window_cores_threshold,
+        host_root: cfg.scan.host_root.clone(),
         ..Default::default()
     };
     let mut detector = Detector::new(sig.clone(), dcfg, &host);
