@@ -18,12 +18,20 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+# packaging tests: systemd-analyze and systemd-sysusers, dpkg-deb, setpriv, objcopy (dbgsym)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v objcopy >/dev/null || need+=(binutils)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+
+# the Debian packages are built with cargo-deb (packaging test)
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --version 3.8.0
 
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast

@@ -160,7 +160,8 @@ impl Detector {
                 continue;
             }
             let mut ev = self.own_evidence(p);
-            if let Some(cores) = prev.and_then(|pr| cur.cores_since(pr, key)) {
+            let measured = prev.and_then(|pr| cur.cores_since(pr, key));
+            if let Some(cores) = measured {
                 if cores >= self.cfg.cpu_cores_threshold {
                     ev.push(Evidence::heuristic(
                         EvidenceKind::Cpu {
@@ -200,7 +201,9 @@ impl Detector {
             if self.sig.allowed(hashes.get(key), &info.exe, &info.user, &info.cgroup).is_some() {
                 continue;
             }
-            if let Some(f) = Finding::assess(&self.host, info, ev, now) {
+            if let Some(mut f) = Finding::assess(&self.host, info, ev, now) {
+                // the process's CPU whether or not it is evidence (an idle miner uses ~0)
+                f.cpu_cores = f.cpu_cores.or(measured.map(round2));
                 findings.push(f);
             }
         }

@@ -216,6 +216,23 @@ pub fn workspace_bin(package: &str, name: &str, sibling: &str) -> std::path::Pat
     std::path::Path::new(sibling).parent().expect("a binary has a directory").join(name)
 }
 
+/// Compiles the fake NVML (tests/gpu/fake_nvml.c) as DIR/libnvidia-ml.so.1:
+/// the agent loads it through its real loading code (RIGWATCH_NVML_LIBRARY),
+/// and it reports the processes given in FAKE_NVML_PROCS (`PID:UTIL%:MiB,…`).
+pub fn build_fake_nvml(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gpu/fake_nvml.c");
+    let lib = dir.join("libnvidia-ml.so.1");
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("cc (gcc) builds the fake NVML");
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    lib
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

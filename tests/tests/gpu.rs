@@ -20,19 +20,8 @@ fn work_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).tempdir_in(d).unwrap()
 }
 
-/// Compiles the fake NVML as DIR/libnvidia-ml.so.1.
 fn fake_nvml(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("gpu/fake_nvml.c");
-    let lib = dir.join("libnvidia-ml.so.1");
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .arg("-ldl")
-        .output()
-        .expect("cc (gcc) builds the fake NVML");
-    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
-    lib
+    rigwatch_e2e::build_fake_nvml(dir)
 }
 
 /// A running simulator, killed on drop.

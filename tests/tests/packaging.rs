@@ -422,3 +422,88 @@ fn install_and_run(agent: &Path, collector: &Path) {
         assert!(!Path::new(p).exists(), "{p} is left after dpkg --purge");
     }
 }
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+#[test]
+fn prometheus_rules_check_and_pass_their_unit_tests() {
+    let dir = repo().join("packaging/prometheus");
+    let out = run_ok(
+        Command::new("promtool")
+            .args(["check", "rules", "rigwatch-rules.yml"])
+            .current_dir(&dir),
+    );
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
+    let out = run_ok(
+        Command::new("promtool")
+            .args(["check", "config", "--syntax-only", "prometheus.yml"])
+            .current_dir(&dir),
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+    let tests: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("test") && p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    assert!(!tests.is_empty(), "no *test*.yml in {}", dir.display());
+    for t in &tests {
+        let out = run_ok(Command::new("promtool").arg("test").arg("rules").arg(t).current_dir(&dir));
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+    // the unit tests can fail: the same tests against a rule that waits too long
+    let tmp = tempfile::Builder::new()
+        .prefix("rwrules")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let rules = std::fs::read_to_string(dir.join("rigwatch-rules.yml")).unwrap();
+    let slow = rules.replacen("        for: 5m\n", "        for: 10m\n", 1);
+    assert_ne!(slow, rules);
+    std::fs::write(tmp.path().join("rigwatch-rules.yml"), slow).unwrap();
+    for t in &tests {
+        std::fs::copy(t, tmp.path().join(t.file_name().unwrap())).unwrap();
+        let out = Command::new("promtool")
+            .arg("test")
+            .arg("rules")
+            .arg(t.file_name().unwrap())
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success() && text(&out).contains("RigwatchAgentDown"), "{}", text(&out));
+    }
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_api_schemas() {
+    let out = run_ok(&mut Command::new(repo().join("packaging/kubernetes/validate.sh")));
+    assert!(out.contains("all 8 manifests valid"), "{out}");
+    assert!(out.contains("capabilities = rigwatch.service"), "{out}");
+}
+
+#[test]
+fn dockerfiles_build_what_the_workspace_has() {
+    // no Docker engine runs here: check what the Dockerfiles name exists
+    let members = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    for (file, package, bin, port) in [
+        ("agent.Dockerfile", "rigwatch-agent", "rigwatch", "9861"),
+        ("collector.Dockerfile", "rigwatch-collector", "rigwatch-collector", "9860"),
+    ] {
+        let d = std::fs::read_to_string(repo().join("packaging/docker").join(file)).unwrap();
+        assert!(d.contains(&format!("-p {package} --bin {bin}")), "{file}");
+        assert!(d.contains(&format!("EXPOSE {port}")), "{file}");
+        assert!(d.contains(&format!("ENTRYPOINT [\"/usr/bin/{bin}\"]")), "{file}");
+        for line in d.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+            let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+            for src in &words[..words.len() - 1] {
+                assert!(repo().join(src).exists(), "{file}: COPY {src}: not in the repository");
+            }
+        }
+        for m in ["signatures", "agent", "tests", "collector"] {
+            assert!(members.contains(&format!("\"{m}\"")), "workspace member {m}");
+            assert!(d.contains(&format!("COPY {m} {m}")), "{file} must copy workspace member {m}");
+        }
+    }
+}

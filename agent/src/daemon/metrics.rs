@@ -21,12 +21,14 @@ pub struct Metrics {
     pub sensor_errors: IntCounterVec,
     /// rigwatch_findings_active{severity}
     pub findings_active: IntGaugeVec,
-    /// rigwatch_finding_active{id,severity,rule,comm,pid}
+    /// rigwatch_finding_active{id,severity,rule,comm,pid,namespace,pod}
     pub finding_active: IntGaugeVec,
     /// rigwatch_finding_cpu_cores{id}
     pub finding_cpu: GaugeVec,
     /// rigwatch_finding_gpu_utilization_ratio{id}
     pub finding_gpu: GaugeVec,
+    /// rigwatch_finding_evidence{id,kind}
+    pub finding_evidence: IntGaugeVec,
     /// rigwatch_findings_opened_total{rule,severity}
     pub findings_opened: IntCounterVec,
     /// rigwatch_findings_resolved_total
@@ -109,6 +111,11 @@ impl Metrics {
                 "GPU utilisation of the process of an active finding.",
                 &["id"]
             )),
+            finding_evidence: reg!(igv(
+                "rigwatch_finding_evidence",
+                "Pieces of evidence of each kind (stratum, pool_connection, dns, tls_sni, binary_content, …) behind an active finding.",
+                &["id", "kind"]
+            )),
             findings_opened: reg!(icv(
                 "rigwatch_findings_opened_total",
                 "Findings opened, by rule and severity.",
@@ -166,6 +173,7 @@ impl Metrics {
         self.finding_active.reset();
         self.finding_cpu.reset();
         self.finding_gpu.reset();
+        self.finding_evidence.reset();
         for s in [Severity::Confirmed, Severity::Likely, Severity::Suspicious] {
             let n = findings.iter().filter(|f| f.severity == s).count();
             self.findings_active.with_label_values(&[s.as_str()]).set(n as i64);
@@ -191,6 +199,13 @@ impl Metrics {
                     &label(f.process.pod.as_deref().unwrap_or("")),
                 ])
                 .set(1);
+            let mut kinds: std::collections::BTreeMap<&str, i64> = Default::default();
+            for e in &f.evidence {
+                *kinds.entry(e.kind()).or_default() += 1;
+            }
+            for (kind, n) in kinds {
+                self.finding_evidence.with_label_values(&[&f.id, kind]).set(n);
+            }
             if let Some(c) = f.cpu_cores {
                 self.finding_cpu.with_label_values(&[&f.id]).set(c);
             }
