@@ -47,6 +47,10 @@ pub struct BinarySensor {
     pass_budget: u64,
     /// Content evidence from the memory of processes whose file is packed or unreadable.
     by_mem: HashMap<ProcKey, Vec<Evidence>>,
+    /// rigwatch's own executable (device, inode): other rigwatch processes
+    /// (a `rigwatch scan` beside the daemon, a second agent) run the same
+    /// file, whose protocol classifier carries stratum method names.
+    own_exe: Option<(u64, u64)>,
 }
 
 impl BinarySensor {
@@ -62,6 +66,7 @@ impl BinarySensor {
             bytes_read: 0,
             pass_budget: u64::MAX,
             by_mem: HashMap::new(),
+            own_exe: std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino())),
         }
     }
 
@@ -83,6 +88,16 @@ impl BinarySensor {
         let key = (m.dev(), m.ino(), m.size(), m.mtime());
         if let Some(v) = self.by_file.get(&key) {
             return Ok(v.clone());
+        }
+        if self.own_exe == Some((m.dev(), m.ino())) {
+            let own = Arc::new(Verdict {
+                sha256: [0; 32],
+                truncated: false,
+                evidence: Vec::new(),
+                packed: false,
+            });
+            self.by_file.insert(key, own.clone());
+            return Ok(own);
         }
         let v = Arc::new(scan_reader(&self.sig, &mut f, self.cap, shown, &mut self.bytes_read)?);
         self.by_file.insert(key, v.clone());
@@ -474,6 +489,18 @@ mod tests {
         h[5] = 1;
         h[0x3c..0x3e].copy_from_slice(&sections.to_le_bytes());
         h
+    }
+
+    #[test]
+    fn rigwatch_own_executable_is_not_a_miner() {
+        // this test binary links the stratum classifier: its strings match content rules
+        let sig = Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        let mut f = std::fs::File::open("/proc/self/exe").unwrap();
+        let v = scan_reader(&sig, &mut f, u64::MAX, "self", &mut 0).unwrap();
+        assert!(!v.evidence.is_empty(), "the classifier's strings are in the binary");
+        // another process running the same file (a second rigwatch) is not flagged
+        let mut s = BinarySensor::new(sig, Path::new("/proc"), u64::MAX);
+        assert!(s.verdict_for(std::process::id(), "self").unwrap().evidence.is_empty());
     }
 
     #[test]
