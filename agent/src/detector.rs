@@ -154,12 +154,14 @@ impl Detector {
         let window = prev.map(|p| cur.at.saturating_duration_since(p.at).as_secs_f64()).unwrap_or(0.0);
         let mut findings = Vec::new();
         let me = std::process::id();
+        let by_pid: HashMap<u32, &Proc> = cur.procs.values().map(|p| (p.key.pid, p)).collect();
         for (key, p) in cur.procs.iter().chain(hidden.iter()) {
             // kernel threads are never miners; rigwatch itself carries protocol strings
             if p.kernel_thread || key.pid == me {
                 continue;
             }
             let mut ev = self.own_evidence(p);
+            ev.extend(self.inherited_base64(p, &by_pid));
             let measured = prev.and_then(|pr| cur.cores_since(pr, key));
             if let Some(cores) = measured {
                 if cores >= self.cfg.cpu_cores_threshold {
@@ -310,6 +312,51 @@ impl Detector {
             }
         }
         ev
+    }
+
+    /// A shell whose base64 command line decodes to miner flags (`sh -c "echo …
+    /// | base64 -d | bash"`) speaks for what it starts: its children and
+    /// grandchildren (the decoding shell, then the miner) carry that evidence,
+    /// capped at `likely`, naming the ancestor.
+    fn inherited_base64(&mut self, p: &Proc, by_pid: &HashMap<u32, &Proc>) -> Vec<Evidence> {
+        let mut out = Vec::new();
+        let mut ppid = p.ppid;
+        for _ in 0..3 {
+            let Some(parent) = by_pid.get(&ppid).copied().filter(|_| ppid > 1) else {
+                break;
+            };
+            let from = format!("base64 command line of ancestor {} pid {ppid}", parent.comm);
+            for e in self.own_evidence(parent) {
+                let detail = match e.detail {
+                    EvidenceKind::CommandLine {
+                        matched,
+                        base64: true,
+                        pool_url,
+                    } => EvidenceKind::CommandLine {
+                        matched: format!("{matched} (in the {from})"),
+                        base64: true,
+                        pool_url,
+                    },
+                    EvidenceKind::Wallet { coin, address, source } if source.ends_with("(base64)") => EvidenceKind::Wallet {
+                        coin,
+                        address,
+                        source: from.clone(),
+                    },
+                    EvidenceKind::PoolDomain { domain, source } if source.ends_with("(base64)") => EvidenceKind::PoolDomain {
+                        domain,
+                        source: from.clone(),
+                    },
+                    _ => continue,
+                };
+                out.push(Evidence {
+                    detail,
+                    rule: e.rule,
+                    weight: e.weight.min(Weight::Likely),
+                });
+            }
+            ppid = parent.ppid;
+        }
+        out
     }
 
     fn own_evidence(&mut self, p: &Proc) -> Vec<Evidence> {

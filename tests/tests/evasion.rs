@@ -259,9 +259,16 @@ fn throttled_miners_are_busy_over_the_long_window() {
         &["nice", "-n", "19"],
         &["--rename", "kworker/1:3", "--duty", "35", "--burn", "30"],
     );
+    // SCHED_IDLE (runs only when nothing else wants the CPU) and self-throttled to 35 %
+    let idle = start(
+        "busysim",
+        Some("b-idle"),
+        &["chrt", "--idle", "0"],
+        &["--rename", "kworker/2:3", "--duty", "35", "--burn", "30"],
+    );
     // the short window's 0.5-core threshold does not see them
     let (_, short) = scan_env("3", &["--no-sockets"], &[]);
-    for s in [&duty, &niced] {
+    for s in [&duty, &niced, &idle] {
         assert!(
             finding(&short, s.pid).map_or(true, |f| !has(f, "cpu", |_| true)),
             "below the short threshold: {short}"
@@ -269,11 +276,14 @@ fn throttled_miners_are_busy_over_the_long_window() {
     }
     // the long window (here as long as the scan's window) does; its threshold
     // is lowered from 0.15 cores so that a loaded test machine does not starve the check
-    let before = [cpu_ticks(duty.pid), cpu_ticks(niced.pid)];
+    let before = [cpu_ticks(duty.pid), cpu_ticks(niced.pid), cpu_ticks(idle.pid)];
     let t = std::time::Instant::now();
     let (_, v) = scan_env("3", &["--no-sockets", "--long-window", "3", "--long-window-threshold", "0.05"], &[]);
     let secs = t.elapsed().as_secs_f64();
-    for (i, (s, what)) in [(&duty, "duty 30"), (&niced, "nice 19, duty 35")].into_iter().enumerate() {
+    for (i, (s, what)) in [(&duty, "duty 30"), (&niced, "nice 19, duty 35"), (&idle, "SCHED_IDLE, duty 35")]
+        .into_iter()
+        .enumerate()
+    {
         // what the kernel gave it: a loaded test machine can starve a nice-19 process
         let got = (cpu_ticks(s.pid) - before[i]) as f64 / 100.0 / secs;
         if got < 0.1 {
@@ -290,9 +300,10 @@ fn throttled_miners_are_busy_over_the_long_window() {
             }),
             "{what}: {f}"
         );
-        if i == 1 {
+        if i > 0 {
+            let how = ["", "nice 19", "SCHED_IDLE"][i];
             assert!(
-                has(&f, "throttled", |e| text(e, "how").contains("nice 19") && e["weight"] == "info"),
+                has(&f, "throttled", |e| text(e, "how").contains(how) && e["weight"] == "info"),
                 "{f}"
             );
         }
@@ -453,4 +464,107 @@ fn persistence_entries_are_linked_to_the_process_they_start() {
         warnings.contains("/etc/systemd/system/moneroocean_miner.service starts a miner (not running now)"),
         "{warnings}"
     );
+}
+
+#[test]
+fn a_miner_in_a_private_mount_namespace_is_read_through_its_root() {
+    if !is_root() {
+        eprintln!("SKIP: needs root (unshare --mount)");
+        return;
+    }
+    let _s = serial();
+    // a container's view: a tmpfs over DIR that only the miner's mount namespace has,
+    // holding its config; the command line names nothing but `-c DIR/config.json`
+    let dir = tempfile::Builder::new().prefix("rigwatch-ctr").tempdir_in(work_dir()).unwrap();
+    let d = dir.path().display().to_string();
+    let cfg = format!(r#"{{"pools": [{{"url": "127.0.0.1:3333", "user": "{WALLET}", "pass": "x"}}], "donate-level": 1}}"#);
+    // the image's file, copied into the namespace's tmpfs, then gone from the host
+    let image = dir.path().with_extension("json");
+    std::fs::write(&image, cfg).unwrap();
+    let script = format!(
+        "mount -t tmpfs rwctr '{d}' && cp '{}' '{d}/config.json' && exec \"$0\" \"$@\"",
+        image.display()
+    );
+    let sim = start(
+        "busysim",
+        Some("node"),
+        &["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", &script],
+        &["-c", &format!("{d}/config.json"), "--idle", "30"],
+    );
+    std::fs::remove_file(&image).unwrap();
+    assert!(
+        !dir.path().join("config.json").exists(),
+        "the config exists only inside the miner's mount namespace"
+    );
+    let (_, v) = scan_env("1", &["--no-sockets"], &[]);
+    let f = must(&v, sim.pid, "busysim with a config only its namespace sees");
+    assert_eq!(f["severity"], "confirmed", "{f}");
+    assert!(
+        has(&f, "miner_config", |e| e["path"] == format!("{d}/config.json")
+            && e["pools"][0] == "127.0.0.1:3333"
+            && e["wallets"][0] == WALLET),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_base64_one_liner_speaks_for_the_miner_it_starts() {
+    let _s = serial();
+    let dir = tempfile::Builder::new().prefix("rigwatch-b64").tempdir_in(work_dir()).unwrap();
+    let node = dir.path().join("node");
+    std::fs::copy(env!("CARGO_BIN_EXE_busysim"), &node).unwrap();
+    // the miner itself runs with a bare command line; the pool and wallet are
+    // only in the parent shell's base64 one-liner (as a comment of the script)
+    let script = format!(
+        "exec {} --idle 30 # stratum+tcp://pool.supportxmr.com:3333 {WALLET}\n",
+        node.display()
+    );
+    let b64 = base64_encode(script.as_bytes());
+    let mut sh = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo {b64} | base64 -d | sh"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(sh.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let (_, v) = scan_env("1", &["--no-sockets"], &[]);
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = sh.wait();
+    let f = must(&v, pid, "the miner started by a base64 one-liner");
+    assert_eq!(f["process"]["cmdline"], format!("{} --idle 30", node.display()), "{f}");
+    let from = format!("base64 command line of ancestor sh pid {}", sh.id());
+    assert!(has(&f, "wallet", |e| e["address"] == WALLET && e["source"] == from), "{f}");
+    assert!(
+        has(&f, "pool_domain", |e| e["domain"] == "supportxmr.com" && e["source"] == from),
+        "{f}"
+    );
+    assert!(
+        has(&f, "command_line", |e| e["base64"] == true
+            && text(e, "matched").ends_with(&format!("(in the {from})"))),
+        "{f}"
+    );
+    assert!(
+        f["severity"] == "likely" || f["severity"] == "confirmed",
+        "pool and wallet behind the process that started it: {f}"
+    );
+}
+
+/// Standard base64 with padding (the test's own, so the test needs no crate).
+fn base64_encode(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
 }

@@ -11,6 +11,7 @@
 
 use super::{Observation, Sensor, SensorError, Snapshot};
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +26,11 @@ const MINER_SERVICES: &[&str] = &[
     "kinsing",
     "kdevtmpfsi",
 ];
+
+/// Comments of SSH keys that mining campaigns plant in authorized_keys.
+/// "mdrfckr": the Outlaw (Shellbot/Dota) botnet's key, reported by Trend
+/// Micro, Juniper and Cado Security since 2018.
+const CAMPAIGN_SSH_KEYS: &[(&str, &str)] = &[("mdrfckr", "the Outlaw mining botnet")];
 
 /// Re-read the files every this many passes.
 const RESCAN_PASSES: u64 = 30;
@@ -95,9 +101,56 @@ impl PersistenceSensor {
             let Ok(text) = std::fs::read(&file) else { continue };
             let text = String::from_utf8_lossy(&text);
             let shown = format!("/{}", file.strip_prefix(r).unwrap_or(&file).display()).replace("//", "/");
-            out.extend(assess_file(&self.sig, &shown, kind, &text));
+            let locked = immutable(&file);
+            out.extend(assess_file(&self.sig, &shown, kind, &text).into_iter().map(|mut e| {
+                if locked {
+                    e.entry.push_str(" [file is immutable: chattr +i]");
+                }
+                e
+            }));
         }
         out
+    }
+
+    /// Files a campaign locks with `chattr +i` or plants a key in: crontabs,
+    /// ld.so.preload, authorized_keys (root's and every home's).
+    fn locked_files(&self) -> Vec<String> {
+        let r = &self.host_root;
+        let mut files = vec![
+            r.join("etc/crontab"),
+            r.join("etc/ld.so.preload"),
+            r.join("root/.ssh/authorized_keys"),
+        ];
+        for dir in ["etc/cron.d", "var/spool/cron/crontabs", "var/spool/cron"] {
+            files.extend(list_files(&r.join(dir)));
+        }
+        for home in list_dirs(&r.join("home")) {
+            files.push(home.join(".ssh/authorized_keys"));
+        }
+        let mut v = Vec::new();
+        for f in files {
+            let shown = format!("/{}", f.strip_prefix(r).unwrap_or(&f).display()).replace("//", "/");
+            if immutable(&f) {
+                v.push(format!(
+                    "{shown} is immutable (chattr +i), as mining campaigns lock their crontabs and keys"
+                ));
+            }
+            if f.ends_with(".ssh/authorized_keys") {
+                let small = std::fs::metadata(&f).is_ok_and(|m| m.is_file() && m.len() <= 1 << 20);
+                let text = if small {
+                    std::fs::read_to_string(&f).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+                    let comment = line.split_whitespace().last().unwrap_or("");
+                    if let Some((_, who)) = CAMPAIGN_SSH_KEYS.iter().find(|(c, _)| comment.eq_ignore_ascii_case(c)) {
+                        v.push(format!("{shown} holds the SSH key \"{comment}\" of {who}"));
+                    }
+                }
+            }
+        }
+        v
     }
 
     fn host_context(&self) -> Vec<String> {
@@ -110,6 +163,7 @@ impl PersistenceSensor {
         {
             v.push(format!("vm.nr_hugepages is {n} (miners raise it for RandomX)"));
         }
+        v.extend(self.locked_files());
         if let Ok(s) = std::fs::read_to_string(r.join("sys/module/msr/parameters/allow_writes")) {
             if matches!(s.trim(), "on" | "Y" | "1") {
                 v.push("the msr module allows writes (modprobe msr allow_writes=on, as XMRig does)".into());
@@ -128,6 +182,25 @@ pub enum Kind {
     Unit,
     /// A shell script (rc.local, init.d, cron.daily).
     Script,
+}
+
+/// Whether a file carries the immutable attribute (FS_IMMUTABLE_FL, `chattr +i`).
+pub fn immutable(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+    // O_NONBLOCK: a FIFO planted where a crontab should be must not block the pass
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return false;
+    };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which lives for the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
+    r == 0 && flags & FS_IMMUTABLE_FL != 0
 }
 
 fn list_files(dir: &Path) -> Vec<PathBuf> {
@@ -303,6 +376,57 @@ mod tests {
         let ctx = s.host_context();
         assert!(ctx.iter().any(|c| c.contains("nr_hugepages is 1280")), "{ctx:?}");
         assert!(ctx.iter().any(|c| c.contains("msr")), "{ctx:?}");
+    }
+
+    #[test]
+    fn campaign_keys_and_locked_files() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("root/.ssh")).unwrap();
+        std::fs::create_dir_all(r.join("home/bob/.ssh")).unwrap();
+        std::fs::create_dir_all(r.join("var/spool/cron/crontabs")).unwrap();
+        std::fs::write(
+            r.join("root/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenign alice@laptop\nssh-rsa AAAAB3NzaC1yc2EAAAABJQAAAQEArkx mdrfckr\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("home/bob/.ssh/authorized_keys"),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBob bob@desk\n",
+        )
+        .unwrap();
+        let tab = r.join("var/spool/cron/crontabs/root");
+        std::fs::write(&tab, "*/10 * * * * /var/tmp/.x/kswapd0 -o stratum+tcp://pool.supportxmr.com:3333\n").unwrap();
+        // chattr +i needs CAP_LINUX_IMMUTABLE and a filesystem with attributes (ext4, xfs, btrfs, tmpfs ≥ 6.0)
+        let locked = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&tab)
+            .status()
+            .is_ok_and(|s| s.success());
+        let s = PersistenceSensor::new(Arc::new(sig()), r.to_path_buf());
+        let ctx = s.host_context();
+        let entries = s.scan_host();
+        if locked {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&tab).status();
+        }
+        assert!(
+            ctx.iter()
+                .any(|c| c == "/root/.ssh/authorized_keys holds the SSH key \"mdrfckr\" of the Outlaw mining botnet"),
+            "{ctx:?}"
+        );
+        assert!(!ctx.iter().any(|c| c.contains("/home/bob")), "a benign key is nothing: {ctx:?}");
+        let e = entries.iter().find(|e| e.path == "/var/spool/cron/crontabs/root").unwrap();
+        if locked {
+            assert!(
+                ctx.iter()
+                    .any(|c| c.starts_with("/var/spool/cron/crontabs/root is immutable (chattr +i)")),
+                "{ctx:?}"
+            );
+            assert!(e.entry.ends_with("[file is immutable: chattr +i]"), "{e:?}");
+        } else {
+            eprintln!("chattr +i is not possible here: the immutable check is not exercised");
+            assert!(!e.entry.contains("immutable"));
+        }
     }
 
     #[test]
