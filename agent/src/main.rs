@@ -571,7 +571,7 @@ fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
                     serde_json::to_string_pretty(&serde_json::json!({"version": loaded.signatures.version, "rules": v}))?
                 );
             } else {
-                println!("{:<34} {:<15} {:<11} {:>7}  {}", "RULE", "KIND", "SEVERITY", "ENTRIES", "FROM");
+                println!("{:<34} {:<15} {:<11} {:>7}  FROM", "RULE", "KIND", "SEVERITY", "ENTRIES");
                 for r in rules {
                     println!(
                         "{:<34} {:<15} {:<11} {:>7}  {}:{}",

@@ -51,8 +51,8 @@ pub fn render(report: &ScanReport, color: bool) -> String {
         );
         let _ = writeln!(
             o,
-            "{:<11} {:>7}  {:<12} {:<16} {:>6} {:>5}  {}",
-            "SEVERITY", "PID", "USER", "PROCESS", "CPU", "GPU", "EXECUTABLE"
+            "{:<11} {:>7}  {:<12} {:<16} {:>6} {:>5}  EXECUTABLE",
+            "SEVERITY", "PID", "USER", "PROCESS", "CPU", "GPU"
         );
         for f in &report.findings {
             row(&mut o, f, color);

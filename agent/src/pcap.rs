@@ -84,7 +84,7 @@ pub fn read_files(files: &[&Path], sig: &Signatures, host: &str, now: u64) -> an
             )
         })
         .collect();
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(PcapReport {
         findings,
         packets,

@@ -400,7 +400,7 @@ impl Finding {
     /// evidence does not add up to one. Evidence is sorted strongest first.
     pub fn assess(host: &str, process: ProcessInfo, mut evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
         let severity = score(&evidence)?;
-        evidence.sort_by(|a, b| b.weight.cmp(&a.weight));
+        evidence.sort_by_key(|e| std::cmp::Reverse(e.weight));
         let cpu_cores = evidence.iter().find_map(|e| match e.detail {
             EvidenceKind::Cpu { cores, .. } => Some(cores),
             _ => None,
@@ -487,7 +487,7 @@ impl Finding {
     /// A finding about a flow with no known process.
     pub fn for_flow(host: &str, flow: FlowInfo, mut evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
         let severity = score(&evidence)?;
-        evidence.sort_by(|a, b| b.weight.cmp(&a.weight));
+        evidence.sort_by_key(|e| std::cmp::Reverse(e.weight));
         let id = {
             use sha2::{Digest, Sha256};
             let mut h = Sha256::new();
@@ -598,7 +598,7 @@ mod tests {
             },
             Weight::Likely,
         );
-        assert_eq!(score(&[url.clone()]), Some(Severity::Suspicious));
+        assert_eq!(score(std::slice::from_ref(&url)), Some(Severity::Suspicious));
         assert_eq!(score(&[url, w]), Some(Severity::Confirmed));
     }
     #[test]

@@ -94,7 +94,7 @@ fn failing_examples_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.toml");
     std::fs::write(&p, "[[rule]]\nid = \"n\"\nkind = \"process_name\"\nseverity = \"likely\"\nnames=[\"xmrig\"]\nexamples={hit=[\"xmrig\"], miss=[\"XMRIG\"]}\n").unwrap();
-    let (count, errs) = check_files(&[p.clone()]);
+    let (count, errs) = check_files(std::slice::from_ref(&p));
     assert_eq!(count, 1);
     assert_eq!(errs.len(), 1, "case-insensitive names: the miss example matches");
     assert!(errs[0].to_string().contains("should not match"), "{}", errs[0]);

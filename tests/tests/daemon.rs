@@ -359,7 +359,9 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
             .any(|e| e["finding"]["pid"] == miner2.id())
     });
     let _ = miner2.kill();
+    let _ = miner2.wait();
     let _ = zz.kill();
+    let _ = zz.wait();
     let _ = Command::new("true").status();
     std::thread::sleep(Duration::from_secs(3));
     drop(agent);

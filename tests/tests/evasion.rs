@@ -270,7 +270,7 @@ fn throttled_miners_are_busy_over_the_long_window() {
     let (_, short) = scan_env("3", &["--no-sockets"], &[]);
     for s in [&duty, &niced, &idle] {
         assert!(
-            finding(&short, s.pid).map_or(true, |f| !has(f, "cpu", |_| true)),
+            finding(&short, s.pid).is_none_or(|f| !has(f, "cpu", |_| true)),
             "below the short threshold: {short}"
         );
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct Config {
     /// How the agent scans.
     pub scan: ScanConfig,
@@ -24,20 +25,6 @@ pub struct Config {
     pub response: ResponseConfig,
     /// GPU sensor settings.
     pub gpu: GpuConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            scan: ScanConfig::default(),
-            sensors: SensorsConfig::default(),
-            signatures: SignaturesConfig::default(),
-            metrics: MetricsConfig::default(),
-            collector: CollectorConfig::default(),
-            response: ResponseConfig::default(),
-            gpu: GpuConfig::default(),
-        }
-    }
 }
 
 /// Scanning.

@@ -149,7 +149,6 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         hidden: cfg.sensors.hidden,
         persistence: cfg.sensors.persistence,
         host_root: cfg.scan.host_root.clone(),
-        ..SensorOptions::default()
     };
     let root = cfg.scan.proc_root.clone();
     let mut procs = ProcessSensor::new(&root);

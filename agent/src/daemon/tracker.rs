@@ -120,7 +120,7 @@ impl Tracker {
         let gone: Vec<String> = self
             .active
             .iter()
-            .filter(|(id, f)| !seen.contains(*id) && !(f.flow.is_some() && now.saturating_sub(f.last_seen) < FLOW_TTL_SECS))
+            .filter(|(id, f)| !seen.contains(*id) && (f.flow.is_none() || now.saturating_sub(f.last_seen) >= FLOW_TTL_SECS))
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {

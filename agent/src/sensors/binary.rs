@@ -506,7 +506,7 @@ mod tests {
     #[test]
     fn upx_marks_even_split_across_reads() {
         let mut f = elf(0);
-        f.extend(std::iter::repeat(b'a').take(5000));
+        f.extend(std::iter::repeat_n(b'a', 5000));
         let mut m = f.clone();
         // built at run time, so this test binary holds no mark of its own
         let u = std::hint::black_box(b'T') + 1;

@@ -509,7 +509,7 @@ fn capture_loop(
             continue;
         }
         // loopback shows each packet twice (outgoing and incoming): keep one
-        if sll.sll_ifindex == lo && sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if sll.sll_ifindex == lo && sll.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         counters.packets.fetch_add(1, Ordering::Relaxed);

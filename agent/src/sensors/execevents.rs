@@ -127,8 +127,9 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || run(fd, tx));
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let child = std::process::Command::new("true").spawn().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
+        let _ = child.wait();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         let mut got = false;
         while std::time::Instant::now() < deadline {

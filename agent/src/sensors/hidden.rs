@@ -377,7 +377,7 @@ impl Sensor for HiddenSensor {
             let start = self.cursor.clamp(1, pid_max);
             let end = start.saturating_add(PROBE_CHUNK).min(pid_max);
             self.cursor = if end >= pid_max { 1 } else { end };
-            if self.pass % 30 == 0 {
+            if self.pass.is_multiple_of(30) {
                 self.threads.clear(); // ids are reused: a thread's id may become a process's
             }
             let mut candidates = Vec::new();

@@ -290,7 +290,7 @@ impl Sensor for PersistenceSensor {
     }
 
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
-        if self.pass % RESCAN_PASSES == 0 {
+        if self.pass.is_multiple_of(RESCAN_PASSES) {
             self.entries = self.scan_host();
             self.context = self.host_context();
         }
