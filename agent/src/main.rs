@@ -302,6 +302,8 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
             sockets: !a.no_sockets,
             gpu: !a.no_gpu,
             host_root: a.host_root.clone(),
+            long_window_seconds: a.long_window,
+            long_window_cores_threshold: a.long_window_threshold,
             ..Default::default()
         },
     };

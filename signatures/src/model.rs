@@ -211,6 +211,14 @@ pub enum EvidenceKind {
     Throttled { how: String },
     /// The executable is packed (UPX magic or section names, high entropy with few sections).
     Packed { packer: String, entropy: f64, path: String },
+    /// The process's cgroup used CPU (the kernel's account) that its listed
+    /// processes did not: short-lived or hidden processes in it.
+    CgroupCpu {
+        cgroup: String,
+        cores: f64,
+        unaccounted_cores: f64,
+        window_seconds: f64,
+    },
 }
 
 impl EvidenceKind {
@@ -237,6 +245,7 @@ impl EvidenceKind {
             EvidenceKind::PoolDomain { .. } => "pool_domain",
             EvidenceKind::Throttled { .. } => "throttled",
             EvidenceKind::Packed { .. } => "packed",
+            EvidenceKind::CgroupCpu { .. } => "cgroup_cpu",
         }
     }
 
@@ -283,6 +292,14 @@ impl EvidenceKind {
             PoolDomain { domain, source } => format!("pool domain {domain} in {source}"),
             Throttled { how } => format!("throttled: {how}"),
             Packed { packer, entropy, path } => format!("packed executable ({packer}, entropy {entropy:.2}): {path}"),
+            CgroupCpu {
+                cgroup,
+                cores,
+                unaccounted_cores,
+                window_seconds,
+            } => format!(
+                "cgroup {cgroup} used {cores:.2} cores over {window_seconds:.0}s, {unaccounted_cores:.2} of them by processes not in the listing (short-lived or hidden)"
+            ),
         }
     }
 }
@@ -316,9 +333,12 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
     if pool && wallet {
         return Some(Severity::Confirmed);
     }
-    let active = evidence
-        .iter()
-        .any(|e| matches!(e.detail, EvidenceKind::Cpu { .. } | EvidenceKind::Gpu { .. }));
+    let active = evidence.iter().any(|e| {
+        matches!(
+            e.detail,
+            EvidenceKind::Cpu { .. } | EvidenceKind::Gpu { .. } | EvidenceKind::CgroupCpu { .. }
+        )
+    });
     let strong: BTreeSet<&str> = evidence.iter().filter(|e| e.weight == Weight::Likely).map(|e| e.kind()).collect();
     if !strong.is_empty() && (active || strong.len() >= 2) {
         return Some(Severity::Likely);
@@ -565,6 +585,18 @@ mod tests {
     fn odd_origin_needs_activity() {
         assert_eq!(score(&[origin()]), None);
         assert_eq!(score(&[origin(), cpu()]), Some(Severity::Suspicious));
+        // CPU its cgroup spent in processes the listing does not show is activity too
+        let cg = ev(
+            EvidenceKind::CgroupCpu {
+                cgroup: "/system.slice/cron.service".into(),
+                cores: 0.5,
+                unaccounted_cores: 0.45,
+                window_seconds: 60.0,
+            },
+            Weight::Info,
+        );
+        assert_eq!(score(std::slice::from_ref(&cg)), None, "busy alone is nothing");
+        assert_eq!(score(&[origin(), cg]), Some(Severity::Suspicious));
     }
     #[test]
     fn strong_sign_needs_activity_or_a_second_kind() {

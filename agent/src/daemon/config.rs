@@ -94,6 +94,9 @@ pub struct SensorsConfig {
     pub hidden: bool,
     /// Cron entries, systemd units and rc scripts that start miners.
     pub persistence: bool,
+    /// Each cgroup's CPU (cgroup v2) against its listed processes': CPU of
+    /// short-lived or hidden processes.
+    pub cgroup_cpu: bool,
 }
 
 impl Default for SensorsConfig {
@@ -107,6 +110,7 @@ impl Default for SensorsConfig {
             gpu: true,
             hidden: true,
             persistence: true,
+            cgroup_cpu: true,
         }
     }
 }

@@ -149,6 +149,9 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         hidden: cfg.sensors.hidden,
         persistence: cfg.sensors.persistence,
         host_root: cfg.scan.host_root.clone(),
+        cgroup_cpu: cfg.sensors.cgroup_cpu,
+        long_window_seconds: cfg.scan.long_window_seconds,
+        long_window_cores_threshold: cfg.scan.long_window_cores_threshold,
     };
     let root = cfg.scan.proc_root.clone();
     let mut procs = ProcessSensor::new(&root);

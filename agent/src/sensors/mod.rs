@@ -7,6 +7,7 @@
 
 pub mod binary;
 pub mod capture;
+pub mod cgroupcpu;
 pub mod execevents;
 pub mod gpu;
 pub mod hidden;
@@ -98,6 +99,12 @@ pub struct SensorOptions {
     pub host_root: std::path::PathBuf,
     /// Look for persistence entries (cron, systemd, rc) that start miners.
     pub persistence: bool,
+    /// Compare each cgroup's CPU (cgroup v2 cpu.stat) with its listed processes'.
+    pub cgroup_cpu: bool,
+    /// The long CPU window, seconds (per-cgroup CPU is measured over it).
+    pub long_window_seconds: f64,
+    /// Cores over the long window that count.
+    pub long_window_cores_threshold: f64,
 }
 
 impl Default for SensorOptions {
@@ -113,6 +120,9 @@ impl Default for SensorOptions {
             hidden: true,
             host_root: "/".into(),
             persistence: true,
+            cgroup_cpu: true,
+            long_window_seconds: 60.0,
+            long_window_cores_threshold: 0.15,
         }
     }
 }
@@ -143,6 +153,13 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
             scheduler_cgroups: opts.gpu_scheduler_cgroups.clone(),
         };
         v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
+    }
+    if opts.cgroup_cpu {
+        v.push(Box::new(cgroupcpu::CgroupCpuSensor::new(
+            &opts.host_root.join("sys/fs/cgroup"),
+            opts.long_window_seconds,
+            opts.long_window_cores_threshold,
+        )));
     }
     v
 }
