@@ -35,14 +35,18 @@ impl CgroupCpuSensor {
     /// Cgroups under `cgroup_root` (normally /sys/fs/cgroup); CPU not
     /// accounted for by listed processes of at least `threshold` cores
     /// over `window` seconds counts.
+    /// On a hybrid (v1 + v2) host the v2 hierarchy is `cgroup_root/unified`.
     pub fn new(cgroup_root: &Path, window: f64, threshold: f64) -> Self {
+        let unified = [cgroup_root.to_path_buf(), cgroup_root.join("unified")]
+            .into_iter()
+            .find(|r| r.join("cgroup.controllers").exists());
         CgroupCpuSensor {
-            root: cgroup_root.to_path_buf(),
+            up: unified.is_some(),
+            root: unified.unwrap_or_else(|| cgroup_root.to_path_buf()),
             window: window.max(0.1),
             threshold,
             history: HashMap::new(),
             notes: Vec::new(),
-            up: cgroup_root.join("cgroup.controllers").exists(),
         }
     }
 }
