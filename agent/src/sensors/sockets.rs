@@ -239,6 +239,10 @@ pub struct SocketSensor {
     shared: Arc<NetShared>,
     /// True once sock_diag failed and the proc files are used.
     pub fallback: bool,
+    /// Pool connections whose socket no listed process holds, by inode:
+    /// passes seen so. Two passes in a row make a flow finding.
+    unowned: HashMap<u64, u8>,
+    notes: Vec<String>,
 }
 
 impl SocketSensor {
@@ -250,6 +254,8 @@ impl SocketSensor {
             owners: InodeOwners::new(root),
             shared,
             fallback: root != Path::new("/proc"),
+            unowned: HashMap::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -315,6 +321,7 @@ impl Sensor for SocketSensor {
 
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         let socks = self.list()?;
+        self.notes.clear();
         let mut hits = Vec::new();
         for s in &socks {
             let connected = if s.tcp {
@@ -327,20 +334,51 @@ impl Sensor for SocketSensor {
             }
             // the client side of a connection: the remote port is the service
             if let Some(ev) = self.assess_remote(s.remote) {
-                hits.push((s.inode, ev));
+                hits.push((s, ev));
             }
         }
         if hits.is_empty() {
+            self.unowned.clear();
             return Ok(());
         }
-        let inodes: HashSet<u64> = hits.iter().map(|(i, _)| *i).collect();
+        let inodes: HashSet<u64> = hits.iter().map(|(s, _)| s.inode).collect();
         let owners = self.owners.resolve(&inodes, snap);
-        for (inode, ev) in hits {
-            if let Some(k) = owners.get(&inode) {
+        let mut unowned = HashMap::new();
+        for (s, ev) in hits {
+            if let Some(k) = owners.get(&s.inode) {
                 out.push(Observation::Evidence(*k, ev));
+                continue;
+            }
+            if snap.partial {
+                continue;
+            }
+            // no listed process holds it: a process hidden from the listing
+            // (or one that exits right now: hence two passes in a row)
+            let passes = self.unowned.get(&s.inode).copied().unwrap_or(0) + 1;
+            unowned.insert(s.inode, passes);
+            if passes >= 2 {
+                self.notes.push(format!(
+                    "sockets: a connection {} -> {} (uid {}, inode {}) belongs to no process in the /proc listing: its owner may be hidden",
+                    s.local, s.remote, s.uid, s.inode
+                ));
+                out.push(Observation::Flow(crate::net::shared::FlowFinding {
+                    client: s.local,
+                    server: s.remote,
+                    tcp: s.tcp,
+                    evidence: ev,
+                    inode: Some(s.inode),
+                    tries: u8::MAX,
+                }));
             }
         }
+        if !snap.partial {
+            self.unowned = unowned;
+        }
         Ok(())
+    }
+
+    fn unreadable(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     fn set_signatures(&mut self, sig: Arc<Signatures>) {
@@ -366,6 +404,52 @@ mod tests {
         let s = parse_proc_net(v6, true);
         assert_eq!(s[0].local.to_string(), "[::1]:3333");
         assert_eq!(s[0].inode, 777);
+    }
+
+    #[test]
+    fn a_pool_connection_no_listed_process_holds_is_a_flow_finding() {
+        use crate::sensors::Snapshot;
+        let sig = Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        // a loopback "pool" on a pool port (the first one free here)
+        let Some(l) = [14444u16, 3333, 5555, 7777, 45700]
+            .into_iter()
+            .find_map(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+        else {
+            panic!("no pool port free on 127.0.0.1");
+        };
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_srv, _) = l.accept().unwrap();
+        // a listing without the owner: as if a rootkit hid this test process
+        let snap = Snapshot {
+            at: std::time::Instant::now(),
+            procs: Default::default(),
+            ticks_per_second: 100,
+            partial: false,
+        };
+        let mut s = SocketSensor::new(sig, Path::new("/proc"), Arc::new(NetShared::default()));
+        let mut out = Vec::new();
+        s.observe(&snap, &mut out).unwrap();
+        let flows = |out: &[Observation]| -> Vec<crate::net::shared::FlowFinding> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Observation::Flow(f) if f.client == c.local_addr().unwrap() => Some(f.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(flows(&out).is_empty(), "one pass could be a process exiting");
+        s.observe(&snap, &mut out).unwrap();
+        let f = flows(&out);
+        assert_eq!(f.len(), 1, "the second pass reports it");
+        assert_eq!(f[0].server, l.local_addr().unwrap());
+        assert!(matches!(&f[0].evidence.detail, EvidenceKind::PoolConnection { reason, .. } if reason.starts_with("pool port")));
+        assert!(
+            s.unreadable()
+                .iter()
+                .any(|n| n.contains("belongs to no process in the /proc listing")),
+            "{:?}",
+            s.unreadable()
+        );
     }
 
     #[test]
