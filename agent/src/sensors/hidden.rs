@@ -331,6 +331,27 @@ impl HiddenSensor {
     }
 }
 
+/// Loadable modules (those with `/sys/module/NAME/initstate`) that
+/// `/proc/modules` does not list: a rootkit that unlinks itself from the
+/// module list but keeps its sysfs object. Both are read under `host_root`.
+pub fn hidden_modules(host_root: &Path) -> Vec<String> {
+    let Ok(listed) = std::fs::read_to_string(host_root.join("proc/modules")) else {
+        return Vec::new();
+    };
+    let listed: std::collections::HashSet<&str> = listed.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let Ok(rd) = std::fs::read_dir(host_root.join("sys/module")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().join("initstate").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|m| !listed.contains(m.as_str()))
+        .collect();
+    out.sort();
+    out
+}
+
 impl Sensor for HiddenSensor {
     fn name(&self) -> &'static str {
         "hidden"
@@ -466,6 +487,12 @@ impl Sensor for HiddenSensor {
                 global.join(", ")
             ));
         }
+        // 5. kernel modules unlinked from /proc/modules but still in sysfs
+        for m in hidden_modules(&self.host_root) {
+            self.notes.push(format!(
+                "host: kernel module {m} is in /sys/module but not in /proc/modules (a rootkit hides itself this way)"
+            ));
+        }
         // SAFETY: geteuid has no preconditions.
         let root_user = unsafe { libc::geteuid() } == 0;
         self.preload.retain(|k, _| snap.procs.contains_key(k));
@@ -500,6 +527,34 @@ impl Sensor for HiddenSensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modules_unlinked_from_proc_modules_but_in_sysfs() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("proc")).unwrap();
+        std::fs::write(
+            r.join("proc/modules"),
+            "msr 16384 0 - Live 0x0000000000000000\next4 999424 1 - Live 0x0\n",
+        )
+        .unwrap();
+        for (m, loadable) in [
+            ("msr", true),
+            ("ext4", true),
+            ("diamorphine", true),
+            ("kernel", false),
+            ("printk", false),
+        ] {
+            std::fs::create_dir_all(r.join("sys/module").join(m)).unwrap();
+            if loadable {
+                std::fs::write(r.join("sys/module").join(m).join("initstate"), "live\n").unwrap();
+            }
+        }
+        assert_eq!(hidden_modules(r), vec!["diamorphine".to_string()]);
+        // no /proc/modules to compare with (a container, a kernel without modules): nothing
+        std::fs::remove_file(r.join("proc/modules")).unwrap();
+        assert!(hidden_modules(r).is_empty());
+    }
 
     #[test]
     fn getdents_agrees_with_read_dir_here() {
