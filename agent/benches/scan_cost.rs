@@ -48,7 +48,18 @@ fn main() {
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
         let mut procs = ProcessSensor::new(Path::new("/proc"));
-        let mut sensors = sensors::registry(sig.clone(), Path::new("/proc"), &SensorOptions::default());
+        // the per-process pipeline this table measures: binary and miner-config
+        // sensors (the others look at the host, the network or the GPU, not at each process)
+        let opts = SensorOptions {
+            sockets: false,
+            capture: false,
+            gpu: false,
+            hidden: false,
+            persistence: false,
+            cgroup_cpu: false,
+            ..SensorOptions::default()
+        };
+        let mut sensors = sensors::registry(sig.clone(), Path::new("/proc"), &opts);
         let mut det = Detector::new(sig.clone(), DetectorConfig::default(), "bench");
         // first scan: full read of every process, every executable, every config candidate
         let c0 = cpu_seconds();
