@@ -477,6 +477,33 @@ fn prometheus_rules_check_and_pass_their_unit_tests() {
 }
 
 #[test]
+fn alertmanager_routes_page_on_confirmed_miners() {
+    let dir = repo().join("packaging/prometheus");
+    let out = run_ok(Command::new("amtool").args(["check-config", "alertmanager.yml"]).current_dir(&dir));
+    assert!(out.contains("SUCCESS"), "{out}");
+    // the collector's alerts and the Prometheus rules' alerts reach the same receivers
+    for (labels, receiver) in [
+        ("alertname=RigwatchMinerFinding severity=confirmed host=web-17", "oncall-pager"),
+        (
+            "alertname=RigwatchMinerConfirmed severity=confirmed instance=web-17",
+            "oncall-pager",
+        ),
+        ("alertname=RigwatchMinerFinding severity=likely host=web-17", "soc-chat"),
+        ("alertname=RigwatchMinerLikely severity=likely instance=web-17", "soc-chat"),
+        ("alertname=RigwatchAgentSilent severity=warning host=web-17", "platform"),
+        ("alertname=RigwatchAgentDown severity=warning instance=web-17", "platform"),
+    ] {
+        let out = Command::new("amtool")
+            .args(["config", "routes", "test", "--config.file=alertmanager.yml"])
+            .args(labels.split_whitespace())
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), receiver, "{labels}: {}", text(&out));
+    }
+}
+
+#[test]
 fn kubernetes_manifests_validate_against_the_api_schemas() {
     let out = run_ok(&mut Command::new(repo().join("packaging/kubernetes/validate.sh")));
     assert!(out.contains("all 8 manifests valid"), "{out}");
