@@ -280,3 +280,65 @@ pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `rigwatch-collector token create NAME --data-dir DATA [--analyst]`: the new token (its output's last line).
+pub fn collector_token(collector: &std::path::Path, data: &std::path::Path, name: &str, analyst: bool) -> String {
+    let mut c = std::process::Command::new(collector);
+    c.args(["token", "create", name, "--data-dir"]).arg(data);
+    if analyst {
+        c.arg("--analyst");
+    }
+    let out = c.output().expect("run rigwatch-collector token create");
+    assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// `rigwatch-collector serve` over DATA on a free loopback port, once it answers /healthz: (process, port).
+pub fn serve_collector(collector: &std::path::Path, data: &std::path::Path) -> (KillOnDrop, u16) {
+    let port = free_port();
+    let child = std::process::Command::new(collector)
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rigwatch-collector serve");
+    let c = KillOnDrop(child);
+    wait_for(20, "collector /healthz", || {
+        (http_get(port, "/healthz", None).0 == 200).then_some(())
+    });
+    (c, port)
+}
+
+/// The miner simulator copied as DIR/xmrig and run with a pool URL and `wallet`,
+/// idling `idle` seconds; returns once it printed `ready PID`: (process, pid).
+pub fn start_xmrig(minersim: &str, dir: &std::path::Path, wallet: &str, idle: u32) -> (KillOnDrop, u32) {
+    use std::io::BufRead;
+    let x = dir.join("xmrig");
+    std::fs::copy(minersim, &x).expect("copy minersim");
+    let mut m = std::process::Command::new(&x)
+        .args([
+            "-o",
+            "stratum+tcp://pool.supportxmr.com:3333",
+            "-u",
+            wallet,
+            "--idle",
+            &idle.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the miner simulator");
+    let mut line = String::new();
+    std::io::BufReader::new(m.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    assert!(line.starts_with("ready "), "minersim: {line:?}");
+    let pid = m.id();
+    (KillOnDrop(m), pid)
+}

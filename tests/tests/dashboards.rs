@@ -5,7 +5,9 @@
 //! on loopback. Every panel's every query must return data, every template
 //! variable must have values, and the miner alert must fire.
 
-use rigwatch_e2e::{build_fake_nvml, free_port, http_get, wait_for, workspace_bin, KillOnDrop};
+use rigwatch_e2e::{
+    build_fake_nvml, collector_token, free_port, http_get, serve_collector, start_xmrig, wait_for, workspace_bin, KillOnDrop,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -87,37 +89,11 @@ fn every_panel_and_alert_has_data_from_a_live_agent_and_collector() {
 
     // the collector, and a token for the agent
     let data = dir.join("data");
-    let out = Command::new(&collector)
-        .args(["token", "create", "dash-node", "--data-dir", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string();
-    let cport = free_port();
-    let _collector = KillOnDrop(
-        Command::new(&collector)
-            .args([
-                "serve",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{cport}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(20, "collector /healthz", || {
-        (http_get(cport, "/healthz", None).0 == 200).then_some(())
-    });
+    let token = collector_token(&collector, &data, "dash-node", false);
+    let (_collector, cport) = serve_collector(&collector, &data);
 
     // the GPU miner look-alike, named xmrig, with pool and wallet flags
-    let x = dir.join("xmrig");
-    std::fs::copy(env!("CARGO_BIN_EXE_minersim"), &x).unwrap();
-    let (m, mut mout) = spawn_piped(Command::new(&x).args(["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "240"]));
-    let miner = KillOnDrop(m);
-    line_starting(&mut mout, "ready");
+    let (_miner, miner_pid) = start_xmrig(env!("CARGO_BIN_EXE_minersim"), dir, WALLET, 240);
     let nvml = build_fake_nvml(dir);
 
     // the agent: fake NVML reports the miner on the GPU; it ships to the collector
@@ -132,7 +108,7 @@ fn every_panel_and_alert_has_data_from_a_live_agent_and_collector() {
         Command::new(&rigwatch)
             .env("RIGWATCH_HOSTNAME", "dash-node")
             .env("RIGWATCH_NVML_LIBRARY", &nvml)
-            .env("FAKE_NVML_PROCS", format!("{}:93:4096", miner.0.id()))
+            .env("FAKE_NVML_PROCS", format!("{}:93:4096", miner_pid))
             .args(["run", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{mport}")])
             .args(["--collector", &format!("http://127.0.0.1:{cport}"), "--token", &token])
             .args(["--spool-dir", dir.join("spool").to_str().unwrap()])
@@ -274,12 +250,12 @@ fn every_panel_and_alert_has_data_from_a_live_agent_and_collector() {
             .cloned()
     });
     assert_eq!(alert["labels"]["severity"], "confirmed", "{alert}");
-    assert_eq!(alert["labels"]["pid"], miner.0.id().to_string(), "{alert}");
+    assert_eq!(alert["labels"]["pid"], miner_pid.to_string(), "{alert}");
     assert!(
         alert["annotations"]["summary"]
             .as_str()
             .unwrap()
-            .contains(&format!("xmrig (pid {})", miner.0.id())),
+            .contains(&format!("xmrig (pid {})", miner_pid)),
         "{alert}"
     );
 }

@@ -2,11 +2,9 @@
 //! to `rigwatch-collector serve` (SQLite, embedded defaults), and an analyst
 //! sees the finding, its evidence and the host through the query API.
 
-use rigwatch_e2e::{free_port, http_get, KillOnDrop as Kill};
+use rigwatch_e2e::{collector_token, free_port, http_get, serve_collector, start_xmrig, KillOnDrop as Kill};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,17 +16,6 @@ fn bin(name: &str, package: &str) -> PathBuf {
 
 fn get(port: u16, path: &str, token: &str) -> (u16, String) {
     http_get(port, path, Some(token))
-}
-
-fn token(collector: &Path, data: &Path, name: &str, analyst: bool) -> String {
-    let mut c = Command::new(collector);
-    c.args(["token", "create", name, "--data-dir", data.to_str().unwrap()]);
-    if analyst {
-        c.arg("--analyst");
-    }
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_string()
 }
 
 #[test]
@@ -44,28 +31,9 @@ fn agent_ships_a_miner_to_the_collector() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let data = tmp.path().join("data");
-    let agent_token = token(&collector, &data, "node-a", false);
-    let analyst = token(&collector, &data, "soc", true);
-    let cport = free_port();
-    let _c = Kill(
-        Command::new(&collector)
-            .args([
-                "serve",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{cport}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", cport)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "collector did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let agent_token = collector_token(&collector, &data, "node-a", false);
+    let analyst = collector_token(&collector, &data, "soc", true);
+    let (_c, cport) = serve_collector(&collector, &data);
     let cfg = tmp.path().join("agent.toml");
     std::fs::write(
         &cfg,
@@ -90,17 +58,7 @@ fn agent_ships_a_miner_to_the_collector() {
             .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(800));
-    let x = tmp.path().join("xmrig");
-    std::fs::copy(env!("CARGO_BIN_EXE_minersim"), &x).unwrap();
-    let mut m = Command::new(&x)
-        .args(["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "60"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(m.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid = m.id();
-    let _m = Kill(m);
+    let (_m, pid) = start_xmrig(env!("CARGO_BIN_EXE_minersim"), tmp.path(), WALLET, 60);
     // the analyst sees the finding with its evidence
     let t = Instant::now();
     let finding = loop {

@@ -3,10 +3,9 @@
 //! install, and the installed units' commands run as their units would run
 //! them (user, capabilities, no-new-privileges) and catch a miner end to end.
 
-use rigwatch_e2e::{free_port, http_get, wait_for, KillOnDrop};
+use rigwatch_e2e::{free_port, http_get, start_xmrig, wait_for, KillOnDrop};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -379,17 +378,7 @@ fn install_and_run(agent: &Path, collector: &Path) {
         .prefix("rwdeb")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let x = tmp.path().join("xmrig");
-    std::fs::copy(env!("CARGO_BIN_EXE_minersim"), &x).unwrap();
-    let mut m = Command::new(&x)
-        .args(["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", WALLET, "--idle", "90"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(m.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let pid = m.id();
-    let _m = KillOnDrop(m);
+    let (_m, pid) = start_xmrig(env!("CARGO_BIN_EXE_minersim"), tmp.path(), WALLET, 90);
     let finding = wait_for(60, "the miner's finding on the collector", || {
         let (code, body) = http_get(cport, "/api/v1/findings?host=deb-test-node", Some(&soc));
         assert_eq!(code, 200, "{body}");
