@@ -5,8 +5,9 @@
 //! Run: `cargo bench -p rigwatch-agent --bench scan_cost` (as root for 10,000
 //! processes; set RIGWATCH_BENCH_COUNTS=1000,10000 to choose).
 
-use rigwatch_agent::detector::{Detector, DetectorConfig};
-use rigwatch_agent::sensors::{self, ProcessSensor, SensorOptions};
+use rigwatch_agent::daemon::config::{Config, SensorsConfig};
+use rigwatch_agent::engine::{Engine, Pass};
+use rigwatch_agent::sensors::ProcessSensor;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -47,46 +48,32 @@ fn main() {
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let mut procs = ProcessSensor::new(Path::new("/proc"));
-        // the per-process pipeline this table measures: binary and miner-config
-        // sensors (the others look at the host, the network or the GPU, not at each process)
-        let opts = SensorOptions {
-            sockets: false,
-            capture: false,
-            gpu: false,
-            hidden: false,
-            persistence: false,
-            cgroup_cpu: false,
-            ..SensorOptions::default()
+        // the per-process pipeline this table measures, through the engine every
+        // command uses: the binary and miner-config sensors (the others look at
+        // the host, the network or the GPU, not at each process)
+        let mut cfg = Config::default();
+        cfg.sensors = SensorsConfig {
+            binary: true,
+            minerconfig: true,
+            ..SensorsConfig::none()
         };
-        let mut sensors = sensors::registry(sig.clone(), Path::new("/proc"), &opts);
-        let mut det = Detector::new(sig.clone(), DetectorConfig::default(), "bench");
+        cfg.scan.binary_bytes_per_pass = u64::MAX;
+        let mut engine = Engine::new(sig.clone(), "bench", &cfg.engine(false));
         // first scan: full read of every process, every executable, every config candidate
         let c0 = cpu_seconds();
-        let first = procs.sample().unwrap();
-        let mut obs = Vec::new();
-        for s in sensors.iter_mut() {
-            s.observe(&first, &mut obs).unwrap();
-        }
-        let _ = det.assess(None, &first, &obs, 0);
+        let seen = engine.pass(Pass::Full, 0).unwrap().processes;
         let first_cpu = cpu_seconds() - c0;
-        let seen = first.procs.len();
         // steady state: the same processes again, a number of passes
         let passes = 10;
-        let mut prev = first;
         let c1 = cpu_seconds();
         let w1 = Instant::now();
         for _ in 0..passes {
-            let cur = procs.sample().unwrap();
-            obs.clear();
-            for s in sensors.iter_mut() {
-                s.observe(&cur, &mut obs).unwrap();
-            }
-            let _ = det.assess(Some(&prev), &cur, &obs, 0);
-            prev = cur;
+            std::hint::black_box(engine.pass(Pass::Full, 0).unwrap());
         }
         let steady_cpu = (cpu_seconds() - c1) / passes as f64;
         let steady_wall = w1.elapsed().as_secs_f64() / passes as f64;
+        let mut procs = ProcessSensor::new(Path::new("/proc"));
+        procs.sample().unwrap();
         let c2 = cpu_seconds();
         for _ in 0..passes {
             std::hint::black_box(procs.sample().unwrap());

@@ -5,7 +5,7 @@
 
 use crate::sensors::process::cgroup_identity;
 use crate::sensors::{Observation, Proc, ProcKey, Snapshot};
-use rigwatch_signatures::{Evidence, EvidenceKind, Finding, FlowInfo, Origin, ProcessInfo, Signatures, Weight};
+use rigwatch_signatures::{Evidence, EvidenceKind, Finding, FlowInfo, HostSubject, Origin, ProcessInfo, Signatures, Weight};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -117,6 +117,7 @@ impl Detector {
         let mut hashes: HashMap<ProcKey, [u8; 32]> = HashMap::new();
         let mut flows: std::collections::BTreeMap<(String, String, bool), Vec<Evidence>> = Default::default();
         let mut hidden: HashMap<ProcKey, Proc> = HashMap::new();
+        let mut host: std::collections::BTreeMap<&HostSubject, Vec<Evidence>> = Default::default();
         for o in observations {
             match o {
                 Observation::Evidence(k, e) if STICKY.contains(&e.kind()) => {
@@ -137,6 +138,7 @@ impl Detector {
                     hidden.insert(p.key, p.clone());
                 }
                 Observation::Hidden(_) => {}
+                Observation::Host(subject, e) => host.entry(subject).or_default().push(e.clone()),
             }
         }
         if let Some(pr) = prev {
@@ -217,9 +219,24 @@ impl Detector {
             };
             findings.extend(Finding::for_flow(&self.host, flow, dedup(ev), now));
         }
+        for (subject, ev) in host {
+            findings.extend(Finding::for_host(&self.host, subject.clone(), dedup(ev), now));
+        }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
         self.remember(cur);
         findings
+    }
+
+    /// Findings from observations made elsewhere (flows read from a capture
+    /// file): the same scoring, with no processes.
+    pub fn assess_offline(&mut self, observations: &[Observation], now: u64) -> Vec<Finding> {
+        let empty = Snapshot {
+            at: std::time::Instant::now(),
+            procs: Default::default(),
+            ticks_per_second: 100,
+            partial: true,
+        };
+        self.assess(None, &empty, observations, now)
     }
 
     /// Keeps a sample's CPU ticks for the long window (once per sample).
@@ -569,6 +586,7 @@ mod tests {
             nice: 19,
             policy: 5,
             cpu_ticks: ticks,
+            child_ticks: 0,
             kernel_thread: false,
             fixed,
         };

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rigwatch_agent::daemon::config::{Config, ScanConfig};
 use rigwatch_agent::{output, scan};
 use rigwatch_signatures::{load, Severity, Signatures};
 use std::io::{IsTerminal, Write};
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-const DEFAULT_SIGNATURE_DIR: &str = "/etc/rigwatch/signatures.d";
+const DEFAULT_SIGNATURE_DIR: &str = rigwatch_agent::paths::SIGNATURE_DIR;
 
 /// rigwatch finds cryptocurrency miners: by name, command line, binary
 /// content and hash, miner config files, odd executable origins, disguises
@@ -106,28 +107,28 @@ struct ScanArgs {
     #[arg(long)]
     json: bool,
     /// The proc filesystem to read (a fixture tree in tests).
-    #[arg(long, default_value = "/proc", value_name = "DIR")]
+    #[arg(long, default_value = rigwatch_agent::paths::PROC, value_name = "DIR")]
     proc_root: PathBuf,
     /// Report only findings at or above this severity.
     #[arg(long, value_enum, default_value_t = MinSeverity::Suspicious)]
     min_severity: MinSeverity,
     /// Cores a process must use over the window to count as busy.
-    #[arg(long, default_value_t = 0.5, value_name = "CORES")]
+    #[arg(long, default_value_t = ScanConfig::default().cpu_threshold_cores, value_name = "CORES")]
     cpu_threshold: f64,
     /// Long CPU window: a process whose average over at least this long
     /// reaches 0.15 cores also counts as busy (throttled miners). A scan
     /// sees it when --window is at least this long.
-    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = ScanConfig::default().long_window_seconds, value_name = "SECONDS")]
     long_window: f64,
     /// Cores over the long window that count as busy.
-    #[arg(long, default_value_t = 0.15, value_name = "CORES")]
+    #[arg(long, default_value_t = ScanConfig::default().long_window_cores_threshold, value_name = "CORES")]
     long_window_threshold: f64,
     /// The host's root directory: /etc/ld.so.preload, crontabs, systemd
     /// units and rc scripts are read under it (a fixture tree in tests).
     #[arg(long, default_value = "/", value_name = "DIR")]
     host_root: PathBuf,
     /// Most bytes read of each executable.
-    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = ScanConfig::default().max_binary_bytes, value_name = "BYTES")]
     max_binary_bytes: u64,
     /// Do not capture packets during the window (stratum, TLS SNI, DNS).
     #[arg(long)]
@@ -286,27 +287,21 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     for w in &sig_warnings {
         eprintln!("rigwatch: {w}");
     }
-    let opts = scan::ScanOptions {
-        proc_root: a.proc_root.clone(),
-        window: Duration::from_secs_f64(a.window),
-        detector: rigwatch_agent::detector::DetectorConfig {
-            cpu_cores_threshold: a.cpu_threshold,
-            long_window_seconds: a.long_window,
-            long_window_cores_threshold: a.long_window_threshold,
-            host_root: a.host_root.clone(),
-            ..Default::default()
-        },
-        sensors: rigwatch_agent::sensors::SensorOptions {
-            max_binary_bytes: a.max_binary_bytes,
-            capture: !a.no_capture,
-            sockets: !a.no_sockets,
-            gpu: !a.no_gpu,
-            host_root: a.host_root.clone(),
-            long_window_seconds: a.long_window,
-            long_window_cores_threshold: a.long_window_threshold,
-            ..Default::default()
-        },
-    };
+    // the agent's configuration with the scan's flags over it: one shape for every command
+    let mut cfg = Config::default();
+    cfg.scan.cpu_window_seconds = a.window;
+    cfg.scan.cpu_threshold_cores = a.cpu_threshold;
+    cfg.scan.long_window_seconds = a.long_window;
+    cfg.scan.long_window_cores_threshold = a.long_window_threshold;
+    cfg.scan.proc_root = a.proc_root.clone();
+    cfg.scan.host_root = a.host_root.clone();
+    cfg.scan.max_binary_bytes = a.max_binary_bytes;
+    // a scan reads every executable now; the daemon spreads them over passes
+    cfg.scan.binary_bytes_per_pass = u64::MAX;
+    cfg.sensors.capture = !a.no_capture;
+    cfg.sensors.sockets = !a.no_sockets;
+    cfg.sensors.gpu = !a.no_gpu;
+    let opts = cfg.engine(false);
     let tty = std::io::stderr().is_terminal();
     let progress = |m: &str| {
         if tty && !a.json {
@@ -386,7 +381,7 @@ fn run_inspect(files: &[PathBuf], json: bool, cap: u64, s: &SigDirs) -> anyhow::
 }
 
 fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
-    use rigwatch_agent::daemon::{self, config::Config};
+    use rigwatch_agent::daemon;
     let mut cfg = match &a.config {
         Some(p) => Config::from_file(p)?,
         None => Config::default(),
@@ -428,7 +423,7 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
 fn run_pcap(files: &[PathBuf], json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> {
     let (sig, warnings) = load_signatures(s)?;
     let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
-    let r = rigwatch_agent::pcap::read_files(&paths, &sig, &scan::host_name(), scan::unix_now())?;
+    let r = rigwatch_agent::pcap::read_files(&paths, sig.clone(), &scan::host_name(), scan::unix_now())?;
     let mut out = std::io::stdout().lock();
     if json {
         let mut w: Vec<String> = warnings;
@@ -469,57 +464,59 @@ fn run_pcap(files: &[PathBuf], json: bool, s: &SigDirs) -> anyhow::Result<ExitCo
 }
 
 fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> {
-    use rigwatch_agent::sensors::{capture::CaptureSensor, Observation, ProcessSensor, Sensor};
+    use rigwatch_agent::engine::{Engine, Pass};
+    const NETWORK: &[&str] = &["stratum", "dns", "tls_sni", "pool_connection"];
     let (sig, _) = load_signatures(s)?;
-    let root = PathBuf::from("/proc");
-    let shared = Arc::new(rigwatch_agent::net::shared::NetShared::default());
-    let mut cap = CaptureSensor::start(sig, &root, shared);
-    if let Some(why) = &cap.unavailable {
-        anyhow::bail!("{why}");
+    // the engine with the capture sensor alone; the sink prints each new piece of network evidence
+    let mut cfg = Config::default();
+    cfg.sensors = rigwatch_agent::daemon::config::SensorsConfig {
+        capture: true,
+        ..rigwatch_agent::daemon::config::SensorsConfig::none()
+    };
+    let mut engine = Engine::new(sig, &scan::host_name(), &cfg.engine(false));
+    let first = engine.pass(Pass::Full, scan::unix_now())?;
+    if let Some(r) = first.reports.iter().find(|r| r.name == "capture" && !r.up) {
+        anyhow::bail!("{}", r.reason.clone().unwrap_or_default());
     }
-    let mut procs = ProcessSensor::new(&root);
     if !json {
         eprintln!("rigwatch: watching all interfaces for stratum, pool DNS and TLS SNI…");
     }
     let start = std::time::Instant::now();
-    let mut seen = 0u64;
+    let mut printed: std::collections::HashSet<String> = Default::default();
     let mut out = std::io::stdout().lock();
     while seconds <= 0.0 || start.elapsed().as_secs_f64() < seconds {
         std::thread::sleep(Duration::from_millis(200));
-        let snap = procs.sample()?;
-        let mut obs = Vec::new();
-        cap.observe(&snap, &mut obs).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for o in obs {
-            let (who, flow, ev) = match o {
-                Observation::Evidence(k, e) => {
-                    let p = snap.procs.get(&k);
-                    (Some((k.pid, p.map(|p| p.comm.clone()).unwrap_or_default())), None, e)
+        for f in engine.pass(Pass::Full, scan::unix_now())?.findings {
+            for ev in f.evidence.iter().filter(|e| NETWORK.contains(&e.kind())) {
+                let key = format!("{}\0{}", f.id, serde_json::to_string(ev)?);
+                if printed.len() >= 100_000 || !printed.insert(key) {
+                    continue;
                 }
-                Observation::Flow(f) => (None, Some((f.client, f.server)), f.evidence),
-                Observation::BinarySha256(..) | Observation::Hidden(..) => continue,
-            };
-            seen += 1;
-            if json {
-                let j = serde_json::json!({"time": scan::unix_now(), "pid": who.as_ref().map(|w| w.0), "comm": who.as_ref().map(|w| &w.1),
-                    "flow": flow.map(|(c, s)| serde_json::json!({"client": c.to_string(), "server": s.to_string()})), "evidence": ev});
-                writeln!(out, "{j}")?;
-            } else {
-                let who = who
-                    .map(|(p, c)| format!("pid {p} ({})", output::clean(&c, 32)))
-                    .unwrap_or_else(|| flow.map(|(c, s)| format!("{c} -> {s}")).unwrap_or_default());
-                writeln!(
-                    out,
-                    "{:<10} {:<9} {}  {}",
-                    ev.weight.as_str(),
-                    ev.kind(),
-                    who,
-                    output::clean(&ev.summary(), 200)
-                )?;
+                let flow = f.flow.as_ref();
+                if json {
+                    let j = serde_json::json!({"time": scan::unix_now(), "pid": f.pid, "comm": f.pid.map(|_| &f.process.comm),
+                        "flow": flow.map(|fl| serde_json::json!({"client": fl.client, "server": fl.server})), "evidence": ev});
+                    writeln!(out, "{j}")?;
+                } else {
+                    let who = match (f.pid, flow) {
+                        (Some(p), _) => format!("pid {p} ({})", output::clean(&f.process.comm, 32)),
+                        (None, Some(fl)) => format!("{} -> {}", fl.client, fl.server),
+                        (None, None) => String::new(),
+                    };
+                    writeln!(
+                        out,
+                        "{:<10} {:<9} {}  {}",
+                        ev.weight.as_str(),
+                        ev.kind(),
+                        who,
+                        output::clean(&ev.summary(), 200)
+                    )?;
+                }
+                out.flush()?;
             }
-            out.flush()?;
         }
     }
-    Ok(if seen > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if printed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {

@@ -1,12 +1,17 @@
 //! `rigwatch pcap`: the network classifiers over a capture taken elsewhere
 //! (pcap or pcapng), reporting findings per flow in the same JSON shape as
-//! `scan` (no pid; the flow's addresses instead).
+//! `scan` (no pid; the flow's addresses instead), scored by the same detector.
 
+use crate::detector::{Detector, DetectorConfig};
 use crate::net::flows::FlowTable;
+use crate::net::shared::FlowFinding;
 use crate::sensors::capture::{evidence_of, parse_ip};
-use rigwatch_signatures::{Evidence, Finding, FlowInfo, Signatures};
+use crate::sensors::Observation;
+use rigwatch_signatures::{Evidence, Finding, Signatures};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What reading the captures found.
 pub struct PcapReport {
@@ -46,9 +51,9 @@ pub fn frame_to_ip(linktype: u32, data: &[u8]) -> Option<&[u8]> {
 }
 
 /// Reads pcap and pcapng files and classifies every flow.
-pub fn read_files(files: &[&Path], sig: &Signatures, host: &str, now: u64) -> anyhow::Result<PcapReport> {
+pub fn read_files(files: &[&Path], sig: Arc<Signatures>, host: &str, now: u64) -> anyhow::Result<PcapReport> {
     let mut table = FlowTable::new();
-    let mut by_flow: BTreeMap<(String, String, bool), Vec<Evidence>> = BTreeMap::new();
+    let mut by_flow: BTreeMap<(SocketAddr, SocketAddr, bool), Vec<Evidence>> = BTreeMap::new();
     let (mut packets, mut skipped) = (0u64, 0u64);
     for f in files {
         let bytes = std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
@@ -59,8 +64,8 @@ pub fn read_files(files: &[&Path], sig: &Signatures, host: &str, now: u64) -> an
                 return;
             };
             for ev in table.push(&p) {
-                for (client, server, tcp, e) in evidence_of(sig, None, &ev) {
-                    let v = by_flow.entry((client.to_string(), server.to_string(), tcp)).or_default();
+                for (client, server, tcp, e) in evidence_of(&sig, None, &ev) {
+                    let v = by_flow.entry((client, server, tcp)).or_default();
                     if !v.contains(&e) {
                         v.push(e);
                     }
@@ -69,22 +74,24 @@ pub fn read_files(files: &[&Path], sig: &Signatures, host: &str, now: u64) -> an
         };
         read_one(&bytes, &mut handle).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
     }
-    let mut findings: Vec<Finding> = by_flow
+    // the same detector as live capture: flows whose process is unknown
+    let observations: Vec<Observation> = by_flow
         .into_iter()
-        .filter_map(|((client, server, tcp), ev)| {
-            Finding::for_flow(
-                host,
-                FlowInfo {
+        .flat_map(|((client, server, tcp), ev)| {
+            ev.into_iter().map(move |evidence| {
+                Observation::Flow(FlowFinding {
                     client,
                     server,
-                    transport: if tcp { "tcp" } else { "udp" }.into(),
-                },
-                ev,
-                now,
-            )
+                    tcp,
+                    evidence,
+                    inode: None,
+                    tries: 0,
+                })
+            })
         })
         .collect();
-    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    let mut detector = Detector::new(sig.clone(), DetectorConfig::default(), host);
+    let findings = detector.assess_offline(&observations, now);
     Ok(PcapReport {
         findings,
         packets,

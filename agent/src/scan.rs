@@ -1,29 +1,15 @@
 //! `rigwatch scan`: a one-shot scan of this host.
 //!
-//! Two process samples a window apart give CPU use (cores over the window,
-//! never the lifetime average); the binary and config sensors work during the
-//! window, so it is not wasted. Then the detector scores what it saw.
+//! Two engine passes a window apart give CPU use (cores over the window,
+//! never the lifetime average); the binary and config sensors work in the
+//! first, so the window is not wasted. The second pass's findings, process,
+//! flow and host alike, are the report.
 
-use crate::detector::{Detector, DetectorConfig};
-use crate::sensors::{self, ProcessSensor, SensorOptions};
+use crate::engine::{Engine, EngineConfig, Pass};
 use rigwatch_signatures::{Finding, Signatures};
 use serde::Serialize;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// What to scan and how.
-#[derive(Debug, Clone)]
-pub struct ScanOptions {
-    /// The proc root (normally /proc).
-    pub proc_root: PathBuf,
-    /// The CPU sampling window.
-    pub window: Duration,
-    /// Detector settings.
-    pub detector: DetectorConfig,
-    /// Sensor settings.
-    pub sensors: SensorOptions,
-}
+use std::time::Instant;
 
 /// What the scan looked at.
 #[derive(Debug, Clone, Serialize)]
@@ -77,61 +63,64 @@ pub fn unix_now() -> u64 {
 }
 
 /// Runs one scan. `progress` is called with short status lines.
-pub fn scan(opts: &ScanOptions, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -> anyhow::Result<ScanReport> {
+/// The CPU window is `opts.cpu_window`.
+pub fn scan(opts: &EngineConfig, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -> anyhow::Result<ScanReport> {
     let host = host_name();
-    let mut procs = ProcessSensor::new(&opts.proc_root);
-    let first = procs
-        .sample()
-        .map_err(|e| anyhow::anyhow!("cannot list processes in {}: {e}", opts.proc_root.display()))?;
+    let mut engine = Engine::new(sig.clone(), &host, opts);
     let started = Instant::now();
+    // the first pass warms the caches and starts the CPU window
+    let first = engine.pass(Pass::Full, unix_now())?;
     progress(&format!(
-        "{} processes; reading executables and configs while sampling CPU for {:.0}s…",
-        first.procs.len(),
-        opts.window.as_secs_f64()
+        "{} processes and their executables read; sampling CPU for {:.0}s…",
+        first.processes,
+        opts.cpu_window.as_secs_f64()
     ));
-    let mut sensors = sensors::registry(sig.clone(), &opts.proc_root, &opts.sensors);
-    let mut observations = Vec::new();
-    let mut warnings = Vec::new();
-    // the first pass warms the caches; what it observes counts too (network
-    // evidence is taken from the capture queue only once)
-    for s in sensors.iter_mut() {
-        if let Err(e) = s.observe(&first, &mut observations) {
-            warnings.push(e.to_string());
-        }
-    }
-    if let Some(left) = opts.window.checked_sub(started.elapsed()) {
+    if let Some(left) = opts.cpu_window.checked_sub(started.elapsed()) {
         std::thread::sleep(left);
     }
-    let second = procs.sample()?;
-    for s in sensors.iter_mut() {
-        match s.observe(&second, &mut observations) {
-            // said once (the first pass already said it)
-            Err(e) if warnings.contains(&e.to_string()) => {}
-            Err(e) => warnings.push(e.to_string()),
-            Ok(()) => {}
+    let second = engine.pass(Pass::Full, unix_now())?;
+    let mut warnings = Vec::new();
+    for r in first.reports.iter().chain(&second.reports) {
+        // said once (the first pass already said it)
+        for w in r
+            .reason
+            .iter()
+            .map(|why| format!("{}: {why}", r.name))
+            .chain(r.problems.iter().cloned())
+        {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
         }
-        warnings.extend(s.unreadable());
     }
-    let unreadable_cmdlines = second.procs.values().filter(|p| !p.kernel_thread && !p.fixed.argv_read).count();
-    if unreadable_cmdlines > 0 {
-        warnings.push(format!(
-            "command lines of {unreadable_cmdlines} processes: not readable (permission, or in state D)"
-        ));
+    // network evidence is taken from the capture queue once: a flow seen
+    // only in the first pass still counts
+    let mut findings = second.findings;
+    for f in first.findings.into_iter().filter(|f| f.flow.is_some()) {
+        if !findings.iter().any(|g| g.id == f.id) {
+            findings.push(f);
+        }
     }
-    let mut detector = Detector::new(sig.clone(), opts.detector.clone(), &host);
-    let findings = detector.assess(Some(&first), &second, &observations, unix_now());
-    let counters: Vec<(&str, u64)> = sensors.iter().flat_map(|s| s.counters()).collect();
-    let get = |n: &str| counters.iter().filter(|(k, _)| *k == n).map(|(_, v)| *v).sum::<u64>();
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
+    let get = |n: &str| {
+        second
+            .reports
+            .iter()
+            .flat_map(|r| r.counters.iter())
+            .filter(|(k, _)| *k == n)
+            .map(|(_, v)| *v)
+            .sum::<u64>()
+    };
     Ok(ScanReport {
         host,
         findings,
         scanned: Scanned {
-            processes: second.procs.len(),
+            processes: second.processes,
             binaries: get("binaries_read") as usize,
             binary_bytes: get("binary_bytes_read"),
             capture_packets: get("capture_packets"),
             capture_findings: get("capture_findings"),
-            window_seconds: (second.at - first.at).as_secs_f64(),
+            window_seconds: second.window_seconds,
             signatures_version: sig.version.clone(),
             rules: sig.rules().len(),
         },

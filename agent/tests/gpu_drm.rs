@@ -280,8 +280,8 @@ fn unreadable_descriptors_are_counted() {
     let snap = ProcessSensor::new(&t.root).sample().unwrap();
     gpu.observe(&snap, &mut Vec::new()).unwrap();
     assert!(
-        gpu.unreadable().iter().any(|n| n.contains("1 processes: permission denied")),
+        gpu.problems().iter().any(|n| n.contains("1 processes: permission denied")),
         "{:?}",
-        gpu.unreadable()
+        gpu.problems()
     );
 }

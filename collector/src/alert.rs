@@ -66,7 +66,7 @@ fn finding_alert(app: &App, f: &FindingView, ends_at: u64) -> Value {
             "finding_id": f.id,
         },
         "annotations": {
-            "summary": format!("{} miner finding on {}: process {}", f.severity, f.host, f.process),
+            "summary": format!("{} miner finding on {}: {}", f.severity, f.host, subject_words(&f.process)),
             "description": format!("rule {}, pool {}, executable {}, state {}", f.rule, f.pool, f.exe, f.state),
         },
         "startsAt": rfc3339(f.first_seen.min(now())),
@@ -88,6 +88,17 @@ fn silent_alert(app: &App, host: &str, last_seen: u64, ends_at: u64) -> Value {
     })
 }
 
+/// "process NAME", or the subject as it is for flow and host findings
+/// ("flow 1.2.3.4:3333", "persistence /etc/cron.d/x").
+fn subject_words(label: &str) -> String {
+    const NOT_PROCESSES: &[&str] = &["flow ", "persistence ", "preload ", "kernel_module ", "cgroup "];
+    if NOT_PROCESSES.iter().any(|p| label.starts_with(p)) {
+        label.to_string()
+    } else {
+        format!("process {label}")
+    }
+}
+
 /// Escapes text for Slack's mrkdwn.
 fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
@@ -97,11 +108,11 @@ fn slack_escape(s: &str) -> String {
 pub fn webhook_body(app: &App, f: &FindingView, status: &str) -> Value {
     let url = format!("{}/findings/{}/{}", app.settings.external_url, pct(&f.host), pct(&f.id));
     let text = format!(
-        "[{}] {} miner finding on {}: process {} (rule {}, pool {}) {}",
+        "[{}] {} miner finding on {}: {} (rule {}, pool {}) {}",
         status,
         f.severity,
         slack_escape(&f.host),
-        slack_escape(&f.process),
+        slack_escape(&subject_words(&f.process)),
         slack_escape(&f.rule),
         slack_escape(if f.pool.is_empty() { "-" } else { &f.pool }),
         url

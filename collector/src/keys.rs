@@ -80,13 +80,8 @@ pub struct Labels {
 
 /// Labels for a finding.
 pub fn labels_of(f: &Finding) -> Labels {
-    let process = if !f.process.comm.is_empty() {
-        f.process.comm.clone()
-    } else if let Some(flow) = &f.flow {
-        format!("flow {}", flow.server)
-    } else {
-        f.process.exe.rsplit('/').next().unwrap_or("").to_string()
-    };
+    // the process's name, the flow's server, or the host subject ("persistence /etc/cron.d/x")
+    let process = f.subject_label();
     let rule = f
         .evidence
         .iter()

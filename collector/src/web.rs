@@ -98,7 +98,7 @@ fn findings_table(list: &[FindingView]) -> Markup {
     html! {
         @if list.is_empty() { p { "None." } } @else {
             table {
-                tr { th { "severity" } th { "state" } th { "host" } th { "process" } th { "rule" } th { "pool" } th { "last seen" } }
+                tr { th { "severity" } th { "state" } th { "host" } th { "subject" } th { "rule" } th { "pool" } th { "last seen" } }
                 @for f in list {
                     tr {
                         td { (sev(&f.severity)) }
@@ -269,6 +269,24 @@ async fn finding_page(State(app): State<Arc<App>>, headers: HeaderMap, Path((hos
     let body = html! {
         p { (sev(&f.severity)) " on " a href={ "/hosts/" (pct(&f.host)) } { (f.host) } " — state " b id="state" { (f.state) }
             @if !f.state_reason.is_empty() { " (" (f.state_reason) ")" } }
+        @if let Some(subject) = d.finding["subject"].as_object() {
+            h2 { "On the host" }
+            table id="subject" {
+                tr { th { "what" } td { (s(&subject["kind"])) } }
+                tr { th { "which" } td { code id="subject-name" { (s(&subject["name"])) } } }
+                tr { th { "first seen" } td { (when(f.first_seen)) } }
+                tr { th { "last seen" } td { (when(f.last_seen)) } }
+            }
+        } @else if let Some(flow) = d.finding["flow"].as_object() {
+            h2 { "Flow (no process found)" }
+            table id="flow" {
+                tr { th { "client" } td { code { (s(&flow["client"])) } } }
+                tr { th { "server" } td { code { (s(&flow["server"])) } } }
+                tr { th { "transport" } td { (s(&flow["transport"])) } }
+                tr { th { "first seen" } td { (when(f.first_seen)) } }
+                tr { th { "last seen" } td { (when(f.last_seen)) } }
+            }
+        } @else {
         h2 { "Process" }
         table {
             tr { th { "name" } td { code id="process" { (s(&p["comm"])) } } }
@@ -282,6 +300,7 @@ async fn finding_page(State(app): State<Arc<App>>, headers: HeaderMap, Path((hos
             }
             tr { th { "first seen" } td { (when(f.first_seen)) } }
             tr { th { "last seen" } td { (when(f.last_seen)) } }
+        }
         }
         h2 { "Evidence" }
         table id="evidence" {

@@ -15,5 +15,8 @@ pub mod rules;
 
 pub use compiled::{ContentScanner, Signatures};
 pub use load::{load, Loaded};
-pub use model::{finding_id, score, Evidence, EvidenceKind, Finding, FlowInfo, Origin, ProcessInfo, Severity, Weight};
+pub use model::{
+    finding_id, score, score_host, Evidence, EvidenceKind, Finding, FlowInfo, HostSubject, Origin, ProcessInfo, Severity, SubjectKind,
+    Weight,
+};
 pub use rules::{Rule, RuleError, RuleKind};

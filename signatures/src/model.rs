@@ -143,6 +143,8 @@ pub enum EvidenceKind {
     Wallet { coin: String, address: String, source: String },
     /// The executable's SHA-256 is a known miner.
     BinaryHash { sha256: String, path: String },
+    /// A kernel module hidden from the module list (a rootkit's habit).
+    KernelModule { name: String, how: String },
     /// Strings of a miner inside the executable (or its memory).
     BinaryContent {
         strings: Vec<String>,
@@ -246,6 +248,7 @@ impl EvidenceKind {
             EvidenceKind::Throttled { .. } => "throttled",
             EvidenceKind::Packed { .. } => "packed",
             EvidenceKind::CgroupCpu { .. } => "cgroup_cpu",
+            EvidenceKind::KernelModule { .. } => "kernel_module",
         }
     }
 
@@ -286,6 +289,7 @@ impl EvidenceKind {
                 dialect, method, remote, ..
             } => format!("stratum {dialect} {method} with {remote}"),
             HiddenProcess { how } => format!("hidden process: {how}"),
+            KernelModule { name, how } => format!("kernel module {name}: {how}"),
             Preload { library, source } => format!("preload {library} ({source})"),
             Persistence { path, entry } => format!("persistence {path}: {entry}"),
             MinerConfig { path, pools, .. } => format!("miner config {path} pools {}", pools.join(", ")),
@@ -354,6 +358,62 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
     None
 }
 
+/// Scores the evidence of a host finding (a persistence entry, a preload
+/// library, a hidden module, a cgroup): what a process would score, and at
+/// least the strongest single weight, since a host subject has no CPU of its
+/// own to add (a cron line with a pool URL and a wallet is `confirmed`, a
+/// lone preload library `suspicious`). Info alone is no finding.
+pub fn score_host(evidence: &[Evidence]) -> Option<Severity> {
+    let strongest = match evidence.iter().map(|e| e.weight).max()? {
+        Weight::Info => None,
+        Weight::Suspicious => Some(Severity::Suspicious),
+        Weight::Likely => Some(Severity::Likely),
+        Weight::Confirmed => Some(Severity::Confirmed),
+    };
+    score(evidence).max(strongest)
+}
+
+/// What a host finding is about, when it is not a process or a flow.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// A cron entry, systemd unit or rc script that starts a miner.
+    Persistence,
+    /// A library every program loads (`/etc/ld.so.preload`).
+    Preload,
+    /// A kernel module hidden from `/proc/modules`.
+    KernelModule,
+    /// A cgroup whose CPU its listed processes do not account for.
+    Cgroup,
+}
+
+impl SubjectKind {
+    /// The snake_case name used in JSON, metrics and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Persistence => "persistence",
+            SubjectKind::Preload => "preload",
+            SubjectKind::KernelModule => "kernel_module",
+            SubjectKind::Cgroup => "cgroup",
+        }
+    }
+}
+
+/// The subject of a host finding: a file, a module or a cgroup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostSubject {
+    /// What kind of thing it is.
+    pub kind: SubjectKind,
+    /// Which one: the file's path on the host, the module's name, the cgroup's path.
+    pub name: String,
+}
+
+impl fmt::Display for HostSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.name)
+    }
+}
+
 /// What the agent knows of a process, as a finding reports it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[allow(missing_docs)]
@@ -403,6 +463,10 @@ pub struct Finding {
     /// flows whose socket could not be found).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<FlowInfo>,
+    /// What a host finding is about (a persistence file, a preload library,
+    /// a hidden kernel module, a cgroup); absent for process and flow findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<HostSubject>,
     /// Cores used over the last window, if measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
@@ -434,6 +498,7 @@ impl Finding {
             process,
             evidence,
             flow: None,
+            subject: None,
             cpu_cores,
             gpu,
             first_seen: now,
@@ -522,11 +587,55 @@ impl Finding {
             process: ProcessInfo::default(),
             evidence,
             flow: Some(flow),
+            subject: None,
             cpu_cores: None,
             gpu: None,
             first_seen: now,
             last_seen: now,
         })
+    }
+}
+
+impl Finding {
+    /// A finding about the host itself (see [`HostSubject`]), scored by
+    /// [`score_host`]. Its id is stable for the same subject on the same host.
+    pub fn for_host(host: &str, subject: HostSubject, mut evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
+        let severity = score_host(&evidence)?;
+        evidence.sort_by_key(|e| std::cmp::Reverse(e.weight));
+        let id = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(format!("{host}\0host\0{}\0{}", subject.kind.as_str(), subject.name));
+            hex::encode(&h.finalize()[..8])
+        };
+        Some(Finding {
+            id,
+            severity,
+            host: host.to_string(),
+            pid: None,
+            process: ProcessInfo::default(),
+            evidence,
+            flow: None,
+            subject: Some(subject),
+            cpu_cores: None,
+            gpu: None,
+            first_seen: now,
+            last_seen: now,
+        })
+    }
+
+    /// A short name of what the finding is about: the process's name, the
+    /// flow's server, or the host subject.
+    pub fn subject_label(&self) -> String {
+        if let Some(s) = &self.subject {
+            s.to_string()
+        } else if let Some(flow) = &self.flow {
+            format!("flow {}", flow.server)
+        } else if !self.process.comm.is_empty() {
+            self.process.comm.clone()
+        } else {
+            self.process.exe.rsplit('/').next().unwrap_or("").to_string()
+        }
     }
 }
 

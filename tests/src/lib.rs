@@ -342,3 +342,69 @@ pub fn start_xmrig(minersim: &str, dir: &std::path::Path, wallet: &str, idle: u3
     let pid = m.id();
     (KillOnDrop(m), pid)
 }
+
+/// A real Alertmanager (Debian's prometheus-alertmanager) on a free loopback
+/// port, with a blackhole receiver; stopped on drop.
+pub struct Alertmanager {
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Alertmanager {
+    /// Starts it and waits until it is ready; `None` (with a SKIPPED line) when it is not installed.
+    pub fn start() -> Option<Alertmanager> {
+        let exe = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(exe) = exe else {
+            eprintln!("SKIPPED: prometheus-alertmanager not installed (apt-get install prometheus-alertmanager)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &cfg,
+            "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(exe)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
+            .spawn()
+            .unwrap();
+        let am = Alertmanager {
+            _dir: dir,
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "alertmanager did not become ready");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(am)
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -459,10 +459,19 @@ fn persistence_entries_are_linked_to_the_process_they_start() {
         !has(&f, "persistence", |e| text(e, "path") == "/etc/cron.d/benign"),
         "an entry with no miner signs is no evidence: {f}"
     );
-    let warnings = v["warnings"].to_string();
+    // the unit whose miner is not running is a finding about the host
+    let unit = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subject"]["name"] == "/etc/systemd/system/moneroocean_miner.service")
+        .unwrap_or_else(|| panic!("no host finding for the miner unit: {v}"));
+    assert_eq!(unit["subject"]["kind"], "persistence");
+    assert_eq!(unit["severity"], "likely", "a miner-named unit running xmrig: {unit}");
     assert!(
-        warnings.contains("/etc/systemd/system/moneroocean_miner.service starts a miner (not running now)"),
-        "{warnings}"
+        has(unit, "persistence", |e| text(e, "entry").contains("/root/moneroocean/xmrig")
+            && e["weight"] == "likely"),
+        "{unit}"
     );
 }
 

@@ -27,6 +27,44 @@ pub struct Config {
     pub gpu: GpuConfig,
 }
 
+impl Config {
+    /// The engine's settings: the one place the configuration becomes
+    /// sensor and detector options (`scan` overlays its flags on a default
+    /// `Config` and comes through here too). With `once` (a single pass, no
+    /// window) the sensors that need time (sockets, capture) stay off.
+    pub fn engine(&self, once: bool) -> crate::engine::EngineConfig {
+        let (s, on) = (&self.scan, &self.sensors);
+        crate::engine::EngineConfig {
+            proc_root: s.proc_root.clone(),
+            cpu_window: std::time::Duration::from_secs_f64(s.cpu_window_seconds.max(0.0)),
+            detector: crate::detector::DetectorConfig {
+                cpu_cores_threshold: s.cpu_threshold_cores,
+                long_window_seconds: s.long_window_seconds,
+                long_window_cores_threshold: s.long_window_cores_threshold,
+                host_root: s.host_root.clone(),
+                ..Default::default()
+            },
+            sensors: crate::sensors::SensorOptions {
+                max_binary_bytes: s.max_binary_bytes,
+                binary_bytes_per_pass: s.binary_bytes_per_pass,
+                binary: on.binary,
+                minerconfig: on.minerconfig,
+                sockets: on.sockets && !once,
+                capture: on.capture && !once,
+                gpu: on.gpu,
+                nvml_library: self.gpu.nvml_library.clone(),
+                gpu_scheduler_cgroups: self.gpu.scheduler_cgroups.clone(),
+                hidden: on.hidden,
+                persistence: on.persistence,
+                host_root: s.host_root.clone(),
+                cgroup_cpu: on.cgroup_cpu,
+                long_window_seconds: s.long_window_seconds,
+                long_window_cores_threshold: s.long_window_cores_threshold,
+            },
+        }
+    }
+}
+
 /// Scanning.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -63,8 +101,8 @@ impl Default for ScanConfig {
             interval_seconds: 10.0,
             cpu_window_seconds: 10.0,
             cpu_threshold_cores: 0.5,
-            proc_root: PathBuf::from("/proc"),
-            host_root: PathBuf::from("/"),
+            proc_root: PathBuf::from(crate::paths::PROC),
+            host_root: PathBuf::from(crate::paths::ROOT),
             long_window_seconds: 60.0,
             long_window_cores_threshold: 0.15,
             max_binary_bytes: 64 * 1024 * 1024,
@@ -99,6 +137,23 @@ pub struct SensorsConfig {
     pub cgroup_cpu: bool,
 }
 
+impl SensorsConfig {
+    /// Every sensor off (a command that wants one sensor switches it on).
+    pub fn none() -> SensorsConfig {
+        SensorsConfig {
+            exec_events: false,
+            binary: false,
+            minerconfig: false,
+            sockets: false,
+            capture: false,
+            gpu: false,
+            hidden: false,
+            persistence: false,
+            cgroup_cpu: false,
+        }
+    }
+}
+
 impl Default for SensorsConfig {
     fn default() -> Self {
         SensorsConfig {
@@ -126,7 +181,7 @@ pub struct SignaturesConfig {
 impl Default for SignaturesConfig {
     fn default() -> Self {
         SignaturesConfig {
-            dirs: vec![PathBuf::from("/etc/rigwatch/signatures.d")],
+            dirs: vec![PathBuf::from(crate::paths::SIGNATURE_DIR)],
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub sensor_duration: GaugeVec,
     /// rigwatch_sensor_errors_total{sensor}
     pub sensor_errors: IntCounterVec,
+    /// rigwatch_sensor_stat{sensor,stat}: every counter a sensor keeps
+    pub sensor_stat: IntGaugeVec,
     /// rigwatch_findings_active{severity}
     pub findings_active: IntGaugeVec,
     /// rigwatch_finding_active{id,severity,rule,comm,pid,namespace,pod}
@@ -95,6 +97,11 @@ impl Metrics {
                 &["sensor"]
             )),
             sensor_errors: reg!(icv("rigwatch_sensor_errors_total", "Passes in which a sensor failed.", &["sensor"])),
+            sensor_stat: reg!(igv(
+                "rigwatch_sensor_stat",
+                "A sensor's own counters after its last pass (binaries_read, capture_packets, persistence_entries, …).",
+                &["sensor", "stat"]
+            )),
             findings_active: reg!(igv("rigwatch_findings_active", "Active findings by severity.", &["severity"])),
             finding_active: reg!(igv(
                 "rigwatch_finding_active",
@@ -160,12 +167,22 @@ impl Metrics {
         for s in [Severity::Confirmed, Severity::Likely, Severity::Suspicious] {
             m.findings_active.with_label_values(&[s.as_str()]).set(0);
         }
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
-            let _ = m.registry.register(Box::new(pc));
-        }
+        let _ = m.registry.register(Box::new(SelfCollector::new()));
         m
+    }
+
+    /// Takes one sensor's report of a full pass: up, duration, errors, counters.
+    pub fn observe_sensor(&self, r: &crate::engine::SensorReport) {
+        self.sensor_up.with_label_values(&[r.name]).set(r.up as i64);
+        self.sensor_duration.with_label_values(&[r.name]).set(r.seconds);
+        if !r.up {
+            self.sensor_errors.with_label_values(&[r.name]).inc();
+        }
+        for (stat, v) in &r.counters {
+            self.sensor_stat
+                .with_label_values(&[r.name, stat])
+                .set(i64::try_from(*v).unwrap_or(i64::MAX));
+        }
     }
 
     /// Sets the active-finding series from the current findings (most severe first).
@@ -183,10 +200,10 @@ impl Metrics {
         for f in sorted.into_iter().take(cap) {
             let rule = main_rule(f);
             let pid = f.pid.map(|p| p.to_string()).unwrap_or_default();
-            let comm = if f.flow.is_some() {
-                "(flow)".to_string()
-            } else {
-                label(&f.process.comm)
+            let comm = match (&f.subject, &f.flow) {
+                (Some(s), _) => format!("({})", s.kind.as_str()),
+                (None, Some(_)) => "(flow)".to_string(),
+                (None, None) => label(&f.process.comm),
             };
             self.finding_active
                 .with_label_values(&[
@@ -223,6 +240,74 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
+    }
+}
+
+/// The agent's own CPU and memory, as the standard `process_*` metrics.
+/// prometheus' own process collector counts CPU in whole seconds (an agent
+/// that uses 0.1 % of a core reads 0 for many minutes); this one counts ticks.
+struct SelfCollector {
+    cpu: prometheus::Counter,
+    rss: IntGauge,
+    vsz: IntGauge,
+    fds: IntGauge,
+    threads: IntGauge,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+impl SelfCollector {
+    fn new() -> SelfCollector {
+        use prometheus::core::Collector;
+        let cpu = prometheus::Counter::new("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.").unwrap();
+        let rss = IntGauge::new("process_resident_memory_bytes", "Resident memory size in bytes.").unwrap();
+        let vsz = IntGauge::new("process_virtual_memory_bytes", "Virtual memory size in bytes.").unwrap();
+        let fds = IntGauge::new("process_open_fds", "Number of open file descriptors.").unwrap();
+        let threads = IntGauge::new("process_threads", "Number of OS threads in the process.").unwrap();
+        let descs = [cpu.desc(), rss.desc(), vsz.desc(), fds.desc(), threads.desc()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        SelfCollector {
+            cpu,
+            rss,
+            vsz,
+            fds,
+            threads,
+            descs,
+        }
+    }
+}
+
+impl prometheus::core::Collector for SelfCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Ok(me) = procfs::process::Process::myself() {
+            if let Ok(stat) = me.stat() {
+                let secs = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second().max(1) as f64;
+                let before = self.cpu.get();
+                if secs > before {
+                    self.cpu.inc_by(secs - before);
+                }
+                self.rss.set((stat.rss * procfs::page_size()) as i64);
+                self.vsz.set(stat.vsize as i64);
+                self.threads.set(stat.num_threads);
+            }
+            if let Ok(n) = me.fd_count() {
+                self.fds.set(n as i64);
+            }
+        }
+        [
+            self.cpu.collect(),
+            self.rss.collect(),
+            self.vsz.collect(),
+            self.fds.collect(),
+            self.threads.collect(),
+        ]
+        .concat()
     }
 }
 

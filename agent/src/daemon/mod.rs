@@ -14,9 +14,9 @@ pub mod shipper;
 pub mod spool;
 pub mod tracker;
 
-use crate::detector::{Detector, DetectorConfig};
+use crate::engine::{Engine, Pass};
 use crate::scan::{host_name, unix_now};
-use crate::sensors::{self, ProcessSensor, Sensor, SensorOptions, Snapshot};
+use crate::sensors;
 use config::Config;
 use metrics::Metrics;
 use rigwatch_signatures::report::{EventKind, SensorStatus};
@@ -138,47 +138,13 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         Some(rt)
     };
 
-    let opts = SensorOptions {
-        max_binary_bytes: cfg.scan.max_binary_bytes,
-        binary_bytes_per_pass: cfg.scan.binary_bytes_per_pass,
-        sockets: cfg.sensors.sockets && !once,
-        capture: cfg.sensors.capture && !once,
-        gpu: cfg.sensors.gpu,
-        nvml_library: cfg.gpu.nvml_library.clone(),
-        gpu_scheduler_cgroups: cfg.gpu.scheduler_cgroups.clone(),
-        hidden: cfg.sensors.hidden,
-        persistence: cfg.sensors.persistence,
-        host_root: cfg.scan.host_root.clone(),
-        cgroup_cpu: cfg.sensors.cgroup_cpu,
-        long_window_seconds: cfg.scan.long_window_seconds,
-        long_window_cores_threshold: cfg.scan.long_window_cores_threshold,
-    };
-    let root = cfg.scan.proc_root.clone();
-    let mut procs = ProcessSensor::new(&root);
-    let mut sensors: Vec<Box<dyn Sensor>> = sensors::registry(sig.clone(), &root, &opts)
-        .into_iter()
-        .filter(|s| match s.name() {
-            "binary" => cfg.sensors.binary,
-            "minerconfig" => cfg.sensors.minerconfig,
-            _ => true,
-        })
-        .collect();
-    let dcfg = DetectorConfig {
-        cpu_cores_threshold: cfg.scan.cpu_threshold_cores,
-        long_window_seconds: cfg.scan.long_window_seconds,
-        long_window_cores_threshold: cfg.scan.long_window_cores_threshold,
-        host_root: cfg.scan.host_root.clone(),
-        ..Default::default()
-    };
-    let mut detector = Detector::new(sig.clone(), dcfg, &host);
+    let mut engine = Engine::new(sig.clone(), &host, &cfg.engine(once));
     // with a spool, the active set survives restarts next to it
     let tracker_file = shared.spool.as_ref().map(|_| cfg.collector.spool_dir.join("active.json"));
     let mut tracker = tracker_file.as_deref().map(Tracker::load).unwrap_or_default();
-    let mut responder = response::Responder::new(cfg.response.clone(), &root);
+    let mut responder = response::Responder::new(cfg.response.clone(), &cfg.scan.proc_root);
     let interval = Duration::from_secs_f64(cfg.scan.interval_seconds.max(0.1));
-    let window = Duration::from_secs_f64(cfg.scan.cpu_window_seconds.max(0.1));
     let heartbeat = Duration::from_secs_f64(cfg.collector.heartbeat_seconds.max(1.0));
-    let mut base: Option<Snapshot> = None;
     let mut said_unavailable = std::collections::HashSet::new();
     let mut next_pass = Instant::now();
     let mut next_beat = Instant::now();
@@ -214,10 +180,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                     m.signatures_reload_ok.set(1);
                     *shared.signatures_version.lock().unwrap_or_else(|e| e.into_inner()) = new.version.clone();
                     sig = new;
-                    detector.set_signatures(sig.clone());
-                    for s in sensors.iter_mut() {
-                        s.set_signatures(sig.clone());
-                    }
+                    engine.set_signatures(sig.clone());
                     log(
                         "signatures_reloaded",
                         serde_json::json!({"version": sig.version, "rules": sig.rules().len()}),
@@ -241,29 +204,23 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
             emit(&shared, now, EventKind::Heartbeat {});
         }
         // network evidence waiting is worth a full pass now (at most one a second)
-        let network = last_full.elapsed() >= NETWORK_POLL * 2 && sensors.iter().any(|s| s.wants_pass());
+        let network = last_full.elapsed() >= NETWORK_POLL * 2 && engine.wants_pass();
         let full = Instant::now() >= next_pass || network;
         if !full && exec_due.is_some_and(|d| Instant::now() >= d) {
             exec_due = None;
-            let pids = std::mem::take(&mut exec_pids);
-            let started = Instant::now();
-            let cur = procs.sample_pids(&pids);
-            let mut obs = Vec::new();
-            for s in sensors.iter_mut().filter(|s| s.per_process()) {
-                let _ = s.observe(&cur, &mut obs);
-            }
-            let findings = detector.assess(None, &cur, &obs, now);
-            let mut changes = tracker.update(findings, &|_, _| true, now, true);
-            changes.extend(tracker.resolve_exited(&mut |pid, start| procs.read_one(pid).is_some_and(|p| p.key.start_time == start)));
-            let save = !changes.is_empty();
-            apply(changes, &shared, &mut responder, now);
-            if let (Some(path), true) = (&tracker_file, save) {
-                if let Err(e) = tracker.save(path) {
-                    log("state_error", serde_json::json!(e.to_string()));
-                }
-            }
-            m.set_findings(&tracker.active(), cfg.metrics.max_finding_series);
-            m.pass_duration.observe(started.elapsed().as_secs_f64());
+            let out = engine.pass(Pass::Pids(std::mem::take(&mut exec_pids)), now)?;
+            let mut changes = tracker.update(out.findings, &mut |_, _| true, now, true);
+            changes.extend(tracker.resolve_exited(&mut |pid, start| engine.alive(pid, start)));
+            settle(
+                changes,
+                &shared,
+                &mut responder,
+                &tracker,
+                tracker_file.as_deref(),
+                cfg.metrics.max_finding_series,
+                now,
+            );
+            m.pass_duration.observe(out.seconds);
             continue;
         }
         if !full {
@@ -273,72 +230,72 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         last_full = Instant::now();
         exec_pids.clear();
         exec_due = None;
-        let started = Instant::now();
-        let cur = procs.sample().map_err(|e| anyhow::anyhow!("cannot list {}: {e}", root.display()))?;
-        let mut obs = Vec::new();
-        let mut status = vec![SensorStatus {
-            name: "process".into(),
-            up: true,
-            message: None,
-        }];
-        if let Some(Some(why)) = &exec_up {
+        let out = engine.pass(Pass::Full, now)?;
+        let mut status = Vec::new();
+        if let Some(up) = &exec_up {
             status.push(SensorStatus {
                 name: "exec_events".into(),
-                up: false,
-                message: Some(why.clone()),
+                up: up.is_none(),
+                message: up.clone(),
             });
-            m.sensor_up.with_label_values(&["exec_events"]).set(0);
-        } else if exec_up.is_some() {
-            status.push(SensorStatus {
-                name: "exec_events".into(),
-                up: true,
-                message: None,
-            });
-            m.sensor_up.with_label_values(&["exec_events"]).set(1);
+            m.sensor_up.with_label_values(&["exec_events"]).set(up.is_none() as i64);
         }
-        m.sensor_up.with_label_values(&["process"]).set(1);
-        for s in sensors.iter_mut() {
-            let t = Instant::now();
-            let r = s.observe(&cur, &mut obs);
-            m.sensor_duration.with_label_values(&[s.name()]).set(t.elapsed().as_secs_f64());
-            m.sensor_up.with_label_values(&[s.name()]).set(r.is_ok() as i64);
-            if let Err(e) = &r {
-                m.sensor_errors.with_label_values(&[s.name()]).inc();
-                if said_unavailable.insert(s.name()) {
-                    log("sensor_unavailable", serde_json::json!({"sensor": s.name(), "why": e.message}));
+        for r in &out.reports {
+            m.observe_sensor(r);
+            if let (Some(why), true) = (&r.reason, !r.up) {
+                if said_unavailable.insert(r.name) {
+                    log("sensor_unavailable", serde_json::json!({"sensor": r.name, "why": why}));
                 }
             }
             status.push(SensorStatus {
-                name: s.name().into(),
-                up: r.is_ok(),
-                message: r.err().map(|e| e.message),
+                name: r.name.into(),
+                up: r.up,
+                message: r.reason.clone(),
             });
         }
+        status.sort_by_key(|s| s.name != "process");
         *shared.sensors.lock().unwrap_or_else(|e| e.into_inner()) = status;
-        let findings = detector.assess(base.as_ref(), &cur, &obs, now);
-        let alive = |pid: u32, start: u64| cur.procs.keys().any(|k| k.pid == pid && k.start_time == start);
-        let changes = tracker.update(findings, &alive, now, false);
-        // events reach the spool first, then the saved state: a crash in
-        // between repeats an event (harmless) rather than losing one
-        let save = !changes.is_empty();
-        apply(changes, &shared, &mut responder, now);
-        if let (Some(path), true) = (&tracker_file, save) {
-            if let Err(e) = tracker.save(path) {
-                log("state_error", serde_json::json!(e.to_string()));
-            }
-        }
-        m.set_findings(&tracker.active(), cfg.metrics.max_finding_series);
-        m.processes.set(cur.procs.len() as i64);
-        m.pass_duration.observe(started.elapsed().as_secs_f64());
+        let changes = tracker.update(out.findings, &mut |pid, start| engine.alive(pid, start), now, false);
+        settle(
+            changes,
+            &shared,
+            &mut responder,
+            &tracker,
+            tracker_file.as_deref(),
+            cfg.metrics.max_finding_series,
+            now,
+        );
+        m.processes.set(out.processes as i64);
+        m.pass_duration.observe(out.seconds);
         m.last_pass.set(now as f64);
-        if base.as_ref().is_none_or(|b| cur.at.duration_since(b.at) >= window) {
-            base = Some(cur);
-        }
         if once {
             std::io::Write::write_all(&mut std::io::stdout(), &m.render())?;
             return Ok(());
         }
     }
+}
+
+/// Applies a pass's changes: events reach the spool first, then the saved
+/// state (a crash in between repeats an event, harmless, rather than losing
+/// one); then the finding metrics.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    changes: Vec<Change>,
+    shared: &Shared,
+    responder: &mut response::Responder,
+    tracker: &Tracker,
+    file: Option<&std::path::Path>,
+    max_series: usize,
+    now: u64,
+) {
+    let save = !changes.is_empty();
+    apply(changes, shared, responder, now);
+    if let (Some(path), true) = (file, save) {
+        if let Err(e) = tracker.save(path) {
+            log("state_error", serde_json::json!(e.to_string()));
+        }
+    }
+    shared.metrics.set_findings(&tracker.active(), max_series);
 }
 
 /// Logs, counts, responds to and spools each change.

@@ -92,7 +92,7 @@ impl Tracker {
     /// Takes a pass's findings. `alive(pid, start_time)` says whether a
     /// process still exists (to tell "exited" from "evidence gone").
     /// With `partial` (an exec-triggered pass over a few processes), nothing is resolved.
-    pub fn update(&mut self, findings: Vec<Finding>, alive: &dyn Fn(u32, u64) -> bool, now: u64, partial: bool) -> Vec<Change> {
+    pub fn update(&mut self, findings: Vec<Finding>, alive: &mut dyn FnMut(u32, u64) -> bool, now: u64, partial: bool) -> Vec<Change> {
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for mut f in findings {
@@ -128,6 +128,7 @@ impl Tracker {
             let reason = match f.pid {
                 Some(pid) if !alive(pid, f.process.start_time) => "process exited",
                 Some(_) => "evidence gone",
+                None if f.subject.is_some() => "no longer seen on the host",
                 None => "flow not seen again",
             };
             out.push(Change::Resolved { id, reason: reason.into() });
@@ -187,13 +188,13 @@ mod tests {
     #[test]
     fn open_update_resolve() {
         let mut t = Tracker::default();
-        let c = t.update(vec![finding(10, 1.0, false)], &|_, _| true, 100, false);
+        let c = t.update(vec![finding(10, 1.0, false)], &mut |_, _| true, 100, false);
         assert!(matches!(&c[..], [Change::Opened(f)] if f.first_seen == 100));
         // CPU changes alone are no update
-        assert!(t.update(vec![finding(10, 1.7, false)], &|_, _| true, 110, false).is_empty());
-        let c = t.update(vec![finding(10, 1.7, true)], &|_, _| true, 120, false);
+        assert!(t.update(vec![finding(10, 1.7, false)], &mut |_, _| true, 110, false).is_empty());
+        let c = t.update(vec![finding(10, 1.7, true)], &mut |_, _| true, 120, false);
         assert!(matches!(&c[..], [Change::Updated(f)] if f.severity == rigwatch_signatures::Severity::Confirmed && f.first_seen == 100));
-        let c = t.update(vec![], &|_, _| false, 130, false);
+        let c = t.update(vec![], &mut |_, _| false, 130, false);
         assert_eq!(
             c,
             vec![Change::Resolved {
@@ -201,8 +202,8 @@ mod tests {
                 reason: "process exited".into()
             }]
         );
-        t.update(vec![finding(11, 1.0, false)], &|_, _| true, 140, false);
-        let c = t.update(vec![], &|_, _| true, 150, false);
+        t.update(vec![finding(11, 1.0, false)], &mut |_, _| true, 140, false);
+        let c = t.update(vec![], &mut |_, _| true, 150, false);
         assert!(matches!(&c[..], [Change::Resolved { reason, .. }] if reason == "evidence gone"));
         assert!(t.active().is_empty());
     }

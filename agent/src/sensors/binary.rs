@@ -66,7 +66,7 @@ impl BinarySensor {
             bytes_read: 0,
             pass_budget: u64::MAX,
             by_mem: HashMap::new(),
-            own_exe: std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino())),
+            own_exe: std::fs::metadata(crate::paths::self_exe()).ok().map(|m| (m.dev(), m.ino())),
         }
     }
 
@@ -448,7 +448,7 @@ impl Sensor for BinarySensor {
         Ok(())
     }
 
-    fn unreadable(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         if self.denied > 0 {
             vec![format!(
                 "executables of {} processes: permission denied (run as root or with CAP_SYS_PTRACE)",

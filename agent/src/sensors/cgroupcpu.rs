@@ -4,10 +4,12 @@
 //! listing does not show: a miner restarted every minute by cron or a
 //! watchdog (no single process lives long enough to count), or one hidden
 //! from /proc. Such CPU becomes `cgroup_cpu` evidence (activity, like `cpu`)
-//! on the cgroup's listed processes, and a scan note names the cgroup.
+//! on the cgroup's listed processes. CPU that not even the listed processes'
+//! reaped children account for (a process hidden from the listing, or one
+//! that escaped its parent) is a host finding about the cgroup.
 
 use super::{Observation, ProcKey, Sensor, SensorError, Snapshot};
-use rigwatch_signatures::{Evidence, EvidenceKind, Weight};
+use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, SubjectKind, Weight};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +20,8 @@ const MAX_CGROUPS: usize = 4096;
 struct Sample {
     at: Instant,
     usage_usec: u64,
-    ticks: HashMap<ProcKey, u64>,
+    /// Per listed process: its own ticks, and its own plus its reaped children's.
+    ticks: HashMap<ProcKey, (u64, u64)>,
 }
 
 /// The per-cgroup CPU sensor.
@@ -75,14 +78,17 @@ impl Sensor for CgroupCpuSensor {
             return Ok(());
         }
         self.notes.clear();
-        let mut members: HashMap<&str, Vec<(ProcKey, u64)>> = HashMap::new();
+        let mut members: HashMap<&str, Vec<(ProcKey, (u64, u64))>> = HashMap::new();
         for p in snap.procs.values() {
             // the root cgroup's account is the whole machine's
             if p.kernel_thread || p.fixed.cgroup.is_empty() || p.fixed.cgroup == "/" {
                 continue;
             }
             if members.len() < MAX_CGROUPS || members.contains_key(p.fixed.cgroup.as_str()) {
-                members.entry(p.fixed.cgroup.as_str()).or_default().push((p.key, p.cpu_ticks));
+                members
+                    .entry(p.fixed.cgroup.as_str())
+                    .or_default()
+                    .push((p.key, (p.cpu_ticks, p.cpu_ticks + p.child_ticks)));
             }
         }
         self.history.retain(|cg, _| members.contains_key(cg.as_str()));
@@ -103,13 +109,17 @@ impl Sensor for CgroupCpuSensor {
             if let Some(base) = h.front() {
                 let secs = snap.at.saturating_duration_since(base.at).as_secs_f64();
                 if secs >= self.window && usage >= base.usage_usec {
-                    let listed_usec: f64 = procs
-                        .iter()
-                        .map(|(k, t)| t.saturating_sub(base.ticks.get(k).copied().unwrap_or(0)) as f64 * usec_per_tick)
-                        .sum();
+                    let (mut listed_usec, mut with_children_usec) = (0.0, 0.0);
+                    for (k, (own, all)) in &procs {
+                        let (own0, all0) = base.ticks.get(k).copied().unwrap_or((0, 0));
+                        listed_usec += own.saturating_sub(own0) as f64 * usec_per_tick;
+                        with_children_usec += all.saturating_sub(all0) as f64 * usec_per_tick;
+                    }
                     let used = (usage - base.usage_usec) as f64;
                     let cores = used / secs / 1e6;
                     let unaccounted = (used - listed_usec).max(0.0) / secs / 1e6;
+                    // not even the listed processes' reaped children used it: hidden or escaped processes
+                    let unexplained = (used - with_children_usec).max(0.0) / secs / 1e6;
                     if unaccounted >= self.threshold {
                         let round2 = |x: f64| (x * 100.0).round() / 100.0;
                         let detail = EvidenceKind::CgroupCpu {
@@ -118,11 +128,24 @@ impl Sensor for CgroupCpuSensor {
                             unaccounted_cores: round2(unaccounted),
                             window_seconds: round2(secs),
                         };
-                        let note = format!("cpu: {}", detail.summary());
                         for (k, _) in &procs {
                             out.push(Observation::Evidence(*k, Evidence::heuristic(detail.clone(), Weight::Info)));
                         }
-                        self.notes.push(note);
+                        if unexplained >= self.threshold {
+                            // a host finding of its own: a build's short-lived compilers are
+                            // reaped by a listed parent, a hidden miner's CPU is nobody's
+                            let detail = EvidenceKind::CgroupCpu {
+                                cgroup: cg.to_string(),
+                                cores: round2(cores),
+                                unaccounted_cores: round2(unexplained),
+                                window_seconds: round2(secs),
+                            };
+                            let subject = HostSubject {
+                                kind: SubjectKind::Cgroup,
+                                name: cg.to_string(),
+                            };
+                            out.push(Observation::Host(subject, Evidence::heuristic(detail, Weight::Suspicious)));
+                        }
                     }
                 }
             }
@@ -135,7 +158,7 @@ impl Sensor for CgroupCpuSensor {
         Ok(())
     }
 
-    fn unreadable(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         self.notes.clone()
     }
 
@@ -161,6 +184,7 @@ mod tests {
             nice: 0,
             policy: 0,
             cpu_ticks: ticks,
+            child_ticks: 0,
             kernel_thread: false,
             fixed: Arc::new(ProcStatic {
                 cgroup: cgroup.into(),
@@ -228,9 +252,16 @@ mod tests {
         .unwrap();
         let ev: Vec<_> = out
             .iter()
-            .map(|o| match o {
-                Observation::Evidence(k, e) => (k.pid, e.clone()),
-                _ => panic!("evidence only"),
+            .filter_map(|o| match o {
+                Observation::Evidence(k, e) => Some((k.pid, e.clone())),
+                _ => None,
+            })
+            .collect();
+        let host: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Host(s, e) => Some((s.clone(), e.clone())),
+                _ => None,
             })
             .collect();
         assert_eq!(ev.len(), 1, "only cron's CPU is unaccounted: {ev:?}");
@@ -248,10 +279,46 @@ mod tests {
             d => panic!("{d:?}"),
         }
         assert_eq!(ev[0].1.weight, Weight::Info);
+        assert_eq!(host.len(), 1, "the cgroup is a host finding: {host:?}");
+        assert_eq!(host[0].0.kind, SubjectKind::Cgroup);
+        assert_eq!(host[0].0.name, "/system.slice/cron.service");
+        assert_eq!(host[0].1.weight, Weight::Suspicious);
         assert!(
-            s.unreadable()[0].contains("/system.slice/cron.service used 0.50 cores over 60s"),
-            "{:?}",
-            s.unreadable()
+            host[0]
+                .1
+                .summary()
+                .contains("/system.slice/cron.service used 0.50 cores over 60s, 0.45 of them"),
+            "{}",
+            host[0].1.summary()
+        );
+    }
+
+    #[test]
+    fn cpu_of_children_a_listed_process_reaped_is_no_host_finding() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::write(root.join("cgroup.controllers"), "cpu\n").unwrap();
+        std::fs::create_dir_all(root.join("user.slice/build")).unwrap();
+        let stat = |usec: u64| std::fs::write(root.join("user.slice/build/cpu.stat"), format!("usage_usec {usec}\n")).unwrap();
+        let mut s = CgroupCpuSensor::new(root, 60.0, 0.15);
+        let t0 = Instant::now();
+        stat(0);
+        let mut make = proc(30, "/user.slice/build", 10);
+        let mut out = Vec::new();
+        s.observe(&snap(t0, vec![make.clone()]), &mut out).unwrap();
+        // make used 0.1 s itself; the compilers it started and reaped used 59.9 s
+        stat(60_000_000);
+        make.cpu_ticks = 20;
+        make.child_ticks = 5990;
+        s.observe(&snap(t0 + Duration::from_secs(60), vec![make]), &mut out).unwrap();
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Observation::Evidence(k, e) if k.pid == 30 && e.kind() == "cgroup_cpu")),
+            "the CPU is still activity of the cgroup's processes: {out:?}"
+        );
+        assert!(
+            !out.iter().any(|o| matches!(o, Observation::Host(..))),
+            "reaped children explain it: {out:?}"
         );
     }
 

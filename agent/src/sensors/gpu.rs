@@ -741,7 +741,7 @@ impl Sensor for GpuSensor {
         Ok(())
     }
 
-    fn unreadable(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         let mut v = Vec::new();
         if self.unavailable {
             // the pass's error said it all
@@ -1001,6 +1001,7 @@ mod tests {
             nice: 0,
             policy: 0,
             cpu_ticks: 0,
+            child_ticks: 0,
             kernel_thread: false,
             fixed: Arc::new(ProcStatic {
                 comm: comm.into(),
@@ -1122,7 +1123,7 @@ mod tests {
             .expect("below-threshold use is still recorded");
         assert_eq!((low.utilization_percent, low.memory_bytes), (Some(10.0), 512 << 20));
         assert_eq!(s.counters(), vec![("gpus", 1), ("gpu_processes", 3)]);
-        assert!(s.unreadable().is_empty(), "{:?}", s.unreadable());
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
 
         // severities (DESIGN.md): the GPU evidence is activity
         let unscheduled = ev[&4242].clone();
@@ -1260,7 +1261,7 @@ mod tests {
         assert!(!s.nvml_loaded());
         let e = s.observe(&snap(Instant::now(), &[]), &mut Vec::new()).unwrap_err().to_string();
         assert!(e.contains("NVIDIA driver not loaded") && e.contains(lib.to_str().unwrap()), "{e}");
-        assert!(s.unreadable().is_empty(), "said once, by the error: {:?}", s.unreadable());
+        assert!(s.problems().is_empty(), "said once, by the error: {:?}", s.problems());
     }
 
     #[test]
@@ -1296,7 +1297,7 @@ mod tests {
         let mut s = GpuSensor::with_env(root.path(), cfg, None);
         let p = snap(Instant::now(), &[proc(4242, "x", "/")]);
         s.observe(&p, &mut Vec::new()).expect("up for DRM");
-        let notes = s.unreadable();
+        let notes = s.problems();
         assert!(
             notes
                 .iter()

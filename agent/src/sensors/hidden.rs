@@ -19,7 +19,7 @@
 
 use super::binary::scan_reader;
 use super::{Observation, Proc, ProcKey, ProcessSensor, Sensor, SensorError, Snapshot};
-use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, Signatures, SubjectKind, Weight};
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -156,7 +156,8 @@ pub fn parse_preload_list(text: &str) -> Vec<String> {
         .map(|l| l.split('#').next().unwrap_or(""))
         .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == ':'))
         .filter(|s| !s.is_empty())
-        .map(String::from)
+        .take(64)
+        .map(|s| s.chars().take(4096).collect())
         .collect()
 }
 
@@ -281,7 +282,7 @@ impl HiddenSensor {
         if self.alt.is_none() && self.alt_error.is_none() {
             match private_procfs() {
                 Ok(fd) => {
-                    let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                    let root = crate::paths::own_fd(fd.as_raw_fd());
                     let ps = ProcessSensor::new(&root);
                     self.alt = Some((fd, ps));
                 }
@@ -312,7 +313,7 @@ impl HiddenSensor {
                     let base = lib.rsplit('/').next().unwrap_or(&lib).to_string();
                     let in_global = global.iter().any(|g| *g == lib || *g == base);
                     let (source, weight) = if in_global {
-                        ("/etc/ld.so.preload, mapped into the process", Weight::Suspicious)
+                        ("ld.so.preload of the host, mapped into the process", Weight::Suspicious)
                     } else {
                         ("LD_PRELOAD, mapped into the process", Weight::Info)
                     };
@@ -347,6 +348,7 @@ pub fn hidden_modules(host_root: &Path) -> Vec<String> {
         .filter(|e| e.path().join("initstate").exists())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|m| !listed.contains(m.as_str()))
+        .take(256)
         .collect();
     out.sort();
     out
@@ -449,6 +451,7 @@ impl Sensor for HiddenSensor {
                     nice: 0,
                     policy: 0,
                     cpu_ticks: 0,
+                    child_ticks: 0,
                     kernel_thread: false,
                     fixed: Arc::new(Default::default()),
                 },
@@ -457,7 +460,7 @@ impl Sensor for HiddenSensor {
             if key.start_time != 0 && !self.hidden_exe.contains_key(&key) {
                 let mut content = Vec::new();
                 if let Some((fd, _)) = &self.alt {
-                    let exe = PathBuf::from(format!("/proc/self/fd/{}/{pid}/exe", fd.as_raw_fd()));
+                    let exe = crate::paths::own_fd(fd.as_raw_fd()).join(format!("{pid}/exe"));
                     if let Ok(mut f) = std::fs::File::open(&exe) {
                         let shown = p.fixed.exe.clone().unwrap_or_default();
                         let mut n = 0;
@@ -480,18 +483,29 @@ impl Sensor for HiddenSensor {
         let global = std::fs::read_to_string(self.host_root.join("etc/ld.so.preload"))
             .map(|t| parse_preload_list(&t))
             .unwrap_or_default();
-        if !global.is_empty() {
-            self.notes.push(format!(
-                "host: {} is not empty: {} (a preload library is loaded into every program)",
-                self.host_root.join("etc/ld.so.preload").display(),
-                global.join(", ")
-            ));
+        for lib in &global {
+            // loaded into every program: a finding about the host, whatever maps it now
+            let subject = HostSubject {
+                kind: SubjectKind::Preload,
+                name: lib.clone(),
+            };
+            let detail = EvidenceKind::Preload {
+                library: lib.clone(),
+                source: "ld.so.preload of the host (loaded into every program)".into(),
+            };
+            out.push(Observation::Host(subject, Evidence::heuristic(detail, Weight::Suspicious)));
         }
         // 5. kernel modules unlinked from /proc/modules but still in sysfs
         for m in hidden_modules(&self.host_root) {
-            self.notes.push(format!(
-                "host: kernel module {m} is in /sys/module but not in /proc/modules (a rootkit hides itself this way)"
-            ));
+            let subject = HostSubject {
+                kind: SubjectKind::KernelModule,
+                name: m.clone(),
+            };
+            let detail = EvidenceKind::KernelModule {
+                name: m,
+                how: "in /sys/module but not in /proc/modules (a rootkit hides itself this way)".into(),
+            };
+            out.push(Observation::Host(subject, Evidence::heuristic(detail, Weight::Suspicious)));
         }
         // SAFETY: geteuid has no preconditions.
         let root_user = unsafe { libc::geteuid() } == 0;
@@ -510,7 +524,7 @@ impl Sensor for HiddenSensor {
         Ok(())
     }
 
-    fn unreadable(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         self.notes.clone()
     }
 

@@ -3,7 +3,11 @@
 //!
 //! The process sensor is the root of every pass: it produces the
 //! [`Snapshot`] that the other sensors look at (which executable to hash,
-//! which config file to read). Their observations go to the detector.
+//! which config file to read). Their observations go to the detector; the
+//! [`crate::engine`] runs the pass.
+//!
+//! Adding a sensor: a file here implementing [`Sensor`], and one line in
+//! [`registry`] (with its switch in [`SensorOptions`]).
 
 pub mod binary;
 pub mod capture;
@@ -34,6 +38,11 @@ pub enum Observation {
     /// A process the listing could not read (its /proc files are covered,
     /// e.g. by a bind mount), read another way by the hidden sensor.
     Hidden(Proc),
+    /// Evidence about the host itself rather than a process: a persistence
+    /// entry whose miner is not running, a preload library, a hidden kernel
+    /// module, a cgroup's unaccounted CPU. Evidence for the same subject
+    /// joins into one host finding.
+    Host(rigwatch_signatures::HostSubject, Evidence),
 }
 
 /// An error that stops one sensor's pass, never the agent.
@@ -54,11 +63,13 @@ pub trait Sensor: Send {
     /// an `Err` means the sensor could not work at all this pass.
     fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError>;
     /// What this sensor could not read in its last pass, for the user
-    /// (e.g. "executables of 12 processes: permission denied").
-    fn unreadable(&self) -> Vec<String> {
+    /// (e.g. "executables of 12 processes: permission denied"). Findings are
+    /// never problems: they are observations.
+    fn problems(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Counters for reports and metrics, e.g. `("binaries_read", 42)`.
+    /// Counters for reports and metrics, e.g. `("binaries_read", 42)`; each
+    /// is exported as `rigwatch_sensor_count{sensor,counter}`.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
@@ -83,6 +94,10 @@ pub struct SensorOptions {
     pub max_binary_bytes: u64,
     /// Most bytes of new executables read in one pass (the rest waits).
     pub binary_bytes_per_pass: u64,
+    /// Hash and content-scan executables.
+    pub binary: bool,
+    /// Read miner configuration files named by processes.
+    pub minerconfig: bool,
     /// Watch sockets (sock_diag or the proc root's net files).
     pub sockets: bool,
     /// Capture packets (AF_PACKET; needs CAP_NET_RAW).
@@ -112,6 +127,8 @@ impl Default for SensorOptions {
         SensorOptions {
             max_binary_bytes: 64 * 1024 * 1024,
             binary_bytes_per_pass: u64::MAX,
+            binary: true,
+            minerconfig: true,
             sockets: true,
             capture: true,
             gpu: true,
@@ -131,10 +148,15 @@ impl Default for SensorOptions {
 /// The capture sensor starts its thread here.
 pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &SensorOptions) -> Vec<Box<dyn Sensor>> {
     let shared = Arc::new(crate::net::shared::NetShared::default());
-    let mut v: Vec<Box<dyn Sensor>> = vec![
-        Box::new(binary::BinarySensor::new(sig.clone(), proc_root, opts.max_binary_bytes).with_pass_budget(opts.binary_bytes_per_pass)),
-        Box::new(minerconfig::MinerConfigSensor::new(sig.clone(), proc_root)),
-    ];
+    let mut v: Vec<Box<dyn Sensor>> = Vec::new();
+    if opts.binary {
+        v.push(Box::new(
+            binary::BinarySensor::new(sig.clone(), proc_root, opts.max_binary_bytes).with_pass_budget(opts.binary_bytes_per_pass),
+        ));
+    }
+    if opts.minerconfig {
+        v.push(Box::new(minerconfig::MinerConfigSensor::new(sig.clone(), proc_root)));
+    }
     if opts.hidden {
         v.push(Box::new(hidden::HiddenSensor::new(sig.clone(), proc_root, opts.host_root.clone())));
     }

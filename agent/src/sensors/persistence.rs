@@ -6,11 +6,11 @@
 //! An entry counts when the command it runs carries miner signs (the
 //! signature set's command-line and name rules) or the unit is named like a
 //! miner service. It becomes `Persistence` evidence on each running process
-//! whose executable or argv[0] is the entry's command path; entries with no
-//! running process are reported as scan warnings.
+//! whose executable or argv[0] is the entry's command path; an entry with no
+//! running process is a host finding about its file.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
-use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, Signatures, SubjectKind, Weight};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +46,9 @@ pub struct Entry {
     pub commands: Vec<String>,
     /// What the entry contributes.
     pub weight: Weight,
+    /// The miner signs in its command (pool URL, wallet, miner name): the
+    /// evidence of its host finding when its miner is not running.
+    pub signs: Vec<Evidence>,
 }
 
 /// The persistence sensor.
@@ -274,11 +277,13 @@ pub fn assess_file(sig: &Signatures, shown: &str, kind: Kind, text: &str) -> Vec
             _ => continue,
         };
         let entry: String = line.trim().chars().take(300).collect();
+        ev.truncate(16);
         out.push(Entry {
             path: shown.to_string(),
             entry,
             commands,
             weight,
+            signs: ev,
         });
     }
     out
@@ -316,17 +321,26 @@ impl Sensor for PersistenceSensor {
                 }
             }
         }
+        // an entry whose miner is not running now is a finding about the host
         for (e, l) in self.entries.iter().zip(linked) {
             if !l {
-                self.notes
-                    .push(format!("persistence: {} starts a miner (not running now): {}", e.path, e.entry));
+                let subject = HostSubject {
+                    kind: SubjectKind::Persistence,
+                    name: e.path.clone(),
+                };
+                let detail = EvidenceKind::Persistence {
+                    path: e.path.clone(),
+                    entry: e.entry.clone(),
+                };
+                out.push(Observation::Host(subject.clone(), Evidence::heuristic(detail, e.weight)));
+                out.extend(e.signs.iter().map(|x| Observation::Host(subject.clone(), x.clone())));
             }
         }
         self.notes.extend(self.context.iter().map(|c| format!("host: {c}")));
         Ok(())
     }
 
-    fn unreadable(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         self.notes.clone()
     }
 

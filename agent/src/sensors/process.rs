@@ -73,6 +73,9 @@ pub struct Proc {
     pub policy: u32,
     /// User + system CPU time in clock ticks.
     pub cpu_ticks: u64,
+    /// User + system CPU time of its reaped children, clock ticks (their CPU
+    /// counts toward the cgroup's account even though they are gone).
+    pub child_ticks: u64,
     /// A kernel thread (PF_KTHREAD).
     pub kernel_thread: bool,
     /// What was read once.
@@ -129,6 +132,8 @@ pub struct StatFields {
     pub utime: u64,
     /// System time, ticks.
     pub stime: u64,
+    /// User + system time of reaped children, ticks.
+    pub child_ticks: u64,
     /// Nice.
     pub nice: i64,
     /// Threads.
@@ -157,7 +162,9 @@ pub fn parse_stat(buf: &[u8]) -> Option<StatFields> {
     let flags = num(nth(4)?)? as u64; // 9
     let utime = num(nth(4)?)? as u64; // 14
     let stime = num(nth(0)?)? as u64; // 15
-    let nice = num(nth(3)?)?; // 19
+    let cutime = num(nth(0)?)?.max(0) as u64; // 16
+    let cstime = num(nth(0)?)?.max(0) as u64; // 17
+    let nice = num(nth(1)?)?; // 19
     let threads = num(nth(0)?)?; // 20
     let starttime = num(nth(1)?)? as u64; // 22
     let policy = nth(18).and_then(num).unwrap_or(0) as u32; // 41
@@ -168,6 +175,7 @@ pub fn parse_stat(buf: &[u8]) -> Option<StatFields> {
         flags,
         utime,
         stime,
+        child_ticks: cutime + cstime,
         nice,
         threads,
         starttime,
@@ -303,6 +311,7 @@ impl ProcessSensor {
             nice: stat.nice,
             policy: stat.policy,
             cpu_ticks: stat.utime + stat.stime,
+            child_ticks: stat.child_ticks,
             kernel_thread,
             fixed,
         })

@@ -253,7 +253,7 @@ impl SocketSensor {
             root: root.to_path_buf(),
             owners: InodeOwners::new(root),
             shared,
-            fallback: root != Path::new("/proc"),
+            fallback: !crate::paths::is_live_proc(root),
             unowned: HashMap::new(),
             notes: Vec::new(),
         }
@@ -377,7 +377,7 @@ impl Sensor for SocketSensor {
         Ok(())
     }
 
-    fn unreadable(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         self.notes.clone()
     }
 
@@ -444,11 +444,11 @@ mod tests {
         assert_eq!(f[0].server, l.local_addr().unwrap());
         assert!(matches!(&f[0].evidence.detail, EvidenceKind::PoolConnection { reason, .. } if reason.starts_with("pool port")));
         assert!(
-            s.unreadable()
+            s.problems()
                 .iter()
                 .any(|n| n.contains("belongs to no process in the /proc listing")),
             "{:?}",
-            s.unreadable()
+            s.problems()
         );
     }
 

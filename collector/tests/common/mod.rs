@@ -10,9 +10,8 @@ use rigwatch_signatures::report::{AgentInfo, Event, EventKind, Report, SensorSta
 use rigwatch_signatures::{Evidence, EvidenceKind, Finding, ProcessInfo, Severity, Weight};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// A process name an attacker would choose.
 pub const HOSTILE: &str = "<script>alert(1)</script>\"'&kworker";
@@ -352,64 +351,5 @@ fn nix_is_root() -> bool {
 
 /// A real Alertmanager (Debian's prometheus-alertmanager) on a loopback
 /// port with a temp config and storage; killed on drop.
-pub struct Alertmanager {
-    _dir: tempfile::TempDir,
-    child: Child,
-    pub url: String,
-}
-
-impl Alertmanager {
-    pub fn start() -> Option<Alertmanager> {
-        let exe = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-        let Some(exe) = exe else {
-            eprintln!("SKIPPED: prometheus-alertmanager not installed (apt-get install prometheus-alertmanager)");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &cfg,
-            "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n",
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new(exe)
-            .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-            .spawn()
-            .unwrap();
-        let am = Alertmanager {
-            _dir: dir,
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                use std::io::{Read, Write};
-                let _ = s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n");
-                let mut buf = String::new();
-                let _ = s.read_to_string(&mut buf);
-                if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "alertmanager did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(am)
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(unused_imports)]
+pub use rigwatch_e2e::Alertmanager;
