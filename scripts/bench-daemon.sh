@@ -47,9 +47,17 @@ dt = float(t1) - float(t0); hz = float(hz)
 print(f"| {n} | rigwatch run (10 s interval) | {(float(r1)-float(r0))/hz/dt*100:.2f} % | {int(rh)/1024:.1f} MiB |")
 print(f"| {n} | prometheus-process-exporter (scraped every 10 s) | {(float(p1)-float(p0))/hz/dt*100:.2f} % | {int(ph)/1024:.1f} MiB |")
 PY
+  # each sensor's last pass, as the agent itself reports it
+  curl -s 127.0.0.1:19861/metrics | awk -v n="$N" '/^rigwatch_sensor_pass_duration_seconds\{/ {
+    match($0, /sensor="[^"]*"/); s = substr($0, RSTART+8, RLENGTH-9); printf "%s", "";
+    sensors = sensors sprintf("| %s | %s | %.2f ms |\n", n, s, $2 * 1000) } END { printf "%s", sensors > "/dev/stderr" }' 2>>"$tmp/sensors.md"
   kill $RWP $PEP; wait $RWP $PEP 2>/dev/null || true
   kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true
 done
+echo
+echo "| idle processes | sensor | last pass |"
+echo "|---:|:---|---:|"
+cat "$tmp/sensors.md"
 
 # scrape time and exec-to-finding latency
 $RW run --listen 127.0.0.1:19861 --spool-dir "$tmp/spool" --signatures "$tmp/none" 2>/dev/null &

@@ -83,7 +83,16 @@ pub struct Detector {
     flips: HashMap<ProcKey, (bool, u32)>,
     /// Kubernetes pod names by pod uid.
     pods: crate::kube::PodNames,
+    /// Evidence about flows with no known process, by (client, server, tcp),
+    /// with when it was last added to: a flow's evidence is seen once (the
+    /// capture queue hands it over once) and stays for [`FLOW_MEMORY`].
+    flows: std::collections::BTreeMap<(String, String, bool), (std::time::Instant, Vec<Evidence>)>,
 }
+
+/// How long a flow's evidence stays after it was last seen.
+pub const FLOW_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+/// Most flows remembered (the oldest go first).
+const MAX_FLOWS: usize = 4096;
 
 /// Evidence kinds that are events (seen once) rather than states.
 const STICKY: &[&str] = &["stratum", "tls_sni", "dns"];
@@ -101,6 +110,7 @@ impl Detector {
             history: Default::default(),
             flips: HashMap::new(),
             pods,
+            flows: Default::default(),
         }
     }
 
@@ -115,7 +125,6 @@ impl Detector {
     pub fn assess(&mut self, prev: Option<&Snapshot>, cur: &Snapshot, observations: &[Observation], now: u64) -> Vec<Finding> {
         let mut extra: HashMap<ProcKey, Vec<Evidence>> = HashMap::new();
         let mut hashes: HashMap<ProcKey, [u8; 32]> = HashMap::new();
-        let mut flows: std::collections::BTreeMap<(String, String, bool), Vec<Evidence>> = Default::default();
         let mut hidden: HashMap<ProcKey, Proc> = HashMap::new();
         let mut host: std::collections::BTreeMap<&HostSubject, Vec<Evidence>> = Default::default();
         for o in observations {
@@ -130,10 +139,16 @@ impl Detector {
                 Observation::BinarySha256(k, h) => {
                     hashes.insert(*k, *h);
                 }
-                Observation::Flow(f) => flows
-                    .entry((f.client.to_string(), f.server.to_string(), f.tcp))
-                    .or_default()
-                    .push(f.evidence.clone()),
+                Observation::Flow(f) => {
+                    let (at, v) = self
+                        .flows
+                        .entry((f.client.to_string(), f.server.to_string(), f.tcp))
+                        .or_insert_with(|| (cur.at, Vec::new()));
+                    *at = cur.at;
+                    if !v.contains(&f.evidence) && v.len() < 64 {
+                        v.push(f.evidence.clone());
+                    }
+                }
                 Observation::Hidden(p) if !cur.procs.contains_key(&p.key) => {
                     hidden.insert(p.key, p.clone());
                 }
@@ -211,13 +226,21 @@ impl Detector {
                 findings.push(f);
             }
         }
-        for ((client, server, tcp), ev) in flows {
+        self.flows.retain(|_, (at, _)| cur.at.saturating_duration_since(*at) < FLOW_MEMORY);
+        if self.flows.len() > MAX_FLOWS {
+            let mut by_age: Vec<_> = self.flows.iter().map(|(k, (at, _))| (*at, k.clone())).collect();
+            by_age.sort();
+            for (_, k) in by_age.into_iter().take(self.flows.len() - MAX_FLOWS) {
+                self.flows.remove(&k);
+            }
+        }
+        for ((client, server, tcp), (_, ev)) in &self.flows {
             let flow = FlowInfo {
-                client,
-                server,
-                transport: if tcp { "tcp" } else { "udp" }.into(),
+                client: client.clone(),
+                server: server.clone(),
+                transport: if *tcp { "tcp" } else { "udp" }.into(),
             };
-            findings.extend(Finding::for_flow(&self.host, flow, dedup(ev), now));
+            findings.extend(Finding::for_flow(&self.host, flow, ev.clone(), now));
         }
         for (subject, ev) in host {
             findings.extend(Finding::for_host(&self.host, subject.clone(), dedup(ev), now));
@@ -641,6 +664,40 @@ mod tests {
             .evidence
             .iter()
             .any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("nice 19") && how.contains("SCHED_IDLE"))));
+    }
+
+    #[test]
+    fn flow_evidence_seen_once_stays_with_its_flow() {
+        let sig = std::sync::Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        let mut d = Detector::new(sig, DetectorConfig::default(), "h");
+        let t0 = std::time::Instant::now();
+        let dns = |answers: Vec<String>| {
+            Observation::Flow(crate::net::shared::FlowFinding {
+                client: "127.0.0.1:5000".parse().unwrap(),
+                server: "127.0.0.53:53".parse().unwrap(),
+                tcp: false,
+                evidence: Evidence::from_rule(
+                    EvidenceKind::Dns {
+                        name: "pool.supportxmr.com".into(),
+                        answers,
+                    },
+                    "pool.domains",
+                    Weight::Likely,
+                ),
+                inode: None,
+                tries: 0,
+            })
+        };
+        // the answer in one pass, the query in the next: one flow finding with both
+        d.assess(None, &snap(t0, 0, 'S'), &[dns(vec!["10.0.0.1".into()])], 0);
+        let f = d.assess(None, &snap(t0 + std::time::Duration::from_secs(5), 0, 'S'), &[dns(vec![])], 0);
+        let flows: Vec<&Finding> = f.iter().filter(|f| f.flow.is_some()).collect();
+        assert_eq!(flows.len(), 1, "{f:?}");
+        assert_eq!(flows[0].evidence.len(), 2, "{:?}", flows[0].evidence);
+        assert_eq!(flows[0].severity, rigwatch_signatures::Severity::Suspicious);
+        // and it is forgotten FLOW_MEMORY after it was last seen
+        let later = snap(t0 + FLOW_MEMORY + std::time::Duration::from_secs(6), 0, 'S');
+        assert!(d.assess(None, &later, &[], 0).iter().all(|f| f.flow.is_none()));
     }
 
     #[test]

@@ -93,15 +93,9 @@ pub fn scan(opts: &EngineConfig, sig: Arc<Signatures>, progress: &dyn Fn(&str)) 
             }
         }
     }
-    // network evidence is taken from the capture queue once: a flow seen
-    // only in the first pass still counts
-    let mut findings = second.findings;
-    for f in first.findings.into_iter().filter(|f| f.flow.is_some()) {
-        if !findings.iter().any(|g| g.id == f.id) {
-            findings.push(f);
-        }
-    }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
+    // network evidence seen in the first pass stays with the detector
+    // (a process's for its life, a flow's for a while), so the second pass has it all
+    let findings = second.findings;
     let get = |n: &str| {
         second
             .reports

@@ -5,9 +5,6 @@
 use rigwatch_signatures::Finding;
 use std::collections::{BTreeSet, HashMap};
 
-/// How long a finding about a flow with no process stays active after it was last seen.
-pub const FLOW_TTL_SECS: u64 = 600;
-
 /// A change to report.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -120,7 +117,9 @@ impl Tracker {
         let gone: Vec<String> = self
             .active
             .iter()
-            .filter(|(id, f)| !seen.contains(*id) && (f.flow.is_none() || now.saturating_sub(f.last_seen) >= FLOW_TTL_SECS))
+            // a flow's evidence is remembered by the detector (detector::FLOW_MEMORY): not
+            // reported any more, it is over
+            .filter(|(id, _)| !seen.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
