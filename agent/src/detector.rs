@@ -3,7 +3,7 @@
 //! executable origin, masquerade, sustained CPU), scores the evidence and
 //! applies the allowlist. Sensors observe; only the detector decides.
 
-use crate::sensors::process::cgroup_identity;
+use crate::host::process::cgroup_identity;
 use crate::sensors::{Observation, Proc, ProcKey, Snapshot};
 use rigwatch_signatures::{Evidence, EvidenceKind, Finding, FlowInfo, HostSubject, Origin, ProcessInfo, Signatures, Weight};
 use std::collections::HashMap;
@@ -592,7 +592,7 @@ mod tests {
     }
 
     fn snap(at: std::time::Instant, ticks: u64, state: char) -> Snapshot {
-        let fixed = std::sync::Arc::new(crate::sensors::process::ProcStatic {
+        let fixed = std::sync::Arc::new(crate::host::process::ProcStatic {
             comm: "kworker/0:9".into(),
             argv: vec!["/opt/x/kworker/0:9".into()],
             argv_read: true,

@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod detector;
 pub mod engine;
+pub mod host;
 pub mod kube;
 pub mod net;
 pub mod output;

@@ -244,7 +244,10 @@ fn main() -> ExitCode {
             max_bytes,
             sig,
         } => run_inspect(&files, json, max_bytes, &sig),
-        Command::Run(a) => run_daemon(a),
+        Command::Run(a) => {
+            rigwatch_agent::daemon::events::init_logging();
+            run_daemon(a)
+        }
         Command::Pcap { files, json, sig } => run_pcap(&files, json, &sig),
         Command::Sniff { seconds, json, sig } => run_sniff(seconds, json, &sig),
         Command::Signatures(c) => run_signatures(c),

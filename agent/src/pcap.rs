@@ -3,9 +3,9 @@
 //! `scan` (no pid; the flow's addresses instead), scored by the same detector.
 
 use crate::detector::{Detector, DetectorConfig};
+use crate::net::classify::{evidence_of, parse_ip};
 use crate::net::flows::FlowTable;
 use crate::net::shared::FlowFinding;
-use crate::sensors::capture::{evidence_of, parse_ip};
 use crate::sensors::Observation;
 use rigwatch_signatures::{Evidence, Finding, Signatures};
 use std::collections::BTreeMap;

@@ -10,13 +10,16 @@
 #![deny(missing_docs)]
 
 pub mod alert;
+pub mod app;
 pub mod config;
 pub mod db;
+pub mod format;
 pub mod keys;
 pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod web;
 
-pub use server::{router, serve, serve_listener, App};
+pub use app::App;
+pub use server::{router, serve, serve_listener};
 pub use store::Store;

@@ -188,13 +188,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let status = if t.revoked_at == 0 {
                         "valid".to_string()
                     } else {
-                        format!("revoked {}", rigwatch_collector::alert::rfc3339(t.revoked_at))
+                        format!("revoked {}", rigwatch_collector::format::rfc3339(t.revoked_at))
                     };
                     println!(
                         "{:<32} {:<8} {:<22} {status}",
                         t.name,
                         t.role.as_str(),
-                        rigwatch_collector::alert::rfc3339(t.created_at)
+                        rigwatch_collector::format::rfc3339(t.created_at)
                     );
                 }
                 Ok(())

@@ -1,8 +1,7 @@
 //! The HTTP service: report ingest, query API, `/metrics`, the web page.
 
-use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::store::{now, FindingFilter, Role, Store};
+pub use crate::app::{App, Session, SESSION_COOKIE};
+use crate::store::{now, FindingFilter, Role};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -12,97 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use rigwatch_signatures::report::Report;
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A logged-in analyst.
-#[derive(Clone, Debug)]
-pub struct Session {
-    /// The analyst token's name.
-    pub name: String,
-    /// Form token against cross-site posts.
-    pub csrf: String,
-    expires: Instant,
-}
-
-/// Everything a request handler needs.
-pub struct App {
-    /// Fleet state.
-    pub store: Store,
-    /// Settings.
-    pub settings: Settings,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Web sessions by cookie value (in memory: behind a load balancer,
-    /// use sticky sessions or the bearer token).
-    sessions: Mutex<HashMap<String, Session>>,
-    /// Woken when findings change, so alerts go out at once.
-    pub alert_wakeup: tokio::sync::Notify,
-}
-
-impl App {
-    /// A new application over a store.
-    pub fn new(store: Store, settings: Settings) -> Arc<App> {
-        Arc::new(App {
-            store,
-            settings,
-            metrics: Metrics::new(),
-            sessions: Mutex::new(HashMap::new()),
-            alert_wakeup: tokio::sync::Notify::new(),
-        })
-    }
-
-    /// Starts a session for an analyst; returns the cookie value.
-    pub fn new_session(&self, name: &str) -> String {
-        let id = random_hex();
-        let s = Session {
-            name: name.to_string(),
-            csrf: random_hex(),
-            expires: Instant::now() + Duration::from_secs(12 * 3600),
-        };
-        let mut m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let t = Instant::now();
-        m.retain(|_, s| s.expires > t);
-        m.insert(id.clone(), s);
-        id
-    }
-
-    /// The session a cookie names, if still valid.
-    pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        let id = cookie(headers, SESSION_COOKIE)?;
-        let m = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&id).filter(|s| s.expires > Instant::now()).cloned()
-    }
-
-    /// Ends a session.
-    pub fn end_session(&self, headers: &HeaderMap) {
-        if let Some(id) = cookie(headers, SESSION_COOKIE) {
-            self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        }
-    }
-}
-
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "rigwatch_session";
-
-fn random_hex() -> String {
-    let mut b = [0u8; 32];
-    let _ = getrandom::getrandom(&mut b);
-    hex::encode(b)
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then(|| v.to_string())
-        })
-}
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

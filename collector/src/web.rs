@@ -4,8 +4,8 @@
 //! that forbids scripts outright. Login with an analyst token; a session
 //! cookie (HttpOnly, SameSite=Strict) and a per-session form token.
 
-use crate::alert::{pct, rfc3339};
-use crate::server::{App, SESSION_COOKIE};
+use crate::app::{App, SESSION_COOKIE};
+use crate::format::{pct, rfc3339};
 use crate::store::{now, Campaign, FindingFilter, FindingView, Role};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

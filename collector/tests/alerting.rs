@@ -119,7 +119,7 @@ async fn alerts_fire_resend_and_resolve_in_alertmanager_and_webhook() {
     let (s, _) = c.post(&report("node1", "a1", vec![resolved("a1", 2, 1010, "f1")])).await;
     assert_eq!(s, 200);
     wait_for("the alert to resolve in Alertmanager", 20, async || {
-        let now = rigwatch_collector::alert::rfc3339(rigwatch_collector::store::now());
+        let now = rigwatch_collector::format::rfc3339(rigwatch_collector::store::now());
         let still = am_alerts(&am.url).await.into_iter().any(|a| {
             a["labels"]["finding_id"] == "f1" && a["status"]["state"] == "active" && a["endsAt"].as_str().unwrap_or("") > now.as_str()
         });

@@ -309,7 +309,7 @@ fn daemon_detects_ships_reloads_and_survives_outages_and_kill_9() {
         .lock()
         .unwrap()
         .iter()
-        .any(|l| l.contains("signature_error") && l.contains("20-broken.toml")));
+        .any(|l| l.contains("\"event\":\"signature_load_error\"") && l.contains("20-broken.toml")));
     std::fs::remove_file(sigdir.join("20-broken.toml")).unwrap();
 
     // collector outage: the miner exits while the receiver is down
@@ -455,18 +455,18 @@ fn response_dry_run_then_for_real() {
             log.lock()
                 .unwrap()
                 .iter()
-                .any(|l| l.contains("\"response\"") && l.contains(&format!("\"pid\":{pid}")))
+                .any(|l| l.contains("\"event\":\"response_taken\"") && l.contains(&format!("\"pid\":{pid}")))
         });
         let line = log
             .lock()
             .unwrap()
             .iter()
-            .find(|l| l.contains("\"response\"") && l.contains(&format!("\"pid\":{pid}")))
+            .find(|l| l.contains("\"event\":\"response_taken\"") && l.contains(&format!("\"pid\":{pid}")))
             .unwrap()
             .clone();
         let v: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["data"]["action"], "stop");
-        assert_eq!(v["data"]["dry_run"], dry);
+        assert_eq!(v["action"], "stop");
+        assert_eq!(v["dry_run"], dry);
         std::thread::sleep(Duration::from_millis(200));
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let state = stat.rsplit(')').next().unwrap().trim().chars().next().unwrap();

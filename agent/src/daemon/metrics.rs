@@ -35,6 +35,12 @@ pub struct Metrics {
     pub findings_opened: IntCounterVec,
     /// rigwatch_findings_resolved_total
     pub findings_resolved: IntCounter,
+    /// rigwatch_findings_updated_total
+    pub findings_updated: IntCounter,
+    /// rigwatch_spool_write_errors_total
+    pub spool_write_errors: IntCounter,
+    /// rigwatch_shipper_rejected_batches_total
+    pub shipper_rejected: IntCounter,
     /// rigwatch_signatures_info{version}
     pub signatures_info: IntGaugeVec,
     /// rigwatch_signatures_rules
@@ -129,6 +135,19 @@ impl Metrics {
                 &["rule", "severity"]
             )),
             findings_resolved: reg!(IntCounter::new("rigwatch_findings_resolved_total", "Findings resolved.").unwrap()),
+            findings_updated: reg!(
+                IntCounter::new("rigwatch_findings_updated_total", "Findings whose severity or evidence changed.").unwrap()
+            ),
+            spool_write_errors: reg!(IntCounter::new(
+                "rigwatch_spool_write_errors_total",
+                "Events that could not be written to the spool (full disk, I/O error)."
+            )
+            .unwrap()),
+            shipper_rejected: reg!(IntCounter::new(
+                "rigwatch_shipper_rejected_batches_total",
+                "Batches the collector will never take (400/413/422), kept beside the spool."
+            )
+            .unwrap()),
             signatures_info: reg!(igv("rigwatch_signatures_info", "The signature set in force.", &["version"])),
             signatures_rules: reg!(IntGauge::new("rigwatch_signatures_rules", "Rules in force.").unwrap()),
             signature_load_errors: reg!(

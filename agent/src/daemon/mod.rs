@@ -8,6 +8,7 @@
 //! keeps the previous set in force.
 
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod response;
 pub mod shipper;
@@ -18,6 +19,7 @@ use crate::engine::{Engine, Pass};
 use crate::scan::{host_name, unix_now};
 use crate::sensors;
 use config::Config;
+use events::*;
 use metrics::Metrics;
 use rigwatch_signatures::report::{EventKind, SensorStatus};
 use rigwatch_signatures::Signatures;
@@ -50,11 +52,6 @@ pub struct Shared {
     pub signatures_version: Mutex<String>,
     /// Wakes the shipper.
     pub wake: tokio::sync::Notify,
-}
-
-fn log(kind: &str, value: serde_json::Value) {
-    let line = serde_json::json!({"ts": unix_now(), "msg": kind, "data": value});
-    eprintln!("{line}");
 }
 
 /// Loads signatures from the bundled set and `dirs`. Strict: any error and
@@ -93,8 +90,11 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
     m.signatures_rules.set(sig.rules().len() as i64);
     m.signatures_reload_ok.set(errors.is_empty() as i64);
     for e in &errors {
-        m.signature_load_errors.inc();
-        log("signature_error", serde_json::json!(e));
+        SignatureLoadError {
+            error: e,
+            kept_version: &sig.version,
+        }
+        .emit(m);
     }
 
     let (tx, rx) = channel::<Msg>();
@@ -117,7 +117,11 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
             Err(e) => Some(format!("exec events unavailable ({e}); the periodic pass still runs")),
         });
     }
-    let _watcher = if once { None } else { watch(&cfg.signatures.dirs, tx.clone()) };
+    let _watcher = if once {
+        None
+    } else {
+        watch(&cfg.signatures.dirs, tx.clone(), &shared.metrics)
+    };
     // the runtime lives as long as this function (the agent)
     let _runtime = if once {
         None
@@ -126,10 +130,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         let listener = rt
             .block_on(tokio::net::TcpListener::bind(&cfg.metrics.listen))
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.metrics.listen))?;
-        log(
-            "listening",
-            serde_json::json!({"metrics": format!("http://{}/metrics", listener.local_addr()?)}),
-        );
+        MetricsListening(format!("http://{}/metrics", listener.local_addr()?)).emit(m);
         let s2 = shared.clone();
         rt.spawn(serve(listener, s2));
         if shared.spool.is_some() {
@@ -174,23 +175,22 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                     continue;
                 }
                 if errors.is_empty() {
-                    m.signatures_info.reset();
-                    m.signatures_info.with_label_values(&[&new.version]).set(1);
-                    m.signatures_rules.set(new.rules().len() as i64);
-                    m.signatures_reload_ok.set(1);
                     *shared.signatures_version.lock().unwrap_or_else(|e| e.into_inner()) = new.version.clone();
                     sig = new;
                     engine.set_signatures(sig.clone());
-                    log(
-                        "signatures_reloaded",
-                        serde_json::json!({"version": sig.version, "rules": sig.rules().len()}),
-                    );
+                    SignaturesReloaded {
+                        version: &sig.version,
+                        rules: sig.rules().len(),
+                    }
+                    .emit(m);
                     next_pass = Instant::now();
                 } else {
-                    m.signatures_reload_ok.set(0);
                     for e in &errors {
-                        m.signature_load_errors.inc();
-                        log("signature_error", serde_json::json!({"error": e, "kept_version": sig.version}));
+                        SignatureLoadError {
+                            error: e,
+                            kept_version: &sig.version,
+                        }
+                        .emit(m);
                     }
                 }
                 continue;
@@ -244,7 +244,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
             m.observe_sensor(r);
             if let (Some(why), true) = (&r.reason, !r.up) {
                 if said_unavailable.insert(r.name) {
-                    log("sensor_unavailable", serde_json::json!({"sensor": r.name, "why": why}));
+                    SensorUnavailable { sensor: r.name, why }.emit(m);
                 }
             }
             status.push(SensorStatus {
@@ -292,7 +292,7 @@ fn settle(
     apply(changes, shared, responder, now);
     if let (Some(path), true) = (file, save) {
         if let Err(e) = tracker.save(path) {
-            log("state_error", serde_json::json!(e.to_string()));
+            StateSaveError(e.to_string()).emit(&shared.metrics);
         }
     }
     shared.metrics.set_findings(&tracker.active(), max_series);
@@ -304,21 +304,17 @@ fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Respon
     for change in changes {
         match change {
             Change::Opened(f) => {
-                m.findings_opened
-                    .with_label_values(&[&metrics::label(&metrics::main_rule(&f)), f.severity.as_str()])
-                    .inc();
-                log("finding_opened", serde_json::to_value(&f).unwrap_or_default());
+                FindingOpened(&f).emit(m);
                 respond(responder, &f, m);
                 emit(shared, now, EventKind::FindingOpened { finding: f });
             }
             Change::Updated(f) => {
-                log("finding_updated", serde_json::to_value(&f).unwrap_or_default());
+                FindingUpdated(&f).emit(m);
                 respond(responder, &f, m);
                 emit(shared, now, EventKind::FindingUpdated { finding: f });
             }
             Change::Resolved { id, reason } => {
-                m.findings_resolved.inc();
-                log("finding_resolved", serde_json::json!({"id": id, "reason": reason}));
+                FindingResolved { id: &id, reason: &reason }.emit(m);
                 emit(shared, now, EventKind::FindingResolved { finding_id: id, reason });
             }
         }
@@ -327,13 +323,11 @@ fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Respon
 
 fn respond(r: &mut response::Responder, f: &rigwatch_signatures::Finding, m: &Metrics) {
     if let Some(o) = r.act(f) {
-        m.response_actions
-            .with_label_values(&[o.action, if o.dry_run { "true" } else { "false" }])
-            .inc();
-        log(
-            "response",
-            serde_json::json!({"finding": f.id, "action": o.action, "pid": o.pid, "dry_run": o.dry_run, "quarantined": o.quarantined, "skipped": o.skipped}),
-        );
+        ResponseTaken {
+            finding: &f.id,
+            outcome: &o,
+        }
+        .emit(m);
     }
 }
 
@@ -343,7 +337,7 @@ fn emit(shared: &Shared, at: u64, kind: EventKind) {
     let mut s = sp.lock().unwrap_or_else(|e| e.into_inner());
     let dropped_before = s.dropped;
     if let Err(e) = s.append(at, kind) {
-        log("spool_error", serde_json::json!(e.to_string()));
+        SpoolWriteError(e.to_string()).emit(&shared.metrics);
     }
     shared.metrics.spool_dropped.inc_by(s.dropped - dropped_before);
     shared.metrics.shipper_queue.set(s.queued() as i64);
@@ -353,7 +347,7 @@ fn emit(shared: &Shared, at: u64, kind: EventKind) {
 }
 
 /// Watches the signature directories; any change asks for a reload.
-fn watch(dirs: &[PathBuf], tx: Sender<Msg>) -> Option<notify::RecommendedWatcher> {
+fn watch(dirs: &[PathBuf], tx: Sender<Msg>, m: &Metrics) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let tx = Mutex::new(tx);
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -372,7 +366,11 @@ fn watch(dirs: &[PathBuf], tx: Sender<Msg>) -> Option<notify::RecommendedWatcher
     for d in dirs {
         if d.is_dir() {
             if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
-                log("watch_error", serde_json::json!({"dir": d, "error": e.to_string()}));
+                ComponentError {
+                    component: "watch",
+                    error: format!("{}: {e}", d.display()),
+                }
+                .emit(m);
             }
         }
     }
@@ -397,6 +395,10 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         )
         .route("/healthz", get(|| async { "ok\n" }));
     if let Err(e) = axum::serve(listener, app).await {
-        log("http_error", serde_json::json!(e.to_string()));
+        ComponentError {
+            component: "http",
+            error: e.to_string(),
+        }
+        .emit(&shared.metrics);
     }
 }

@@ -67,7 +67,7 @@ impl Responder {
         };
         // re-identify: same pid, same start time, not a kernel thread, not us, not init
         let stat = std::fs::read(self.proc_root.join(pid.to_string()).join("stat")).ok();
-        let now = stat.as_deref().and_then(crate::sensors::process::parse_stat);
+        let now = stat.as_deref().and_then(crate::host::process::parse_stat);
         let why_not = match &now {
             None => Some("process gone".to_string()),
             Some(s) if s.starttime != f.process.start_time => Some("pid reused by another process".into()),

@@ -4,7 +4,8 @@
 //! retried with exponential backoff (1 s doubling to 60 s) otherwise.
 
 use super::config::CollectorConfig;
-use super::{log, Shared};
+use super::events::{BatchRejected, ComponentError, DeliveryFailed, InternalEvent, SpoolWriteError};
+use super::Shared;
 use rigwatch_signatures::report::{AgentInfo, Report, REPORT_VERSION};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,11 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
     let http = match client(&cfg) {
         Ok(c) => c,
         Err(e) => {
-            log("shipper_disabled", serde_json::json!(e.to_string()));
+            ComponentError {
+                component: "shipper",
+                error: e.to_string(),
+            }
+            .emit(&shared.metrics);
             return;
         }
     };
@@ -43,7 +48,7 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                log("spool_error", serde_json::json!(e.to_string()));
+                SpoolWriteError(e.to_string()).emit(&shared.metrics);
                 tokio::time::sleep(backoff).await;
                 continue;
             }
@@ -73,7 +78,7 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
             Ok(r) if r.status().is_success() => {
                 let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = s.ack(last) {
-                    log("spool_error", serde_json::json!(e.to_string()));
+                    SpoolWriteError(e.to_string()).emit(&shared.metrics);
                 }
                 shared.metrics.shipper_delivered.inc_by(n);
                 shared.metrics.shipper_queue.set(s.queued() as i64);
@@ -82,41 +87,44 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
             }
             // too large: send smaller batches from now on
             Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE && batch_size > 1 => {
-                shared.metrics.shipper_failures.inc();
                 batch_size = (batch_size / 2).max(1);
-                log(
-                    "delivery_failed",
-                    serde_json::json!({"url": url, "error": "batch too large", "batch_size": batch_size}),
-                );
+                DeliveryFailed {
+                    url: &url,
+                    error: format!("batch too large; batches of {batch_size} from now on"),
+                    retry_in_s: 0,
+                }
+                .emit(&shared.metrics);
             }
             // the collector will never take this batch (malformed for it): keep a
             // copy beside the spool, move on, so one bad batch cannot block the rest
             Ok(r) if matches!(r.status().as_u16(), 400 | 413 | 422) => {
-                shared.metrics.shipper_failures.inc();
                 let status = r.status();
                 let why = r.text().await.unwrap_or_default();
                 let path = cfg.spool_dir.join(format!("rejected-{first}-{last}.json"));
                 let _ = std::fs::write(&path, serde_json::to_vec(&report).unwrap_or_default());
-                log(
-                    "batch_rejected",
-                    serde_json::json!({"status": status.as_u16(), "reason": why, "kept_in": path}),
-                );
+                BatchRejected {
+                    status: status.as_u16(),
+                    reason: &why,
+                    kept_in: &path,
+                }
+                .emit(&shared.metrics);
                 let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = s.ack(last) {
-                    log("spool_error", serde_json::json!(e.to_string()));
+                    SpoolWriteError(e.to_string()).emit(&shared.metrics);
                 }
                 shared.metrics.shipper_queue.set(s.queued() as i64);
             }
             other => {
-                shared.metrics.shipper_failures.inc();
                 let why = match other {
                     Ok(r) => format!("collector answered {}", r.status()),
                     Err(e) => format!("{e}"),
                 };
-                log(
-                    "delivery_failed",
-                    serde_json::json!({"url": url, "error": why, "retry_in_s": backoff.as_secs()}),
-                );
+                DeliveryFailed {
+                    url: &url,
+                    error: why,
+                    retry_in_s: backoff.as_secs(),
+                }
+                .emit(&shared.metrics);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(60));
             }

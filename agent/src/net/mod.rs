@@ -3,6 +3,7 @@
 //! DNS messages (`dns`). Every parser takes bytes, returns owned values and
 //! never panics, whatever the input (each has a fuzz target under `fuzz/`).
 
+pub mod classify;
 pub mod dns;
 pub mod flows;
 pub mod shared;

@@ -10,13 +10,12 @@
 //! while the socket still exists) and queued; `observe` maps inodes to
 //! processes. Without CAP_NET_RAW the sensor reports itself unavailable.
 
-use super::sockets::{sock_diag_lookup, InodeOwners};
 use super::{Observation, Sensor, SensorError, Snapshot};
-use crate::net::flows::{FlowEvent, FlowTable, Packet};
+use crate::host::sockets::{sock_diag_lookup, InodeOwners};
+use crate::net::flows::FlowTable;
 use crate::net::shared::{FlowFinding, NetShared};
-use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
+use rigwatch_signatures::{EvidenceKind, Signatures};
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -282,120 +281,7 @@ pub fn socket_stats(fd: &OwnedFd) -> Option<(u32, u32)> {
     (r == 0).then_some((st.tp_packets, st.tp_drops))
 }
 
-/// Parses an IP packet (the network header first) into a transport packet.
-pub fn parse_ip(buf: &[u8]) -> Option<Packet<'_>> {
-    let s = etherparse::SlicedPacket::from_ip(buf).ok()?;
-    let (src_ip, dst_ip): (IpAddr, IpAddr) = match s.net? {
-        etherparse::NetSlice::Ipv4(v4) => (v4.header().source_addr().into(), v4.header().destination_addr().into()),
-        etherparse::NetSlice::Ipv6(v6) => (v6.header().source_addr().into(), v6.header().destination_addr().into()),
-    };
-    match s.transport? {
-        etherparse::TransportSlice::Tcp(t) => Some(Packet {
-            src: SocketAddr::new(src_ip, t.source_port()),
-            dst: SocketAddr::new(dst_ip, t.destination_port()),
-            tcp: true,
-            seq: t.sequence_number(),
-            syn: t.syn() && !t.ack(),
-            syn_ack: t.syn() && t.ack(),
-            payload: t.payload(),
-        }),
-        etherparse::TransportSlice::Udp(u) => Some(Packet {
-            src: SocketAddr::new(src_ip, u.source_port()),
-            dst: SocketAddr::new(dst_ip, u.destination_port()),
-            tcp: false,
-            seq: 0,
-            syn: false,
-            syn_ack: false,
-            payload: u.payload(),
-        }),
-        _ => None,
-    }
-}
-
-/// Turns flow events into evidence about the client side. DNS answers for
-/// pool domains are remembered in `shared` (so later connections to those
-/// addresses are evidence); returns (client, server, tcp, evidence).
-pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent) -> Vec<(SocketAddr, SocketAddr, bool, Evidence)> {
-    let mut out = Vec::new();
-    match ev {
-        FlowEvent::Stratum { client, server, hit } => {
-            let base = hit.method.split('(').next().unwrap_or(&hit.method);
-            let rule = sig.stratum_method(base);
-            let detail = EvidenceKind::Stratum {
-                dialect: hit.dialect.clone(),
-                method: hit.method.clone(),
-                agent: hit.agent.clone(),
-                login: hit.login.clone(),
-                worker: hit.worker.clone(),
-                remote: server.to_string(),
-            };
-            let e = Evidence {
-                detail,
-                rule: rule.map(|r| r.id.clone()),
-                weight: Weight::Confirmed,
-            };
-            out.push((*client, *server, true, e));
-            if let Some(login) = &hit.login {
-                for w in sig.wallets_in(login, "stratum login") {
-                    out.push((*client, *server, true, w));
-                }
-            }
-        }
-        FlowEvent::StratumV2 { client, server } => {
-            let detail = EvidenceKind::Stratum {
-                dialect: "stratum-v2".into(),
-                method: "noise handshake (64/234 bytes)".into(),
-                agent: None,
-                login: None,
-                worker: None,
-                remote: server.to_string(),
-            };
-            out.push((*client, *server, true, Evidence::heuristic(detail, Weight::Likely)));
-        }
-        FlowEvent::TlsSni { client, server, name } => {
-            if let Some((_, i)) = sig.pool_domain(name) {
-                let r = &sig.rules()[i];
-                let e = Evidence::from_rule(
-                    EvidenceKind::TlsSni {
-                        server_name: name.clone(),
-                        remote: server.to_string(),
-                    },
-                    &r.id,
-                    r.severity,
-                );
-                out.push((*client, *server, true, e));
-            }
-        }
-        FlowEvent::Dns {
-            client,
-            server,
-            questions,
-            answers,
-        } => {
-            for q in questions {
-                if let Some((domain, i)) = sig.pool_domain(q) {
-                    let r = &sig.rules()[i];
-                    let ips: Vec<String> = answers.iter().map(|(_, ip)| ip.to_string()).collect();
-                    if let Some(sh) = shared {
-                        for (_, ip) in answers {
-                            sh.learn_dns(*ip, &domain);
-                        }
-                    }
-                    let e = Evidence::from_rule(
-                        EvidenceKind::Dns {
-                            name: q.clone(),
-                            answers: ips,
-                        },
-                        &r.id,
-                        r.severity,
-                    );
-                    out.push((*client, *server, false, e));
-                }
-            }
-        }
-    }
-    out
-}
+pub use crate::net::classify::{evidence_of, parse_ip};
 
 /// Counters the capture thread keeps.
 #[derive(Default)]

@@ -170,7 +170,7 @@ impl Sensor for CgroupCpuSensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensors::process::{Proc, ProcStatic};
+    use crate::host::process::{Proc, ProcStatic};
     use std::sync::Arc;
     use std::time::Duration;
 

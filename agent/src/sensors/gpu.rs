@@ -768,7 +768,7 @@ impl Sensor for GpuSensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sensors::process::{Proc, ProcStatic};
+    use crate::host::process::{Proc, ProcStatic};
     use rigwatch_signatures::{score, Origin, Severity};
     use std::sync::Arc;
 

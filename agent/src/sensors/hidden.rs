@@ -17,100 +17,27 @@
 //!   process's `LD_PRELOAD`, read from `environ` only as root) are `Preload`
 //!   evidence.
 
-use super::binary::scan_reader;
 use super::{Observation, Proc, ProcKey, ProcessSensor, Sensor, SensorError, Snapshot};
+use crate::host::exe::scan_reader;
 use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, Signatures, SubjectKind, Weight};
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Pids probed with `kill(pid, 0)` per pass (the whole default pid range).
-const PROBE_CHUNK: u32 = 1 << 16;
+/// Passes over which the pids in use are probed with `kill(pid, 0)` once
+/// (a sweep a minute at the default 10 s interval).
+const PROBE_PASSES: u32 = 6;
+/// Fewest pids probed per pass.
+const PROBE_MIN_CHUNK: u32 = 4096;
+/// Pids probed above the highest pid in use (one the kernel hands out next
+/// may already be hidden).
+const PROBE_MARGIN: u32 = 4096;
 /// Most bytes of a hidden process's executable read for content.
 const HIDDEN_EXE_CAP: u64 = 64 * 1024 * 1024;
 
-/// Lists the numeric entries of a directory with the raw `getdents64`
-/// system call: no libc `readdir`, so an `LD_PRELOAD` hider cannot filter it.
-pub fn list_pids(root: &Path) -> std::io::Result<Vec<u32>> {
-    let c = CString::new(root.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid NUL-terminated path; the fd is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pids = Vec::with_capacity(512);
-    loop {
-        // SAFETY: buf is writable for buf.len() bytes.
-        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if n == 0 {
-            break;
-        }
-        parse_dirents(&buf[..n as usize], |name| {
-            if let Some(pid) = parse_pid(name) {
-                pids.push(pid);
-            }
-        });
-    }
-    Ok(pids)
-}
-
-/// Walks `struct linux_dirent64` records (d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name).
-pub fn parse_dirents(mut buf: &[u8], mut each: impl FnMut(&[u8])) {
-    while buf.len() >= 19 {
-        let reclen = u16::from_ne_bytes([buf[16], buf[17]]) as usize;
-        if reclen < 19 || reclen > buf.len() {
-            break;
-        }
-        let name = &buf[19..reclen];
-        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        each(&name[..end]);
-        buf = &buf[reclen..];
-    }
-}
-
-fn parse_pid(name: &[u8]) -> Option<u32> {
-    if name.is_empty() || name.len() > 10 || !name.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(name).ok()?.parse().ok()
-}
-
-/// Lists the numeric entries of a directory through libc's `readdir`, as
-/// every dynamically linked program on the host does (and as a preload
-/// hider filters it).
-pub fn list_pids_libc(root: &Path) -> std::io::Result<Vec<u32>> {
-    let c = CString::new(root.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: a valid path; the DIR is closed below.
-    let dir = unsafe { libc::opendir(c.as_ptr()) };
-    if dir.is_null() {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut pids = Vec::with_capacity(512);
-    loop {
-        // SAFETY: dir is a valid open DIR; the entry is read before the next call.
-        let e = unsafe { libc::readdir(dir) };
-        if e.is_null() {
-            break;
-        }
-        // SAFETY: d_name is NUL-terminated.
-        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
-        if let Some(pid) = parse_pid(name.to_bytes()) {
-            pids.push(pid);
-        }
-    }
-    // SAFETY: opened above.
-    unsafe { libc::closedir(dir) };
-    Ok(pids)
-}
+pub use crate::host::pids::{list_pids, list_pids_libc, parse_dirents, parse_pid};
 
 /// The pids whose `ROOT/PID` directory has something mounted over it,
 /// from mountinfo text (field 5 is the mount point, octal-escaped).
@@ -396,10 +323,29 @@ impl Sensor for HiddenSensor {
                 }
             }
             // 3. pids that exist but getdents64 does not list (kernel-level hiding), a chunk per pass
-            let pid_max = self.pid_max();
-            let start = self.cursor.clamp(1, pid_max);
-            let end = start.saturating_add(PROBE_CHUNK).min(pid_max);
-            self.cursor = if end >= pid_max { 1 } else { end };
+            // pids in use lie below the highest one handed out since the last
+            // wrap: the highest listed pid or the kernel's last pid, whichever is higher
+            let last = std::fs::read_to_string(self.root.join("sys/kernel/ns_last_pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(0);
+            let top = raw
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(last)
+                .saturating_add(PROBE_MARGIN)
+                .min(self.pid_max());
+            let start = self.cursor.clamp(1, top);
+            // the first pass (a whole scan) probes every pid in use; later ones a share each
+            let chunk = if self.pass <= 1 {
+                top
+            } else {
+                (top / PROBE_PASSES).max(PROBE_MIN_CHUNK)
+            };
+            let end = start.saturating_add(chunk).min(top);
+            self.cursor = if end >= top { 1 } else { end };
             if self.pass.is_multiple_of(30) {
                 self.threads.clear(); // ids are reused: a thread's id may become a process's
             }

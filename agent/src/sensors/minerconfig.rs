@@ -5,7 +5,7 @@
 //! miner in a container is read in its own filesystem.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
-use crate::sensors::process::ProcStatic;
+use crate::host::process::ProcStatic;
 use crate::sensors::{Proc, ProcKey};
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use std::collections::{HashMap, HashSet};
@@ -58,8 +58,8 @@ impl MinerConfigSensor {
             }
             let rel = path.strip_prefix("/").unwrap_or(&path);
             let via_root = self.root.join(p.key.pid.to_string()).join("root").join(rel);
-            let text = crate::sensors::process::read_capped(&via_root, MAX_CONFIG_BYTES)
-                .or_else(|_| crate::sensors::process::read_capped(&path, MAX_CONFIG_BYTES));
+            let text = crate::host::process::read_capped(&via_root, MAX_CONFIG_BYTES)
+                .or_else(|_| crate::host::process::read_capped(&path, MAX_CONFIG_BYTES));
             let Ok(bytes) = text else { continue };
             if let Some(e) = assess_config(&self.sig, &path.display().to_string(), &bytes) {
                 out.push(e);

@@ -17,13 +17,13 @@ pub mod gpu;
 pub mod hidden;
 pub mod minerconfig;
 pub mod persistence;
-pub mod process;
+
 pub mod sockets;
 
 use rigwatch_signatures::{Evidence, Signatures};
 use std::sync::Arc;
 
-pub use process::{Proc, ProcKey, ProcessSensor, Snapshot};
+pub use crate::host::process::{Proc, ProcKey, ProcessSensor, Snapshot};
 
 /// What a sensor reports about one process.
 #[derive(Debug, Clone)]
@@ -184,4 +184,32 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
         )));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    /// Sensors depend on the host layer, `net/` and the signatures crate,
+    /// never on each other: no sensor file names a sibling sensor module.
+    #[test]
+    fn sensors_never_import_each_other() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sensors");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(String::from))
+            .filter(|n| n != "mod")
+            .collect();
+        let mut bad = Vec::new();
+        for n in &names {
+            let text = std::fs::read_to_string(dir.join(format!("{n}.rs"))).unwrap();
+            for other in names.iter().filter(|o| *o != n) {
+                for pat in [format!("super::{other}::"), format!("sensors::{other}::")] {
+                    if text.contains(&pat) {
+                        bad.push(format!("{n}.rs uses {pat}"));
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "{bad:?}");
+    }
 }

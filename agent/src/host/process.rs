@@ -230,7 +230,7 @@ impl ProcessSensor {
     pub fn sample(&mut self) -> std::io::Result<Snapshot> {
         let mut procs = HashMap::with_capacity(self.known.len() + 16);
         // raw getdents64, not libc readdir: a preload hider cannot filter it
-        for pid in super::hidden::list_pids(&self.root)? {
+        for pid in crate::host::pids::list_pids(&self.root)? {
             if let Some(p) = self.read_one(pid) {
                 procs.insert(p.key, p);
             }
