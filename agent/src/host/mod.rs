@@ -6,4 +6,5 @@
 pub mod exe;
 pub mod pids;
 pub mod process;
+pub mod safefile;
 pub mod sockets;

@@ -56,11 +56,12 @@ impl MinerConfigSensor {
             if !seen.insert(path.clone()) {
                 continue;
             }
-            let rel = path.strip_prefix("/").unwrap_or(&path);
-            let via_root = self.root.join(p.key.pid.to_string()).join("root").join(rel);
-            let text = crate::host::process::read_capped(&via_root, MAX_CONFIG_BYTES)
-                .or_else(|_| crate::host::process::read_capped(&path, MAX_CONFIG_BYTES));
-            let Ok(bytes) = text else { continue };
+            // inside the process's own root, as its uid: never the host's path,
+            // never through a link, never blocking on a FIFO
+            let root = self.root.join(p.key.pid.to_string()).join("root");
+            let Ok(bytes) = crate::host::safefile::read_in_root(&root, &path, MAX_CONFIG_BYTES, p.fixed.uid) else {
+                continue;
+            };
             if let Some(e) = assess_config(&self.sig, &path.display().to_string(), &bytes) {
                 out.push(e);
             }
