@@ -47,6 +47,8 @@ pub struct SensorReport {
 pub struct PassOutput {
     /// Processes it looked at.
     pub processes: usize,
+    /// When the processes were sampled (CPU windows are measured from it).
+    pub at: Instant,
     /// Findings of every subject (process, flow, host), most severe first.
     pub findings: Vec<Finding>,
     /// One report per sensor (full passes only; the process sensor first).
@@ -172,6 +174,7 @@ impl Engine {
         let window_seconds = prev.map(|b| cur.at.saturating_duration_since(b.at).as_secs_f64()).unwrap_or(0.0);
         let findings = self.detector.assess(prev, &cur, &obs, now);
         let processes = cur.procs.len();
+        let at = cur.at;
         if full
             && self
                 .base
@@ -182,6 +185,7 @@ impl Engine {
         }
         Ok(PassOutput {
             processes,
+            at,
             findings,
             reports,
             window_seconds,

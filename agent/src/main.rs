@@ -155,9 +155,14 @@ struct RunArgs {
     /// Collector base URL, e.g. https://collector:9860.
     #[arg(long, value_name = "URL")]
     collector: Option<String>,
-    /// Bearer token for the collector.
+    /// Bearer token for the collector. Visible in `ps` to every user: prefer
+    /// --token-file or the environment.
     #[arg(long, value_name = "TOKEN", env = "RIGWATCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the collector's bearer token (first line; e.g. a
+    /// systemd credential or a mounted Kubernetes Secret).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Where events wait for the collector [default: /var/lib/rigwatch/spool].
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
@@ -395,6 +400,11 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = a.collector {
         cfg.collector.url = v;
     }
+    if let Some(f) = &a.token_file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?;
+        cfg.collector.token = t.lines().next().unwrap_or("").trim().to_string();
+        anyhow::ensure!(!cfg.collector.token.is_empty(), "--token-file {} is empty", f.display());
+    }
     if let Some(v) = a.token {
         cfg.collector.token = v;
     }
@@ -417,7 +427,7 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !cfg.collector.url.is_empty() && cfg.collector.token.is_empty() {
-        anyhow::bail!("--collector needs --token (or RIGWATCH_TOKEN, or collector.token in the config)");
+        anyhow::bail!("--collector needs --token-file, --token (or RIGWATCH_TOKEN, or collector.token in the config)");
     }
     daemon::run(cfg, a.once)?;
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,6 @@ use crate::engine::{Engine, EngineConfig, Pass};
 use rigwatch_signatures::{Finding, Signatures};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What the scan looked at.
 #[derive(Debug, Clone, Serialize)]
@@ -67,7 +66,6 @@ pub fn unix_now() -> u64 {
 pub fn scan(opts: &EngineConfig, sig: Arc<Signatures>, progress: &dyn Fn(&str)) -> anyhow::Result<ScanReport> {
     let host = host_name();
     let mut engine = Engine::new(sig.clone(), &host, opts);
-    let started = Instant::now();
     // the first pass warms the caches and starts the CPU window
     let first = engine.pass(Pass::Full, unix_now())?;
     progress(&format!(
@@ -75,7 +73,8 @@ pub fn scan(opts: &EngineConfig, sig: Arc<Signatures>, progress: &dyn Fn(&str)) 
         first.processes,
         opts.cpu_window.as_secs_f64()
     ));
-    if let Some(left) = opts.cpu_window.checked_sub(started.elapsed()) {
+    // the window runs from the first sample, not from the end of the first pass
+    if let Some(left) = opts.cpu_window.checked_sub(first.at.elapsed()) {
         std::thread::sleep(left);
     }
     let second = engine.pass(Pass::Full, unix_now())?;

@@ -136,12 +136,20 @@ fn run_exports_ships_and_alerts_host_findings() {
         ),
     )
     .unwrap();
+    // the token from a file, not on the command line where `ps` shows it
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
     let mport = free_port();
     let _a = Kill(
         Command::new(bin("rigwatch", "rigwatch-agent"))
             .env("RIGWATCH_HOSTNAME", HOST)
             .args(["run", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{mport}")])
-            .args(["--collector", &format!("http://127.0.0.1:{cport}"), "--token", &agent_token])
+            .args([
+                "--collector",
+                &format!("http://127.0.0.1:{cport}"),
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ])
             .args(["--spool-dir", tmp.path().join("spool").to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -158,6 +166,7 @@ fn run_exports_ships_and_alerts_host_findings() {
                 .all(|c| body.contains(&format!("comm=\"{c}\""))))
         .then_some(body)
     });
+    assert_eq!(http_get(mport, "/healthz", None), (200, "ok\n".to_string()), "passes are fresh");
     let line = metrics
         .lines()
         .find(|l| l.starts_with("rigwatch_finding_active{") && l.contains("comm=\"(persistence)\""))

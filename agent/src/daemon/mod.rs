@@ -132,7 +132,9 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.metrics.listen))?;
         MetricsListening(format!("http://{}/metrics", listener.local_addr()?)).emit(m);
         let s2 = shared.clone();
-        rt.spawn(serve(listener, s2));
+        // three missed passes, and never less than a minute
+        let stale_after = Duration::from_secs_f64((cfg.scan.interval_seconds * 3.0).max(60.0));
+        rt.spawn(serve(listener, s2, stale_after));
         if shared.spool.is_some() {
             rt.spawn(shipper::run(cfg.collector.clone(), shared.clone(), host.clone()));
         }
@@ -377,9 +379,14 @@ fn watch(dirs: &[PathBuf], tx: Sender<Msg>, m: &Metrics) -> Option<notify::Recom
     Some(w)
 }
 
-async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// Serves `/metrics` and `/healthz`. `/healthz` answers 503 once the last
+/// full pass is older than `stale_after` (a stuck sensor or a stalled
+/// detection thread), so a liveness probe restarts the agent.
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, stale_after: Duration) {
     use axum::{routing::get, Router};
     let s = shared.clone();
+    let h = shared.clone();
+    let started = unix_now();
     let app = Router::new()
         .route(
             "/metrics",
@@ -393,7 +400,24 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route(
+            "/healthz",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    let last = (h.metrics.last_pass.get() as u64).max(started);
+                    let age = unix_now().saturating_sub(last);
+                    if age > stale_after.as_secs() {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("stale: the last full pass was {age} s ago\n"),
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, "ok\n".to_string())
+                    }
+                }
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         ComponentError {
             component: "http",

@@ -101,7 +101,8 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
                 let status = r.status();
                 let why = r.text().await.unwrap_or_default();
                 let path = cfg.spool_dir.join(format!("rejected-{first}-{last}.json"));
-                let _ = std::fs::write(&path, serde_json::to_vec(&report).unwrap_or_default());
+                let _ = super::spool::create_private(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, &serde_json::to_vec(&report).unwrap_or_default()));
                 BatchRejected {
                     status: status.as_u16(),
                     reason: &why,

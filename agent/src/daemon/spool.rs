@@ -42,6 +42,14 @@ pub struct Spool {
     pub dropped: u64,
 }
 
+/// Creates (or truncates) a file only its owner can read: spool segments,
+/// state and rejected batches hold full command lines (mode 0600 whatever
+/// the umask).
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -52,6 +60,11 @@ impl Spool {
     /// Opens (or creates) a spool directory and recovers its state.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
+        // only the agent reads its spool (mode 0700 whatever the umask)
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
         let id_path = dir.join("agent_id");
         let agent_id = match std::fs::read_to_string(&id_path) {
             Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
@@ -59,7 +72,7 @@ impl Spool {
                 let mut b = [0u8; 16];
                 File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
                 let id = hex::encode(b);
-                std::fs::write(&id_path, &id)?;
+                create_private(&id_path)?.write_all(id.as_bytes())?;
                 sync_dir(dir);
                 id
             }
@@ -130,7 +143,10 @@ impl Spool {
         let roll = self.segments.back().is_none_or(|s| s.bytes + line.len() as u64 > SEGMENT_BYTES) || self.out.is_none();
         if roll {
             let path = self.dir.join(format!("{seq:020}.jsonl"));
-            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?
+            };
             sync_dir(&self.dir);
             self.out = Some(f);
             self.segments.push_back(Segment {
@@ -193,7 +209,7 @@ impl Spool {
 
     fn write_acked(&self) -> std::io::Result<()> {
         let tmp = self.dir.join("acked.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(self.acked.to_string().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, self.dir.join("acked"))?;
@@ -273,6 +289,25 @@ mod tests {
             "the torn line's number is reused: it was never emitted"
         );
         assert_eq!(s.pending(100).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        // the default umask of most services: files 0644, directories 0755
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let mut s = Spool::open(&spool, 1 << 30).unwrap();
+        s.append(1, EventKind::Heartbeat {}).unwrap();
+        let last = s.pending(10).unwrap().last().unwrap().0;
+        s.ack(last).unwrap();
+        nix::sys::stat::umask(old);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&spool), 0o700);
+        for e in std::fs::read_dir(&spool).unwrap().flatten() {
+            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        }
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Tracker {
     pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
         use std::io::Write;
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = super::spool::create_private(&tmp)?;
         f.write_all(&serde_json::to_vec(&self.active.values().collect::<Vec<_>>())?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
