@@ -570,58 +570,60 @@ pub struct FlowInfo {
 
 impl Finding {
     /// A finding about a flow with no known process.
-    pub fn for_flow(host: &str, flow: FlowInfo, mut evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
-        let severity = score(&evidence)?;
-        evidence.sort_by_key(|e| std::cmp::Reverse(e.weight));
-        let id = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            h.update(format!("{host}\0{}\0{}\0{}", flow.client, flow.server, flow.transport));
-            hex::encode(&h.finalize()[..8])
-        };
-        Some(Finding {
-            id,
-            severity,
-            host: host.to_string(),
-            pid: None,
-            process: ProcessInfo::default(),
+    pub fn for_flow(host: &str, flow: FlowInfo, evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
+        let key = format!("{host}\0{}\0{}\0{}", flow.client, flow.server, flow.transport);
+        Some(Self::without_process(
+            host,
+            &key,
+            score(&evidence)?,
             evidence,
-            flow: Some(flow),
-            subject: None,
-            cpu_cores: None,
-            gpu: None,
-            first_seen: now,
-            last_seen: now,
-        })
+            Some(flow),
+            None,
+            now,
+        ))
     }
-}
 
-impl Finding {
     /// A finding about the host itself (see [`HostSubject`]), scored by
     /// [`score_host`]. Its id is stable for the same subject on the same host.
-    pub fn for_host(host: &str, subject: HostSubject, mut evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
-        let severity = score_host(&evidence)?;
+    pub fn for_host(host: &str, subject: HostSubject, evidence: Vec<Evidence>, now: u64) -> Option<Finding> {
+        let key = format!("{host}\0host\0{}\0{}", subject.kind.as_str(), subject.name);
+        Some(Self::without_process(
+            host,
+            &key,
+            score_host(&evidence)?,
+            evidence,
+            None,
+            Some(subject),
+            now,
+        ))
+    }
+
+    /// A flow or host finding: its id is a hash of `key`, its evidence sorted strongest first.
+    fn without_process(
+        host: &str,
+        key: &str,
+        severity: Severity,
+        mut evidence: Vec<Evidence>,
+        flow: Option<FlowInfo>,
+        subject: Option<HostSubject>,
+        now: u64,
+    ) -> Finding {
+        use sha2::{Digest, Sha256};
         evidence.sort_by_key(|e| std::cmp::Reverse(e.weight));
-        let id = {
-            use sha2::{Digest, Sha256};
-            let mut h = Sha256::new();
-            h.update(format!("{host}\0host\0{}\0{}", subject.kind.as_str(), subject.name));
-            hex::encode(&h.finalize()[..8])
-        };
-        Some(Finding {
-            id,
+        Finding {
+            id: hex::encode(&Sha256::digest(key.as_bytes())[..8]),
             severity,
             host: host.to_string(),
             pid: None,
             process: ProcessInfo::default(),
             evidence,
-            flow: None,
-            subject: Some(subject),
+            flow,
+            subject,
             cpu_cores: None,
             gpu: None,
             first_seen: now,
             last_seen: now,
-        })
+        }
     }
 
     /// A short name of what the finding is about: the process's name, the

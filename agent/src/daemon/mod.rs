@@ -22,7 +22,7 @@ use config::Config;
 use events::*;
 use metrics::Metrics;
 use rigwatch_signatures::report::{EventKind, SensorStatus};
-use rigwatch_signatures::Signatures;
+use rigwatch_signatures::{Finding, Signatures};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -143,9 +143,13 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
 
     let mut engine = Engine::new(sig.clone(), &host, &cfg.engine(once));
     // with a spool, the active set survives restarts next to it
-    let tracker_file = shared.spool.as_ref().map(|_| cfg.collector.spool_dir.join("active.json"));
-    let mut tracker = tracker_file.as_deref().map(Tracker::load).unwrap_or_default();
-    let mut responder = response::Responder::new(cfg.response.clone(), &cfg.scan.proc_root);
+    let file = shared.spool.as_ref().map(|_| cfg.collector.spool_dir.join("active.json"));
+    let mut sinks = Sinks {
+        tracker: file.as_deref().map(Tracker::load).unwrap_or_default(),
+        file,
+        responder: response::Responder::new(cfg.response.clone(), &cfg.scan.proc_root),
+        max_series: cfg.metrics.max_finding_series,
+    };
     let interval = Duration::from_secs_f64(cfg.scan.interval_seconds.max(0.1));
     let heartbeat = Duration::from_secs_f64(cfg.collector.heartbeat_seconds.max(1.0));
     let mut said_unavailable = std::collections::HashSet::new();
@@ -211,17 +215,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         if !full && exec_due.is_some_and(|d| Instant::now() >= d) {
             exec_due = None;
             let out = engine.pass(Pass::Pids(std::mem::take(&mut exec_pids)), now)?;
-            let mut changes = tracker.update(out.findings, &mut |_, _| true, now, true);
-            changes.extend(tracker.resolve_exited(&mut |pid, start| engine.alive(pid, start)));
-            settle(
-                changes,
-                &shared,
-                &mut responder,
-                &tracker,
-                tracker_file.as_deref(),
-                cfg.metrics.max_finding_series,
-                now,
-            );
+            sinks.take(out.findings, true, &mut engine, &shared, now);
             m.pass_duration.observe(out.seconds);
             continue;
         }
@@ -257,16 +251,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         }
         status.sort_by_key(|s| s.name != "process");
         *shared.sensors.lock().unwrap_or_else(|e| e.into_inner()) = status;
-        let changes = tracker.update(out.findings, &mut |pid, start| engine.alive(pid, start), now, false);
-        settle(
-            changes,
-            &shared,
-            &mut responder,
-            &tracker,
-            tracker_file.as_deref(),
-            cfg.metrics.max_finding_series,
-            now,
-        );
+        sinks.take(out.findings, false, &mut engine, &shared, now);
         m.processes.set(out.processes as i64);
         m.pass_duration.observe(out.seconds);
         m.last_pass.set(now as f64);
@@ -277,27 +262,37 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
     }
 }
 
-/// Applies a pass's changes: events reach the spool first, then the saved
-/// state (a crash in between repeats an event, harmless, rather than losing
-/// one); then the finding metrics.
-#[allow(clippy::too_many_arguments)]
-fn settle(
-    changes: Vec<Change>,
-    shared: &Shared,
-    responder: &mut response::Responder,
-    tracker: &Tracker,
-    file: Option<&std::path::Path>,
+/// Where a pass's findings go: the tracker turns them into opened, updated
+/// and resolved events, which are logged and counted, answered by the
+/// response, written to the spool (then the shipper) before the tracker's
+/// state is saved (a crash in between repeats an event, harmless, rather
+/// than losing one); then the finding metrics.
+struct Sinks {
+    tracker: Tracker,
+    /// Where the active set is saved (beside the spool).
+    file: Option<PathBuf>,
+    responder: response::Responder,
     max_series: usize,
-    now: u64,
-) {
-    let save = !changes.is_empty();
-    apply(changes, shared, responder, now);
-    if let (Some(path), true) = (file, save) {
-        if let Err(e) = tracker.save(path) {
-            StateSaveError(e.to_string()).emit(&shared.metrics);
+}
+
+impl Sinks {
+    /// Takes a pass's findings. A partial pass (exec events) resolves only
+    /// the findings whose process has exited.
+    fn take(&mut self, findings: Vec<Finding>, partial: bool, engine: &mut Engine, shared: &Shared, now: u64) {
+        let mut alive = |pid, start| engine.alive(pid, start);
+        let mut changes = self.tracker.update(findings, &mut alive, now, partial);
+        if partial {
+            changes.extend(self.tracker.resolve_exited(&mut alive));
         }
+        let save = !changes.is_empty();
+        apply(changes, shared, &mut self.responder, now);
+        if let (Some(path), true) = (&self.file, save) {
+            if let Err(e) = self.tracker.save(path) {
+                StateSaveError(e.to_string()).emit(&shared.metrics);
+            }
+        }
+        shared.metrics.set_findings(&self.tracker.active(), self.max_series);
     }
-    shared.metrics.set_findings(&tracker.active(), max_series);
 }
 
 /// Logs, counts, responds to and spools each change.
