@@ -5,7 +5,7 @@
 
 use crate::host::process::cgroup_identity;
 use crate::sensors::{Observation, Proc, ProcKey, Snapshot};
-use rigwatch_signatures::{Evidence, EvidenceKind, Finding, FlowInfo, HostSubject, Origin, ProcessInfo, Signatures, Weight};
+use rigwatch_signatures::{Evidence, EvidenceKind, Finding, FlowInfo, HostSubject, Origin, ProcessInfo, Signatures, SubjectKind, Weight};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -243,6 +243,15 @@ impl Detector {
             findings.extend(Finding::for_flow(&self.host, flow, ev.clone(), now));
         }
         for (subject, ev) in host {
+            // the allowlist speaks for host subjects too: a file or library by
+            // path (a known preload library), a cgroup by its path
+            let (path, cgroup) = match subject.kind {
+                SubjectKind::Cgroup => ("", subject.name.as_str()),
+                _ => (subject.name.as_str(), ""),
+            };
+            if self.sig.allowed(None, path, "\0host", cgroup).is_some() {
+                continue;
+            }
             findings.extend(Finding::for_host(&self.host, subject.clone(), dedup(ev), now));
         }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));

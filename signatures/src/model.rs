@@ -758,4 +758,35 @@ mod tests {
         assert_ne!(finding_id("h", 10, 1), finding_id("h", 10, 2));
         assert_eq!(finding_id("h", 10, 1), finding_id("h", 10, 1));
     }
+
+    #[test]
+    fn host_findings_score_their_strongest_evidence_and_keep_their_id() {
+        let preload = ev(
+            EvidenceKind::Preload {
+                library: "/lib/x.so".into(),
+                source: "ld.so.preload".into(),
+            },
+            Weight::Suspicious,
+        );
+        assert_eq!(score(&[preload.clone()]), None, "a process needs activity for that");
+        assert_eq!(
+            score_host(&[preload.clone()]),
+            Some(Severity::Suspicious),
+            "a host subject does not"
+        );
+        assert_eq!(score_host(&[cpu()]), None, "info alone is nothing");
+        assert_eq!(score_host(&[name()]), Some(Severity::Likely));
+        let subject = HostSubject {
+            kind: SubjectKind::Preload,
+            name: "/lib/x.so".into(),
+        };
+        let a = Finding::for_host("h", subject.clone(), vec![preload.clone()], 1).unwrap();
+        let b = Finding::for_host("h", subject.clone(), vec![preload, name()], 2).unwrap();
+        assert_eq!(a.id, b.id, "the same subject on the same host");
+        assert_eq!(b.severity, Severity::Likely);
+        assert_eq!(b.evidence[0].weight, Weight::Likely, "strongest first");
+        assert_ne!(a.id, Finding::for_host("other", subject, vec![cpu(), name()], 1).unwrap().id);
+        assert_eq!(a.subject_label(), "preload /lib/x.so");
+        assert!(a.pid.is_none() && a.flow.is_none());
+    }
 }

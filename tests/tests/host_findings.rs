@@ -98,6 +98,44 @@ fn scan_reports_host_findings_and_exits_1() {
     // the host notes are gone: what is a finding is not said twice
     let warnings = v["warnings"].to_string();
     assert!(!warnings.contains("starts a miner"), "{warnings}");
+
+    // the allowlist speaks for host subjects: a known preload library by path
+    let sigdir = tmp.path().join("signatures.d");
+    std::fs::create_dir_all(&sigdir).unwrap();
+    std::fs::write(
+        sigdir.join("allow.toml"),
+        "[[rule]]\nid = \"site.allow-preload\"\nkind = \"allow\"\nseverity = \"info\"\n\
+         paths = [\"/usr/local/lib/libprocesshider.so\"]\n\
+         examples = { hit = [\"path:/usr/local/lib/libprocesshider.so\"] }\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("rigwatch", "rigwatch-agent"))
+        .args([
+            "scan",
+            "--json",
+            "--window",
+            "0.3",
+            "--no-capture",
+            "--no-sockets",
+            "--no-gpu",
+            "--host-root",
+            &root,
+        ])
+        .args(["--signatures", sigdir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    assert!(
+        !findings.iter().any(|f| f["subject"]["kind"] == "preload"),
+        "allowlisted: {findings:#?}"
+    );
+    assert_eq!(subject(findings, "persistence")["severity"], "confirmed", "the rest stays");
+    assert!(
+        v["warnings"].to_string().find("allow.toml").is_none(),
+        "the rule loads: {}",
+        v["warnings"]
+    );
 }
 
 #[test]
