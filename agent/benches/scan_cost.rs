@@ -51,11 +51,13 @@ fn main() {
         // the per-process pipeline this table measures, through the engine every
         // command uses: the binary and miner-config sensors (the others look at
         // the host, the network or the GPU, not at each process)
-        let mut cfg = Config::default();
-        cfg.sensors = SensorsConfig {
-            binary: true,
-            minerconfig: true,
-            ..SensorsConfig::none()
+        let mut cfg = Config {
+            sensors: SensorsConfig {
+                binary: true,
+                minerconfig: true,
+                ..SensorsConfig::none()
+            },
+            ..Config::default()
         };
         cfg.scan.binary_bytes_per_pass = u64::MAX;
         let mut engine = Engine::new(sig.clone(), "bench", &cfg.engine(false));

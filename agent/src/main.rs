@@ -481,10 +481,12 @@ fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> 
     const NETWORK: &[&str] = &["stratum", "dns", "tls_sni", "pool_connection"];
     let (sig, _) = load_signatures(s)?;
     // the engine with the capture sensor alone; the sink prints each new piece of network evidence
-    let mut cfg = Config::default();
-    cfg.sensors = rigwatch_agent::daemon::config::SensorsConfig {
-        capture: true,
-        ..rigwatch_agent::daemon::config::SensorsConfig::none()
+    let cfg = Config {
+        sensors: rigwatch_agent::daemon::config::SensorsConfig {
+            capture: true,
+            ..rigwatch_agent::daemon::config::SensorsConfig::none()
+        },
+        ..Config::default()
     };
     let mut engine = Engine::new(sig, &scan::host_name(), &cfg.engine(false));
     let first = engine.pass(Pass::Full, scan::unix_now())?;

@@ -768,9 +768,9 @@ mod tests {
             },
             Weight::Suspicious,
         );
-        assert_eq!(score(&[preload.clone()]), None, "a process needs activity for that");
+        assert_eq!(score(std::slice::from_ref(&preload)), None, "a process needs activity for that");
         assert_eq!(
-            score_host(&[preload.clone()]),
+            score_host(std::slice::from_ref(&preload)),
             Some(Severity::Suspicious),
             "a host subject does not"
         );

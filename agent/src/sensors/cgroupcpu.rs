@@ -17,11 +17,14 @@ use std::time::Instant;
 /// Most cgroups followed at once (a host with more leaves keeps the first).
 const MAX_CGROUPS: usize = 4096;
 
+/// A listed process's CPU ticks: its own, and its own plus its reaped children's.
+type Ticks = (u64, u64);
+
 struct Sample {
     at: Instant,
     usage_usec: u64,
     /// Per listed process: its own ticks, and its own plus its reaped children's.
-    ticks: HashMap<ProcKey, (u64, u64)>,
+    ticks: HashMap<ProcKey, Ticks>,
 }
 
 /// The per-cgroup CPU sensor.
@@ -78,7 +81,7 @@ impl Sensor for CgroupCpuSensor {
             return Ok(());
         }
         self.notes.clear();
-        let mut members: HashMap<&str, Vec<(ProcKey, (u64, u64))>> = HashMap::new();
+        let mut members: HashMap<&str, Vec<(ProcKey, Ticks)>> = HashMap::new();
         for p in snap.procs.values() {
             // the root cgroup's account is the whole machine's
             if p.kernel_thread || p.fixed.cgroup.is_empty() || p.fixed.cgroup == "/" {
