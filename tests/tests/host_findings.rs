@@ -43,13 +43,8 @@ fn subject<'a>(findings: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} host finding in {findings:#?}"))
 }
 
-#[test]
-fn scan_reports_host_findings_and_exits_1() {
-    let tmp = tempfile::Builder::new()
-        .prefix("rwh")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let root = host_root(tmp.path());
+/// `rigwatch scan --json` over a host root: (exit code, report).
+fn scan(root: &str, extra: &[&str]) -> (Option<i32>, Value) {
     let out = Command::new(bin("rigwatch", "rigwatch-agent"))
         .args([
             "scan",
@@ -60,12 +55,24 @@ fn scan_reports_host_findings_and_exits_1() {
             "--no-sockets",
             "--no-gpu",
             "--host-root",
-            &root,
+            root,
         ])
+        .args(extra)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), v)
+}
+
+#[test]
+fn scan_reports_host_findings_and_exits_1() {
+    let tmp = tempfile::Builder::new()
+        .prefix("rwh")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let root = host_root(tmp.path());
+    let (code, v) = scan(&root, &[]);
+    assert_eq!(code, Some(1), "{v}");
     let findings = v["findings"].as_array().unwrap();
 
     let cron = subject(findings, "persistence");
@@ -109,22 +116,7 @@ fn scan_reports_host_findings_and_exits_1() {
          examples = { hit = [\"path:/usr/local/lib/libprocesshider.so\"] }\n",
     )
     .unwrap();
-    let out = Command::new(bin("rigwatch", "rigwatch-agent"))
-        .args([
-            "scan",
-            "--json",
-            "--window",
-            "0.3",
-            "--no-capture",
-            "--no-sockets",
-            "--no-gpu",
-            "--host-root",
-            &root,
-        ])
-        .args(["--signatures", sigdir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, v) = scan(&root, &["--signatures", sigdir.to_str().unwrap()]);
     let findings = v["findings"].as_array().unwrap();
     assert!(
         !findings.iter().any(|f| f["subject"]["kind"] == "preload"),
