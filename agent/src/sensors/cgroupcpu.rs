@@ -33,7 +33,6 @@ pub struct CgroupCpuSensor {
     window: f64,
     threshold: f64,
     history: HashMap<String, VecDeque<Sample>>,
-    notes: Vec<String>,
     up: bool,
 }
 
@@ -52,7 +51,6 @@ impl CgroupCpuSensor {
             window: window.max(0.1),
             threshold,
             history: HashMap::new(),
-            notes: Vec::new(),
         }
     }
 }
@@ -80,7 +78,6 @@ impl Sensor for CgroupCpuSensor {
         if snap.partial {
             return Ok(());
         }
-        self.notes.clear();
         let mut members: HashMap<&str, Vec<(ProcKey, Ticks)>> = HashMap::new();
         for p in snap.procs.values() {
             // the root cgroup's account is the whole machine's
@@ -159,10 +156,6 @@ impl Sensor for CgroupCpuSensor {
             });
         }
         Ok(())
-    }
-
-    fn problems(&self) -> Vec<String> {
-        self.notes.clone()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
