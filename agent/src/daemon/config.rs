@@ -61,6 +61,7 @@ impl Config {
                 long_window_seconds: s.long_window_seconds,
                 long_window_cores_threshold: s.long_window_cores_threshold,
             },
+            sensor_budget: std::time::Duration::from_secs_f64(on.budget_seconds.clamp(0.01, 86400.0)),
         }
     }
 }
@@ -135,6 +136,10 @@ pub struct SensorsConfig {
     /// Each cgroup's CPU (cgroup v2) against its listed processes': CPU of
     /// short-lived or hidden processes.
     pub cgroup_cpu: bool,
+    /// Seconds one sensor's part of a pass may take. A sensor over it (one
+    /// blocked reading a FIFO or a hung mount) is reported down and skipped
+    /// until its late pass returns, while the others carry on.
+    pub budget_seconds: f64,
 }
 
 impl SensorsConfig {
@@ -150,6 +155,7 @@ impl SensorsConfig {
             hidden: false,
             persistence: false,
             cgroup_cpu: false,
+            budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),
         }
     }
 }
@@ -166,6 +172,7 @@ impl Default for SensorsConfig {
             hidden: true,
             persistence: true,
             cgroup_cpu: true,
+            budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),
         }
     }
 }
