@@ -6,6 +6,13 @@
 //! event id once, so delivery is exactly-once in its store.
 //!
 //! Bounded: beyond `max_bytes` the oldest segment is dropped (and counted).
+//!
+//! A full disk loses nothing it can keep: a failed append is cut back off
+//! the segment (truncated to its last good offset, or the next append starts
+//! a new segment), so no line is ever glued onto a partial one; the event
+//! waits in a small bounded backlog in memory and is written before the next
+//! one once there is room. Recovery skips a damaged line (salvaging a whole
+//! line glued after it) and keeps every good line after it.
 
 use rigwatch_signatures::report::{Event, EventKind};
 use serde::{Deserialize, Serialize};
@@ -40,7 +47,17 @@ pub struct Spool {
     out: Option<File>,
     /// Events dropped because the spool was full.
     pub dropped: u64,
+    /// Appends that failed (a full disk, an I/O error).
+    pub write_errors: u64,
+    /// Events not yet written because an append failed, oldest first, with
+    /// their serialised size (bounded by [`BACKLOG_EVENTS`] and [`BACKLOG_BYTES`]).
+    backlog: VecDeque<(u64, EventKind, usize)>,
 }
+
+/// Events kept in memory while the spool cannot be written.
+pub const BACKLOG_EVENTS: usize = 1024;
+/// Bytes of events kept in memory while the spool cannot be written.
+pub const BACKLOG_BYTES: usize = 8 * 1024 * 1024;
 
 /// Creates (or truncates) a file only its owner can read: spool segments,
 /// state and rejected batches hold full command lines (mode 0600 whatever
@@ -93,7 +110,8 @@ impl Spool {
             let (first, last, good_bytes) = scan_segment(&path)?;
             let len = std::fs::metadata(&path)?.len();
             if good_bytes < len {
-                // a torn line from a crash mid-write: never fsync'd, never emitted
+                // a torn last line from a crash mid-write: never fsync'd, never
+                // emitted (damaged lines before it stay and are skipped on read)
                 OpenOptions::new().write(true).open(&path)?.set_len(good_bytes)?;
             }
             match (first, last) {
@@ -122,6 +140,8 @@ impl Spool {
             acked,
             out: None,
             dropped: 0,
+            write_errors: 0,
+            backlog: VecDeque::new(),
         })
     }
 
@@ -130,8 +150,51 @@ impl Spool {
         &self.agent_id
     }
 
-    /// Appends an event (fsync'd before returning) and returns it.
+    /// Appends an event (fsync'd before returning) and returns it. Events
+    /// kept from earlier failed appends are written first, in order.
+    ///
+    /// On failure nothing of the line stays in the spool and the event is
+    /// kept in the backlog (or counted in `dropped` when that is full) to be
+    /// written by a later append.
     pub fn append(&mut self, at: u64, kind: EventKind) -> std::io::Result<Event> {
+        while let Some((t, k, n)) = self.backlog.pop_front() {
+            if let Err(e) = self.write_event(t, k.clone()) {
+                self.backlog.push_front((t, k, n));
+                self.keep(at, kind);
+                self.write_errors += 1;
+                return Err(e);
+            }
+        }
+        match self.write_event(at, kind.clone()) {
+            Ok(e) => {
+                self.evict()?;
+                Ok(e)
+            }
+            Err(e) => {
+                self.keep(at, kind);
+                self.write_errors += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps an event that could not be written for the next append.
+    fn keep(&mut self, at: u64, kind: EventKind) {
+        let n = serde_json::to_vec(&kind).map(|v| v.len()).unwrap_or(0);
+        let used: usize = self.backlog.iter().map(|(_, _, n)| n).sum();
+        if self.backlog.len() < BACKLOG_EVENTS && used + n <= BACKLOG_BYTES {
+            self.backlog.push_back((at, kind, n));
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Events waiting in memory for room on disk.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    fn write_event(&mut self, at: u64, kind: EventKind) -> std::io::Result<Event> {
         let seq = self.next_seq;
         let event = Event {
             event_id: format!("{}:{seq}", self.agent_id),
@@ -143,11 +206,18 @@ impl Spool {
         let roll = self.segments.back().is_none_or(|s| s.bytes + line.len() as u64 > SEGMENT_BYTES) || self.out.is_none();
         if roll {
             let path = self.dir.join(format!("{seq:020}.jsonl"));
+            // a file of this name holds no good line: it is one this spool
+            // started for `seq` whose append failed (next_seq is past every
+            // recovered line), so it is emptied, never appended to
             let f = {
                 use std::os::unix::fs::OpenOptionsExt;
                 OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?
             };
+            f.set_len(0)?;
             sync_dir(&self.dir);
+            if self.segments.back().is_some_and(|s| s.path == path) {
+                self.segments.pop_back();
+            }
             self.out = Some(f);
             self.segments.push_back(Segment {
                 first_seq: seq,
@@ -156,13 +226,26 @@ impl Spool {
                 bytes: 0,
             });
         }
+        let good = self.segments.back().expect("pushed above").bytes;
         let f = self.out.as_mut().expect("opened above");
-        f.write_all(&line)?;
-        f.sync_data()?;
+        if let Err(e) = f.write_all(&line).and_then(|()| f.sync_data()) {
+            // cut the partial line off (the handle appends, so the next line
+            // starts at `good`); if even that fails, the next append starts a
+            // new segment and recovery skips the damaged tail
+            if f.set_len(good).and_then(|()| f.sync_data()).is_err() {
+                self.out = None;
+            }
+            return Err(e);
+        }
         let seg = self.segments.back_mut().expect("pushed above");
         seg.bytes += line.len() as u64;
         seg.last_seq = seq;
         self.next_seq += 1;
+        Ok(event)
+    }
+
+    /// Beyond `max_bytes`, drops the oldest segments (counted in `dropped`).
+    fn evict(&mut self) -> std::io::Result<()> {
         while self.bytes() > self.max_bytes && self.segments.len() > 1 {
             let old = self.segments.pop_front().expect("len > 1");
             self.dropped += old.last_seq.saturating_sub(old.first_seq.max(self.acked + 1)) + 1;
@@ -170,7 +253,7 @@ impl Spool {
             std::fs::remove_file(&old.path)?;
             self.write_acked()?;
         }
-        Ok(event)
+        Ok(())
     }
 
     /// Up to `max` unacknowledged events, oldest first, with their sequence numbers.
@@ -180,8 +263,8 @@ impl Spool {
             if s.last_seq <= self.acked {
                 continue;
             }
-            for line in BufReader::new(File::open(&s.path)?).lines() {
-                let Ok(l) = serde_json::from_str::<Line>(&line?) else { continue };
+            for line in BufReader::new(File::open(&s.path)?).split(b'\n') {
+                let Some(l) = parse_line(&line?) else { continue };
                 if l.seq > self.acked {
                     out.push((l.seq, l.event));
                     if out.len() >= max {
@@ -217,9 +300,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Events waiting for the collector.
+    /// Events waiting for the collector (on disk and in the backlog).
     pub fn queued(&self) -> u64 {
-        (self.next_seq - 1).saturating_sub(self.acked)
+        (self.next_seq - 1).saturating_sub(self.acked) + self.backlog.len() as u64
     }
 
     /// Bytes on disk.
@@ -228,7 +311,9 @@ impl Spool {
     }
 }
 
-/// First and last sequence numbers of a segment and the length of its whole lines.
+/// First and last sequence numbers of a segment's good lines, and the length
+/// of its whole lines (a damaged line is skipped, the lines after it kept;
+/// only an unterminated tail is left out).
 fn scan_segment(path: &Path) -> std::io::Result<(Option<u64>, Option<u64>, u64)> {
     let data = std::fs::read(path)?;
     let (mut first, mut last, mut good) = (None, None, 0u64);
@@ -237,17 +322,25 @@ fn scan_segment(path: &Path) -> std::io::Result<(Option<u64>, Option<u64>, u64)>
         if b != b'\n' {
             continue;
         }
-        match serde_json::from_slice::<Line>(&data[start..i]) {
-            Ok(l) => {
-                first.get_or_insert(l.seq);
-                last = Some(l.seq);
-                good = (i + 1) as u64;
-            }
-            Err(_) => break,
+        if let Some(l) = parse_line(&data[start..i]) {
+            first = Some(first.map_or(l.seq, |f: u64| f.min(l.seq)));
+            last = Some(last.map_or(l.seq, |x: u64| x.max(l.seq)));
         }
+        good = (i + 1) as u64;
         start = i + 1;
     }
     Ok((first, last, good))
+}
+
+/// One spool line, or the whole line glued after a partial one (a write cut
+/// short by an older agent, or by a crash, with the next line appended to it).
+fn parse_line(b: &[u8]) -> Option<Line> {
+    if let Ok(l) = serde_json::from_slice::<Line>(b) {
+        return Some(l);
+    }
+    const START: &[u8] = b"{\"seq\":";
+    let at = b.windows(START.len()).skip(1).rposition(|w| w == START)? + 1;
+    serde_json::from_slice::<Line>(&b[at..]).ok()
 }
 
 #[cfg(test)]
@@ -330,5 +423,139 @@ mod tests {
         let p = s.pending(10_000).unwrap();
         assert_eq!(p.last().unwrap().0, 3000, "the newest events are kept");
         assert_eq!(p.len() as u64 + s.dropped, 3000);
+    }
+
+    fn big(n: usize, tag: u64) -> EventKind {
+        EventKind::FindingResolved {
+            finding_id: format!("{tag}-{}", "y".repeat(n)),
+            reason: "test".into(),
+        }
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn recovery_skips_a_damaged_line_and_keeps_every_good_line_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 30).unwrap();
+        for t in 0..6 {
+            s.append(t, EventKind::Heartbeat {}).unwrap();
+        }
+        drop(s);
+        let seg = segments(dir.path()).pop().unwrap();
+        let data = std::fs::read(&seg).unwrap();
+        let lines: Vec<&[u8]> = data.split_inclusive(|b| *b == b'\n').collect();
+        assert_eq!(lines.len(), 6);
+        // line 2 damaged in place; line 4 cut short with line 5 glued onto it
+        // (what an older agent left after a full disk); line 6 intact
+        let mut out = Vec::new();
+        out.extend_from_slice(lines[0]);
+        out.extend_from_slice(b"{\"seq\":2,\"ev\x00\x00garbage\n");
+        out.extend_from_slice(lines[2]);
+        out.extend_from_slice(&lines[3][..20]);
+        out.extend_from_slice(lines[4]);
+        out.extend_from_slice(lines[5]);
+        std::fs::write(&seg, &out).unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 30).unwrap();
+        let seqs = |s: &Spool| s.pending(100).unwrap().iter().map(|(q, _)| *q).collect::<Vec<_>>();
+        assert_eq!(seqs(&s), vec![1, 3, 5, 6], "every good line after the damaged ones is kept");
+        assert_eq!(std::fs::read(&seg).unwrap(), out, "recovery deletes nothing whole");
+        let e = s.append(9, EventKind::Heartbeat {}).unwrap();
+        assert!(e.event_id.ends_with(":7"), "{}", e.event_id);
+        assert_eq!(seqs(&s), vec![1, 3, 5, 6, 7]);
+        s.ack(7).unwrap();
+        assert_eq!(s.queued(), 0);
+    }
+
+    /// A small tmpfs, unmounted on drop.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("skipped: mounting a tmpfs needs root");
+                return None;
+            }
+            let d = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+                .arg(d.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("skipped: cannot mount a tmpfs here");
+                return None;
+            }
+            Some(Tmpfs(d))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_glues_no_lines_loses_no_events_and_counts_failures() {
+        let Some(fs) = Tmpfs::mount("64k") else { return };
+        let dir = fs.0.path().join("spool");
+        let mut s = Spool::open(&dir, 1 << 30).unwrap();
+        // most of the disk taken by something else
+        let filler = fs.0.path().join("filler");
+        std::fs::write(&filler, vec![0u8; 40 * 1024]).unwrap();
+        let mut sent = 0u64;
+        let mut failed = 0u64;
+        for t in 0..15u64 {
+            sent += 1;
+            if s.append(t, big(3000, t)).is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "the disk never filled");
+        assert_eq!(s.write_errors, failed, "every failed append is counted");
+        assert_eq!(s.dropped, 0);
+        assert!(s.backlog() > 0);
+        assert_eq!(s.queued(), sent, "failed appends wait in the backlog");
+        // on disk: whole lines only, nothing glued or torn
+        for seg in segments(&dir) {
+            let data = std::fs::read(&seg).unwrap();
+            assert!(data.is_empty() || data.ends_with(b"\n"), "{} ends in a partial line", seg.display());
+            for l in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                serde_json::from_slice::<Line>(l).expect("a line glued onto a partial one");
+            }
+        }
+        // room again: the backlog goes out first, in order, then the new event
+        std::fs::remove_file(&filler).unwrap();
+        sent += 1;
+        s.append(99, big(3000, 99)).unwrap();
+        assert_eq!(s.backlog(), 0);
+        let tags = |s: &Spool| -> Vec<String> {
+            s.pending(1000)
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| match e.kind {
+                    EventKind::FindingResolved { finding_id, .. } => finding_id.split('-').next().unwrap().to_string(),
+                    _ => panic!(),
+                })
+                .collect()
+        };
+        let want: Vec<String> = (0..15u64).chain([99]).map(|t| t.to_string()).collect();
+        assert_eq!(tags(&s), want);
+        let seqs: Vec<u64> = s.pending(1000).unwrap().iter().map(|(q, _)| *q).collect();
+        assert_eq!(seqs, (1..=sent).collect::<Vec<_>>(), "no number skipped or reused");
+        // a restart keeps every line
+        drop(s);
+        let s = Spool::open(&dir, 1 << 30).unwrap();
+        assert_eq!(tags(&s), want);
     }
 }
