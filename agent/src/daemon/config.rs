@@ -275,6 +275,16 @@ pub struct ResponseConfig {
     pub quarantine: bool,
     /// Where quarantined binaries go.
     pub quarantine_dir: PathBuf,
+    /// Binaries larger than this are not quarantined (the process is still
+    /// stopped or killed); the copy streams, so memory use does not grow with it.
+    pub quarantine_max_bytes: u64,
+    /// Disk the quarantine directory may use in all; past it, a binary is
+    /// not quarantined (the process is still stopped or killed).
+    pub quarantine_quota_bytes: u64,
+    /// Also act on findings whose only weighty evidence is seen on the
+    /// network (stratum, pool address, DNS, TLS SNI, a stratum login): off, as
+    /// traffic can be made to look like it comes from a process that is not a miner.
+    pub act_on_network_only: bool,
 }
 
 impl Default for ResponseConfig {
@@ -286,6 +296,9 @@ impl Default for ResponseConfig {
             suspicious: Action::None,
             quarantine: false,
             quarantine_dir: PathBuf::from("/var/lib/rigwatch/quarantine"),
+            quarantine_max_bytes: 256 * 1024 * 1024,
+            quarantine_quota_bytes: 1024 * 1024 * 1024,
+            act_on_network_only: false,
         }
     }
 }

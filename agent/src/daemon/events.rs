@@ -141,7 +141,7 @@ impl InternalEvent for ResponseTaken<'_> {
             .with_label_values(&[o.action, if o.dry_run { "true" } else { "false" }])
             .inc();
         warn!(event = "response_taken", finding = self.finding, action = o.action, pid = o.pid, dry_run = o.dry_run,
-            quarantined = ?o.quarantined, skipped = ?o.skipped);
+            quarantined = ?o.quarantined, skipped = ?o.skipped, quarantine_skipped = ?o.quarantine_skipped);
     }
 }
 
