@@ -57,8 +57,9 @@ pub fn read_files(files: &[&Path], sig: Arc<Signatures>, host: &str, now: u64) -
     let (mut packets, mut skipped) = (0u64, 0u64);
     for f in files {
         let bytes = std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        let mut handle = |linktype: u32, data: &[u8]| {
+        let mut handle = |linktype: u32, at: std::time::Duration, data: &[u8]| {
             packets += 1;
+            table.advance(at.as_millis() as u64);
             let Some(p) = frame_to_ip(linktype, data).and_then(parse_ip) else {
                 skipped += 1;
                 return;
@@ -99,10 +100,10 @@ pub fn read_files(files: &[&Path], sig: Arc<Signatures>, host: &str, now: u64) -
     })
 }
 
-/// Calls `handle(linktype, frame)` for every packet of one pcap or pcapng
-/// file. A file cut short ends quietly after its last whole packet; a file
+/// Calls `handle(linktype, timestamp, frame)` for every packet of one pcap
+/// or pcapng file (a simple packet block has no timestamp: zero). A file cut short ends quietly after its last whole packet; a file
 /// that is neither format is an error.
-pub fn read_one(bytes: &[u8], handle: &mut dyn FnMut(u32, &[u8])) -> anyhow::Result<()> {
+pub fn read_one(bytes: &[u8], handle: &mut dyn FnMut(u32, std::time::Duration, &[u8])) -> anyhow::Result<()> {
     let magic = bytes.get(0..4).ok_or_else(|| anyhow::anyhow!("not a capture file (too short)"))?;
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
         let mut r = pcap_file::pcapng::PcapNgReader::new(bytes).map_err(|e| anyhow::anyhow!("not a pcapng file: {e}"))?;
@@ -114,9 +115,9 @@ pub fn read_one(bytes: &[u8], handle: &mut dyn FnMut(u32, &[u8])) -> anyhow::Res
                 Block::InterfaceDescription(i) => links.push(u32::from(i.linktype)),
                 Block::EnhancedPacket(p) => {
                     let lt = links.get(p.interface_id as usize).copied().unwrap_or(1);
-                    handle(lt, &p.data);
+                    handle(lt, p.timestamp, &p.data);
                 }
-                Block::SimplePacket(p) => handle(links.first().copied().unwrap_or(1), &p.data),
+                Block::SimplePacket(p) => handle(links.first().copied().unwrap_or(1), std::time::Duration::ZERO, &p.data),
                 _ => {}
             }
         }
@@ -126,7 +127,7 @@ pub fn read_one(bytes: &[u8], handle: &mut dyn FnMut(u32, &[u8])) -> anyhow::Res
         let lt = u32::from(r.header().datalink);
         while let Some(p) = r.next_packet() {
             let Ok(p) = p else { break };
-            handle(lt, &p.data);
+            handle(lt, p.timestamp, &p.data);
         }
         Ok(())
     }
@@ -158,8 +159,8 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut seen = 0;
-        assert!(read_one(b"hello world, not a capture", &mut |_, _| seen += 1).is_err());
-        assert!(read_one(b"", &mut |_, _| seen += 1).is_err());
+        assert!(read_one(b"hello world, not a capture", &mut |_, _, _| seen += 1).is_err());
+        assert!(read_one(b"", &mut |_, _, _| seen += 1).is_err());
         assert_eq!(seen, 0);
     }
 }

@@ -79,7 +79,7 @@ pub fn sock_diag_dump() -> std::io::Result<Vec<SocketEntry>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for proto in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
-            diag::query(family, proto, None, &mut out)?;
+            diag::query(family, proto, None, diag::StateFlags::all(), &mut out)?;
         }
     }
     Ok(out)
@@ -93,23 +93,46 @@ pub fn sock_diag_lookup(tcp: bool, local: SocketAddr, remote: SocketAddr) -> Opt
     let proto = if tcp { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP } as u8;
     let mut out = Vec::new();
     let id = if tcp { (local, remote) } else { (remote, local) };
-    diag::query(family, proto, Some(id), &mut out).ok()?;
+    diag::query(family, proto, Some(id), diag::StateFlags::all(), &mut out).ok()?;
     out.into_iter()
         .find(|e| e.local.port() == local.port() && (e.remote == remote || (!tcp && e.remote.port() == 0)))
+}
+
+/// Whether a TCP socket of this network namespace listens on `local`'s
+/// port (on its address or on every address, either family). The accepting
+/// side of a connection has its listener's port.
+pub fn tcp_listening(local: SocketAddr) -> bool {
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let _ = diag::query(family, libc::IPPROTO_TCP as u8, None, diag::StateFlags::LISTEN, &mut out);
+    }
+    out.iter().any(|e| {
+        e.local.port() == local.port()
+            && (e.local.ip().is_unspecified()
+                || e.local.ip() == local.ip()
+                || matches!(e.local.ip(), IpAddr::V6(v6) if v6.to_ipv4_mapped() == Some(match local.ip() { IpAddr::V4(v4) => v4, _ => Ipv4Addr::UNSPECIFIED })))
+    })
 }
 
 mod diag {
     use super::SocketEntry;
     use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+    pub use netlink_packet_sock_diag::inet::StateFlags;
     use netlink_packet_sock_diag::{
         constants::*,
-        inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+        inet::{ExtensionFlags, InetRequest, SocketId},
         SockDiagMessage,
     };
     use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
     use std::net::SocketAddr;
 
-    pub fn query(family: u8, protocol: u8, exact: Option<(SocketAddr, SocketAddr)>, out: &mut Vec<SocketEntry>) -> std::io::Result<()> {
+    pub fn query(
+        family: u8,
+        protocol: u8,
+        exact: Option<(SocketAddr, SocketAddr)>,
+        states: StateFlags,
+        out: &mut Vec<SocketEntry>,
+    ) -> std::io::Result<()> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind_auto()?;
         socket.connect(&NlAddr::new(0, 0))?;
@@ -133,7 +156,7 @@ mod diag {
                 family,
                 protocol,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::all(),
+                states,
                 socket_id,
             })
             .into(),

@@ -2,7 +2,7 @@
 //! a flow event (stratum, TLS ClientHello, DNS) into evidence, the same for
 //! live capture and for capture files.
 
-use crate::net::flows::{FlowEvent, Packet};
+use crate::net::flows::{Direction, FlowEvent, Packet};
 use crate::net::shared::NetShared;
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use std::net::{IpAddr, SocketAddr};
@@ -46,14 +46,24 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
         FlowEvent::Stratum { client, server, hit } => {
             let base = hit.method.split('(').next().unwrap_or(&hit.method);
             let rule = sig.stratum_method(base);
+            let unsolicited = hit.direction == Direction::Unsolicited;
             let detail = EvidenceKind::Stratum {
                 dialect: hit.dialect.clone(),
-                method: hit.method.clone(),
+                method: if unsolicited {
+                    format!("{} (unsolicited: sent toward the accepting side)", hit.method)
+                } else {
+                    hit.method.clone()
+                },
                 agent: hit.agent.clone(),
                 login: hit.login.clone(),
                 worker: hit.worker.clone(),
                 remote: server.to_string(),
             };
+            if unsolicited {
+                // what a peer sends to a listener proves nothing about either
+                out.push((*client, *server, true, Evidence::heuristic(detail, Weight::Suspicious)));
+                return out;
+            }
             let e = Evidence {
                 detail,
                 rule: rule.map(|r| r.id.clone()),

@@ -172,12 +172,11 @@ fn name_to_string(n: &Name<'_>) -> String {
     s
 }
 
+/// DNS messages for tests (here and in the flow table's).
 #[cfg(test)]
-mod tests {
-    use super::*;
-
+pub(crate) mod tests_support {
     /// Encode a name without compression.
-    fn name(n: &str) -> Vec<u8> {
+    pub fn name(n: &str) -> Vec<u8> {
         let mut v = Vec::new();
         for l in n.split('.').filter(|l| !l.is_empty()) {
             v.push(l.len() as u8);
@@ -187,11 +186,11 @@ mod tests {
         v
     }
 
-    fn header(id: u16, flags: u16, qd: u16, an: u16, ns: u16, ar: u16) -> Vec<u8> {
+    pub fn header(id: u16, flags: u16, qd: u16, an: u16, ns: u16, ar: u16) -> Vec<u8> {
         [id, flags, qd, an, ns, ar].iter().flat_map(|x| x.to_be_bytes()).collect()
     }
 
-    fn rr(owner: &[u8], typ: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
+    pub fn rr(owner: &[u8], typ: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
         let mut v = owner.to_vec();
         v.extend_from_slice(&typ.to_be_bytes());
         v.extend_from_slice(&1u16.to_be_bytes());
@@ -200,6 +199,23 @@ mod tests {
         v.extend_from_slice(rdata);
         v
     }
+
+    /// An A query for `qname` with `id`, and the answer giving `ip`.
+    pub fn query_and_answer(id: u16, qname: &str, ip: [u8; 4]) -> (Vec<u8>, Vec<u8>) {
+        let mut q = header(id, 0x0100, 1, 0, 0, 0);
+        q.extend_from_slice(&name(qname));
+        q.extend_from_slice(&[0, 1, 0, 1]);
+        let mut a = header(id, 0x8180, 1, 1, 0, 0);
+        a.extend_from_slice(&q[12..]);
+        a.extend_from_slice(&rr(&[0xc0, 12], 1, 60, &ip));
+        (q, a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     /// The response a resolver gives for pool.supportxmr.com: a CNAME to a
     /// load balancer name and two A records, names compressed.

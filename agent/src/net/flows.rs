@@ -12,6 +12,10 @@ use std::net::SocketAddr;
 pub const MAX_BYTES_PER_DIRECTION: usize = 4096;
 /// Flows tracked at once; the least recently seen is dropped beyond this.
 pub const MAX_FLOWS: usize = 4096;
+/// DNS queries remembered while their answer is awaited.
+pub const MAX_DNS_QUERIES: usize = 4096;
+/// How long an answer may take to count, milliseconds.
+pub const DNS_ANSWER_WITHIN_MS: u64 = 10_000;
 
 /// One transport-layer packet (already parsed out of its frame).
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +63,41 @@ pub enum FlowEvent {
     StratumV2 { client: SocketAddr, server: SocketAddr },
 }
 
+/// How the client (the miner) of a flow was told from the server (the pool).
+///
+/// The miner controls the content: a pool push sent to a listener would
+/// make the listener look like a miner if the receiver of a push were
+/// believed to be the client. So the handshake decides when it was seen,
+/// and a message whose role contradicts it is [`Direction::Unsolicited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the TCP handshake (SYN / SYN-ACK): who connected to whom, and
+    /// the message came from the side its role says (client messages from
+    /// the connecting side, pool pushes from the accepting side).
+    Handshake,
+    /// From the content alone (the flow began before the capture): the
+    /// sender of client messages, the receiver of pool pushes. The capture
+    /// turns an inferred receiver that is a listening port into
+    /// [`Direction::Unsolicited`].
+    Inferred,
+    /// The role contradicts the handshake (a pool push sent by the
+    /// connecting side toward a listener, a client login sent by the
+    /// accepting side): never evidence about a process, at most a
+    /// suspicious flow. `client` is the connecting side.
+    Unsolicited,
+}
+
+impl Direction {
+    /// The name used in evidence and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Handshake => "handshake",
+            Direction::Inferred => "inferred",
+            Direction::Unsolicited => "unsolicited",
+        }
+    }
+}
+
 /// The owned form of a stratum classification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StratumSeen {
@@ -74,10 +113,12 @@ pub struct StratumSeen {
     pub worker: Option<String>,
     /// Seen in what the client sent (true) or what the pool sent.
     pub from_client: bool,
+    /// How the client was told from the server.
+    pub direction: Direction,
 }
 
 #[derive(Default)]
-struct Direction {
+struct HalfFlow {
     buf: Vec<u8>,
     next_seq: Option<u32>,
     done: bool,
@@ -88,18 +129,27 @@ struct Flow {
     /// a→b is the direction of the key's first endpoint.
     a: SocketAddr,
     b: SocketAddr,
-    /// Which endpoint opened the flow, when known (SYN seen or inferred).
+    /// Which endpoint opened the flow, when the handshake was seen.
     client_is_a: Option<bool>,
-    dirs: [Direction; 2],
+    dirs: [HalfFlow; 2],
     reported_stratum: bool,
     reported_sni: bool,
     reported_v2: bool,
     last: u64,
 }
 
+/// A DNS query awaiting its answer: (transport, asker, resolver, id).
+type QueryKey = (bool, SocketAddr, SocketAddr, u16);
+
 /// The flow table.
 pub struct FlowTable {
     flows: HashMap<(SocketAddr, SocketAddr), Flow>,
+    /// Outgoing DNS queries → when they were seen (ms on the table's clock).
+    queries: HashMap<QueryKey, u64>,
+    /// The table's clock (ms), advanced by the caller from packet times.
+    now_ms: u64,
+    /// DNS answers that matched no query seen (forged or unasked), ignored.
+    pub dns_unsolicited: u64,
     tick: u64,
     /// Packets pushed.
     pub packets: u64,
@@ -130,6 +180,9 @@ impl FlowTable {
     pub fn new() -> Self {
         FlowTable {
             flows: HashMap::new(),
+            queries: HashMap::new(),
+            now_ms: 0,
+            dns_unsolicited: 0,
             tick: 0,
             packets: 0,
             bytes: 0,
@@ -146,6 +199,54 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
+    /// Advances the table's clock (milliseconds, any origin: the capture's
+    /// monotonic clock, a capture file's timestamps). It never goes back.
+    pub fn advance(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// A DNS message: a query is remembered and reported (its asker asked);
+    /// an answer counts only if it answers a query seen from the address and
+    /// port it is sent to, to the address and port it comes from, with the
+    /// same id and question, within [`DNS_ANSWER_WITHIN_MS`]. Anyone can send
+    /// a datagram that looks like an answer; only the resolver that was
+    /// asked can answer the question.
+    fn dns(&mut self, p: &Packet) -> Option<FlowEvent> {
+        let m = if p.tcp { dns::parse_tcp(p.payload) } else { dns::parse(p.payload) }.ok()?;
+        if !m.response {
+            if self.queries.len() >= MAX_DNS_QUERIES {
+                let now = self.now_ms;
+                self.queries.retain(|_, t| now.saturating_sub(*t) <= DNS_ANSWER_WITHIN_MS);
+                if self.queries.len() >= MAX_DNS_QUERIES {
+                    // the oldest half goes: a flood of queries costs only its own
+                    let mut ages: Vec<u64> = self.queries.values().copied().collect();
+                    ages.sort_unstable();
+                    let cut = ages[ages.len() / 2];
+                    self.queries.retain(|_, t| *t > cut);
+                }
+            }
+            self.queries.insert((p.tcp, p.src, p.dst, m.id), self.now_ms);
+            return Some(FlowEvent::Dns {
+                client: p.src,
+                server: p.dst,
+                questions: m.questions,
+                answers: Vec::new(),
+            });
+        }
+        let asked = self.queries.remove(&(p.tcp, p.dst, p.src, m.id));
+        if asked.is_none_or(|t| self.now_ms.saturating_sub(t) > DNS_ANSWER_WITHIN_MS) {
+            self.dns_unsolicited += 1;
+            return None;
+        }
+        let answers = m.answers.iter().filter_map(|a| a.addr.map(|ip| (a.name.clone(), ip))).collect();
+        Some(FlowEvent::Dns {
+            client: p.dst,
+            server: p.src,
+            questions: m.questions,
+            answers,
+        })
+    }
+
     /// Takes one packet; returns what it revealed.
     pub fn push(&mut self, p: &Packet) -> Vec<FlowEvent> {
         self.packets += 1;
@@ -154,23 +255,13 @@ impl FlowTable {
         let mut out = Vec::new();
         if !p.tcp || is_dns_port(p.src.port()) || is_dns_port(p.dst.port()) {
             if is_dns_port(p.src.port()) || is_dns_port(p.dst.port()) {
-                let msg = if p.tcp { dns::parse_tcp(p.payload) } else { dns::parse(p.payload) };
-                if let Ok(m) = msg {
-                    let (client, server) = if m.response { (p.dst, p.src) } else { (p.src, p.dst) };
-                    let answers = m.answers.iter().filter_map(|a| a.addr.map(|ip| (a.name.clone(), ip))).collect();
-                    out.push(FlowEvent::Dns {
-                        client,
-                        server,
-                        questions: m.questions.clone(),
-                        answers,
-                    });
-                }
+                out.extend(self.dns(p));
             }
             return out;
         }
         let k = key(p.src, p.dst);
         if !self.flows.contains_key(&k) {
-            if p.payload.is_empty() && !p.syn {
+            if p.payload.is_empty() && !p.syn && !p.syn_ack {
                 return out;
             }
             if self.flows.len() >= MAX_FLOWS {
@@ -225,31 +316,34 @@ impl FlowTable {
             d.done = true;
         }
         let buf = d.buf.clone();
-        // the sender is taken as the client until a SYN says otherwise
-        let (client, server) = match f.client_is_a {
-            Some(true) => (f.a, f.b),
-            Some(false) => (f.b, f.a),
-            None => (p.src, p.dst),
-        };
+        // whether the sender opened the flow, when the handshake says
+        let sender_is_client = f.client_is_a.map(|ca| ca == from_a);
         if !f.reported_sni && tls::is_tls_record_start(&buf) {
             if let Ok(Some(name)) = tls::client_hello_sni(&buf) {
                 f.reported_sni = true;
-                // a ClientHello is sent by the client
-                out.push(FlowEvent::TlsSni { client, server, name });
+                // a ClientHello is sent by the client; one sent by the
+                // accepting side is nobody's evidence
+                if sender_is_client != Some(false) {
+                    out.push(FlowEvent::TlsSni {
+                        client: p.src,
+                        server: p.dst,
+                        name,
+                    });
+                }
             }
             return out;
         }
         if !f.reported_stratum {
             if let Some(hit) = stratum::classify(&buf) {
                 f.reported_stratum = true;
-                let (c, s) = match f.client_is_a {
-                    Some(_) => (client, server),
-                    None if hit.from_client => (p.src, p.dst),
-                    None => (p.dst, p.src),
+                let (c, s, direction) = match (sender_is_client, hit.from_client) {
+                    (Some(true), true) => (p.src, p.dst, Direction::Handshake),
+                    (Some(false), false) => (p.dst, p.src, Direction::Handshake),
+                    (Some(true), false) => (p.src, p.dst, Direction::Unsolicited),
+                    (Some(false), true) => (p.dst, p.src, Direction::Unsolicited),
+                    (None, true) => (p.src, p.dst, Direction::Inferred),
+                    (None, false) => (p.dst, p.src, Direction::Inferred),
                 };
-                if f.client_is_a.is_none() {
-                    f.client_is_a = Some(c == f.a);
-                }
                 out.push(FlowEvent::Stratum {
                     client: c,
                     server: s,
@@ -260,13 +354,14 @@ impl FlowTable {
                         login: hit.login,
                         worker: hit.worker,
                         from_client: hit.from_client,
+                        direction,
                     },
                 });
             }
         }
-        if !f.reported_v2 {
+        // the Stratum V2 sizes are a weak signal: only with the handshake seen
+        if let (false, Some(a_client)) = (f.reported_v2, f.client_is_a) {
             if let (Some(x), Some(y)) = (f.dirs[0].first_len, f.dirs[1].first_len) {
-                let a_client = f.client_is_a.unwrap_or(true);
                 let (cl, sl) = if a_client { (x, y) } else { (y, x) };
                 let server_port = if a_client { f.b.port() } else { f.a.port() };
                 if stratum::stratum_v2_handshake(cl, sl, server_port) {
@@ -338,8 +433,131 @@ mod tests {
             [FlowEvent::Stratum { client, hit, .. }] => {
                 assert_eq!(client.to_string(), "10.0.0.2:40000");
                 assert!(!hit.from_client);
+                assert_eq!(hit.direction, Direction::Inferred);
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    fn syn(src: &str, dst: &str) -> Packet<'static> {
+        Packet {
+            syn: true,
+            ..pkt(src, dst, 0, b"")
+        }
+    }
+
+    const PUSH: &[u8] = b"{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"j\",\"00\",\"01\",\"02\",[],\"20000000\",\"1d00ffff\",\"5f5e1000\",true]}\n";
+
+    fn stratum(ev: &[FlowEvent]) -> (SocketAddr, SocketAddr, &StratumSeen) {
+        match ev {
+            [FlowEvent::Stratum { client, server, hit }] => (*client, *server, hit),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_push_sent_toward_a_listener_is_unsolicited_and_names_the_sender() {
+        // the attacker (40000) connects to sshd (22) and sends a pool push
+        let mut t = FlowTable::new();
+        assert!(t.push(&syn("127.0.0.1:40000", "127.0.0.1:22")).is_empty());
+        let ev = t.push(&pkt("127.0.0.1:40000", "127.0.0.1:22", 1, PUSH));
+        let (client, server, hit) = stratum(&ev);
+        assert_eq!(hit.direction, Direction::Unsolicited);
+        assert_eq!(client.port(), 40000, "the connecting side");
+        assert_eq!(server.port(), 22);
+        // seen from the SYN-ACK only: the same
+        let mut t = FlowTable::new();
+        let mut sa = syn("127.0.0.1:22", "127.0.0.1:40001");
+        sa.syn = false;
+        sa.syn_ack = true;
+        t.push(&sa);
+        let ev = t.push(&pkt("127.0.0.1:40001", "127.0.0.1:22", 1, PUSH));
+        assert_eq!(stratum(&ev).2.direction, Direction::Unsolicited);
+    }
+
+    #[test]
+    fn a_push_from_the_accepting_side_names_the_connecting_side() {
+        let mut t = FlowTable::new();
+        t.push(&syn("10.0.0.2:40000", "10.0.0.1:3333"));
+        let ev = t.push(&pkt("10.0.0.1:3333", "10.0.0.2:40000", 1, PUSH));
+        let (client, server, hit) = stratum(&ev);
+        assert_eq!((client.port(), server.port()), (40000, 3333));
+        assert_eq!(hit.direction, Direction::Handshake);
+    }
+
+    #[test]
+    fn a_login_sent_by_the_accepting_side_is_unsolicited() {
+        // a listener the attacker runs sends a login to whoever connects
+        let login = br#"{"id":1,"method":"login","params":{"login":"x","pass":"x","agent":"XMRig/6.21.0"}}
+"#;
+        let mut t = FlowTable::new();
+        t.push(&syn("10.0.0.2:40000", "10.0.0.1:8080"));
+        let ev = t.push(&pkt("10.0.0.1:8080", "10.0.0.2:40000", 1, login));
+        let (client, _, hit) = stratum(&ev);
+        assert_eq!(hit.direction, Direction::Unsolicited);
+        assert_eq!(client.port(), 40000, "the connecting side, which sent nothing");
+    }
+
+    #[test]
+    fn a_client_hello_from_the_accepting_side_is_nobodys_evidence() {
+        let hello = crate::net::tls::tests_support::client_hello("pool.supportxmr.com");
+        let mut t = FlowTable::new();
+        t.push(&syn("10.0.0.2:40000", "10.0.0.1:443"));
+        assert!(t.push(&pkt("10.0.0.1:443", "10.0.0.2:40000", 1, &hello)).is_empty());
+        let mut t = FlowTable::new();
+        t.push(&syn("10.0.0.2:40000", "10.0.0.1:443"));
+        match &t.push(&pkt("10.0.0.2:40000", "10.0.0.1:443", 1, &hello))[..] {
+            [FlowEvent::TlsSni { client, name, .. }] => {
+                assert_eq!(client.port(), 40000);
+                assert_eq!(name, "pool.supportxmr.com");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn udp<'a>(src: &str, dst: &str, payload: &'a [u8]) -> Packet<'a> {
+        Packet {
+            tcp: false,
+            ..pkt(src, dst, 0, payload)
+        }
+    }
+
+    #[test]
+    fn a_dns_answer_counts_only_for_a_query_seen() {
+        let (q, a) = crate::net::dns::tests_support::query_and_answer(0x4242, "pool.supportxmr.com", [127, 0, 0, 77]);
+        // forged: no query was seen
+        let mut t = FlowTable::new();
+        assert!(t.push(&udp("127.0.0.1:53", "127.0.0.1:41000", &a)).is_empty());
+        assert_eq!(t.dns_unsolicited, 1);
+        // asked from another port, or of another resolver: still forged
+        t.push(&udp("127.0.0.1:41001", "127.0.0.53:53", &q));
+        assert!(t.push(&udp("127.0.0.53:53", "127.0.0.1:41000", &a)).is_empty());
+        assert!(t.push(&udp("127.0.0.1:53", "127.0.0.1:41001", &a)).is_empty());
+        // the real answer, within the time
+        match &t.push(&udp("127.0.0.53:53", "127.0.0.1:41001", &a))[..] {
+            [FlowEvent::Dns { client, answers, .. }] => {
+                assert_eq!(client.port(), 41001);
+                assert_eq!(answers[0].1.to_string(), "127.0.0.77");
+            }
+            other => panic!("{other:?}"),
+        }
+        // answered once: a replay is forged
+        assert!(t.push(&udp("127.0.0.53:53", "127.0.0.1:41001", &a)).is_empty());
+        // too late
+        t.push(&udp("127.0.0.1:41002", "127.0.0.53:53", &q));
+        t.advance(DNS_ANSWER_WITHIN_MS + 1);
+        assert!(t.push(&udp("127.0.0.53:53", "127.0.0.1:41002", &a)).is_empty());
+        assert_eq!(t.dns_unsolicited, 5);
+    }
+
+    #[test]
+    fn remembered_queries_are_bounded() {
+        let (q, _) = crate::net::dns::tests_support::query_and_answer(1, "example.com", [127, 0, 0, 1]);
+        let mut t = FlowTable::new();
+        for i in 0..(MAX_DNS_QUERIES as u32 * 3) {
+            let src = format!("10.{}.{}.{}:4000", i >> 16 & 255, i >> 8 & 255, i & 255);
+            t.push(&udp(&src, "10.0.0.53:53", &q));
+            assert!(t.queries.len() <= MAX_DNS_QUERIES);
         }
     }
 
@@ -363,6 +581,10 @@ mod tests {
         let mut t = FlowTable::new();
         t.push(&pkt("10.0.0.2:40002", "10.0.0.1:443", 1, &[0x5au8; 100]));
         assert!(t.push(&pkt("10.0.0.1:443", "10.0.0.2:40002", 1, &[0xa5u8; 234])).is_empty());
+        // the right sizes without the handshake: nothing (a weak signal)
+        let mut t = FlowTable::new();
+        t.push(&pkt("10.0.0.2:40003", "10.0.0.1:34254", 1, &[0x5au8; 64]));
+        assert!(t.push(&pkt("10.0.0.1:34254", "10.0.0.2:40003", 1, &[0xa5u8; 234])).is_empty());
     }
 
     #[test]

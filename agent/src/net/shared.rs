@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// How long an address from a pool domain's DNS answer stays evidence.
 pub const DNS_MEMORY: Duration = Duration::from_secs(3600);
 /// Most addresses remembered.
-const MAX_DNS: usize = 16_384;
+pub const MAX_DNS: usize = 16_384;
 /// Most flow findings waiting for attribution.
 const MAX_PENDING: usize = 4_096;
 
@@ -34,9 +34,18 @@ pub struct FlowFinding {
     pub tries: u8,
 }
 
+/// A pool address learned from a DNS answer.
+struct Learned {
+    domain: String,
+    /// When the answer was seen.
+    at: Instant,
+    /// When it was last looked up or learned again (for eviction).
+    used: Instant,
+}
+
 #[derive(Default)]
 struct Inner {
-    dns: HashMap<IpAddr, (String, Instant)>,
+    dns: HashMap<IpAddr, Learned>,
     pending: Vec<FlowFinding>,
     dropped: u64,
 }
@@ -52,23 +61,43 @@ impl NetShared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Remembers that `ip` answered for pool domain `domain`.
+    /// Remembers that `ip` answered for pool domain `domain`. Beyond
+    /// [`MAX_DNS`] addresses the expired ones go, then the least recently
+    /// used eighth (never the whole table: a flood of answers cannot make
+    /// the agent forget the pool a miner is using).
     pub fn learn_dns(&self, ip: IpAddr, domain: &str) {
         let mut g = self.lock();
-        if g.dns.len() >= MAX_DNS {
-            let now = Instant::now();
-            g.dns.retain(|_, (_, t)| now.duration_since(*t) < DNS_MEMORY);
+        let now = Instant::now();
+        if g.dns.len() >= MAX_DNS && !g.dns.contains_key(&ip) {
+            g.dns.retain(|_, l| now.duration_since(l.at) < DNS_MEMORY);
             if g.dns.len() >= MAX_DNS {
-                g.dns.clear();
+                let mut used: Vec<Instant> = g.dns.values().map(|l| l.used).collect();
+                used.sort_unstable();
+                let cut = used[used.len() / 8];
+                g.dns.retain(|_, l| l.used > cut);
             }
         }
-        g.dns.insert(ip, (domain.to_string(), Instant::now()));
+        g.dns.insert(
+            ip,
+            Learned {
+                domain: domain.to_string(),
+                at: now,
+                used: now,
+            },
+        );
     }
 
     /// The pool domain `ip` was learned for, if still remembered.
     pub fn dns_learned(&self, ip: IpAddr) -> Option<String> {
-        let g = self.lock();
-        g.dns.get(&ip).filter(|(_, t)| t.elapsed() < DNS_MEMORY).map(|(d, _)| d.clone())
+        let mut g = self.lock();
+        let l = g.dns.get_mut(&ip).filter(|l| l.at.elapsed() < DNS_MEMORY)?;
+        l.used = Instant::now();
+        Some(l.domain.clone())
+    }
+
+    /// Addresses remembered now.
+    pub fn dns_len(&self) -> usize {
+        self.lock().dns.len()
     }
 
     /// Queues flow evidence (bounded; the oldest is dropped beyond the bound).
@@ -94,5 +123,32 @@ impl NetShared {
     /// Flow findings dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_addresses_evict_the_least_recently_used_never_all() {
+        let sh = NetShared::default();
+        let ip = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        sh.learn_dns(ip(0), "supportxmr.com");
+        for i in 1..MAX_DNS as u32 {
+            sh.learn_dns(ip(i), "flood.example");
+        }
+        // the miner's pool is in use; a flood of answers follows
+        assert_eq!(sh.dns_learned(ip(0)).as_deref(), Some("supportxmr.com"));
+        for i in MAX_DNS as u32..(MAX_DNS as u32 * 2) {
+            sh.learn_dns(ip(i), "flood.example");
+            assert!(sh.dns_len() <= MAX_DNS);
+            assert!(sh.dns_len() >= MAX_DNS * 7 / 8, "never cleared");
+            if i % 1000 == 0 {
+                assert!(sh.dns_learned(ip(0)).is_some(), "the address in use stays");
+            }
+        }
+        assert_eq!(sh.dns_learned(ip(0)).as_deref(), Some("supportxmr.com"));
+        assert!(sh.dns_learned(ip(1)).is_none(), "an unused old one went");
     }
 }

@@ -3,7 +3,10 @@
 //! packets reach user space — TCP segments whose payload begins like a JSON
 //! line (`{`), a TLS handshake (0x16), an HTTP POST / PROXY line (`P`) or an
 //! HTTP response (`H`), TCP with payload on the Stratum V2 ports, and DNS —
-//! each cut to a bounded snap length. Bulk traffic never leaves the kernel.
+//! each cut to a bounded snap length — and the headers of SYN and SYN-ACK
+//! segments, so the flow table knows who connected to whom instead of
+//! guessing it from content the miner writes. Bulk traffic never leaves the
+//! kernel.
 //!
 //! A thread reads the socket and feeds the flow table; what it finds is
 //! attributed to the client socket's inode at once (sock_diag exact lookup,
@@ -11,8 +14,8 @@
 //! processes. Without CAP_NET_RAW the sensor reports itself unavailable.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
-use crate::host::sockets::{sock_diag_lookup, InodeOwners};
-use crate::net::flows::FlowTable;
+use crate::host::sockets::{sock_diag_lookup, tcp_listening, InodeOwners};
+use crate::net::flows::{Direction, FlowEvent, FlowTable};
 use crate::net::shared::{FlowFinding, NetShared};
 use rigwatch_signatures::{EvidenceKind, Signatures};
 use std::collections::HashSet;
@@ -23,6 +26,9 @@ use std::thread::JoinHandle;
 
 /// Bytes of each packet the kernel hands over.
 pub const SNAP_LEN: u32 = 4096;
+/// Bytes kept of a SYN or SYN-ACK: the largest IPv4 and TCP headers.
+pub const HANDSHAKE_SNAP: u32 = 120;
+const TCP_SYN: u32 = 0x02;
 /// Stratum V2 ports (pool, translator proxy, job declaration).
 pub const SV2_PORTS: [u16; 3] = [34254, 34255, 34264];
 
@@ -76,6 +82,10 @@ pub fn bpf_program() -> Vec<libc::sock_filter> {
         J(JEQ_K, 53, "keep", "drop"),
         Label("v4tcp"),
         Op(LDX_B_MSH, 0), // X = IP header length
+        // SYN and SYN-ACK (headers only): who connected to whom
+        Op(LD_B_IND, 13),
+        J(JSET_K, TCP_SYN, "handshake", "v4ports"),
+        Label("v4ports"),
         Op(LD_H_IND, 0),
     ];
     // TCP on a DNS or Stratum V2 port (either side): keep anything with payload
@@ -126,6 +136,9 @@ pub fn bpf_program() -> Vec<libc::sock_filter> {
         Op(LD_H_ABS, 42),
         J(JEQ_K, 53, "keep", "drop"),
         Label("v6tcp"),
+        Op(LD_B_ABS, 53),
+        J(JSET_K, TCP_SYN, "handshake", "v6ports"),
+        Label("v6ports"),
         Op(LD_H_ABS, 40),
     ]);
     for (i, port) in [53u16, SV2_PORTS[0], SV2_PORTS[1], SV2_PORTS[2]].iter().enumerate() {
@@ -161,6 +174,8 @@ pub fn bpf_program() -> Vec<libc::sock_filter> {
         Op(MISC_TAX, 0),
         Op(LD_B_IND, 0),
         Op(RET_K, SNAP_LEN),
+        Label("handshake"),
+        Op(RET_K, HANDSHAKE_SNAP),
         Label("keep"),
         Op(RET_K, SNAP_LEN),
         Label("drop"),
@@ -369,6 +384,7 @@ fn capture_loop(
 ) {
     let lo = nix::net::if_::if_nametoindex("lo").unwrap_or(1) as i32;
     let mut table = FlowTable::new();
+    let started = std::time::Instant::now();
     let mut buf = vec![0u8; SNAP_LEN as usize + 64];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: recvfrom into a buffer we own, with a correctly sized sockaddr_ll.
@@ -401,14 +417,21 @@ fn capture_loop(
         counters.packets.fetch_add(1, Ordering::Relaxed);
         let len = (n as usize).min(buf.len());
         let Some(p) = parse_ip(&buf[..len]) else { continue };
-        let events = table.push(&p);
+        table.advance(started.elapsed().as_millis() as u64);
+        let mut events = table.push(&p);
         if events.is_empty() {
             continue;
         }
         let sig = sig.read().map(|g| g.clone()).unwrap_or_else(|e| e.into_inner().clone());
-        for ev in &events {
+        for ev in events.iter_mut() {
+            unsolicited_if_listener(ev);
+            let attributable = !matches!(ev, FlowEvent::Stratum { hit, .. } if hit.direction == Direction::Unsolicited);
             for (client, server, tcp, e) in evidence_of(&sig, Some(&shared), ev) {
-                let inode = sock_diag_lookup(tcp, client, server).map(|s| s.inode).filter(|&i| i != 0);
+                let inode = attributable
+                    .then(|| sock_diag_lookup(tcp, client, server))
+                    .flatten()
+                    .map(|s| s.inode)
+                    .filter(|&i| i != 0);
                 counters.findings.fetch_add(1, Ordering::Relaxed);
                 shared.push(FlowFinding {
                     client,
@@ -419,6 +442,19 @@ fn capture_loop(
                     tries: 0,
                 });
             }
+        }
+    }
+}
+
+/// A pool push whose direction was inferred (the handshake was not seen)
+/// names its receiver as the miner; a receiver on a listening port is the
+/// accepting side of the connection, so the push was sent to a listener:
+/// unsolicited, and the sender is the connecting side.
+fn unsolicited_if_listener(ev: &mut FlowEvent) {
+    if let FlowEvent::Stratum { client, server, hit } = ev {
+        if hit.direction == Direction::Inferred && !hit.from_client && tcp_listening(*client) {
+            hit.direction = Direction::Unsolicited;
+            std::mem::swap(client, server);
         }
     }
 }
