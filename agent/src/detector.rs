@@ -254,6 +254,10 @@ impl Detector {
             }
             findings.extend(Finding::for_host(&self.host, subject.clone(), dedup(ev), now));
         }
+        // no finding leaves the agent larger than this, whatever the miner put in its files and names
+        for f in &mut findings {
+            f.bound(rigwatch_signatures::model::MAX_FINDING_BYTES);
+        }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
         self.remember(cur);
         findings

@@ -221,6 +221,17 @@ pub enum EvidenceKind {
         unaccounted_cores: f64,
         window_seconds: f64,
     },
+    /// The finding was cut down to fit its size cap (see
+    /// [`Finding::bound`]): what was cut, so a reader knows it is not whole.
+    Trimmed {
+        note: String,
+        /// The finding's JSON size before trimming.
+        original_bytes: u64,
+        /// Evidence items dropped (the weakest).
+        dropped_evidence: u64,
+        /// Strings shortened and list items dropped inside the rest.
+        cut_fields: u64,
+    },
 }
 
 impl EvidenceKind {
@@ -249,6 +260,7 @@ impl EvidenceKind {
             EvidenceKind::Packed { .. } => "packed",
             EvidenceKind::CgroupCpu { .. } => "cgroup_cpu",
             EvidenceKind::KernelModule { .. } => "kernel_module",
+            EvidenceKind::Trimmed { .. } => "trimmed",
         }
     }
 
@@ -304,6 +316,7 @@ impl EvidenceKind {
             } => format!(
                 "cgroup {cgroup} used {cores:.2} cores over {window_seconds:.0}s, {unaccounted_cores:.2} of them by processes not in the listing (short-lived or hidden)"
             ),
+            Trimmed { note, .. } => note.clone(),
         }
     }
 }
@@ -641,6 +654,129 @@ impl Finding {
     }
 }
 
+/// The most a finding's JSON may take when it leaves the agent.
+pub const MAX_FINDING_BYTES: usize = 64 * 1024;
+
+/// Room kept for the `trimmed` evidence item a bounded finding gains.
+const TRIM_NOTE_BYTES: usize = 400;
+
+impl Finding {
+    /// The finding cut down to at most `max_bytes` of JSON; see [`Finding::bound`].
+    pub fn bounded(mut self, max_bytes: usize) -> Finding {
+        self.bound(max_bytes);
+        self
+    }
+
+    /// Cuts the finding down to at most `max_bytes` of JSON, and says so in
+    /// its evidence: long strings in the process and the evidence are
+    /// shortened and long lists cut (in rounds, each tighter), then the
+    /// weakest evidence items are dropped, and one `trimmed` evidence item
+    /// (weight info) tells what was cut and how large the finding was. The
+    /// id, host, severity and subject are never touched, nor the strongest
+    /// evidence item's presence, so the smallest form can exceed a tiny cap.
+    /// Trimming again (a smaller cap) adds to the same note. Returns whether
+    /// anything was cut.
+    pub fn bound(&mut self, max_bytes: usize) -> bool {
+        let len = |v: &serde_json::Value| serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
+        let Ok(mut v) = serde_json::to_value(&*self) else { return false };
+        if len(&v) <= max_bytes {
+            return false;
+        }
+        // an earlier note is folded into this one
+        let mut before = (len(&v) as u64, 0u64, 0u64);
+        if let Some(serde_json::Value::Array(ev)) = v.get_mut("evidence") {
+            ev.retain(|e| {
+                let Ok(Evidence {
+                    detail:
+                        EvidenceKind::Trimmed {
+                            original_bytes,
+                            dropped_evidence,
+                            cut_fields,
+                            ..
+                        },
+                    ..
+                }) = serde_json::from_value::<Evidence>(e.clone())
+                else {
+                    return true;
+                };
+                before = (original_bytes, dropped_evidence, cut_fields);
+                false
+            });
+        }
+        let (original_bytes, mut dropped, mut cut) = before;
+        let budget = max_bytes.saturating_sub(TRIM_NOTE_BYTES);
+        for (max_str, max_list) in [(4096, 64), (1024, 16), (256, 8), (64, 4), (32, 1)] {
+            if len(&v) <= budget {
+                break;
+            }
+            for key in ["process", "evidence", "gpu", "flow"] {
+                if let Some(x) = v.get_mut(key) {
+                    // the evidence array itself is cut below, weakest first
+                    let top = key == "evidence";
+                    cut += shrink(x, max_str, max_list, top);
+                }
+            }
+        }
+        if let Some(serde_json::Value::Array(_)) = v.get("evidence") {
+            while len(&v) > budget && v["evidence"].as_array().is_some_and(|a| a.len() > 1) {
+                if let Some(serde_json::Value::Array(ev)) = v.get_mut("evidence") {
+                    ev.pop();
+                    dropped += 1;
+                }
+            }
+        }
+        let Ok(mut f) = serde_json::from_value::<Finding>(v) else {
+            return false;
+        };
+        f.evidence.push(Evidence::heuristic(
+            EvidenceKind::Trimmed {
+                note: format!(
+                    "trimmed to fit {max_bytes} bytes (was {original_bytes}): {dropped} evidence items dropped, {cut} strings or list items cut"
+                ),
+                original_bytes,
+                dropped_evidence: dropped,
+                cut_fields: cut,
+            },
+            Weight::Info,
+        ));
+        *self = f;
+        true
+    }
+}
+
+/// Shortens strings longer than `max_str` bytes (on a char boundary, ending
+/// in `…`; the kind, weight, origin and rule names are never cut) and lists longer than `max_list` items inside `v`; `top` spares
+/// `v`'s own length when it is a list. Returns how many were cut.
+fn shrink(v: &mut serde_json::Value, max_str: usize, max_list: usize, top: bool) -> u64 {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.len() > max_str => {
+            let mut end = max_str;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push('…');
+            1
+        }
+        Value::Array(a) => {
+            let mut n = 0;
+            if !top && a.len() > max_list {
+                n += (a.len() - max_list) as u64;
+                a.truncate(max_list);
+            }
+            n + a.iter_mut().map(|x| shrink(x, max_str, max_list, false)).sum::<u64>()
+        }
+        // names from fixed sets (the evidence kind, weights, enums) and rule names stay whole
+        Value::Object(m) => m
+            .iter_mut()
+            .filter(|(k, _)| !matches!(k.as_str(), "kind" | "weight" | "origin" | "rule"))
+            .map(|(_, x)| shrink(x, max_str, max_list, false))
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// The stable id of a process's finding: a hash of host, pid and start time,
 /// so a reused pid never shares an id with an earlier process.
 pub fn finding_id(host: &str, pid: u32, start_time: u64) -> String {
@@ -788,5 +924,68 @@ mod tests {
         assert_ne!(a.id, Finding::for_host("other", subject, vec![cpu(), name()], 1).unwrap().id);
         assert_eq!(a.subject_label(), "preload /lib/x.so");
         assert!(a.pid.is_none() && a.flow.is_none());
+    }
+
+    #[test]
+    fn bound_cuts_an_oversized_finding_and_says_so() {
+        let config = |i: usize| {
+            ev(
+                EvidenceKind::MinerConfig {
+                    path: format!("/home/u/c{i}.json"),
+                    pools: (0..500)
+                        .map(|j| format!("stratum+tcp://pool{j}.example:3333/{}", "p".repeat(900)))
+                        .collect(),
+                    wallets: vec!["4".repeat(95)],
+                    keys: vec!["donate-level".into()],
+                },
+                Weight::Confirmed,
+            )
+        };
+        let process = ProcessInfo {
+            pid: 7,
+            comm: "xmrig".into(),
+            cmdline: format!("xmrig {}", "--config x.json ".repeat(20_000)),
+            ..Default::default()
+        };
+        let mut evidence: Vec<Evidence> = (0..5).map(config).collect();
+        evidence.push(cpu());
+        let f = Finding::assess("h", process, evidence, 1).unwrap();
+        let big = serde_json::to_vec(&f).unwrap().len();
+        assert!(big > 2_000_000, "{big}");
+        let small = f.clone().bounded(MAX_FINDING_BYTES);
+        let n = serde_json::to_vec(&small).unwrap().len();
+        assert!(n <= MAX_FINDING_BYTES, "{n}");
+        assert_eq!((small.id.as_str(), small.severity, small.pid), (f.id.as_str(), f.severity, f.pid));
+        assert_eq!(small.evidence[0].kind(), "miner_config", "the strongest evidence stays");
+        let note = small.evidence.last().unwrap();
+        let EvidenceKind::Trimmed { original_bytes, .. } = &note.detail else {
+            panic!("no trimmed note: {:?}", note.kind())
+        };
+        assert_eq!(*original_bytes, big as u64);
+        assert_eq!(note.weight, Weight::Info);
+        assert!(note.summary().starts_with("trimmed to fit 65536 bytes"), "{}", note.summary());
+        assert!(small.process.cmdline.ends_with('…') && small.process.cmdline.starts_with("xmrig --config"));
+        // it still reads back as a finding, and trimming further folds into one note
+        let back: Finding = serde_json::from_slice(&serde_json::to_vec(&small).unwrap()).unwrap();
+        let tiny = back.bounded(1200);
+        assert!(serde_json::to_vec(&tiny).unwrap().len() <= 1200, "{:?}", tiny);
+        let notes: Vec<_> = tiny.evidence.iter().filter(|e| e.kind() == "trimmed").collect();
+        assert_eq!(notes.len(), 1);
+        let EvidenceKind::Trimmed {
+            original_bytes,
+            dropped_evidence,
+            ..
+        } = &notes[0].detail
+        else {
+            unreachable!()
+        };
+        assert_eq!(*original_bytes, big as u64, "the first size is kept");
+        assert!(*dropped_evidence >= 1);
+        assert_eq!(tiny.evidence[0].kind(), "miner_config");
+        // a finding under the cap is left alone
+        let mut whole = Finding::assess("h", ProcessInfo::default(), vec![name(), cpu()], 1).unwrap();
+        let copy = whole.clone();
+        assert!(!whole.bound(MAX_FINDING_BYTES));
+        assert_eq!(whole, copy);
     }
 }
