@@ -89,3 +89,144 @@ fn a_fifo_named_config_json_cannot_stall_the_scan_and_a_symlink_cannot_leak_a_se
     assert!(!text.contains("hunter2"), "a root-only file behind a symlink leaked: {text}");
     assert!(!text.contains("db.internal"), "{text}");
 }
+
+/// Runs a copy of `fakepool` as `nobody` with `args` (an attacker's tool);
+/// returns once it printed its first line.
+fn fakepool_as_nobody(dir: &std::path::Path, args: &[&str]) -> (rigwatch_e2e::KillOnDrop, String) {
+    let bin = dir.join("fakepool");
+    if !bin.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_fakepool"), &bin).unwrap();
+    }
+    let child = Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .arg(&bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let mut c = rigwatch_e2e::KillOnDrop(child);
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(c.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (c, line)
+}
+
+/// A root-owned listener on `addr` that accepts and holds every connection
+/// (an innocent service: sshd, nginx…), in this test process.
+fn innocent_listener(addr: &str) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    let at = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    at
+}
+
+fn scan_with_capture(window: &str) -> std::process::Child {
+    Command::new(rigwatch())
+        .args(["scan", "--json", "--window", window, "--no-gpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn scan_json(c: std::process::Child) -> serde_json::Value {
+    let out = c.wait_with_output().unwrap();
+    assert!(matches!(out.status.code(), Some(0) | Some(1)), "{:?}", out.status);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan JSON: {e}"))
+}
+
+#[test]
+fn a_pool_push_sent_to_a_listener_never_makes_the_listener_a_miner() {
+    if !root() {
+        eprintln!("SKIP: needs root (packet capture, and the attacker as nobody)");
+        return;
+    }
+    rigwatch(); // built before anything starts
+    let tmp = tempfile::Builder::new().prefix("rwp").tempdir_in("/tmp").unwrap();
+    let dir = attack_dir(tmp.path(), "push");
+    let listener = innocent_listener("127.0.0.1:0");
+    let to = listener.to_string();
+    // one connection made before the agent looks (no handshake seen: the
+    // direction is inferred, and the receiver is a listening port) ...
+    let (_early, l) = fakepool_as_nobody(&dir, &["--push-to", &to, "--delay", "4", "--hold", "25"]);
+    assert!(l.starts_with("connected"), "{l:?}");
+    let scan = scan_with_capture("6");
+    std::thread::sleep(Duration::from_secs(2));
+    // ... and one made while it watches (the handshake is seen)
+    let (_late, l) = fakepool_as_nobody(&dir, &["--push-to", &to, "--hold", "20"]);
+    assert!(l.starts_with("connected"), "{l:?}");
+    let v = scan_json(scan);
+    let me = std::process::id();
+    let findings = v["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().all(|f| f["pid"] != me),
+        "the listener was made a miner by what it received: {v:#}"
+    );
+    // both pushes were seen, and are at most suspicious flow evidence (alone,
+    // no finding): nothing names a process, nothing is likely or confirmed
+    assert!(
+        v["scanned"]["capture_findings"].as_u64().unwrap() >= 2,
+        "the pushes were not seen: {v:#}"
+    );
+    let port = format!(":{}", listener.port());
+    for f in findings {
+        let about = f["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["remote"].as_str().is_some_and(|r| r.ends_with(&port)));
+        assert!(!about || (f["severity"] == "suspicious" && f["pid"].is_null()), "{f:#}");
+    }
+}
+
+#[test]
+fn a_forged_dns_answer_cannot_make_a_pool_of_an_innocent_address() {
+    if !root() {
+        eprintln!("SKIP: needs root (packet capture, and the attacker as nobody)");
+        return;
+    }
+    rigwatch();
+    let tmp = tempfile::Builder::new().prefix("rwd").tempdir_in("/tmp").unwrap();
+    let dir = attack_dir(tmp.path(), "dns");
+    // an innocent service on 127.0.0.77, and an innocent busy client of it
+    let service = innocent_listener("127.0.0.77:0");
+    let scan = scan_with_capture("6");
+    std::thread::sleep(Duration::from_secs(2));
+    // the attacker: an answer to a question nobody asked, mapping a pool to it
+    let (_f, l) = fakepool_as_nobody(
+        &dir,
+        &[
+            "--forge-dns",
+            "pool.supportxmr.com",
+            "--to",
+            "127.0.0.1:53",
+            "--answer",
+            "127.0.0.77",
+        ],
+    );
+    assert!(l.starts_with("forged"), "{l:?}");
+    let client = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.77/{}; end=$((SECONDS+5)); while [ $SECONDS -lt $end ]; do :; done",
+            service.port()
+        ))
+        .spawn()
+        .unwrap();
+    let innocent = client.id();
+    let _c = rigwatch_e2e::KillOnDrop(client);
+    let v = scan_json(scan);
+    let findings = v["findings"].as_array().unwrap();
+    let text = v.to_string();
+    assert!(
+        findings.iter().all(|f| f["pid"] != innocent),
+        "an innocent client of a forged pool address has a finding: {v:#}"
+    );
+    assert!(!text.contains("pool_connection"), "the forged address was learned: {v:#}");
+    assert!(!text.contains("127.0.0.77\"]"), "a forged answer became DNS evidence: {v:#}");
+}

@@ -10,6 +10,11 @@
 //!   fakepool --dialect D --listen ADDR [--tls] [--once] [--coalesce]
 //!            [--job-interval SECONDS] [--max-seconds SECONDS]
 //!   fakepool --dns ADDR --answer IPV4 [--once] [--max-seconds SECONDS]
+//!   fakepool --push-to ADDR [--delay SECONDS] [--hold SECONDS]  (attacker:
+//!            connects, waits, sends an unsolicited pool push to the
+//!            listener, holds the connection open)
+//!   fakepool --forge-dns NAME --to ADDR --answer IPV4   (attacker: one DNS
+//!            answer that answers no query, sent to ADDR)
 //!
 //! Dialects: stratum-v1, cryptonote, ethproxy, ethereumstratum1,
 //! ethereumstratum2, kawpow, getwork (see shared/reference/stratum.md).
@@ -25,6 +30,9 @@
 //!   got junk                a line that is not JSON
 //!   got http VERB PATH      an HTTP request (getwork)
 //!   got dns NAME TYPE       a DNS query (--dns)
+//!   connected PEER          connected (--push-to; first line)
+//!   pushed PEER             the unsolicited push was sent (--push-to)
+//!   forged NAME             the forged answer was sent (--forge-dns)
 //!   closed PEER             the connection ended
 //! Errors go to stderr.
 
@@ -147,6 +155,25 @@ fn main() {
     });
     let once = take_flag(&mut args, "--once");
 
+    if let Some(to) = take_value(&mut args, "--push-to") {
+        let delay = seconds(take_value(&mut args, "--delay"), 0.0);
+        let hold = seconds(take_value(&mut args, "--hold"), 30.0);
+        push_to(parse_addr(&to), delay, hold);
+        return;
+    }
+    if let Some(name) = take_value(&mut args, "--forge-dns") {
+        let to = parse_addr(&take_value(&mut args, "--to").unwrap_or_else(|| "127.0.0.1:53".into()));
+        let answer: Ipv4Addr = take_value(&mut args, "--answer")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(Ipv4Addr::LOCALHOST);
+        for ip in [to.ip(), IpAddr::V4(answer)] {
+            if !allowed(ip) {
+                refuse("forging toward", ip);
+            }
+        }
+        forge_dns(&name, to, answer);
+        return;
+    }
     if let Some(dns) = take_value(&mut args, "--dns") {
         let answer = take_value(&mut args, "--answer").unwrap_or_else(|| "127.0.0.1".into());
         let answer: Ipv4Addr = answer.parse().unwrap_or_else(|_| {
@@ -776,6 +803,46 @@ fn dns_server(addr: SocketAddr, answer: Ipv4Addr, once: bool) {
             return;
         }
     }
+}
+
+/// The attacker's push: connects to `to` (a listener someone else owns) and
+/// sends one pool job as if the listener were a miner, then holds the
+/// connection open so that its socket exists while the agent looks.
+fn push_to(to: SocketAddr, delay: f64, hold: f64) {
+    if !allowed(to.ip()) {
+        refuse("pushing to", to.ip());
+    }
+    let mut s = TcpStream::connect(to).unwrap_or_else(|e| {
+        eprintln!("fakepool: connect {to}: {e}");
+        std::process::exit(1)
+    });
+    say(&format!("connected {to}"));
+    std::thread::sleep(Duration::from_secs_f64(delay));
+    let job = "{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"bf\",\"4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000\",\"01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff20020862062f503253482f04b8864e5008\",\"072f736c7573682f000000000100f2052a010000001976a914d23fcdf86f7e756a64a7a9688ef9903327048ed988ac00000000\",[],\"00000002\",\"1c2ac4af\",\"504e86b9\",true]}\n";
+    if let Err(e) = s.write_all(job.as_bytes()) {
+        eprintln!("fakepool: push: {e}");
+        std::process::exit(1)
+    }
+    say(&format!("pushed {to}"));
+    std::thread::sleep(Duration::from_secs_f64(hold));
+}
+
+/// The attacker's DNS answer: a response for `name` giving `answer`, to a
+/// query nobody asked, sent to `to`.
+fn forge_dns(name: &str, to: SocketAddr, answer: Ipv4Addr) {
+    let mut q = vec![0x13, 0x37, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len().min(63) as u8);
+        q.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let Some((_, _, reply)) = dns_reply(&q, answer) else {
+        eprintln!("fakepool: cannot forge an answer for {name}");
+        std::process::exit(2)
+    };
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind udp");
+    sock.send_to(&reply, to).expect("send the forged answer");
+    say(&format!("forged {name}"));
 }
 
 /// Parses one query; returns (name, qtype, response bytes).
