@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod metrics;
 pub mod response;
+pub mod sdnotify;
 pub mod shipper;
 pub mod spool;
 pub mod tracker;
@@ -142,6 +143,21 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
     };
 
     let mut engine = Engine::new(sig.clone(), &host, &cfg.engine(once));
+    // systemd (Type=notify): ready now, then a watchdog ping after each full pass
+    let mut notify_failed = false;
+    let mut sd_notify = |state: &str| {
+        if let (Err(e), false) = (sdnotify::notify(state), notify_failed) {
+            notify_failed = true;
+            ComponentError {
+                component: "sd_notify",
+                error: e.to_string(),
+            }
+            .emit(m);
+        }
+    };
+    if !once {
+        sd_notify("READY=1");
+    }
     // with a spool, the active set survives restarts next to it
     let file = shared.spool.as_ref().map(|_| cfg.collector.spool_dir.join("active.json"));
     let mut sinks = Sinks {
@@ -255,6 +271,9 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         m.processes.set(out.processes as i64);
         m.pass_duration.observe(out.seconds);
         m.last_pass.set(now as f64);
+        if !once {
+            sd_notify("WATCHDOG=1");
+        }
         if once {
             std::io::Write::write_all(&mut std::io::stdout(), &m.render())?;
             return Ok(());
