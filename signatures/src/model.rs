@@ -221,15 +221,17 @@ pub enum EvidenceKind {
         unaccounted_cores: f64,
         window_seconds: f64,
     },
-    /// The finding was cut down to fit its size cap (see
-    /// [`Finding::bound`]): what was cut, so a reader knows it is not whole.
+    /// Something was cut to stay within a cap, so a reader knows the
+    /// finding is not whole: the finding itself to fit its size cap (see
+    /// [`Finding::bound`]; its note starts with [`TRIM_NOTE_PREFIX`]), or a
+    /// sensor's list (a miner config's pools and wallets).
     Trimmed {
         note: String,
-        /// The finding's JSON size before trimming.
+        /// The size before trimming (the finding's JSON, the file read).
         original_bytes: u64,
         /// Evidence items dropped (the weakest).
         dropped_evidence: u64,
-        /// Strings shortened and list items dropped inside the rest.
+        /// Strings shortened and list items dropped.
         cut_fields: u64,
     },
 }
@@ -657,6 +659,9 @@ impl Finding {
 /// The most a finding's JSON may take when it leaves the agent.
 pub const MAX_FINDING_BYTES: usize = 64 * 1024;
 
+/// How the note of a finding cut to its size cap starts.
+pub const TRIM_NOTE_PREFIX: &str = "trimmed to fit ";
+
 /// Room kept for the `trimmed` evidence item a bounded finding gains.
 const TRIM_NOTE_BYTES: usize = 400;
 
@@ -682,23 +687,26 @@ impl Finding {
         if len(&v) <= max_bytes {
             return false;
         }
-        // an earlier note is folded into this one
+        // an earlier note of this kind is folded into this one
         let mut before = (len(&v) as u64, 0u64, 0u64);
         if let Some(serde_json::Value::Array(ev)) = v.get_mut("evidence") {
             ev.retain(|e| {
                 let Ok(Evidence {
                     detail:
                         EvidenceKind::Trimmed {
+                            note,
                             original_bytes,
                             dropped_evidence,
                             cut_fields,
-                            ..
                         },
                     ..
                 }) = serde_json::from_value::<Evidence>(e.clone())
                 else {
                     return true;
                 };
+                if !note.starts_with(TRIM_NOTE_PREFIX) {
+                    return true;
+                }
                 before = (original_bytes, dropped_evidence, cut_fields);
                 false
             });
@@ -731,7 +739,7 @@ impl Finding {
         f.evidence.push(Evidence::heuristic(
             EvidenceKind::Trimmed {
                 note: format!(
-                    "trimmed to fit {max_bytes} bytes (was {original_bytes}): {dropped} evidence items dropped, {cut} strings or list items cut"
+                    "{TRIM_NOTE_PREFIX}{max_bytes} bytes (was {original_bytes}): {dropped} evidence items dropped, {cut} strings or list items cut"
                 ),
                 original_bytes,
                 dropped_evidence: dropped,

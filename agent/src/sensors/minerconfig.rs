@@ -3,6 +3,13 @@
 //! executable and in the cwd, and the owner's `~/.xmrig.json` and
 //! `~/.config/xmrig.json`. Files are read through `/proc/PID/root`, so a
 //! miner in a container is read in its own filesystem.
+//!
+//! What a config file gives is bounded and cleaned before it becomes
+//! evidence: at most [`MAX_POOLS`] pools and [`MAX_WALLETS`] wallets per
+//! file, strings of at most [`MAX_STRING_BYTES`], and pool URLs without their
+//! userinfo (`user:password@`), query or fragment ([`redact_url`]), so a
+//! config that points at a database cannot put its password in a finding.
+//! What was left out is said in a `trimmed` evidence item.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
 use crate::host::process::ProcStatic;
@@ -13,6 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Pools listed per config file.
+pub const MAX_POOLS: usize = 16;
+/// Wallets listed per config file.
+pub const MAX_WALLETS: usize = 16;
+/// Longest path, pool or wallet string in the evidence.
+pub const MAX_STRING_BYTES: usize = 256;
 
 /// Keys that only miner configs have (XMRig, xmr-stak, cpuminer, SRBMiner…).
 const MINER_KEYS: &[&str] = &[
@@ -62,9 +75,7 @@ impl MinerConfigSensor {
             let Ok(bytes) = crate::host::safefile::read_in_root(&root, &path, MAX_CONFIG_BYTES, p.fixed.uid) else {
                 continue;
             };
-            if let Some(e) = assess_config(&self.sig, &path.display().to_string(), &bytes) {
-                out.push(e);
-            }
+            out.extend(assess_config(&self.sig, &path.display().to_string(), &bytes));
         }
         out
     }
@@ -116,10 +127,11 @@ fn home_of(uid: u32) -> Option<PathBuf> {
         .map(|u| u.dir)
 }
 
-/// Evidence from one config file's bytes, or `None` when it is no miner config.
-/// Accepts JSON (XMRig and most miners) and, failing that, scans the text
-/// (xmr-stak's `pools.txt` is JSON without braces).
-pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Option<Evidence> {
+/// Evidence from one config file's bytes: none when it is no miner config,
+/// else its `miner_config` item, and a `trimmed` item when pools or wallets
+/// were left out for the caps. Accepts JSON (XMRig and most miners) and,
+/// failing that, scans the text (xmr-stak's `pools.txt` is JSON without braces).
+pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Vec<Evidence> {
     let text = String::from_utf8_lossy(bytes);
     let mut pools = Vec::new();
     let mut wallets = Vec::new();
@@ -144,29 +156,93 @@ pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Option<Evide
             }
         }
     }
-    pools.sort();
+    let mut pools: Vec<String> = pools.iter().map(|p| redact_url(p)).collect();
+    // known pools first, so a file padded with made-up ones cannot push them out
+    pools.sort_by_cached_key(|p| (sig.pool_domain(&pool_host(p)).is_none(), p.clone()));
     pools.dedup();
     wallets.sort();
     wallets.dedup();
     keys.sort();
     keys.dedup();
     if pools.is_empty() && keys.is_empty() {
-        return None;
+        return Vec::new();
     }
     let weight = if !pools.is_empty() && !wallets.is_empty() {
         Weight::Confirmed
     } else {
         Weight::Likely
     };
-    Some(Evidence::heuristic(
-        EvidenceKind::MinerConfig {
-            path: path.to_string(),
-            pools,
-            wallets,
-            keys,
-        },
-        weight,
-    ))
+    let (more_pools, more_wallets) = (pools.len().saturating_sub(MAX_POOLS), wallets.len().saturating_sub(MAX_WALLETS));
+    pools.truncate(MAX_POOLS);
+    wallets.truncate(MAX_WALLETS);
+    let pools: Vec<String> = pools.iter().map(|p| clip(p)).collect();
+    let wallets: Vec<String> = wallets.iter().map(|w| clip(w)).collect();
+    let path = clip(path);
+    let mut out = Vec::new();
+    if more_pools + more_wallets > 0 {
+        out.push(Evidence::heuristic(
+            EvidenceKind::Trimmed {
+                note: format!(
+                    "miner config {path}: {more_pools} more pools and {more_wallets} more wallets not listed (at most {MAX_POOLS} and {MAX_WALLETS} per file)"
+                ),
+                original_bytes: bytes.len() as u64,
+                dropped_evidence: 0,
+                cut_fields: (more_pools + more_wallets) as u64,
+            },
+            Weight::Info,
+        ));
+    }
+    out.insert(
+        0,
+        Evidence::heuristic(
+            EvidenceKind::MinerConfig {
+                path,
+                pools,
+                wallets,
+                keys,
+            },
+            weight,
+        ),
+    );
+    out
+}
+
+/// A pool URL without what may be a secret: the userinfo (`user:password@`),
+/// the query and the fragment. `stratum+tcp://u:p@pool:3333/x?key=1` becomes
+/// `stratum+tcp://pool:3333/x`; `u:p@pool:3333` becomes `pool:3333`.
+pub fn redact_url(s: &str) -> String {
+    let s = s.trim();
+    let (scheme, rest) = match s.find("://") {
+        Some(i) => s.split_at(i + 3),
+        None => ("", s),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = tail.split(['?', '#']).next().unwrap_or("");
+    format!("{scheme}{host}{path}")
+}
+
+/// The host of a pool URL or host:port.
+fn pool_host(p: &str) -> String {
+    let rest = p.split_once("://").map_or(p, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.parse::<u16>().is_ok() => h.to_string(),
+        _ => authority.to_string(),
+    }
+}
+
+/// At most [`MAX_STRING_BYTES`] of `s` (on a char boundary, ending in `…` when cut).
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_STRING_BYTES {
+        return s.to_string();
+    }
+    let mut end = MAX_STRING_BYTES - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn walk(v: &serde_json::Value, pools: &mut Vec<String>, wallets: &mut Vec<String>, keys: &mut Vec<String>, sig: &Signatures) {
@@ -180,6 +256,20 @@ fn walk(v: &serde_json::Value, pools: &mut Vec<String>, wallets: &mut Vec<String
                 if let Some(s) = val.as_str() {
                     if matches!(kl.as_str(), "url" | "pool" | "pool_address" | "host" | "server") && looks_like_pool(s) {
                         pools.push(s.to_string());
+                        // a wallet as the URL's user name is a wallet, not a secret
+                        if let Some((user, _)) = s
+                            .split_once("://")
+                            .map_or(s, |(_, r)| r)
+                            .split('/')
+                            .next()
+                            .and_then(|a| a.rsplit_once('@'))
+                        {
+                            for e in sig.wallets_in(user, "config") {
+                                if let EvidenceKind::Wallet { address, .. } = e.detail {
+                                    wallets.push(address);
+                                }
+                            }
+                        }
                     }
                     if matches!(kl.as_str(), "user" | "wallet" | "wallet_address" | "login" | "pass" | "address") {
                         for e in sig.wallets_in(s, "config") {
@@ -232,5 +322,103 @@ impl Sensor for MinerConfigSensor {
     fn set_signatures(&mut self, sig: Arc<Signatures>) {
         self.sig = sig;
         self.done.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+
+    fn sig() -> Signatures {
+        rigwatch_signatures::load::load(&[], true).signatures
+    }
+
+    fn config(e: &[Evidence]) -> (String, Vec<String>, Vec<String>) {
+        match &e[0].detail {
+            EvidenceKind::MinerConfig { path, pools, wallets, .. } => (path.clone(), pools.clone(), wallets.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_userinfo_query_and_fragment() {
+        for (given, want) in [
+            ("stratum+tcp://pool.supportxmr.com:3333", "stratum+tcp://pool.supportxmr.com:3333"),
+            (
+                "stratum+tcp://worker:s3cret@pool.supportxmr.com:3333",
+                "stratum+tcp://pool.supportxmr.com:3333",
+            ),
+            (
+                "postgres://admin:hunter2@db.internal:5432/app?sslpassword=x#y",
+                "postgres://db.internal:5432/app",
+            ),
+            ("https://pool.example/api?token=abc", "https://pool.example/api"),
+            ("user:pw@pool.example:3333", "pool.example:3333"),
+            ("a@b:c@pool.example:3333/p#frag", "pool.example:3333/p"),
+            ("pool.example:3333", "pool.example:3333"),
+        ] {
+            assert_eq!(redact_url(given), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn no_secret_from_a_config_reaches_the_evidence() {
+        let text = format!(
+            r#"{{"pools":[{{"url":"stratum+tcp://{WALLET}.rig1:hunter2@pool.supportxmr.com:3333?key=topsecret","user":"{WALLET}"}}],
+                "db":{{"url":"postgres://admin:pa55word@db.internal:5432/app?sslmode=require"}},"donate-level":1}}"#
+        );
+        let ev = assess_config(&sig(), "/home/u/config.json", text.as_bytes());
+        let json = serde_json::to_string(&ev).unwrap();
+        for secret in ["hunter2", "topsecret", "pa55word", "admin", "rig1", "sslmode"] {
+            assert!(!json.contains(secret), "{secret} leaked: {json}");
+        }
+        let (_, pools, wallets) = config(&ev);
+        assert_eq!(
+            pools,
+            vec!["stratum+tcp://pool.supportxmr.com:3333", "postgres://db.internal:5432/app"],
+            "known pools first"
+        );
+        assert_eq!(wallets, vec![WALLET.to_string()]);
+        assert_eq!(ev[0].weight, Weight::Confirmed);
+        assert_eq!(ev.len(), 1, "nothing left out: no trimmed note");
+    }
+
+    #[test]
+    fn pools_wallets_and_strings_are_capped_and_the_rest_is_said() {
+        // a padded config: 400 made-up pools with long names, the real one last,
+        // and 40 wallets
+        let mut pools: Vec<String> = (0..400)
+            .map(|i| format!(r#"{{"url":"stratum+tcp://p{i:03}{}.example:3333"}}"#, "a".repeat(600)))
+            .collect();
+        pools.push(r#"{"url":"stratum+tcp://zzz.supportxmr.com:3333"}"#.into());
+        let b58 = |i: usize| "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz".chars().nth(i).unwrap();
+        let wallets: Vec<String> = (0..40)
+            .map(|i| format!(r#"{{"user":"{}{}{}"}}"#, &WALLET[..93], b58(i / 8), b58(i % 8)))
+            .collect();
+        let text = format!(r#"{{"pools":[{},{}],"randomx":{{}}}}"#, pools.join(","), wallets.join(","));
+        let long_path = format!("/home/u/{}/config.json", "d".repeat(1000));
+        let ev = assess_config(&sig(), &long_path, text.as_bytes());
+        let (path, pools, wallets) = config(&ev);
+        assert_eq!(pools.len(), MAX_POOLS);
+        assert_eq!(pools[0], "stratum+tcp://zzz.supportxmr.com:3333", "the known pool is kept");
+        assert_eq!(wallets.len(), MAX_WALLETS, "{wallets:?}");
+        assert!(pools.iter().chain(&wallets).chain([&path]).all(|s| s.len() <= MAX_STRING_BYTES));
+        assert!(path.ends_with('…') && path.starts_with("/home/u/ddd"));
+        let note = &ev[1];
+        assert_eq!(note.weight, Weight::Info);
+        let EvidenceKind::Trimmed {
+            cut_fields,
+            original_bytes,
+            ..
+        } = &note.detail
+        else {
+            panic!("{:?}", note.kind())
+        };
+        assert_eq!(*cut_fields, (401 - MAX_POOLS + 40 - MAX_WALLETS) as u64);
+        assert_eq!(*original_bytes, text.len() as u64);
+        assert!(note.summary().contains("385 more pools and 24 more wallets"), "{}", note.summary());
+        assert!(serde_json::to_vec(&ev).unwrap().len() < 8 * 1024);
     }
 }
