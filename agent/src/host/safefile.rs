@@ -10,6 +10,13 @@
 //! (a config.json linked to a root-only file is refused). Where `openat2`
 //! is missing (kernels before 5.6), the path is walked one component at a
 //! time with `O_NOFOLLOW` and no `..`.
+//!
+//! Files on the host that the persistence and hidden sensors read are just
+//! as hostile where a user can write them (a unit in `~/.config/systemd/user`,
+//! `~/.ssh/authorized_keys`): [`read_in_root`] with the host root and the
+//! user's uid. Files in directories only root writes go through
+//! [`read_host_file`]: links followed inside the host root, regular files
+//! only, capped, never blocking.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -33,11 +40,12 @@ fn openat(dir: i32, name: &Path, flags: i32) -> std::io::Result<OwnedFd> {
 
 const FILE_FLAGS: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY;
 
-fn open_in_root(root: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
+fn open_in_root(root: &OwnedFd, rel: &Path, follow: bool) -> std::io::Result<OwnedFd> {
     let c = cstr(rel)?;
+    let flags = if follow { FILE_FLAGS & !libc::O_NOFOLLOW } else { FILE_FLAGS };
     // struct open_how (linux/openat2.h): flags, mode, resolve, all u64
     let how: [u64; 3] = [
-        (FILE_FLAGS | libc::O_CLOEXEC) as u64,
+        (flags | libc::O_CLOEXEC) as u64,
         0,
         libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     ];
@@ -87,22 +95,46 @@ fn walk(root: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
 /// Reads at most `cap` bytes of `path` as the process whose root directory
 /// is `root` (`/proc/PID/root`) and whose uid is `uid` sees it. Errors say
 /// why it was not read; nothing outside that root is ever opened.
+///
+/// The same serves files a user can plant on the host (a unit in their
+/// `~/.config/systemd/user`, their `authorized_keys`): `root` is the host
+/// root and `uid` the user's.
 pub fn read_in_root(root: &Path, path: &Path, cap: u64, uid: u32) -> std::io::Result<Vec<u8>> {
+    read(root, path, cap, Some(uid))
+}
+
+/// Reads at most `cap` bytes of the host file `path` under `root` (the host
+/// root, normally `/`) in a directory only root writes (`/etc/cron.d`,
+/// `/etc/systemd/system`): symbolic links are followed, but only inside
+/// `root` (a unit linked by `systemctl link`; in a container, an absolute
+/// link resolves in the host's tree, not the container's). Still only a
+/// regular file is read, opened `O_NONBLOCK | O_NOCTTY`: a FIFO or a device
+/// in its place cannot stall the pass.
+pub fn read_host_file(root: &Path, path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    read(root, path, cap, None)
+}
+
+/// `uid`: as whom the file is read (it must not be a link); none: as the
+/// host's root (links inside `root` are followed, except on kernels without
+/// `openat2`, whose component walk follows none). `path` is as seen inside
+/// `root` (a leading `/` or none).
+fn read(root: &Path, path: &Path, cap: u64, uid: Option<u32>) -> std::io::Result<Vec<u8>> {
     let root_fd = openat(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY)?;
     let rel = path.strip_prefix("/").unwrap_or(path);
-    let fd = open_in_root(&root_fd, rel)?;
+    let fd = open_in_root(&root_fd, rel, uid.is_none())?;
     let mut f = std::fs::File::from(fd);
     let meta = f.metadata()?;
     use std::os::unix::fs::MetadataExt;
     if !meta.file_type().is_file() {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
     }
+    let uid = uid.unwrap_or(0);
     let mode = meta.mode();
     let readable = uid == 0 || (meta.uid() == uid && mode & 0o400 != 0) || mode & 0o004 != 0;
     if !readable {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            "the process's own uid could not read it",
+            format!("uid {uid} could not read it"),
         ));
     }
     let mut v = Vec::new();
@@ -172,5 +204,35 @@ mod tests {
         assert!(walk(&root, Path::new("a/f")).is_ok());
         assert!(walk(&root, Path::new("link/f")).is_err(), "a directory symlink is not followed");
         assert!(walk(&root, Path::new("a/../a/f")).is_err());
+    }
+
+    #[test]
+    fn host_files_follow_links_only_inside_the_root_and_never_block() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("host");
+        std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+        std::fs::create_dir_all(root.join("opt/app")).unwrap();
+        std::fs::write(root.join("opt/app/app.service"), b"[Service]\nExecStart=/opt/app/run\n").unwrap();
+        // `systemctl link`: an absolute link, resolved in the host root
+        std::os::unix::fs::symlink("/opt/app/app.service", root.join("etc/systemd/system/app.service")).unwrap();
+        assert_eq!(
+            read_host_file(&root, Path::new("etc/systemd/system/app.service"), 1 << 20).unwrap(),
+            b"[Service]\nExecStart=/opt/app/run\n"
+        );
+        // a link out of the root does not leave it
+        std::fs::write(d.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink("../../../../secret", root.join("etc/systemd/system/out.service")).unwrap();
+        assert!(read_host_file(&root, Path::new("/etc/systemd/system/out.service"), 1 << 20).is_err());
+        // a FIFO does not block
+        nix::unistd::mkfifo(
+            &root.join("etc/systemd/system/fifo.service"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let e = read_host_file(&root, Path::new("etc/systemd/system/fifo.service"), 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        // as a user's file, the link is not followed
+        let e = read_in_root(&root, Path::new("etc/systemd/system/app.service"), 1 << 20, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
     }
 }

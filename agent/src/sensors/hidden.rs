@@ -36,6 +36,18 @@ const PROBE_MIN_CHUNK: u32 = 4096;
 const PROBE_MARGIN: u32 = 4096;
 /// Most bytes of a hidden process's executable read for content.
 const HIDDEN_EXE_CAP: u64 = 64 * 1024 * 1024;
+/// Most bytes of `ld.so.preload` read.
+const PRELOAD_CAP: u64 = 64 * 1024;
+/// Most bytes of a process's `environ` or `maps` read.
+const PROC_FILE_CAP: u64 = 16 * 1024 * 1024;
+
+/// At most `cap` bytes of a proc file.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    std::fs::File::open(path)?.take(cap).read_to_end(&mut v)?;
+    Ok(v)
+}
 
 pub use crate::host::pids::{list_pids, list_pids_libc, parse_dirents, parse_pid};
 
@@ -226,7 +238,7 @@ impl HiddenSensor {
         }
         let dir = self.root.join(p.key.pid.to_string());
         let env_libs = if root_user {
-            std::fs::read(dir.join("environ"))
+            read_capped(&dir.join("environ"), PROC_FILE_CAP)
                 .map(|b| ld_preload_from_environ(&b))
                 .unwrap_or_default()
         } else {
@@ -235,7 +247,7 @@ impl HiddenSensor {
         let mut ev = Vec::new();
         if !global.is_empty() || !env_libs.is_empty() {
             let all: Vec<String> = global.iter().chain(env_libs.iter()).cloned().collect();
-            if let Ok(maps) = std::fs::read_to_string(dir.join("maps")) {
+            if let Ok(maps) = read_capped(&dir.join("maps"), PROC_FILE_CAP).map(|b| String::from_utf8_lossy(&b).into_owned()) {
                 for lib in mapped_libraries(&maps, &all) {
                     let base = lib.rsplit('/').next().unwrap_or(&lib).to_string();
                     let in_global = global.iter().any(|g| *g == lib || *g == base);
@@ -257,6 +269,15 @@ impl HiddenSensor {
         self.preload.insert(p.key, ev.clone());
         ev
     }
+}
+
+/// The libraries the host's `ld.so.preload` (under `host_root`) lists: a
+/// regular file only, capped, its links followed only inside the host root;
+/// a FIFO in its place does not stall the pass.
+pub fn global_preload(host_root: &Path) -> Vec<String> {
+    crate::host::safefile::read_host_file(host_root, Path::new("etc/ld.so.preload"), PRELOAD_CAP)
+        .map(|t| parse_preload_list(&String::from_utf8_lossy(&t)))
+        .unwrap_or_default()
 }
 
 /// Loadable modules (those with `/sys/module/NAME/initstate`) that
@@ -426,9 +447,7 @@ impl Sensor for HiddenSensor {
         self.hidden_exe.retain(|k, _| exists(k.pid));
 
         // 4. preload libraries
-        let global = std::fs::read_to_string(self.host_root.join("etc/ld.so.preload"))
-            .map(|t| parse_preload_list(&t))
-            .unwrap_or_default();
+        let global = global_preload(&self.host_root);
         for lib in &global {
             // loaded into every program: a finding about the host, whatever maps it now
             let subject = HostSubject {
@@ -514,6 +533,33 @@ mod tests {
         // no /proc/modules to compare with (a container, a kernel without modules): nothing
         std::fs::remove_file(r.join("proc/modules")).unwrap();
         assert!(hidden_modules(r).is_empty());
+    }
+
+    #[test]
+    fn ld_so_preload_is_read_safely() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().join("host");
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        let f = r.join("etc/ld.so.preload");
+        std::fs::write(&f, "/usr/local/lib/libprocesshider.so\n").unwrap();
+        assert_eq!(global_preload(&r), vec!["/usr/local/lib/libprocesshider.so"]);
+        // a FIFO in its place: nothing, at once (a blocking open would hang here)
+        std::fs::remove_file(&f).unwrap();
+        nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r2 = r.clone();
+        std::thread::spawn(move || tx.send(global_preload(&r2)));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("blocked on a FIFO");
+        assert!(got.is_empty());
+        // a link is followed inside the host root only
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(d.path().join("outside"), "/tmp/outside.so\n").unwrap();
+        std::fs::write(r.join("etc/inside"), "/tmp/inside.so\n").unwrap();
+        std::os::unix::fs::symlink("/etc/inside", &f).unwrap();
+        assert_eq!(global_preload(&r), vec!["/tmp/inside.so"]);
+        std::fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink("../../outside", &f).unwrap();
+        assert!(global_preload(&r).is_empty());
     }
 
     #[test]

@@ -77,31 +77,35 @@ impl PersistenceSensor {
     /// Every miner-starting entry under the host root.
     pub fn scan_host(&self) -> Vec<Entry> {
         let r = &self.host_root;
-        let mut files: Vec<(PathBuf, Kind)> = vec![(r.join("etc/crontab"), Kind::Cron), (r.join("etc/rc.local"), Kind::Script)];
-        for (dir, kind) in [
-            ("etc/cron.d", Kind::Cron),
-            ("var/spool/cron/crontabs", Kind::Cron),
-            ("var/spool/cron", Kind::Cron),
-            ("etc/cron.hourly", Kind::Script),
-            ("etc/cron.daily", Kind::Script),
-            ("etc/init.d", Kind::Script),
-            ("etc/systemd/system", Kind::Unit),
-            ("usr/lib/systemd/system", Kind::Unit),
-            ("lib/systemd/system", Kind::Unit),
-            ("root/.config/systemd/user", Kind::Unit),
+        // (file, kind, the user who can write it: their files are read as them, links not followed)
+        let mut files: Vec<(PathBuf, Kind, Option<u32>)> = vec![
+            (r.join("etc/crontab"), Kind::Cron, None),
+            (r.join("etc/rc.local"), Kind::Script, None),
+        ];
+        for (dir, kind, user) in [
+            ("etc/cron.d", Kind::Cron, None),
+            ("var/spool/cron/crontabs", Kind::Cron, None),
+            ("var/spool/cron", Kind::Cron, None),
+            ("etc/cron.hourly", Kind::Script, None),
+            ("etc/cron.daily", Kind::Script, None),
+            ("etc/init.d", Kind::Script, None),
+            ("etc/systemd/system", Kind::Unit, None),
+            ("usr/lib/systemd/system", Kind::Unit, None),
+            ("lib/systemd/system", Kind::Unit, None),
+            ("root/.config/systemd/user", Kind::Unit, Some(0)),
         ] {
-            files.extend(list_files(&r.join(dir)).into_iter().map(|p| (p, kind)));
+            files.extend(list_files(&r.join(dir)).into_iter().map(|p| (p, kind, user)));
         }
-        for home in list_dirs(&r.join("home")) {
-            files.extend(list_files(&home.join(".config/systemd/user")).into_iter().map(|p| (p, Kind::Unit)));
+        for (home, uid) in homes(r) {
+            files.extend(
+                list_files(&home.join(".config/systemd/user"))
+                    .into_iter()
+                    .map(|p| (p, Kind::Unit, Some(uid))),
+            );
         }
         let mut out = Vec::new();
-        for (file, kind) in files {
-            let Ok(meta) = std::fs::metadata(&file) else { continue };
-            if !meta.is_file() || meta.len() > 1 << 20 {
-                continue;
-            }
-            let Ok(text) = std::fs::read(&file) else { continue };
+        for (file, kind, user) in files {
+            let Ok(text) = read_file(r, &file, user) else { continue };
             let text = String::from_utf8_lossy(&text);
             let shown = format!("/{}", file.strip_prefix(r).unwrap_or(&file).display()).replace("//", "/");
             let locked = immutable(&file);
@@ -120,18 +124,18 @@ impl PersistenceSensor {
     fn locked_files(&self) -> Vec<String> {
         let r = &self.host_root;
         let mut files = vec![
-            r.join("etc/crontab"),
-            r.join("etc/ld.so.preload"),
-            r.join("root/.ssh/authorized_keys"),
+            (r.join("etc/crontab"), None),
+            (r.join("etc/ld.so.preload"), None),
+            (r.join("root/.ssh/authorized_keys"), Some(0)),
         ];
         for dir in ["etc/cron.d", "var/spool/cron/crontabs", "var/spool/cron"] {
-            files.extend(list_files(&r.join(dir)));
+            files.extend(list_files(&r.join(dir)).into_iter().map(|f| (f, None)));
         }
-        for home in list_dirs(&r.join("home")) {
-            files.push(home.join(".ssh/authorized_keys"));
+        for (home, uid) in homes(r) {
+            files.push((home.join(".ssh/authorized_keys"), Some(uid)));
         }
         let mut v = Vec::new();
-        for f in files {
+        for (f, user) in files {
             let shown = format!("/{}", f.strip_prefix(r).unwrap_or(&f).display()).replace("//", "/");
             if immutable(&f) {
                 v.push(format!(
@@ -139,13 +143,8 @@ impl PersistenceSensor {
                 ));
             }
             if f.ends_with(".ssh/authorized_keys") {
-                let small = std::fs::metadata(&f).is_ok_and(|m| m.is_file() && m.len() <= 1 << 20);
-                let text = if small {
-                    std::fs::read_to_string(&f).unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+                let text = read_file(r, &f, user).unwrap_or_default();
+                for line in String::from_utf8_lossy(&text).lines().filter(|l| !l.trim_start().starts_with('#')) {
                     let comment = line.split_whitespace().last().unwrap_or("");
                     if let Some((_, who)) = CAMPAIGN_SSH_KEYS.iter().find(|(c, _)| comment.eq_ignore_ascii_case(c)) {
                         v.push(format!("{shown} holds the SSH key \"{comment}\" of {who}"));
@@ -195,28 +194,65 @@ pub fn immutable(path: &Path) -> bool {
     // O_NONBLOCK: a FIFO planted where a crontab should be must not block the pass
     let Ok(f) = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
         .open(path)
     else {
         return false;
     };
+    // the ioctl goes to regular files only, never to a device's driver
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut flags: libc::c_int = 0;
     // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which lives for the call.
     let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
     r == 0 && flags & FS_IMMUTABLE_FL != 0
 }
 
+/// Most bytes of one persistence file read (the rest is not looked at).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a persistence file under the host root `root` without following
+/// the planter's tricks: a file a user can write (`user`: their uid) is read
+/// only if it is no link and that user could read it; a FIFO or device in
+/// place of any file is refused without blocking; at most
+/// [`MAX_FILE_BYTES`].
+fn read_file(root: &Path, file: &Path, user: Option<u32>) -> std::io::Result<Vec<u8>> {
+    let rel = file.strip_prefix(root).unwrap_or(file);
+    match user {
+        Some(uid) => crate::host::safefile::read_in_root(root, rel, MAX_FILE_BYTES, uid),
+        None => crate::host::safefile::read_host_file(root, rel, MAX_FILE_BYTES),
+    }
+}
+
 fn list_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    // not `is_file()` through links: the read decides (a link is refused where a user plants it)
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .take(100_000)
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+        .map(|e| e.path())
+        .collect();
     v.sort();
     v.truncate(2000);
     v
 }
 
-fn list_dirs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).take(1000).collect()
+/// The home directories under `root/home` and their owners.
+fn homes(root: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(root.join("home")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .take(100_000)
+        .filter_map(|e| {
+            let m = std::fs::metadata(e.path()).ok()?;
+            m.is_dir().then(|| (e.path(), m.uid()))
+        })
+        .take(1000)
+        .collect()
 }
 
 /// The command part of a line: a cron line without its schedule (and user,
@@ -441,6 +477,55 @@ mod tests {
             eprintln!("chattr +i is not possible here: the immutable check is not exercised");
             assert!(!e.entry.contains("immutable"));
         }
+    }
+
+    /// Runs `f` in a thread; a planted FIFO that blocked it would hang the
+    /// test, so it gives up after a minute and says so.
+    fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("blocked on a planted file")
+    }
+
+    #[test]
+    fn planted_fifos_and_links_in_a_home_are_not_read() {
+        use nix::sys::stat::Mode;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().to_path_buf();
+        let units = r.join("home/bob/.config/systemd/user");
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::create_dir_all(r.join("home/bob/.ssh")).unwrap();
+        std::fs::create_dir_all(r.join("etc/cron.d")).unwrap();
+        let miner = "[Service]\nExecStart=/home/bob/.x/xmrig -o stratum+tcp://pool.supportxmr.com:3333 -u 44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A\n";
+        std::fs::write(units.join("real.service"), miner).unwrap();
+        // FIFOs where a unit, a crontab and authorized_keys should be
+        for f in [
+            units.join("fifo.service"),
+            r.join("home/bob/.ssh/authorized_keys"),
+            r.join("etc/cron.d/fifo"),
+        ] {
+            nix::unistd::mkfifo(&f, Mode::from_bits_truncate(0o666)).unwrap();
+        }
+        // a link to a file outside the user's reach, and a unit that is a link
+        std::fs::create_dir_all(r.join("root")).unwrap();
+        std::fs::write(r.join("root/secret.service"), miner.replace("xmrig", "secret-miner")).unwrap();
+        std::os::unix::fs::symlink("/root/secret.service", units.join("link.service")).unwrap();
+        std::os::unix::fs::symlink(r.join("root/secret.service"), units.join("abs.service")).unwrap();
+
+        let s = PersistenceSensor::new(Arc::new(sig()), r.clone());
+        let (entries, ctx) = within_a_minute(move || (s.scan_host(), s.host_context()));
+        assert!(
+            entries.iter().any(|e| e.path == "/home/bob/.config/systemd/user/real.service"),
+            "the regular unit is read: {entries:#?}"
+        );
+        assert!(
+            !entries
+                .iter()
+                .any(|e| e.path.contains("link") || e.path.contains("abs") || e.entry.contains("secret-miner")),
+            "a link is not followed: {entries:#?}"
+        );
+        assert!(!ctx.iter().any(|c| c.contains("authorized_keys")), "{ctx:?}");
     }
 
     #[test]
