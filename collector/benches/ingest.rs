@@ -40,6 +40,9 @@ async fn bench(name: &str, store: Store, agents: usize, seconds: u64, rate: u64)
     let addr = listener.local_addr().unwrap();
     let mut settings = Settings::with_data_dir(dir.path());
     settings.listen = addr.to_string();
+    // Throughput, not the per-token rate limit, is measured here.
+    settings.reports_per_second = 1e6;
+    settings.report_burst = 1_000_000;
     let app = App::new(store, settings);
     let server = tokio::spawn(rigwatch_collector::serve_listener(app.clone(), listener));
     let url = format!("http://{addr}/api/v1/reports");

@@ -186,7 +186,13 @@ async fn tick(
     if let Some(hook) = &app.settings.webhook {
         let mut messages = Vec::new();
         for (k, f) in &now_firing {
-            if !firing.contains_key(k) {
+            // New, or reopened while firing (an acknowledged finding whose
+            // severity rose): a fresh alert.
+            let fresh = match firing.get(k) {
+                None => true,
+                Some(old) => f.state == "open" && old.state_changed_at != f.state_changed_at,
+            };
+            if fresh {
                 messages.push(webhook_body(app, f, "firing"));
             }
         }

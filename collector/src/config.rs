@@ -24,6 +24,14 @@ pub const DEFAULT_DATA_DIR: &str = "./rigwatch-data";
 /// max_body_bytes = 4194304
 /// external_url = "https://rigwatch.example.com"
 /// event_retention_days = 30      # de-duplication window for event ids
+/// clock_allowance_seconds = 300  # how far ahead of the collector an event may be dated
+/// max_findings_per_host = 10000  # unresolved findings one host may have
+/// reports_per_second = 5         # per agent token (429 + Retry-After beyond)
+/// report_burst = 60
+/// header_timeout_seconds = 10    # to send a request's headers
+/// request_timeout_seconds = 30   # to send its body and be answered
+/// max_connections = 1024
+/// max_requests_in_flight = 256
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,6 +60,22 @@ pub struct FileConfig {
     pub external_url: Option<String>,
     /// Days an event id is remembered for de-duplication (default 30).
     pub event_retention_days: Option<u64>,
+    /// Seconds an event may be dated ahead of the collector's clock.
+    pub clock_allowance_seconds: Option<u64>,
+    /// Unresolved findings one host may have.
+    pub max_findings_per_host: Option<u64>,
+    /// Reports per second one agent token may send (sustained).
+    pub reports_per_second: Option<f64>,
+    /// Reports one agent token may send at once.
+    pub report_burst: Option<u64>,
+    /// Seconds a client has to send a request's headers.
+    pub header_timeout_seconds: Option<u64>,
+    /// Seconds a client has to send a request's body and be answered.
+    pub request_timeout_seconds: Option<u64>,
+    /// Open connections at most.
+    pub max_connections: Option<usize>,
+    /// Requests handled at once at most.
+    pub max_requests_in_flight: Option<usize>,
 }
 
 impl FileConfig {
@@ -87,6 +111,22 @@ pub struct Settings {
     pub external_url: String,
     /// Days event ids are kept for de-duplication.
     pub event_retention_days: u64,
+    /// What one report may do (clock allowance, findings per host).
+    pub ingest: crate::store::IngestLimits,
+    /// Sustained reports per second per agent token.
+    pub reports_per_second: f64,
+    /// Burst of reports per agent token.
+    pub report_burst: u64,
+    /// Time to send the headers.
+    pub header_timeout: std::time::Duration,
+    /// Time to send the body and be answered.
+    pub request_timeout: std::time::Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Requests handled at once at most.
+    pub max_requests_in_flight: usize,
+    /// Failed logins one client address may make per minute.
+    pub login_failures_per_minute: u64,
 }
 
 impl Settings {
@@ -104,6 +144,14 @@ impl Settings {
             max_body_bytes: 4 << 20,
             external_url: format!("http://{DEFAULT_LISTEN}"),
             event_retention_days: 30,
+            ingest: crate::store::IngestLimits::default(),
+            reports_per_second: 5.0,
+            report_burst: 60,
+            header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(30),
+            max_connections: 1024,
+            max_requests_in_flight: 256,
+            login_failures_per_minute: 10,
         }
     }
 
@@ -141,6 +189,30 @@ impl Settings {
             .unwrap_or(s.event_retention_days)
             .max(1);
         s.max_body_bytes = flags.max_body_bytes.or(file.max_body_bytes).unwrap_or(s.max_body_bytes);
+        if let Some(v) = flags.clock_allowance_seconds.or(file.clock_allowance_seconds) {
+            s.ingest.clock_allowance = v.min(86400);
+        }
+        if let Some(v) = flags.max_findings_per_host.or(file.max_findings_per_host) {
+            s.ingest.max_findings_per_host = v.max(1);
+        }
+        if let Some(v) = flags.reports_per_second.or(file.reports_per_second) {
+            if !(v.is_finite() && v > 0.0) {
+                anyhow::bail!("reports_per_second must be above 0");
+            }
+            s.reports_per_second = v;
+        }
+        s.report_burst = flags.report_burst.or(file.report_burst).unwrap_or(s.report_burst).max(1);
+        let secs = |a: Option<u64>, b: Option<u64>, d: std::time::Duration| {
+            a.or(b).map(|v| std::time::Duration::from_secs(v.max(1))).unwrap_or(d)
+        };
+        s.header_timeout = secs(flags.header_timeout_seconds, file.header_timeout_seconds, s.header_timeout);
+        s.request_timeout = secs(flags.request_timeout_seconds, file.request_timeout_seconds, s.request_timeout);
+        s.max_connections = flags.max_connections.or(file.max_connections).unwrap_or(s.max_connections).max(1);
+        s.max_requests_in_flight = flags
+            .max_requests_in_flight
+            .or(file.max_requests_in_flight)
+            .unwrap_or(s.max_requests_in_flight)
+            .max(1);
         let scheme = if s.tls.is_some() { "https" } else { "http" };
         s.external_url = pick(flags.external_url, file.external_url)
             .unwrap_or_else(|| format!("{scheme}://{}", s.listen))

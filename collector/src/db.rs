@@ -47,6 +47,11 @@ fn clean(t: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A text as either backend stores it (and so as it reads back).
+pub fn stored_text(t: &str) -> String {
+    clean(t).into_owned()
+}
+
 impl DbError {
     /// True for errors worth retrying the whole transaction (PostgreSQL
     /// deadlock or serialization failure between concurrent writers).
@@ -132,7 +137,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     role TEXT NOT NULL,
     hash TEXT NOT NULL UNIQUE,
     created_at BIGINT NOT NULL,
-    revoked_at BIGINT NOT NULL DEFAULT 0
+    revoked_at BIGINT NOT NULL DEFAULT 0,
+    host TEXT NOT NULL DEFAULT '',
+    bound_at BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     agent_id TEXT NOT NULL,
@@ -170,6 +177,7 @@ CREATE TABLE IF NOT EXISTS findings (
     PRIMARY KEY (host, id)
 );
 CREATE INDEX IF NOT EXISTS findings_state ON findings (state);
+CREATE INDEX IF NOT EXISTS findings_host_state ON findings (host, state);
 CREATE TABLE IF NOT EXISTS history (
     host TEXT NOT NULL,
     finding_id TEXT NOT NULL,
@@ -188,6 +196,13 @@ CREATE TABLE IF NOT EXISTS finding_keys (
 );
 CREATE INDEX IF NOT EXISTS finding_keys_value ON finding_keys (kind, value);
 "#;
+
+/// Columns added after the first release: `(table, column, definition)`,
+/// added to an existing database when missing (both backends).
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("tokens", "host", "TEXT NOT NULL DEFAULT ''"),
+    ("tokens", "bound_at", "BIGINT NOT NULL DEFAULT 0"),
+];
 
 /// A job's type-erased result.
 pub type JobResult = Result<Box<dyn Any + Send>, DbError>;
@@ -307,6 +322,26 @@ impl Sqlite {
     /// Opens (creating if needed) the database file and its schema.
     pub fn open(path: &Path, max_batch: usize) -> Result<Sqlite, DbError> {
         let mut w = sqlite_open(path)?;
+        // The columns first (an old database's tables lack them), then the schema.
+        for (table, col, def) in ADDED_COLUMNS {
+            let exists: bool = w
+                .prepare(&format!("PRAGMA table_info({table})"))?
+                .query_map([], |r| r.get::<_, String>(1))?
+                .flatten()
+                .collect::<Vec<_>>()
+                .iter()
+                .any(|c| c == col);
+            let table_exists: bool = w
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n > 0)?;
+            if table_exists && !exists {
+                w.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {col} {def}"))?;
+            }
+        }
         w.execute_batch(SCHEMA)?;
         let readers = (0..4).map(|_| sqlite_open(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -483,6 +518,9 @@ impl Postgres {
         // Several replicas may start at once: serialise schema creation.
         let mut tx = first.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock(4242)", &[])?;
+        for (table, col, def) in ADDED_COLUMNS {
+            tx.batch_execute(&format!("ALTER TABLE IF EXISTS {table} ADD COLUMN IF NOT EXISTS {col} {def}"))?;
+        }
         tx.batch_execute(SCHEMA)?;
         tx.commit()?;
         let readers = (0..4)

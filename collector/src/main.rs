@@ -79,6 +79,11 @@ enum TokenCmd {
         /// An analyst token (web page and query API) instead of an agent token.
         #[arg(long)]
         analyst: bool,
+        /// The host this agent token speaks for: reports naming any other
+        /// host are refused (403). Without it, the token is bound to the
+        /// host of its first report.
+        #[arg(long, conflicts_with = "analyst")]
+        host: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -167,13 +172,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rigwatch_collector::serve(App::new(store, s)).await
         }
         Cmd::Token { cmd } => match cmd {
-            TokenCmd::Create { name, analyst, common } => {
+            TokenCmd::Create {
+                name,
+                analyst,
+                host,
+                common,
+            } => {
                 let s = settings(&common, FileConfig::default())?;
                 let store = open(&s)?;
                 let role = if analyst { Role::Analyst } else { Role::Agent };
-                let secret = store.token_create(&name, role).await?;
+                let secret = store.token_create_for(&name, role, host.as_deref()).await?;
+                let bound = match (&host, role) {
+                    (Some(h), _) => format!(" for host {h:?}"),
+                    (None, Role::Agent) => " (bound to the host of its first report)".to_string(),
+                    (None, Role::Analyst) => String::new(),
+                };
                 println!(
-                    "created {} token {name:?} in {}; it is shown only once:",
+                    "created {} token {name:?}{bound} in {}; it is shown only once:",
                     role.as_str(),
                     redact(&s.database)
                 );
@@ -183,15 +198,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             TokenCmd::List { common } => {
                 let s = settings(&common, FileConfig::default())?;
                 let store = open(&s)?;
-                println!("{:<32} {:<8} {:<22} STATUS", "NAME", "ROLE", "CREATED");
+                println!("{:<32} {:<8} {:<22} {:<32} STATUS", "NAME", "ROLE", "CREATED", "HOST");
                 for t in store.token_list().await? {
                     let status = if t.revoked_at == 0 {
                         "valid".to_string()
                     } else {
                         format!("revoked {}", rigwatch_collector::format::rfc3339(t.revoked_at))
                     };
+                    let host = match (t.role, t.host.is_empty()) {
+                        (Role::Analyst, _) => "-".to_string(),
+                        (Role::Agent, true) => "(first report)".to_string(),
+                        (Role::Agent, false) => t.host.escape_debug().to_string(),
+                    };
                     println!(
-                        "{:<32} {:<8} {:<22} {status}",
+                        "{:<32} {:<8} {:<22} {host:<32} {status}",
                         t.name,
                         t.role.as_str(),
                         rigwatch_collector::format::rfc3339(t.created_at)

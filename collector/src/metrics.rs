@@ -7,8 +7,11 @@ use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, I
 /// The collector's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// Reports by outcome: stored, rejected_auth, rejected_invalid, rejected_too_large, error.
+    /// Reports by outcome: stored, rejected_auth, rejected_host (another
+    /// host's token), rejected_rate (429), rejected_invalid, rejected_too_large, error.
     pub reports: IntCounterVec,
+    /// New findings refused: their host had as many unresolved findings as allowed.
+    pub findings_refused: IntCounter,
     /// Events stored (first delivery).
     pub events_stored: IntCounter,
     /// Events received again and ignored.
@@ -49,6 +52,11 @@ impl Metrics {
             "Report events received again and ignored.",
         )
         .expect("metric");
+        let findings_refused = IntCounter::new(
+            "rigwatch_collector_findings_refused_total",
+            "New findings refused because their host had as many unresolved findings as allowed.",
+        )
+        .expect("metric");
         let ingest_seconds = Histogram::with_opts(
             HistogramOpts::new("rigwatch_collector_ingest_duration_seconds", "Time to check and store one report.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
@@ -76,6 +84,7 @@ impl Metrics {
         .expect("metric");
         for c in [
             Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(findings_refused.clone()),
             Box::new(events_stored.clone()),
             Box::new(events_duplicate.clone()),
             Box::new(ingest_seconds.clone()),
@@ -87,7 +96,15 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
-        for o in ["stored", "rejected_auth", "rejected_invalid", "rejected_too_large", "error"] {
+        for o in [
+            "stored",
+            "rejected_auth",
+            "rejected_host",
+            "rejected_rate",
+            "rejected_invalid",
+            "rejected_too_large",
+            "error",
+        ] {
             reports.with_label_values(&[o]);
         }
         for s in ["confirmed", "likely", "suspicious"] {
@@ -96,6 +113,7 @@ impl Metrics {
         Metrics {
             registry,
             reports,
+            findings_refused,
             events_stored,
             events_duplicate,
             ingest_seconds,

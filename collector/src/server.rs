@@ -3,8 +3,7 @@
 pub use crate::app::{App, Session, SESSION_COOKIE};
 use crate::store::{now, FindingFilter, Role};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,9 +25,15 @@ pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
-/// The router for an application.
+/// The router for an application, with the limits every request meets:
+/// a time limit on the whole request (body included: a slow body is cut
+/// off with 408), a cap on requests handled at once, and a body limit per
+/// route (reports: `max_body_bytes`; everything else 64 KiB). Reports are
+/// authenticated before their body is read.
 pub fn router(app: Arc<App>) -> Router {
     let limit = app.settings.max_body_bytes;
+    let timeout = app.settings.request_timeout;
+    let in_flight = app.settings.max_requests_in_flight;
     Router::new()
         .route("/api/v1/reports", post(post_report).layer(DefaultBodyLimit::max(limit)))
         .route("/api/v1/findings", get(api_findings))
@@ -39,18 +44,37 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::web::routes())
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(in_flight))
         .with_state(app)
 }
 
-async fn post_report(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+fn too_many(secs: u64, msg: &str) -> Response {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, msg);
+    if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// `POST /api/v1/reports`. The token is checked (and the token's rate)
+/// from the headers alone; only then is the body read, up to the route's
+/// limit. A refused request's body is never read: the connection is closed
+/// after the answer.
+async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response {
     let started = Instant::now();
     let m = &app.metrics;
-    let Some(token) = bearer(&headers) else {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let Some(token) = bearer(headers) else {
         m.reports.with_label_values(&["rejected_auth"]).inc();
         return error(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization: Bearer TOKEN)");
     };
-    match app.store.token_lookup(token).await {
-        Ok(Some((_, Role::Agent))) => {}
+    let token_name = match app.store.token_lookup(token).await {
+        Ok(Some((name, Role::Agent))) => name,
         Ok(Some((_, Role::Analyst))) => {
             m.reports.with_label_values(&["rejected_auth"]).inc();
             return error(StatusCode::FORBIDDEN, "an analyst token cannot send reports");
@@ -63,8 +87,12 @@ async fn post_report(State(app): State<Arc<App>>, headers: HeaderMap, body: Resu
             m.reports.with_label_values(&["error"]).inc();
             return error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"));
         }
+    };
+    if let Err(secs) = app.report_limiter.take(&token_name) {
+        m.reports.with_label_values(&["rejected_rate"]).inc();
+        return too_many(secs, "too many reports for this token; retry after the given seconds");
     }
-    let body = match body {
+    let body = match Bytes::from_request(Request::from_parts(parts, body), &app).await {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             m.reports.with_label_values(&["rejected_too_large"]).inc();
@@ -92,18 +120,27 @@ async fn post_report(State(app): State<Arc<App>>, headers: HeaderMap, body: Resu
         m.reports.with_label_values(&["rejected_invalid"]).inc();
         return error(StatusCode::BAD_REQUEST, "agent.host or agent.agent_id too long");
     }
-    match app.store.ingest(report, now()).await {
+    match app.store.ingest_as(&token_name, report, now(), app.settings.ingest).await {
+        Ok(out) if out.forbidden.is_some() => {
+            m.reports.with_label_values(&["rejected_host"]).inc();
+            error(StatusCode::FORBIDDEN, out.forbidden.unwrap_or_default())
+        }
         Ok(out) => {
             m.reports.with_label_values(&["stored"]).inc();
             m.events_stored.inc_by(out.new_events);
             m.events_duplicate.inc_by(out.duplicate_events);
+            m.findings_refused.inc_by(out.refused_findings);
             m.ingest_seconds.observe(started.elapsed().as_secs_f64());
             if out.findings_changed {
                 app.alert_wakeup.notify_one();
             }
             (
                 StatusCode::OK,
-                Json(json!({ "stored": out.new_events, "duplicates": out.duplicate_events })),
+                Json(json!({
+                    "stored": out.new_events,
+                    "duplicates": out.duplicate_events,
+                    "refused_findings": out.refused_findings,
+                })),
             )
                 .into_response()
         }
@@ -117,7 +154,7 @@ async fn post_report(State(app): State<Arc<App>>, headers: HeaderMap, body: Resu
 /// Checks that a request comes from an analyst: a bearer analyst token or
 /// a web session. Returns the analyst's name.
 pub async fn analyst(app: &App, headers: &HeaderMap) -> Result<String, Response> {
-    if let Some(s) = app.session(headers) {
+    if let Some(s) = app.session(headers).await {
         return Ok(s.name);
     }
     let Some(token) = bearer(headers) else {
@@ -274,6 +311,90 @@ async fn housekeeping(app: Arc<App>) {
     }
 }
 
+/// Caps open connections: a connection over the cap is closed at once;
+/// each admitted one holds a permit until it closes.
+#[derive(Clone)]
+struct ConnectionLimit<A> {
+    inner: A,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// A stream holding its connection permit.
+struct Permitted<S> {
+    inner: S,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Permitted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Permitted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<A, I, S> axum_server::accept::Accept<I, S> for ConnectionLimit<A>
+where
+    A: axum_server::accept::Accept<I, S> + Clone + Send + 'static,
+    A::Future: Send,
+    A::Stream: Send,
+    A::Service: Send,
+    I: Send + 'static,
+    S: Send + 'static,
+{
+    type Stream = Permitted<A::Stream>;
+    type Service = A::Service;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send>,
+    >;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let permit = self.permits.clone().try_acquire_owned();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let Ok(permit) = permit else {
+                return Err(std::io::Error::other("too many connections"));
+            };
+            let (s, svc) = inner.accept(stream, service).await?;
+            Ok((Permitted { inner: s, _permit: permit }, svc))
+        })
+    }
+}
+
+/// The HTTP/1 settings every listener gets: a deadline for a request's
+/// headers (a slow-header client is cut off), no HTTP/2 (agents and
+/// browsers speak HTTP/1.1 here).
+fn configure<A>(server: &mut axum_server::Server<A>, app: &App) {
+    let builder = server.http_builder();
+    let fresh = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    *builder = std::mem::replace(builder, fresh).http1_only();
+    let mut h1 = builder.http1();
+    h1.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.settings.header_timeout)
+        .max_buf_size(64 * 1024);
+}
+
 /// Serves until the process ends: HTTP, or HTTPS with rustls when a
 /// certificate and key are set; the alert loop runs beside it.
 pub async fn serve(app: Arc<App>) -> anyhow::Result<()> {
@@ -282,9 +403,8 @@ pub async fn serve(app: Arc<App>) -> anyhow::Result<()> {
         .listen
         .parse()
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", app.settings.listen))?;
-    tokio::spawn(crate::alert::run(app.clone()));
-    tokio::spawn(housekeeping(app.clone()));
-    let router = router(app.clone());
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    listener.set_nonblocking(true)?;
     match &app.settings.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -292,23 +412,47 @@ pub async fn serve(app: Arc<App>) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("TLS certificate {} / key {}: {e}", cert.display(), key.display()))?;
             tracing::info!(%addr, "rigwatch-collector listening (https)");
-            axum_server::bind_rustls(addr, tls).serve(router.into_make_service()).await?;
+            run_server(app, listener, Some(tls)).await?;
         }
         None => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             tracing::info!(%addr, "rigwatch-collector listening (http)");
-            axum::serve(listener, router).await?;
+            run_server(app, listener, None).await?;
         }
     }
     Ok(())
 }
 
-/// Serves plain HTTP on a listener that is already bound (tests, benches),
-/// with the alert loop beside it.
-pub async fn serve_listener(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+async fn run_server(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) -> std::io::Result<()> {
     tokio::spawn(crate::alert::run(app.clone()));
     tokio::spawn(housekeeping(app.clone()));
-    axum::serve(listener, router(app)).await
+    let permits = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));
+    let service = router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let limit = ConnectionLimit {
+        inner: axum_server::accept::DefaultAcceptor,
+        permits,
+    };
+    match tls {
+        Some(tls) => {
+            let mut server = axum_server::from_tcp_rustls(listener, tls)
+                .map(|a| a.handshake_timeout(app.settings.header_timeout).acceptor(limit));
+            configure(&mut server, &app);
+            server.serve(service).await
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener).acceptor(limit);
+            configure(&mut server, &app);
+            server.serve(service).await
+        }
+    }
+}
+
+/// Serves plain HTTP on a listener that is already bound (tests, benches),
+/// with the alert loop beside it and the same limits as [`serve`].
+pub async fn serve_listener(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    run_server(app, listener, None).await
 }

@@ -57,6 +57,12 @@ pub struct TokenInfo {
     pub created_at: u64,
     /// Unix seconds, 0 while valid.
     pub revoked_at: u64,
+    /// The host an agent token speaks for; empty until its first report
+    /// binds it (or for analyst tokens).
+    pub host: String,
+    /// Unix seconds the token was bound to its host (at creation with
+    /// `--host`, else at its first report); 0 while unbound.
+    pub bound_at: u64,
 }
 
 /// The SHA-256 of a token, as stored. Tokens are 256 random bits, so a
@@ -74,6 +80,31 @@ pub struct IngestOutcome {
     pub duplicate_events: u64,
     /// True when a finding opened, changed or resolved.
     pub findings_changed: bool,
+    /// New findings refused: the host has as many unresolved findings as
+    /// it may ([`IngestLimits::max_findings_per_host`]).
+    pub refused_findings: u64,
+    /// Set when the report was refused as a whole and nothing was stored:
+    /// its host is not the one its token speaks for.
+    pub forbidden: Option<String>,
+}
+
+/// What the collector allows one report to do.
+#[derive(Clone, Copy, Debug)]
+pub struct IngestLimits {
+    /// Seconds an event's time may lie ahead of the collector's clock
+    /// (agents' clocks drift); later times are cut back to this.
+    pub clock_allowance: u64,
+    /// Unresolved (open, acknowledged, suppressed) findings one host may have.
+    pub max_findings_per_host: u64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            clock_allowance: 300,
+            max_findings_per_host: 10_000,
+        }
+    }
 }
 
 /// A host as the fleet view shows it.
@@ -265,6 +296,20 @@ impl Store {
     /// Creates a token and returns its secret (shown once). Fails when a
     /// valid token of that name exists; a revoked one is replaced.
     pub async fn token_create(&self, name: &str, role: Role) -> Result<String, DbError> {
+        self.token_create_for(name, role, None).await
+    }
+
+    /// Creates a token bound to a host (agent tokens only): reports from any
+    /// other host are refused. Without a host, an agent token binds to the
+    /// host of its first report.
+    pub async fn token_create_for(&self, name: &str, role: Role, host: Option<&str>) -> Result<String, DbError> {
+        let host = host.unwrap_or("").to_string();
+        if role == Role::Analyst && !host.is_empty() {
+            return Err(DbError::Other("only agent tokens are bound to a host".into()));
+        }
+        if host.len() > 253 {
+            return Err(DbError::Other("a host name is at most 253 bytes".into()));
+        }
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
             return Err(DbError::Other("a token name must be 1 to 128 printable characters".into()));
         }
@@ -272,20 +317,37 @@ impl Store {
         getrandom::getrandom(&mut raw).map_err(|e| DbError::Other(format!("no randomness: {e}")))?;
         let secret = format!("rwc_{}", hex::encode(raw));
         let (name, hash, at) = (name.to_string(), token_hash(&secret), now());
+        let bound_at = if host.is_empty() { 0 } else { at };
         self.run(true, move |c| {
             let existing = c.query("SELECT revoked_at FROM tokens WHERE name = $1", &[name.as_str().into()])?;
             match existing.first() {
                 Some(r) if r[0].int() == 0 => return Err(DbError::Other(format!("a token named {name:?} exists; revoke it first"))),
                 Some(_) => {
                     c.exec(
-                        "UPDATE tokens SET role = $2, hash = $3, created_at = $4, revoked_at = 0 WHERE name = $1",
-                        &[name.as_str().into(), role.as_str().into(), hash.as_str().into(), at.into()],
+                        "UPDATE tokens SET role = $2, hash = $3, created_at = $4, revoked_at = 0, host = $5, bound_at = $6 \
+                         WHERE name = $1",
+                        &[
+                            name.as_str().into(),
+                            role.as_str().into(),
+                            hash.as_str().into(),
+                            at.into(),
+                            host.as_str().into(),
+                            bound_at.into(),
+                        ],
                     )?;
                 }
                 None => {
                     c.exec(
-                        "INSERT INTO tokens (name, role, hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, 0)",
-                        &[name.as_str().into(), role.as_str().into(), hash.as_str().into(), at.into()],
+                        "INSERT INTO tokens (name, role, hash, created_at, revoked_at, host, bound_at) \
+                         VALUES ($1, $2, $3, $4, 0, $5, $6)",
+                        &[
+                            name.as_str().into(),
+                            role.as_str().into(),
+                            hash.as_str().into(),
+                            at.into(),
+                            host.as_str().into(),
+                            bound_at.into(),
+                        ],
                     )?;
                 }
             }
@@ -298,14 +360,19 @@ impl Store {
     /// Every token, valid or revoked.
     pub async fn token_list(&self) -> Result<Vec<TokenInfo>, DbError> {
         self.run(false, |c| {
-            Ok(c.query("SELECT name, role, created_at, revoked_at FROM tokens ORDER BY name", &[])?
-                .iter()
-                .map(|r| TokenInfo {
-                    name: r[0].text(),
-                    role: Role::parse(&r[1].text()),
-                    created_at: r[2].int() as u64,
-                    revoked_at: r[3].int() as u64,
-                })
+            Ok(c.query(
+                "SELECT name, role, created_at, revoked_at, host, bound_at FROM tokens ORDER BY name",
+                &[],
+            )?
+            .iter()
+            .map(|r| TokenInfo {
+                name: r[0].text(),
+                role: Role::parse(&r[1].text()),
+                created_at: r[2].int() as u64,
+                revoked_at: r[3].int() as u64,
+                host: r[4].text(),
+                bound_at: r[5].int() as u64,
+            })
                 .collect())
         })
         .await
@@ -325,7 +392,12 @@ impl Store {
 
     /// The valid token with this secret: its name and role.
     pub async fn token_lookup(&self, secret: &str) -> Result<Option<(String, Role)>, DbError> {
-        let hash = token_hash(secret);
+        self.token_by_hash(&token_hash(secret)).await
+    }
+
+    /// The valid token with this [`token_hash`]: its name and role.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<(String, Role)>, DbError> {
+        let hash = hash.to_string();
         self.run(false, move |c| {
             let rows = c.query(
                 "SELECT name, role FROM tokens WHERE hash = $1 AND revoked_at = 0",
@@ -338,11 +410,32 @@ impl Store {
 
     // ------------------------------------------------------------ ingest
 
-    /// Stores a checked report: host state, then each event not seen before.
-    /// `received` is the collector's clock (hosts' last seen).
+    /// Stores a checked report with the default limits and no token check
+    /// (trusted callers: tests, tools). Agents' reports go through
+    /// [`Store::ingest_as`].
     pub async fn ingest(&self, report: Report, received: u64) -> Result<IngestOutcome, DbError> {
         let report = Arc::new(report);
-        self.run(true, move |c| ingest_tx(c, &report, received)).await
+        self.run(true, move |c| ingest_tx(c, None, &report, received, IngestLimits::default()))
+            .await
+    }
+
+    /// Stores a report sent with the agent token named `token`: refused as a
+    /// whole (`forbidden`, nothing stored) when the report's host is not the
+    /// token's; an unbound token is bound to this host now. Then host state
+    /// and each event not seen before. `received` is the collector's clock:
+    /// hosts' last seen, and the ceiling (plus `limits.clock_allowance`) on
+    /// every time the report carries.
+    pub async fn ingest_as(
+        &self,
+        token: &str,
+        report: Report,
+        received: u64,
+        limits: IngestLimits,
+    ) -> Result<IngestOutcome, DbError> {
+        let report = Arc::new(report);
+        let token = token.to_string();
+        self.run(true, move |c| ingest_tx(c, Some(&token), &report, received, limits))
+            .await
     }
 
     // ----------------------------------------------------------- queries
@@ -628,8 +721,66 @@ fn group_campaigns(keys: &[Row], findings: &[Row]) -> Vec<Campaign> {
     out
 }
 
-fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcome, DbError> {
+/// Checks (and on first use, makes) the binding of an agent token to the
+/// report's host. `Some(reason)` when the report must be refused.
+fn bind_token(c: &mut dyn Conn, token: &str, host: &str, received: u64) -> Result<Option<String>, DbError> {
+    let rows = c.query(
+        "SELECT host FROM tokens WHERE name = $1 AND revoked_at = 0 AND role = 'agent'",
+        &[token.into()],
+    )?;
+    let Some(bound) = rows.first().map(|r| r[0].text()) else {
+        return Ok(Some("the token was revoked".into()));
+    };
+    if bound.is_empty() {
+        // First use: bind it to this host (only if still unbound: a
+        // concurrent first report may have won; then compare with that).
+        c.exec(
+            "UPDATE tokens SET host = $2, bound_at = $3 WHERE name = $1 AND host = ''",
+            &[token.into(), host.into(), received.into()],
+        )?;
+        let now_bound = c
+            .query("SELECT host FROM tokens WHERE name = $1", &[token.into()])?
+            .first()
+            .map(|r| r[0].text())
+            .unwrap_or_default();
+        if now_bound == crate::db::stored_text(host) {
+            return Ok(None);
+        }
+        return Ok(Some(format!("this token speaks for host {now_bound:?} only")));
+    }
+    if bound == crate::db::stored_text(host) {
+        Ok(None)
+    } else {
+        Ok(Some(format!("this token speaks for host {bound:?} only")))
+    }
+}
+
+/// The key an event id is remembered under: the agent's id within its host,
+/// so that one host's agent cannot claim (and so suppress) another's events.
+fn event_key(host: &str, agent_id: &str) -> String {
+    format!("{}:{host}:{agent_id}", host.len())
+}
+
+fn ingest_tx(
+    c: &mut dyn Conn,
+    token: Option<&str>,
+    r: &Report,
+    received: u64,
+    limits: IngestLimits,
+) -> Result<IngestOutcome, DbError> {
     let host = r.agent.host.as_str();
+    if let Some(token) = token {
+        if let Some(why) = bind_token(c, token, host, received)? {
+            return Ok(IngestOutcome {
+                forbidden: Some(why),
+                ..Default::default()
+            });
+        }
+    }
+    // Times come from the collector's clock: nothing the agent says may lie
+    // further ahead than the allowance (an event dated 2^64-1 would make
+    // every genuine update after it look stale).
+    let ceiling = received.saturating_add(limits.clock_allowance).min(i64::MAX as u64);
     let sensors = serde_json::to_string(&r.agent.sensors).unwrap_or_else(|_| "[]".into());
     c.exec(
         "INSERT INTO hosts (host, agent_id, agent_version, signatures_version, sensors, first_seen, last_seen, reports) \
@@ -646,6 +797,9 @@ fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcom
         ],
     )?;
     let mut out = IngestOutcome::default();
+    let key = event_key(host, &r.agent.agent_id);
+    // Unresolved findings on this host, counted once when first needed.
+    let mut unresolved: Option<u64> = None;
     for ev in &r.events {
         if matches!(ev.kind, EventKind::Heartbeat {}) {
             // Heartbeats only move last_seen (done above); storing them
@@ -653,14 +807,15 @@ fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcom
             out.new_events += 1;
             continue;
         }
+        let at = ev.at.min(ceiling);
         let fresh = c.exec(
             "INSERT INTO events (agent_id, event_id, host, at, received_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (agent_id, event_id) DO NOTHING",
             &[
-                r.agent.agent_id.as_str().into(),
+                key.as_str().into(),
                 ev.event_id.as_str().into(),
                 host.into(),
-                ev.at.into(),
+                at.into(),
                 received.into(),
             ],
         )?;
@@ -672,7 +827,32 @@ fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcom
         let seq = format!("{}:{}", r.agent.agent_id, ev.event_id);
         match &ev.kind {
             EventKind::FindingOpened { finding } | EventKind::FindingUpdated { finding } => {
-                if apply_finding(c, host, finding, ev.at, received, &seq)? {
+                let exists = !c
+                    .query(
+                        "SELECT 1 FROM findings WHERE host = $1 AND id = $2",
+                        &[host.into(), finding.id.as_str().into()],
+                    )?
+                    .is_empty();
+                if !exists {
+                    let n = match unresolved {
+                        Some(n) => n,
+                        None => c
+                            .query(
+                                "SELECT COUNT(*) FROM findings WHERE host = $1 AND state <> 'resolved'",
+                                &[host.into()],
+                            )?
+                            .first()
+                            .map(|r| r[0].int() as u64)
+                            .unwrap_or(0),
+                    };
+                    if n >= limits.max_findings_per_host {
+                        unresolved = Some(n);
+                        out.refused_findings += 1;
+                        continue;
+                    }
+                    unresolved = Some(n + 1);
+                }
+                if apply_finding(c, host, finding, at, ceiling, received, &seq)? {
                     out.findings_changed = true;
                 }
             }
@@ -680,7 +860,7 @@ fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcom
                 let p: [Value; 2] = [host.into(), finding_id.as_str().into()];
                 let cur = c.query("SELECT state, updated_at FROM findings WHERE host = $1 AND id = $2", &p)?;
                 let Some(cur) = cur.first() else { continue };
-                if cur[1].int() > Value::from(ev.at).int() {
+                if cur[1].int() > Value::from(at).int() {
                     continue; // a late, stale event: the finding has moved on
                 }
                 c.exec(
@@ -691,10 +871,15 @@ fn ingest_tx(c: &mut dyn Conn, r: &Report, received: u64) -> Result<IngestOutcom
                         finding_id.as_str().into(),
                         reason.as_str().into(),
                         received.into(),
-                        ev.at.into(),
+                        at.into(),
                     ],
                 )?;
-                history(c, host, finding_id, ev.at, &seq, "resolved", reason)?;
+                if let Some(n) = unresolved.as_mut() {
+                    if cur[0].text() != "resolved" {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                history(c, host, finding_id, at, &seq, "resolved", reason)?;
                 out.findings_changed = true;
             }
             EventKind::Heartbeat {} => {}
@@ -711,12 +896,22 @@ fn history(c: &mut dyn Conn, host: &str, id: &str, at: u64, seq: &str, action: &
     Ok(())
 }
 
-fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, received: u64, seq: &str) -> Result<bool, DbError> {
+fn apply_finding(
+    c: &mut dyn Conn,
+    host: &str,
+    f: &Finding,
+    at: u64,
+    ceiling: u64,
+    received: u64,
+    seq: &str,
+) -> Result<bool, DbError> {
     let id = f.id.as_str();
     let cur = c.query(
-        "SELECT state, state_reason, state_changed_at, updated_at FROM findings WHERE host = $1 AND id = $2",
+        "SELECT state, state_reason, state_changed_at, updated_at, severity FROM findings WHERE host = $1 AND id = $2",
         &[host.into(), id.into()],
     )?;
+    let new_severity = f.severity.as_str();
+    let mut detail = format!("{} with {} evidence", f.severity, f.evidence.len());
     let (state, reason, changed_at, action) = match cur.first() {
         None => ("open".to_string(), String::new(), received, "opened"),
         Some(r) if r[3].int() > Value::from(at).int() => {
@@ -725,6 +920,25 @@ fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, received: u
             return Ok(false);
         }
         Some(r) if r[0].text() == "resolved" => ("open".to_string(), String::new(), received, "reopened"),
+        // A rise in severity undoes an analyst's acknowledgement or
+        // suppression: what they judged is no longer what the host shows.
+        Some(r)
+            if matches!(r[0].text().as_str(), "acknowledged" | "suppressed")
+                && severity_rank(new_severity) > severity_rank(&r[4].text()) =>
+        {
+            detail = format!(
+                "severity rose from {} to {new_severity} while {} ({}); {detail}",
+                r[4].text(),
+                r[0].text(),
+                r[1].text()
+            );
+            (
+                "open".to_string(),
+                format!("severity rose to {new_severity}"),
+                received,
+                "reopened",
+            )
+        }
         Some(r) => (r[0].text(), r[1].text(), r[2].int() as u64, "updated"),
     };
     let labels = labels_of(f);
@@ -748,8 +962,8 @@ fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, received: u
             labels.rule.into(),
             labels.pool.into(),
             json.into(),
-            f.first_seen.into(),
-            f.last_seen.max(at).into(),
+            f.first_seen.min(ceiling).into(),
+            f.last_seen.min(ceiling).max(at).into(),
             at.into(),
         ],
     )?;
@@ -763,7 +977,6 @@ fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, received: u
             &[host.into(), id.into(), kind.into(), value.into()],
         )?;
     }
-    let detail = format!("{} with {} evidence", f.severity, f.evidence.len());
     history(c, host, id, at, seq, action, &detail)?;
     Ok(true)
 }

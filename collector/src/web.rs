@@ -135,7 +135,7 @@ fn campaigns_table(list: &[Campaign]) -> Markup {
 }
 
 async fn who(app: &App, headers: &HeaderMap) -> Result<String, Response> {
-    match app.session(headers) {
+    match app.session(headers).await {
         Some(s) => Ok(s.name),
         None => Err(Redirect::to("/login").into_response()),
     }
@@ -236,7 +236,7 @@ async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): 
 }
 
 async fn finding_page(State(app): State<Arc<App>>, headers: HeaderMap, Path((host, id)): Path<(String, String)>) -> Response {
-    let Some(session) = app.session(&headers) else {
+    let Some(session) = app.session(&headers).await else {
         return Redirect::to("/login").into_response();
     };
     let name = session.name.clone();
@@ -342,7 +342,7 @@ async fn set_state(
     Path((host, id)): Path<(String, String)>,
     form: Result<Form<StateForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let Some(session) = app.session(&headers) else {
+    let Some(session) = app.session(&headers).await else {
         return Redirect::to("/login").into_response();
     };
     let Ok(Form(form)) = form else {
@@ -408,7 +408,7 @@ async fn campaign_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(cid
 }
 
 async fn login_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if app.session(&headers).is_some() {
+    if app.session(&headers).await.is_some() {
         return Redirect::to("/").into_response();
     }
     login_form(StatusCode::OK, None)
@@ -434,13 +434,48 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(app): State<Arc<App>>, form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>) -> Response {
+/// The client's address, when the server recorded it (else one shared key).
+fn client_ip(ext: &axum::http::Extensions) -> String {
+    ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn too_many_logins(secs: u64) -> Response {
+    let mut r = login_form(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some("too many failed logins from this address; wait and try again"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    ext: axum::http::Extensions,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    // Failed logins are limited per client address: guessing is refused
+    // before the token is even looked up.
+    let ip = client_ip(&ext);
+    if let Some(secs) = app.login_limiter.exhausted(&ip) {
+        return too_many_logins(secs);
+    }
     let Ok(Form(form)) = form else {
         return login_form(StatusCode::BAD_REQUEST, Some("the form needs a token"));
     };
-    match app.store.token_lookup(form.token.trim()).await {
+    let token = form.token.trim();
+    let found = app.store.token_lookup(token).await;
+    if !matches!(found, Ok(Some((_, Role::Analyst)))) && !matches!(found, Err(_)) {
+        if let Err(secs) = app.login_limiter.take(&ip) {
+            return too_many_logins(secs);
+        }
+    }
+    match found {
         Ok(Some((name, Role::Analyst))) => {
-            let id = app.new_session(&name);
+            let id = app.new_session(&name, token);
             let secure = if app.settings.tls.is_some() { "; Secure" } else { "" };
             let mut r = Redirect::to("/").into_response();
             if let Ok(v) = HeaderValue::from_str(&format!(

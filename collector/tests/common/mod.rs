@@ -152,6 +152,9 @@ pub struct Collector {
     pub agent_token: String,
     pub analyst_token: String,
     pub client: reqwest::Client,
+    /// One agent token per host (tokens speak for one host each), made on
+    /// first use by [`Collector::post`].
+    host_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Collector {
@@ -175,7 +178,26 @@ impl Collector {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap(),
+            host_tokens: Default::default(),
         }
+    }
+
+    /// The agent token for a host (created, bound to it, on first use).
+    pub async fn token_for(&self, host: &str) -> String {
+        if let Some(t) = self.host_tokens.lock().unwrap().get(host) {
+            return t.clone();
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        host.hash(&mut h);
+        let t = self
+            .app
+            .store
+            .token_create_for(&format!("agent-{:016x}", h.finish()), Role::Agent, Some(host))
+            .await
+            .unwrap();
+        self.host_tokens.lock().unwrap().insert(host.to_string(), t.clone());
+        t
     }
 
     /// Posts a body as a report with a token; returns status and JSON.
@@ -190,8 +212,10 @@ impl Collector {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
+    /// Posts a report with its host's own agent token.
     pub async fn post(&self, r: &Report) -> (u16, serde_json::Value) {
-        self.post_raw(Some(&self.agent_token.clone()), serde_json::to_vec(r).unwrap()).await
+        let token = self.token_for(&r.agent.host).await;
+        self.post_raw(Some(&token), serde_json::to_vec(r).unwrap()).await
     }
 
     /// GET with the analyst token; returns status and JSON.
@@ -283,7 +307,7 @@ impl Pg {
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let sock = pg._dir.path().display().to_string();
         let opts =
-            format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=100");
+            format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=300");
         let out = pg
             .cmd("pg_ctl")
             .args(["-D", &data.display().to_string(), "-o", &opts, "-w", "-t", "60", "-l"])

@@ -23,6 +23,13 @@ macro_rules! for_each_case {
         $m!(query_api_filters_and_metrics);
         $m!(web_page_escapes_hostile_names_and_needs_login);
         $m!(analyst_acknowledges_with_a_reason);
+        $m!(a_token_speaks_for_its_host_only);
+        $m!(event_times_come_from_the_collector_clock);
+        $m!(unresolved_findings_per_host_are_capped);
+        $m!(reports_are_rate_limited_per_token);
+        $m!(revoking_a_token_ends_its_sessions);
+        $m!(failed_logins_are_rate_limited);
+        $m!(a_rise_in_severity_reopens_a_finding);
     };
 }
 
@@ -573,4 +580,310 @@ pub async fn analyst_acknowledges_with_a_reason(store: Store, dir: &Path) {
     assert_eq!(j.as_array().unwrap().len(), 1);
     let (_, m) = c.text("/metrics").await;
     assert!(m.contains("rigwatch_collector_findings_active{severity=\"confirmed\"} 0"), "{m}");
+}
+
+/// The state and agent id the store holds for a finding and its host.
+async fn state_of(store: &Store, host: &str, id: &str) -> String {
+    store.finding(host, id).await.unwrap().map(|d| d.view.state).unwrap_or_default()
+}
+
+pub async fn a_token_speaks_for_its_host_only(store: Store, dir: &Path) {
+    let c = Collector::start(store.clone(), dir, |_| {}).await;
+    // A's token names its host at creation; B's binds on its first report.
+    let tok_a = store.token_create_for("node-a", Role::Agent, Some("host-a")).await.unwrap();
+    let tok_b = store.token_create("node-b", Role::Agent).await.unwrap();
+    let list = store.token_list().await.unwrap();
+    let b = list.iter().find(|t| t.name == "node-b").unwrap();
+    assert_eq!((b.host.as_str(), b.bound_at), ("", 0), "unbound until its first report");
+    let body = |r: &rigwatch_signatures::report::Report| serde_json::to_vec(r).unwrap();
+    let b_open = report(
+        "host-b",
+        "agent-b",
+        vec![opened("agent-b", 1, 1000, finding("host-b", "fb", "xmrig", "p.example.com", WALLET))],
+    );
+    let (s, j) = c.post_raw(Some(&tok_b), body(&b_open)).await;
+    assert_eq!(s, 200, "{j}");
+    let b = store.token_list().await.unwrap().into_iter().find(|t| t.name == "node-b").unwrap();
+    assert_eq!(b.host, "host-b", "bound to the host of its first report");
+    assert!(b.bound_at > 0);
+
+    // The attack: A's token sends a resolve for B's finding, as B's agent.
+    let forged = report("host-b", "agent-b", vec![resolved("agent-b", 2, 2000, "fb")]);
+    let (s, j) = c.post_raw(Some(&tok_a), body(&forged)).await;
+    assert_eq!(s, 403, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("host-a"), "{j}");
+    let mut forged_id = forged.clone();
+    forged_id.agent.agent_id = "attacker".into();
+    let (s, _) = c.post_raw(Some(&tok_a), body(&forged_id)).await;
+    assert_eq!(s, 403);
+    // B's own token, now bound, cannot speak for A either.
+    let a_open = report(
+        "host-a",
+        "agent-a",
+        vec![opened("agent-a", 1, 1000, finding("host-a", "fa", "xmrig", "p.example.com", WALLET))],
+    );
+    let (s, _) = c.post_raw(Some(&tok_b), body(&a_open)).await;
+    assert_eq!(s, 403);
+    assert_eq!(state_of(&store, "host-b", "fb").await, "open", "B's finding still open");
+    assert!(store.finding("host-a", "fa").await.unwrap().is_none(), "nothing stored");
+    let hosts = store.hosts(rigwatch_collector::store::now(), 90).await.unwrap();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!((hosts[0].host.as_str(), hosts[0].agent_id.as_str()), ("host-b", "agent-b"));
+    assert_eq!(hosts[0].reports, 1, "refused reports do not count");
+
+    // A's token still speaks for A. Claiming B's agent id and event ids
+    // there does not make B's own later events duplicates.
+    let (s, _) = c.post_raw(Some(&tok_a), body(&a_open)).await;
+    assert_eq!(s, 200);
+    let squat = report(
+        "host-a",
+        "agent-b",
+        vec![opened("agent-b", 2, 1500, finding("host-a", "fa2", "xmrig", "p.example.com", WALLET))],
+    );
+    let (s, j) = c.post_raw(Some(&tok_a), body(&squat)).await;
+    assert_eq!((s, j["stored"].as_u64()), (200, Some(1)), "{j}");
+    let genuine = report("host-b", "agent-b", vec![resolved("agent-b", 2, 2000, "fb")]);
+    let (s, j) = c.post_raw(Some(&tok_b), body(&genuine)).await;
+    assert_eq!((s, j["stored"].as_u64(), j["duplicates"].as_u64()), (200, Some(1), Some(0)), "{j}");
+    assert_eq!(state_of(&store, "host-b", "fb").await, "resolved", "B's own resolve applies");
+    let (_, m) = c.text("/metrics").await;
+    assert!(m.contains("rigwatch_collector_reports_total{outcome=\"rejected_host\"} 3"), "{m}");
+}
+
+pub async fn event_times_come_from_the_collector_clock(store: Store, dir: &Path) {
+    let r0 = 1_700_000_000u64;
+    let mut f = finding("node1", "f1", "xmrig", "p.example.com", WALLET);
+    f.severity = Severity::Likely;
+    f.first_seen = u64::MAX;
+    f.last_seen = u64::MAX;
+    // Dated 2^64-1: stored at the receive time plus the allowance (300 s).
+    store
+        .ingest(report("node1", "a1", vec![opened("a1", 1, u64::MAX, f.clone())]), r0)
+        .await
+        .unwrap();
+    let d = store.finding("node1", "f1").await.unwrap().unwrap();
+    assert_eq!(d.view.last_seen, r0 + 300);
+    assert_eq!(d.view.first_seen, r0 + 300);
+    assert_eq!(d.history[0].at, r0 + 300);
+    // A genuine update once the allowance has passed is applied, not
+    // ignored as older than the pinned one.
+    f.severity = Severity::Confirmed;
+    f.first_seen = r0;
+    f.last_seen = r0 + 301;
+    store
+        .ingest(report("node1", "a1", vec![updated("a1", 2, r0 + 301, f.clone())]), r0 + 301)
+        .await
+        .unwrap();
+    let d = store.finding("node1", "f1").await.unwrap().unwrap();
+    assert_eq!(d.view.severity, "confirmed", "{:?}", d.history);
+    assert_eq!(d.view.last_seen, r0 + 301);
+    store
+        .ingest(report("node1", "a1", vec![resolved("a1", 3, r0 + 400, "f1")]), r0 + 400)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "node1", "f1").await, "resolved");
+    // Over HTTP, on the collector's real clock.
+    let c = Collector::start(store.clone(), dir, |_| {}).await;
+    let before = rigwatch_collector::store::now();
+    let (s, _) = c
+        .post(&report(
+            "node2",
+            "a2",
+            vec![opened("a2", 1, u64::MAX, finding("node2", "g1", "xmrig", "p.example.com", WALLET))],
+        ))
+        .await;
+    assert_eq!(s, 200);
+    let after = rigwatch_collector::store::now();
+    let d = store.finding("node2", "g1").await.unwrap().unwrap();
+    assert!(d.view.last_seen >= before + 300 && d.view.last_seen <= after + 300, "{}", d.view.last_seen);
+    assert!(store.prune_events(after + 1).await.unwrap() >= 1, "its event is dated by receipt");
+}
+
+pub async fn unresolved_findings_per_host_are_capped(store: Store, dir: &Path) {
+    let c = Collector::start(store.clone(), dir, |s| s.ingest.max_findings_per_host = 3).await;
+    let flood: Vec<_> = (1..=5)
+        .map(|i| opened("a1", i, 1000, finding("n1", &format!("junk{i}"), "x", "p.example.com", WALLET)))
+        .collect();
+    let (s, j) = c.post(&report("n1", "a1", flood)).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["refused_findings"], 2, "{j}");
+    let count = |h: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .findings(&FindingFilter {
+                    host: Some(h.into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(count("n1").await, 3);
+    // Updates to stored findings still apply; another host is untouched.
+    let (s, _) = c
+        .post(&report(
+            "n2",
+            "a2",
+            vec![opened("a2", 1, 1000, finding("n2", "real", "xmrig", "p.example.com", WALLET))],
+        ))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(count("n2").await, 1);
+    // Resolving one makes room for one more.
+    let (_, j) = c
+        .post(&report(
+            "n1",
+            "a1",
+            vec![
+                resolved("a1", 6, 1001, "junk1"),
+                opened("a1", 7, 1002, finding("n1", "real", "xmrig", "p.example.com", WALLET)),
+                opened("a1", 8, 1002, finding("n1", "more", "xmrig", "p.example.com", WALLET)),
+            ],
+        ))
+        .await;
+    assert_eq!(j["refused_findings"], 1, "{j}");
+    assert_eq!(state_of(&store, "n1", "real").await, "open");
+    assert!(store.finding("n1", "more").await.unwrap().is_none());
+    let (_, m) = c.text("/metrics").await;
+    assert!(m.contains("rigwatch_collector_findings_refused_total 3"), "{m}");
+}
+
+pub async fn reports_are_rate_limited_per_token(store: Store, dir: &Path) {
+    let c = Collector::start(store.clone(), dir, |s| {
+        s.reports_per_second = 1.0;
+        s.report_burst = 3;
+    })
+    .await;
+    let hb = |i: u64| report("n1", "a1", vec![heartbeat("a1", i, 1000)]);
+    for i in 0..3 {
+        let (s, j) = c.post(&hb(i)).await;
+        assert_eq!(s, 200, "{i}: {j}");
+    }
+    let token = c.token_for("n1").await;
+    let r = c
+        .client
+        .post(format!("{}/api/v1/reports", c.url))
+        .bearer_auth(&token)
+        .body(serde_json::to_vec(&hb(9)).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    // Another token is not held back by this one.
+    let (s, _) = c.post(&report("n2", "a2", vec![heartbeat("a2", 1, 1000)])).await;
+    assert_eq!(s, 200);
+    // After Retry-After, this one gets through again.
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let (s, j) = c.post(&hb(10)).await;
+    assert_eq!(s, 200, "{j}");
+    let (_, m) = c.text("/metrics").await;
+    assert!(m.contains("rigwatch_collector_reports_total{outcome=\"rejected_rate\"} 1"), "{m}");
+    let hosts = store.hosts(rigwatch_collector::store::now(), 90).await.unwrap();
+    assert_eq!(hosts[0].reports, 4, "the refused report stored nothing");
+}
+
+pub async fn revoking_a_token_ends_its_sessions(store: Store, dir: &Path) {
+    let c = Collector::start(store.clone(), dir, |_| {}).await;
+    c.post(&report(
+        "n1",
+        "a1",
+        vec![opened("a1", 1, 1000, finding("n1", "f1", "xmrig", "p.example.com", WALLET))],
+    ))
+    .await;
+    let bob = store.token_create("bob", Role::Analyst).await.unwrap();
+    let (_, cookie) = login(&c, &bob).await;
+    let cookie = cookie.unwrap();
+    let (s, _, html) = page(&c, &cookie, "/findings/n1/f1").await;
+    assert_eq!(s, 200);
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let r = c.client.get(format!("{}/api/v1/findings", c.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the session reads the API");
+
+    assert!(store.token_revoke("bob").await.unwrap());
+    // At once, with no logout: every page, the API and the form refuse.
+    let r = c.client.get(format!("{}/", c.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    let r = c.client.get(format!("{}/api/v1/findings", c.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = c
+        .client
+        .post(format!("{}/findings/n1/f1/state", c.url))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("state", "suppressed"), ("reason", "hide it")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    assert_eq!(state_of(&store, "n1", "f1").await, "open", "the revoked session changed nothing");
+    // A new token under the same name does not revive the old session.
+    let bob2 = store.token_create("bob", Role::Analyst).await.unwrap();
+    let r = c.client.get(format!("{}/", c.url)).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let (s, cookie2) = login(&c, &bob2).await;
+    assert_eq!(s, 303);
+    let (s, _, _) = page(&c, &cookie2.unwrap(), "/").await;
+    assert_eq!(s, 200);
+}
+
+pub async fn failed_logins_are_rate_limited(store: Store, dir: &Path) {
+    let c = Collector::start(store.clone(), dir, |s| s.login_failures_per_minute = 3).await;
+    for _ in 0..3 {
+        assert_eq!(login(&c, "rwc_guess").await, (401, None));
+    }
+    let r = c
+        .client
+        .post(format!("{}/login", c.url))
+        .form(&[("token", "rwc_guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&wait), "{wait}");
+    // While limited, even a right guess is not looked at.
+    assert_eq!(login(&c, &c.analyst_token.clone()).await.0, 429);
+    // A logged-in session is not affected, and bearer tokens still work.
+    let (s, _) = c.get("/api/v1/hosts").await;
+    assert_eq!(s, 200);
+}
+
+pub async fn a_rise_in_severity_reopens_a_finding(store: Store, _dir: &Path) {
+    let now = rigwatch_collector::store::now();
+    let mut f = finding("n1", "f1", "python3", "p.example.com", WALLET);
+    f.severity = Severity::Suspicious;
+    store.ingest(report("n1", "a1", vec![opened("a1", 1, 1000, f.clone())]), now).await.unwrap();
+    assert!(store.set_state("n1", "f1", "suppressed", "a data science job", "alice").await.unwrap());
+    // The same severity again: stays suppressed.
+    store.ingest(report("n1", "a1", vec![updated("a1", 2, 1010, f.clone())]), now).await.unwrap();
+    assert_eq!(state_of(&store, "n1", "f1").await, "suppressed");
+    // Raised to confirmed: reopened, with a history line that says why.
+    f.severity = Severity::Confirmed;
+    let out = store.ingest(report("n1", "a1", vec![updated("a1", 3, 1020, f.clone())]), now).await.unwrap();
+    assert!(out.findings_changed);
+    let d = store.finding("n1", "f1").await.unwrap().unwrap();
+    assert_eq!((d.view.state.as_str(), d.view.severity.as_str()), ("open", "confirmed"));
+    assert_eq!(d.view.state_reason, "severity rose to confirmed");
+    let last = d.history.iter().find(|h| h.action == "reopened").expect("a reopened line");
+    assert!(
+        last.detail.contains("from suspicious to confirmed while suppressed (a data science job)"),
+        "{}",
+        last.detail
+    );
+    // Acknowledged likely → confirmed reopens too; a fall does not.
+    let mut g = finding("n1", "g1", "xmrig", "p.example.com", WALLET);
+    g.severity = Severity::Likely;
+    store.ingest(report("n1", "a1", vec![opened("a1", 4, 1000, g.clone())]), now).await.unwrap();
+    assert!(store.set_state("n1", "g1", "acknowledged", "on it", "alice").await.unwrap());
+    g.severity = Severity::Suspicious;
+    store.ingest(report("n1", "a1", vec![updated("a1", 5, 1010, g.clone())]), now).await.unwrap();
+    assert_eq!(state_of(&store, "n1", "g1").await, "acknowledged");
+    g.severity = Severity::Confirmed;
+    store.ingest(report("n1", "a1", vec![updated("a1", 6, 1020, g.clone())]), now).await.unwrap();
+    assert_eq!(state_of(&store, "n1", "g1").await, "open");
 }
