@@ -202,9 +202,8 @@ impl Settings {
             s.reports_per_second = v;
         }
         s.report_burst = flags.report_burst.or(file.report_burst).unwrap_or(s.report_burst).max(1);
-        let secs = |a: Option<u64>, b: Option<u64>, d: std::time::Duration| {
-            a.or(b).map(|v| std::time::Duration::from_secs(v.max(1))).unwrap_or(d)
-        };
+        let secs =
+            |a: Option<u64>, b: Option<u64>, d: std::time::Duration| a.or(b).map(|v| std::time::Duration::from_secs(v.max(1))).unwrap_or(d);
         s.header_timeout = secs(flags.header_timeout_seconds, file.header_timeout_seconds, s.header_timeout);
         s.request_timeout = secs(flags.request_timeout_seconds, file.request_timeout_seconds, s.request_timeout);
         s.max_connections = flags.max_connections.or(file.max_connections).unwrap_or(s.max_connections).max(1);

@@ -346,10 +346,7 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Permitted<S> {
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -365,9 +362,7 @@ where
 {
     type Stream = Permitted<A::Stream>;
     type Service = A::Service;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send>,
-    >;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Self::Stream, Self::Service)>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
         let permit = self.permits.clone().try_acquire_owned();
@@ -437,8 +432,8 @@ async fn run_server(
     };
     match tls {
         Some(tls) => {
-            let mut server = axum_server::from_tcp_rustls(listener, tls)
-                .map(|a| a.handshake_timeout(app.settings.header_timeout).acceptor(limit));
+            let mut server =
+                axum_server::from_tcp_rustls(listener, tls).map(|a| a.handshake_timeout(app.settings.header_timeout).acceptor(limit));
             configure(&mut server, &app);
             server.serve(service).await
         }

@@ -373,7 +373,7 @@ impl Store {
                 host: r[4].text(),
                 bound_at: r[5].int() as u64,
             })
-                .collect())
+            .collect())
         })
         .await
     }
@@ -425,17 +425,10 @@ impl Store {
     /// and each event not seen before. `received` is the collector's clock:
     /// hosts' last seen, and the ceiling (plus `limits.clock_allowance`) on
     /// every time the report carries.
-    pub async fn ingest_as(
-        &self,
-        token: &str,
-        report: Report,
-        received: u64,
-        limits: IngestLimits,
-    ) -> Result<IngestOutcome, DbError> {
+    pub async fn ingest_as(&self, token: &str, report: Report, received: u64, limits: IngestLimits) -> Result<IngestOutcome, DbError> {
         let report = Arc::new(report);
         let token = token.to_string();
-        self.run(true, move |c| ingest_tx(c, Some(&token), &report, received, limits))
-            .await
+        self.run(true, move |c| ingest_tx(c, Some(&token), &report, received, limits)).await
     }
 
     // ----------------------------------------------------------- queries
@@ -761,13 +754,7 @@ fn event_key(host: &str, agent_id: &str) -> String {
     format!("{}:{host}:{agent_id}", host.len())
 }
 
-fn ingest_tx(
-    c: &mut dyn Conn,
-    token: Option<&str>,
-    r: &Report,
-    received: u64,
-    limits: IngestLimits,
-) -> Result<IngestOutcome, DbError> {
+fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, limits: IngestLimits) -> Result<IngestOutcome, DbError> {
     let host = r.agent.host.as_str();
     if let Some(token) = token {
         if let Some(why) = bind_token(c, token, host, received)? {
@@ -896,15 +883,7 @@ fn history(c: &mut dyn Conn, host: &str, id: &str, at: u64, seq: &str, action: &
     Ok(())
 }
 
-fn apply_finding(
-    c: &mut dyn Conn,
-    host: &str,
-    f: &Finding,
-    at: u64,
-    ceiling: u64,
-    received: u64,
-    seq: &str,
-) -> Result<bool, DbError> {
+fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, ceiling: u64, received: u64, seq: &str) -> Result<bool, DbError> {
     let id = f.id.as_str();
     let cur = c.query(
         "SELECT state, state_reason, state_changed_at, updated_at, severity FROM findings WHERE host = $1 AND id = $2",
@@ -932,12 +911,7 @@ fn apply_finding(
                 r[0].text(),
                 r[1].text()
             );
-            (
-                "open".to_string(),
-                format!("severity rose to {new_severity}"),
-                received,
-                "reopened",
-            )
+            ("open".to_string(), format!("severity rose to {new_severity}"), received, "reopened")
         }
         Some(r) => (r[0].text(), r[1].text(), r[2].int() as u64, "updated"),
     };

@@ -468,7 +468,7 @@ async fn login(
     };
     let token = form.token.trim();
     let found = app.store.token_lookup(token).await;
-    if !matches!(found, Ok(Some((_, Role::Analyst)))) && !matches!(found, Err(_)) {
+    if found.is_ok() && !matches!(found, Ok(Some((_, Role::Analyst)))) {
         if let Err(secs) = app.login_limiter.take(&ip) {
             return too_many_logins(secs);
         }

@@ -48,7 +48,12 @@ async fn suppressed_then_confirmed_is_reopened_and_alerted() {
     })
     .await;
     let am_alerts = async || -> Vec<Value> {
-        reqwest::get(format!("{}/api/v2/alerts", am.url)).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/api/v2/alerts", am.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     };
     let firing_hooks = |sev: &str| {
         received
@@ -64,10 +69,20 @@ async fn suppressed_then_confirmed_is_reopened_and_alerted() {
     let (s, _) = c.post(&report("node1", "a1", vec![opened("a1", 1, 1000, f.clone())])).await;
     assert_eq!(s, 200);
     wait_for("the suspicious alert", 20, async || (firing_hooks("suspicious") == 1).then_some(())).await;
-    assert!(c.app.store.set_state("node1", "f1", "suppressed", "a data science job", "alice").await.unwrap());
+    assert!(c
+        .app
+        .store
+        .set_state("node1", "f1", "suppressed", "a data science job", "alice")
+        .await
+        .unwrap());
     c.app.alert_wakeup.notify_one();
     wait_for("the resolved webhook after suppression", 20, async || {
-        received.lock().unwrap().iter().any(|m| m["status"] == "resolved" && m["finding_id"] == "f1").then_some(())
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m["status"] == "resolved" && m["finding_id"] == "f1")
+            .then_some(())
     })
     .await;
 
@@ -78,11 +93,15 @@ async fn suppressed_then_confirmed_is_reopened_and_alerted() {
     let d = c.app.store.finding("node1", "f1").await.unwrap().unwrap();
     assert_eq!(d.view.state, "open");
     assert!(d.history.iter().any(|h| h.action == "reopened"), "{:?}", d.history);
-    wait_for("a fresh confirmed webhook", 20, async || (firing_hooks("confirmed") == 1).then_some(())).await;
+    wait_for("a fresh confirmed webhook", 20, async || {
+        (firing_hooks("confirmed") == 1).then_some(())
+    })
+    .await;
     let alert = wait_for("the confirmed alert in Alertmanager", 20, async || {
-        am_alerts().await.into_iter().find(|a| {
-            a["labels"]["finding_id"] == "f1" && a["labels"]["severity"] == "confirmed" && a["status"]["state"] == "active"
-        })
+        am_alerts()
+            .await
+            .into_iter()
+            .find(|a| a["labels"]["finding_id"] == "f1" && a["labels"]["severity"] == "confirmed" && a["status"]["state"] == "active")
     })
     .await;
     assert_eq!(alert["labels"]["host"], "node1");

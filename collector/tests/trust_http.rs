@@ -35,9 +35,7 @@ fn send_head(addr: &str, head: &str, wait: Duration) -> (String, Duration) {
 
 fn report_head(token: Option<&str>, length: usize) -> String {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    format!(
-        "POST /api/v1/reports HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n{auth}Content-Length: {length}\r\n\r\n"
-    )
+    format!("POST /api/v1/reports HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n{auth}Content-Length: {length}\r\n\r\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,9 +79,7 @@ async fn slow_clients_are_cut_off_and_agents_still_get_through() {
             let heads: Vec<_> = (0..40)
                 .map(|_| {
                     let addr = addr.clone();
-                    std::thread::spawn(move || {
-                        send_head(&addr, "POST /api/v1/reports HTTP/1.1\r\nHost: coll", Duration::from_secs(30))
-                    })
+                    std::thread::spawn(move || send_head(&addr, "POST /api/v1/reports HTTP/1.1\r\nHost: coll", Duration::from_secs(30)))
                 })
                 .collect();
             let body = std::thread::spawn(move || {
@@ -211,10 +207,7 @@ fn unauthenticated_large_bodies_leave_memory_flat() {
     let answered = answers.iter().filter(|a| a.starts_with("HTTP/1.1 401")).count();
     eprintln!("collector RSS {before} KiB before, {after} KiB after 60 × 4 MiB unauthenticated; {answered} answered 401");
     assert!(answered >= 1, "{answers:?}");
-    assert!(
-        answers.iter().all(|a| a.is_empty() || a.starts_with("HTTP/1.1 401")),
-        "{answers:?}"
-    );
+    assert!(answers.iter().all(|a| a.is_empty() || a.starts_with("HTTP/1.1 401")), "{answers:?}");
     assert!(
         after.saturating_sub(before) < 64 * 1024,
         "RSS grew from {before} KiB to {after} KiB"

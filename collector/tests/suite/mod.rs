@@ -599,7 +599,12 @@ pub async fn a_token_speaks_for_its_host_only(store: Store, dir: &Path) {
     let b_open = report(
         "host-b",
         "agent-b",
-        vec![opened("agent-b", 1, 1000, finding("host-b", "fb", "xmrig", "p.example.com", WALLET))],
+        vec![opened(
+            "agent-b",
+            1,
+            1000,
+            finding("host-b", "fb", "xmrig", "p.example.com", WALLET),
+        )],
     );
     let (s, j) = c.post_raw(Some(&tok_b), body(&b_open)).await;
     assert_eq!(s, 200, "{j}");
@@ -620,7 +625,12 @@ pub async fn a_token_speaks_for_its_host_only(store: Store, dir: &Path) {
     let a_open = report(
         "host-a",
         "agent-a",
-        vec![opened("agent-a", 1, 1000, finding("host-a", "fa", "xmrig", "p.example.com", WALLET))],
+        vec![opened(
+            "agent-a",
+            1,
+            1000,
+            finding("host-a", "fa", "xmrig", "p.example.com", WALLET),
+        )],
     );
     let (s, _) = c.post_raw(Some(&tok_b), body(&a_open)).await;
     assert_eq!(s, 403);
@@ -638,7 +648,12 @@ pub async fn a_token_speaks_for_its_host_only(store: Store, dir: &Path) {
     let squat = report(
         "host-a",
         "agent-b",
-        vec![opened("agent-b", 2, 1500, finding("host-a", "fa2", "xmrig", "p.example.com", WALLET))],
+        vec![opened(
+            "agent-b",
+            2,
+            1500,
+            finding("host-a", "fa2", "xmrig", "p.example.com", WALLET),
+        )],
     );
     let (s, j) = c.post_raw(Some(&tok_a), body(&squat)).await;
     assert_eq!((s, j["stored"].as_u64()), (200, Some(1)), "{j}");
@@ -695,7 +710,11 @@ pub async fn event_times_come_from_the_collector_clock(store: Store, dir: &Path)
     assert_eq!(s, 200);
     let after = rigwatch_collector::store::now();
     let d = store.finding("node2", "g1").await.unwrap().unwrap();
-    assert!(d.view.last_seen >= before + 300 && d.view.last_seen <= after + 300, "{}", d.view.last_seen);
+    assert!(
+        d.view.last_seen >= before + 300 && d.view.last_seen <= after + 300,
+        "{}",
+        d.view.last_seen
+    );
     assert!(store.prune_events(after + 1).await.unwrap() >= 1, "its event is dated by receipt");
 }
 
@@ -799,8 +818,21 @@ pub async fn revoking_a_token_ends_its_sessions(store: Store, dir: &Path) {
     let cookie = cookie.unwrap();
     let (s, _, html) = page(&c, &cookie, "/findings/n1/f1").await;
     assert_eq!(s, 200);
-    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
-    let r = c.client.get(format!("{}/api/v1/findings", c.url)).header("cookie", &cookie).send().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = c
+        .client
+        .get(format!("{}/api/v1/findings", c.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200, "the session reads the API");
 
     assert!(store.token_revoke("bob").await.unwrap());
@@ -808,7 +840,13 @@ pub async fn revoking_a_token_ends_its_sessions(store: Store, dir: &Path) {
     let r = c.client.get(format!("{}/", c.url)).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["location"], "/login");
-    let r = c.client.get(format!("{}/api/v1/findings", c.url)).header("cookie", &cookie).send().await.unwrap();
+    let r = c
+        .client
+        .get(format!("{}/api/v1/findings", c.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let r = c
         .client
@@ -857,33 +895,55 @@ pub async fn a_rise_in_severity_reopens_a_finding(store: Store, _dir: &Path) {
     let now = rigwatch_collector::store::now();
     let mut f = finding("n1", "f1", "python3", "p.example.com", WALLET);
     f.severity = Severity::Suspicious;
-    store.ingest(report("n1", "a1", vec![opened("a1", 1, 1000, f.clone())]), now).await.unwrap();
-    assert!(store.set_state("n1", "f1", "suppressed", "a data science job", "alice").await.unwrap());
+    store
+        .ingest(report("n1", "a1", vec![opened("a1", 1, 1000, f.clone())]), now)
+        .await
+        .unwrap();
+    assert!(store
+        .set_state("n1", "f1", "suppressed", "a data science job", "alice")
+        .await
+        .unwrap());
     // The same severity again: stays suppressed.
-    store.ingest(report("n1", "a1", vec![updated("a1", 2, 1010, f.clone())]), now).await.unwrap();
+    store
+        .ingest(report("n1", "a1", vec![updated("a1", 2, 1010, f.clone())]), now)
+        .await
+        .unwrap();
     assert_eq!(state_of(&store, "n1", "f1").await, "suppressed");
     // Raised to confirmed: reopened, with a history line that says why.
     f.severity = Severity::Confirmed;
-    let out = store.ingest(report("n1", "a1", vec![updated("a1", 3, 1020, f.clone())]), now).await.unwrap();
+    let out = store
+        .ingest(report("n1", "a1", vec![updated("a1", 3, 1020, f.clone())]), now)
+        .await
+        .unwrap();
     assert!(out.findings_changed);
     let d = store.finding("n1", "f1").await.unwrap().unwrap();
     assert_eq!((d.view.state.as_str(), d.view.severity.as_str()), ("open", "confirmed"));
     assert_eq!(d.view.state_reason, "severity rose to confirmed");
     let last = d.history.iter().find(|h| h.action == "reopened").expect("a reopened line");
     assert!(
-        last.detail.contains("from suspicious to confirmed while suppressed (a data science job)"),
+        last.detail
+            .contains("from suspicious to confirmed while suppressed (a data science job)"),
         "{}",
         last.detail
     );
     // Acknowledged likely → confirmed reopens too; a fall does not.
     let mut g = finding("n1", "g1", "xmrig", "p.example.com", WALLET);
     g.severity = Severity::Likely;
-    store.ingest(report("n1", "a1", vec![opened("a1", 4, 1000, g.clone())]), now).await.unwrap();
+    store
+        .ingest(report("n1", "a1", vec![opened("a1", 4, 1000, g.clone())]), now)
+        .await
+        .unwrap();
     assert!(store.set_state("n1", "g1", "acknowledged", "on it", "alice").await.unwrap());
     g.severity = Severity::Suspicious;
-    store.ingest(report("n1", "a1", vec![updated("a1", 5, 1010, g.clone())]), now).await.unwrap();
+    store
+        .ingest(report("n1", "a1", vec![updated("a1", 5, 1010, g.clone())]), now)
+        .await
+        .unwrap();
     assert_eq!(state_of(&store, "n1", "g1").await, "acknowledged");
     g.severity = Severity::Confirmed;
-    store.ingest(report("n1", "a1", vec![updated("a1", 6, 1020, g.clone())]), now).await.unwrap();
+    store
+        .ingest(report("n1", "a1", vec![updated("a1", 6, 1020, g.clone())]), now)
+        .await
+        .unwrap();
     assert_eq!(state_of(&store, "n1", "g1").await, "open");
 }
