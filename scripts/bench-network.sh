@@ -2,13 +2,46 @@
 # Network sensor costs (run as root; needs iperf3):
 #  1. the agent's CPU while iperf3 pushes TCP over loopback for 30 s, next to
 #     iperf3 alone (throughput with and without the agent);
-#  2. stratum login → finding latency, 20 logins, through `rigwatch sniff`.
+#  2. stratum login → finding latency, 20 logins, through `rigwatch sniff`;
+#  3. connection churn: the capture thread's CPU while a client opens and
+#     closes TCP connections to a local listener as fast as it can (every
+#     SYN and SYN-ACK passes the kernel filter), next to the rate alone.
+# CHURN_ONLY=1 runs only 3 (no iperf3 needed).
 set -euo pipefail
 cargo build -q --release -p rigwatch-agent
 RW=target/release/rigwatch
 SECS=${SECS:-30}
 ticks=$(getconf CLK_TCK)
 cpu_of() { awk '{print $14+$15}' /proc/$1/stat; }
+
+churn() {
+python3 - "$RW" "$SECS" "$ticks" <<'PY'
+import glob, socket, subprocess, sys, threading, time
+rw, secs, hz = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("127.0.0.1", 0)); l.listen(1024)
+port = l.getsockname()[1]
+def serve():
+    while True:
+        c, _ = l.accept(); c.close()
+threading.Thread(target=serve, daemon=True).start()
+def rate(seconds):
+    n, end = 0, time.time() + seconds
+    while time.time() < end:
+        c = socket.create_connection(("127.0.0.1", port)); c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"); c.close(); n += 1
+    return n / seconds
+alone = rate(secs)
+sn = subprocess.Popen([rw, "sniff", "--seconds", str(int(secs) + 10), "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(1.5)
+ct = next(d for d in glob.glob(f"/proc/{sn.pid}/task/*") if open(d + "/comm").read().strip() == "rw-capture")
+tick = lambda: sum(map(int, open(ct + "/stat").read().rsplit(")", 1)[1].split()[11:13]))
+k0, t0 = tick(), time.time()
+with_ = rate(secs)
+k1, t1 = tick(), time.time()
+sn.kill()
+print(f"connection churn: {alone:.0f} connections/s alone, {with_:.0f}/s while rigwatch sniff captures; capture thread CPU {(k1-k0)/hz/(t1-t0)*100:.2f} % of one core")
+PY
+}
+if [ "${CHURN_ONLY:-0}" = 1 ]; then churn; exit 0; fi
 
 iperf3 -s -1 -B 127.0.0.1 -p 5299 >/dev/null 2>&1 &
 sleep 0.5
@@ -56,3 +89,4 @@ sn.kill()
 lat.sort()
 print(f"stratum login -> finding (rigwatch sniff, 20 logins): median {lat[10]*1000:.0f} ms, max {lat[-1]*1000:.0f} ms")
 PY
+churn
