@@ -114,6 +114,10 @@ struct Worker {
     /// Why the sensor's thread ended (it panicked), for good.
     dead: Option<String>,
     counters: Vec<(&'static str, u64)>,
+    /// The observations of its last full pass that returned in time, kept
+    /// while it is down: a miner that stalls a sensor (a FUSE mount, a
+    /// FIFO) must not make that sensor's findings look resolved.
+    last: Vec<Observation>,
 }
 
 impl Worker {
@@ -158,6 +162,7 @@ impl Worker {
             late: false,
             dead,
             counters: Vec::new(),
+            last: Vec::new(),
         }
     }
 
@@ -297,6 +302,9 @@ impl Engine {
             let t = Instant::now();
             let report = match s.observe(&cur, self.budget) {
                 Ok(mut d) => {
+                    if full {
+                        s.last = d.obs.clone();
+                    }
                     obs.append(&mut d.obs);
                     SensorReport {
                         name: s.name,
@@ -310,7 +318,12 @@ impl Engine {
                 Err(reason) => SensorReport {
                     name: s.name,
                     up: false,
-                    reason: Some(reason),
+                    reason: Some(if full && !s.last.is_empty() {
+                        obs.extend(s.last.iter().cloned());
+                        format!("{reason}; its last pass's findings are kept")
+                    } else {
+                        reason
+                    }),
                     problems: Vec::new(),
                     counters: s.counters.clone(),
                     seconds: t.elapsed().as_secs_f64(),
@@ -449,6 +462,32 @@ mod tests {
         assert!(
             out.findings.iter().all(|f| !format!("{f:?}").contains("/stuck/0")),
             "the late result is discarded"
+        );
+    }
+
+    #[test]
+    fn a_stalled_sensor_keeps_its_last_findings() {
+        let sig = Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        let cfg = EngineConfig {
+            proc_root: "/proc".into(),
+            cpu_window: Duration::ZERO,
+            detector: DetectorConfig::default(),
+            sensors: SensorOptions::default(),
+            sensor_budget: Duration::from_millis(300),
+        };
+        let (flaky, flaky_ms, _) = slow("flaky", 0);
+        let mut e = Engine::with_sensors(sig, "test", &cfg, vec![flaky]);
+        let out = e.pass(Pass::Full, 0).unwrap();
+        assert!(out.findings.iter().any(|f| format!("{f:?}").contains("/flaky/0")));
+        // the miner stalls it (a FUSE mount, a FIFO): its finding must not look resolved
+        flaky_ms.store(3000, Ordering::SeqCst);
+        let out = e.pass(Pass::Full, 0).unwrap();
+        let r = out.reports.iter().find(|r| r.name == "flaky").unwrap();
+        assert!(!r.up);
+        assert!(r.reason.as_deref().unwrap().ends_with("its last pass's findings are kept"), "{r:?}");
+        assert!(
+            out.findings.iter().any(|f| format!("{f:?}").contains("/flaky/0")),
+            "the stalled sensor's last finding is still there"
         );
     }
 

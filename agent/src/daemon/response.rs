@@ -410,7 +410,7 @@ impl Quarantine {
     /// Bytes the directory holds on disk (blocks, so sparse copies count
     /// what they take), removing leftover temporary copies.
     fn usage(&self, dir: &File) -> Result<u64, String> {
-        let rd = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        let rd = std::fs::read_dir(crate::paths::own_fd(dir.as_raw_fd()))
             .or_else(|_| std::fs::read_dir(&self.dir))
             .map_err(|e| e.to_string())?;
         let mut total = 0u64;
