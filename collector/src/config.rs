@@ -32,6 +32,7 @@ pub const DEFAULT_DATA_DIR: &str = "./rigwatch-data";
 /// request_timeout_seconds = 30   # to send its body and be answered
 /// max_connections = 1024
 /// max_requests_in_flight = 256
+/// max_hosts_per_enrolment_token = 10000  # valid host tokens one enrolment token may make
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +77,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// Requests handled at once at most.
     pub max_requests_in_flight: Option<usize>,
+    /// Valid agent tokens one enrolment token may have made (hosts enrolled).
+    pub max_hosts_per_enrolment_token: Option<u64>,
 }
 
 impl FileConfig {
@@ -127,6 +130,8 @@ pub struct Settings {
     pub max_requests_in_flight: usize,
     /// Failed logins one client address may make per minute.
     pub login_failures_per_minute: u64,
+    /// Valid agent tokens one enrolment token may have made.
+    pub max_hosts_per_enrolment_token: u64,
 }
 
 impl Settings {
@@ -152,6 +157,7 @@ impl Settings {
             max_connections: 1024,
             max_requests_in_flight: 256,
             login_failures_per_minute: 10,
+            max_hosts_per_enrolment_token: 10_000,
         }
     }
 
@@ -211,6 +217,11 @@ impl Settings {
             .max_requests_in_flight
             .or(file.max_requests_in_flight)
             .unwrap_or(s.max_requests_in_flight)
+            .max(1);
+        s.max_hosts_per_enrolment_token = flags
+            .max_hosts_per_enrolment_token
+            .or(file.max_hosts_per_enrolment_token)
+            .unwrap_or(s.max_hosts_per_enrolment_token)
             .max(1);
         let scheme = if s.tls.is_some() { "https" } else { "http" };
         s.external_url = pick(flags.external_url, file.external_url)

@@ -139,7 +139,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at BIGINT NOT NULL,
     revoked_at BIGINT NOT NULL DEFAULT 0,
     host TEXT NOT NULL DEFAULT '',
-    bound_at BIGINT NOT NULL DEFAULT 0
+    bound_at BIGINT NOT NULL DEFAULT 0,
+    allow_reenrol BIGINT NOT NULL DEFAULT 0,
+    enrolled_by TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS events (
     agent_id TEXT NOT NULL,
@@ -202,6 +204,8 @@ CREATE INDEX IF NOT EXISTS finding_keys_value ON finding_keys (kind, value);
 pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tokens", "host", "TEXT NOT NULL DEFAULT ''"),
     ("tokens", "bound_at", "BIGINT NOT NULL DEFAULT 0"),
+    ("tokens", "allow_reenrol", "BIGINT NOT NULL DEFAULT 0"),
+    ("tokens", "enrolled_by", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// A job's type-erased result.

@@ -84,6 +84,18 @@ enum TokenCmd {
         /// host of its first report.
         #[arg(long, conflicts_with = "analyst")]
         host: Option<String>,
+        /// A fleet enrolment token (one secret for every node, e.g. one
+        /// Kubernetes Secret): it can only exchange itself for a new agent
+        /// token per host (`rigwatch run --enrol-token-file`), named
+        /// NAME/HOST. It cannot report or read anything.
+        #[arg(long, conflicts_with_all = ["analyst", "host"])]
+        enrol: bool,
+        /// With --enrol: a host that already has a token may enrol again;
+        /// its old tokens are revoked (nodes rebuilt under the same name).
+        /// Without it, enrolling an enrolled host is refused (409), so a
+        /// leaked enrolment secret cannot take over an enrolled host.
+        #[arg(long, requires = "enrol")]
+        allow_reenrol: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -176,16 +188,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 analyst,
                 host,
+                enrol,
+                allow_reenrol,
                 common,
             } => {
                 let s = settings(&common, FileConfig::default())?;
                 let store = open(&s)?;
-                let role = if analyst { Role::Analyst } else { Role::Agent };
-                let secret = store.token_create_for(&name, role, host.as_deref()).await?;
+                let role = if analyst {
+                    Role::Analyst
+                } else if enrol {
+                    Role::Enrol
+                } else {
+                    Role::Agent
+                };
+                let secret = if enrol {
+                    store.token_create_enrol(&name, allow_reenrol).await?
+                } else {
+                    store.token_create_for(&name, role, host.as_deref()).await?
+                };
                 let bound = match (&host, role) {
                     (Some(h), _) => format!(" for host {h:?}"),
                     (None, Role::Agent) => " (bound to the host of its first report)".to_string(),
                     (None, Role::Analyst) => String::new(),
+                    (None, Role::Enrol) if allow_reenrol => {
+                        " (enrols hosts as NAME/HOST; an enrolled host may enrol again, revoking its old token)".to_string()
+                    }
+                    (None, Role::Enrol) => " (enrols hosts as NAME/HOST; an enrolled host is refused)".to_string(),
                 };
                 println!(
                     "created {} token {name:?}{bound} in {}; it is shown only once:",
@@ -207,6 +235,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     let host = match (t.role, t.host.is_empty()) {
                         (Role::Analyst, _) => "-".to_string(),
+                        (Role::Enrol, _) if t.allow_reenrol => "(enrols; re-enrol allowed)".to_string(),
+                        (Role::Enrol, _) => "(enrols)".to_string(),
                         (Role::Agent, true) => "(first report)".to_string(),
                         (Role::Agent, false) => t.host.escape_debug().to_string(),
                     };

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub findings_active: IntGaugeVec,
     /// Campaigns (findings on ≥ 2 hosts sharing a key).
     pub campaigns: IntGauge,
+    /// Enrolment requests by outcome: enrolled, reenrolled (a host's
+    /// tokens rotated), conflict (409), limit, rejected_auth, rejected_rate,
+    /// rejected_invalid, error.
+    pub enrolments: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -82,8 +86,17 @@ impl Metrics {
             "Groups of findings on two or more hosts sharing a key.",
         )
         .expect("metric");
+        let enrolments = IntCounterVec::new(
+            Opts::new(
+                "rigwatch_collector_enrolments_total",
+                "Host enrolments with a fleet enrolment token, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(enrolments.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reports.clone()),
             Box::new(findings_refused.clone()),
             Box::new(events_stored.clone()),
             Box::new(events_duplicate.clone()),
@@ -107,6 +120,18 @@ impl Metrics {
         ] {
             reports.with_label_values(&[o]);
         }
+        for o in [
+            "enrolled",
+            "reenrolled",
+            "conflict",
+            "limit",
+            "rejected_auth",
+            "rejected_rate",
+            "rejected_invalid",
+            "error",
+        ] {
+            enrolments.with_label_values(&[o]);
+        }
         for s in ["confirmed", "likely", "suspicious"] {
             findings_active.with_label_values(&[s]);
         }
@@ -122,6 +147,7 @@ impl Metrics {
             hosts_silent,
             findings_active,
             campaigns,
+            enrolments,
         }
     }
 

@@ -36,6 +36,7 @@ pub fn router(app: Arc<App>) -> Router {
     let in_flight = app.settings.max_requests_in_flight;
     Router::new()
         .route("/api/v1/reports", post(post_report).layer(DefaultBodyLimit::max(limit)))
+        .route("/api/v1/enrol", post(post_enrol).layer(DefaultBodyLimit::max(ENROL_BODY_BYTES)))
         .route("/api/v1/findings", get(api_findings))
         .route("/api/v1/findings/{host}/{id}", get(api_finding))
         .route("/api/v1/hosts", get(api_hosts))
@@ -78,6 +79,13 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
         Ok(Some((_, Role::Analyst))) => {
             m.reports.with_label_values(&["rejected_auth"]).inc();
             return error(StatusCode::FORBIDDEN, "an analyst token cannot send reports");
+        }
+        Ok(Some((_, Role::Enrol))) => {
+            m.reports.with_label_values(&["rejected_auth"]).inc();
+            return error(
+                StatusCode::FORBIDDEN,
+                "an enrolment token cannot send reports; exchange it for a host token (POST /api/v1/enrol)",
+            );
         }
         Ok(None) => {
             m.reports.with_label_values(&["rejected_auth"]).inc();
@@ -151,6 +159,133 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
     }
 }
 
+/// Largest enrolment request body: `{"host": "..."}`.
+const ENROL_BODY_BYTES: usize = 4096;
+
+/// The body of `POST /api/v1/enrol`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolRequest {
+    host: String,
+}
+
+/// A host name an enrolment may bind a token to: 1 to 253 bytes, no
+/// control characters or white space.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 253 && !h.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// `POST /api/v1/enrol` with an enrolment token (`token create --enrol`)
+/// and `{"host": "H"}`: a new agent token bound to H, named
+/// `ENROL_NAME/H`, answered once (201 `{"token", "name", "host"}`). A host
+/// that already has a valid agent token gets 409 and nothing changes,
+/// unless the enrolment token was made with `--allow-reenrol`: then the
+/// host's tokens are revoked and a new one issued (logged as a warning and
+/// counted as `reenrolled`). As for reports, the token and its rate are
+/// checked before the body is read.
+async fn post_enrol(State(app): State<Arc<App>>, request: Request) -> Response {
+    let m = &app.metrics;
+    let count = |o: &str| m.enrolments.with_label_values(&[o]).inc();
+    let (parts, body) = request.into_parts();
+    let Some(token) = bearer(&parts.headers) else {
+        count("rejected_auth");
+        return error(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization: Bearer TOKEN)");
+    };
+    let enrol_name = match app.store.token_lookup(token).await {
+        Ok(Some((name, Role::Enrol))) => name,
+        Ok(Some(_)) => {
+            count("rejected_auth");
+            return error(
+                StatusCode::FORBIDDEN,
+                "only an enrolment token (token create --enrol) can enrol a host",
+            );
+        }
+        Ok(None) => {
+            count("rejected_auth");
+            return error(StatusCode::UNAUTHORIZED, "unknown or revoked token");
+        }
+        Err(e) => {
+            count("error");
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"));
+        }
+    };
+    if let Err(secs) = app.report_limiter.take(&enrol_name) {
+        count("rejected_rate");
+        return too_many(secs, "too many enrolments for this token; retry after the given seconds");
+    }
+    let body = match Bytes::from_request(Request::from_parts(parts, body), &app).await {
+        Ok(b) => b,
+        Err(e) => {
+            count("rejected_invalid");
+            return error(e.status(), format!("cannot read the body: {}", e.body_text()));
+        }
+    };
+    let host = match serde_json::from_slice::<EnrolRequest>(&body) {
+        Ok(r) if valid_host(&r.host) => r.host,
+        Ok(_) => {
+            count("rejected_invalid");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "host must be 1 to 253 bytes without control characters or white space",
+            );
+        }
+        Err(e) => {
+            count("rejected_invalid");
+            return error(StatusCode::BAD_REQUEST, format!("expected {{\"host\": \"...\"}}: {e}"));
+        }
+    };
+    use crate::store::EnrolOutcome;
+    match app.store.enrol(&enrol_name, &host, app.settings.max_hosts_per_enrolment_token).await {
+        Ok(EnrolOutcome::Enrolled { name, secret, replaced }) => {
+            if replaced.is_empty() {
+                count("enrolled");
+                tracing::info!(enrolment_token = %enrol_name, host = %host.escape_debug(), token = %name.escape_debug(), "host enrolled");
+            } else {
+                count("reenrolled");
+                tracing::warn!(
+                    enrolment_token = %enrol_name,
+                    host = %host.escape_debug(),
+                    token = %name.escape_debug(),
+                    revoked = ?replaced,
+                    "host enrolled again: its earlier tokens are revoked"
+                );
+            }
+            (
+                StatusCode::CREATED,
+                Json(json!({ "token": secret, "name": name, "host": host, "replaced": replaced })),
+            )
+                .into_response()
+        }
+        Ok(EnrolOutcome::AlreadyEnrolled(names)) => {
+            count("conflict");
+            tracing::warn!(enrolment_token = %enrol_name, host = %host.escape_debug(), "enrolment refused: the host already has a token");
+            error(
+                StatusCode::CONFLICT,
+                format!(
+                    "host {host:?} is already enrolled (token {}); revoke that token first, \
+                     or use an enrolment token made with --allow-reenrol",
+                    names.join(", ")
+                ),
+            )
+        }
+        Ok(EnrolOutcome::LimitReached(n)) => {
+            count("limit");
+            error(
+                StatusCode::FORBIDDEN,
+                format!("this enrolment token has enrolled {n} hosts, its limit (max_hosts_per_enrolment_token)"),
+            )
+        }
+        Ok(EnrolOutcome::Revoked) => {
+            count("rejected_auth");
+            error(StatusCode::UNAUTHORIZED, "unknown or revoked token")
+        }
+        Err(e) => {
+            count("error");
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
+        }
+    }
+}
+
 /// Checks that a request comes from an analyst: a bearer analyst token or
 /// a web session. Returns the analyst's name.
 pub async fn analyst(app: &App, headers: &HeaderMap) -> Result<String, Response> {
@@ -165,6 +300,7 @@ pub async fn analyst(app: &App, headers: &HeaderMap) -> Result<String, Response>
     };
     match app.store.token_lookup(token).await {
         Ok(Some((name, Role::Analyst))) => Ok(name),
+        Ok(Some((_, Role::Enrol))) => Err(error(StatusCode::FORBIDDEN, "an enrolment token cannot read fleet data")),
         Ok(Some(_)) => Err(error(StatusCode::FORBIDDEN, "an agent token cannot read fleet data")),
         Ok(None) => Err(error(StatusCode::UNAUTHORIZED, "unknown or revoked token")),
         Err(e) => Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))),

@@ -27,6 +27,9 @@ pub enum Role {
     Agent,
     /// Reads the web page and query API, acknowledges and suppresses.
     Analyst,
+    /// A fleet enrolment token: may only exchange itself, once per host,
+    /// for an agent token bound to that host (`POST /api/v1/enrol`).
+    Enrol,
 }
 
 impl Role {
@@ -35,13 +38,14 @@ impl Role {
         match self {
             Role::Agent => "agent",
             Role::Analyst => "analyst",
+            Role::Enrol => "enrol",
         }
     }
     fn parse(s: &str) -> Role {
-        if s == "analyst" {
-            Role::Analyst
-        } else {
-            Role::Agent
+        match s {
+            "analyst" => Role::Analyst,
+            "enrol" => Role::Enrol,
+            _ => Role::Agent,
         }
     }
 }
@@ -63,6 +67,33 @@ pub struct TokenInfo {
     /// Unix seconds the token was bound to its host (at creation with
     /// `--host`, else at its first report); 0 while unbound.
     pub bound_at: u64,
+    /// An enrolment token that may enrol a host again (rotating its token).
+    pub allow_reenrol: bool,
+    /// The enrolment token that made this agent token; empty otherwise.
+    pub enrolled_by: String,
+}
+
+/// What `POST /api/v1/enrol` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnrolOutcome {
+    /// A new agent token bound to the host: its name and secret (shown
+    /// once). `replaced` names the host's earlier tokens, now revoked
+    /// (only with an enrolment token that allows re-enrolment).
+    Enrolled {
+        /// `ENROL_NAME/HOST`.
+        name: String,
+        /// The agent token's secret.
+        secret: String,
+        /// Tokens of the host revoked by this re-enrolment.
+        replaced: Vec<String>,
+    },
+    /// The host already has a valid agent token (these) and the enrolment
+    /// token does not allow re-enrolment: nothing changed.
+    AlreadyEnrolled(Vec<String>),
+    /// The enrolment token has as many valid host tokens as it may.
+    LimitReached(u64),
+    /// The enrolment token was revoked meanwhile.
+    Revoked,
 }
 
 /// The SHA-256 of a token, as stored. Tokens are 256 random bits, so a
@@ -304,64 +335,130 @@ impl Store {
     /// host of its first report.
     pub async fn token_create_for(&self, name: &str, role: Role, host: Option<&str>) -> Result<String, DbError> {
         let host = host.unwrap_or("").to_string();
-        if role == Role::Analyst && !host.is_empty() {
+        if role != Role::Agent && !host.is_empty() {
             return Err(DbError::Other("only agent tokens are bound to a host".into()));
         }
         if host.len() > 253 {
             return Err(DbError::Other("a host name is at most 253 bytes".into()));
         }
-        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-            return Err(DbError::Other("a token name must be 1 to 128 printable characters".into()));
-        }
-        let mut raw = [0u8; 32];
-        getrandom::getrandom(&mut raw).map_err(|e| DbError::Other(format!("no randomness: {e}")))?;
-        let secret = format!("rwc_{}", hex::encode(raw));
-        let (name, hash, at) = (name.to_string(), token_hash(&secret), now());
-        let bound_at = if host.is_empty() { 0 } else { at };
-        self.run(true, move |c| {
-            let existing = c.query("SELECT revoked_at FROM tokens WHERE name = $1", &[name.as_str().into()])?;
-            match existing.first() {
-                Some(r) if r[0].int() == 0 => return Err(DbError::Other(format!("a token named {name:?} exists; revoke it first"))),
-                Some(_) => {
-                    c.exec(
-                        "UPDATE tokens SET role = $2, hash = $3, created_at = $4, revoked_at = 0, host = $5, bound_at = $6 \
-                         WHERE name = $1",
-                        &[
-                            name.as_str().into(),
-                            role.as_str().into(),
-                            hash.as_str().into(),
-                            at.into(),
-                            host.as_str().into(),
-                            bound_at.into(),
-                        ],
-                    )?;
-                }
-                None => {
-                    c.exec(
-                        "INSERT INTO tokens (name, role, hash, created_at, revoked_at, host, bound_at) \
-                         VALUES ($1, $2, $3, $4, 0, $5, $6)",
-                        &[
-                            name.as_str().into(),
-                            role.as_str().into(),
-                            hash.as_str().into(),
-                            at.into(),
-                            host.as_str().into(),
-                            bound_at.into(),
-                        ],
-                    )?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        check_token_name(name)?;
+        let secret = new_secret()?;
+        let row = TokenRow {
+            name: name.to_string(),
+            role,
+            hash: token_hash(&secret),
+            host,
+            allow_reenrol: false,
+            enrolled_by: String::new(),
+        };
+        let at = now();
+        self.run(true, move |c| insert_token(c, &row, at)).await?;
         Ok(secret)
+    }
+
+    /// Creates a fleet enrolment token (one secret for every node of a
+    /// fleet, e.g. one Kubernetes Secret): it can do nothing but enrol
+    /// hosts. With `allow_reenrol`, enrolling a host that already has a
+    /// valid agent token revokes that token and issues a new one (for
+    /// nodes rebuilt under the same name); without it, that is refused
+    /// (409), so a leaked enrolment secret cannot take over an enrolled
+    /// host's identity.
+    pub async fn token_create_enrol(&self, name: &str, allow_reenrol: bool) -> Result<String, DbError> {
+        check_token_name(name)?;
+        let secret = new_secret()?;
+        let row = TokenRow {
+            name: name.to_string(),
+            role: Role::Enrol,
+            hash: token_hash(&secret),
+            host: String::new(),
+            allow_reenrol,
+            enrolled_by: String::new(),
+        };
+        let at = now();
+        self.run(true, move |c| insert_token(c, &row, at)).await?;
+        Ok(secret)
+    }
+
+    /// Exchanges the enrolment token named `enrol` for a new agent token
+    /// bound to `host`, named `ENROL/HOST`. A host that already has a valid
+    /// agent token (however made) is refused unless the enrolment token
+    /// allows re-enrolment; then its tokens are revoked in the same
+    /// transaction. At most `max_hosts` valid tokens per enrolment token.
+    pub async fn enrol(&self, enrol: &str, host: &str, max_hosts: u64) -> Result<EnrolOutcome, DbError> {
+        if host.is_empty() || host.len() > 253 {
+            return Err(DbError::Other("a host name is 1 to 253 bytes".into()));
+        }
+        let secret = new_secret()?;
+        let (enrol, host, hash, at) = (enrol.to_string(), host.to_string(), token_hash(&secret), now().max(1));
+        let outcome = self
+            .run(true, move |c| {
+                let rows = c.query(
+                    "SELECT allow_reenrol FROM tokens WHERE name = $1 AND role = 'enrol' AND revoked_at = 0",
+                    &[enrol.as_str().into()],
+                )?;
+                let Some(allow) = rows.first().map(|r| r[0].int() != 0) else {
+                    return Ok(EnrolOutcome::Revoked);
+                };
+                let existing: Vec<String> = c
+                    .query(
+                        "SELECT name FROM tokens WHERE role = 'agent' AND revoked_at = 0 AND host = $1 ORDER BY name",
+                        &[host.as_str().into()],
+                    )?
+                    .iter()
+                    .map(|r| r[0].text())
+                    .collect();
+                if !existing.is_empty() && !allow {
+                    return Ok(EnrolOutcome::AlreadyEnrolled(existing));
+                }
+                let name = format!("{enrol}/{host}");
+                // a valid token of that name for another host (made by hand)
+                let taken = c.query(
+                    "SELECT name FROM tokens WHERE name = $1 AND revoked_at = 0 AND host <> $2",
+                    &[name.as_str().into(), host.as_str().into()],
+                )?;
+                if !taken.is_empty() {
+                    return Ok(EnrolOutcome::AlreadyEnrolled(vec![name]));
+                }
+                let mine = c.query(
+                    "SELECT COUNT(*) FROM tokens WHERE enrolled_by = $1 AND role = 'agent' AND revoked_at = 0 AND name <> $2",
+                    &[enrol.as_str().into(), name.as_str().into()],
+                )?;
+                if mine.first().map(|r| r[0].int()).unwrap_or(0) as u64 >= max_hosts {
+                    return Ok(EnrolOutcome::LimitReached(max_hosts));
+                }
+                if !existing.is_empty() {
+                    c.exec(
+                        "UPDATE tokens SET revoked_at = $2 WHERE role = 'agent' AND revoked_at = 0 AND host = $1",
+                        &[host.as_str().into(), at.into()],
+                    )?;
+                }
+                let row = TokenRow {
+                    name: name.clone(),
+                    role: Role::Agent,
+                    hash: hash.clone(),
+                    host: host.clone(),
+                    allow_reenrol: false,
+                    enrolled_by: enrol.clone(),
+                };
+                insert_token(c, &row, at)?;
+                Ok(EnrolOutcome::Enrolled {
+                    name,
+                    secret: String::new(),
+                    replaced: existing,
+                })
+            })
+            .await?;
+        Ok(match outcome {
+            EnrolOutcome::Enrolled { name, replaced, .. } => EnrolOutcome::Enrolled { name, secret, replaced },
+            other => other,
+        })
     }
 
     /// Every token, valid or revoked.
     pub async fn token_list(&self) -> Result<Vec<TokenInfo>, DbError> {
         self.run(false, |c| {
             Ok(c.query(
-                "SELECT name, role, created_at, revoked_at, host, bound_at FROM tokens ORDER BY name",
+                "SELECT name, role, created_at, revoked_at, host, bound_at, allow_reenrol, enrolled_by FROM tokens ORDER BY name",
                 &[],
             )?
             .iter()
@@ -372,6 +469,8 @@ impl Store {
                 revoked_at: r[3].int() as u64,
                 host: r[4].text(),
                 bound_at: r[5].int() as u64,
+                allow_reenrol: r[6].int() != 0,
+                enrolled_by: r[7].text(),
             })
             .collect())
         })
@@ -712,6 +811,67 @@ fn group_campaigns(keys: &[Row], findings: &[Row]) -> Vec<Campaign> {
     }
     out.sort_by(|a, b| b.hosts.len().cmp(&a.hosts.len()).then(a.id.cmp(&b.id)));
     out
+}
+
+/// A token row to store.
+struct TokenRow {
+    name: String,
+    role: Role,
+    hash: String,
+    host: String,
+    allow_reenrol: bool,
+    enrolled_by: String,
+}
+
+fn check_token_name(name: &str) -> Result<(), DbError> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+        return Err(DbError::Other("a token name must be 1 to 128 printable characters".into()));
+    }
+    Ok(())
+}
+
+/// 256 random bits, as `rwc_` and 64 hex digits.
+fn new_secret() -> Result<String, DbError> {
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw).map_err(|e| DbError::Other(format!("no randomness: {e}")))?;
+    Ok(format!("rwc_{}", hex::encode(raw)))
+}
+
+/// Stores a token: a new name, or one whose earlier token was revoked
+/// (a valid one of that name is an error). `bound_at` is `at` when the
+/// row names a host.
+fn insert_token(c: &mut dyn Conn, t: &TokenRow, at: u64) -> Result<(), DbError> {
+    let bound_at = if t.host.is_empty() { 0 } else { at };
+    let params = [
+        t.name.as_str().into(),
+        t.role.as_str().into(),
+        t.hash.as_str().into(),
+        at.into(),
+        t.host.as_str().into(),
+        bound_at.into(),
+        (t.allow_reenrol as i64).into(),
+        t.enrolled_by.as_str().into(),
+    ];
+    let existing = c.query("SELECT revoked_at FROM tokens WHERE name = $1", &[t.name.as_str().into()])?;
+    match existing.first() {
+        Some(r) if r[0].int() == 0 => Err(DbError::Other(format!("a token named {:?} exists; revoke it first", t.name))),
+        Some(_) => {
+            c.exec(
+                "UPDATE tokens SET role = $2, hash = $3, created_at = $4, revoked_at = 0, host = $5, bound_at = $6, \
+                 allow_reenrol = $7, enrolled_by = $8 WHERE name = $1",
+                &params,
+            )?;
+            Ok(())
+        }
+        None => {
+            c.exec(
+                "INSERT INTO tokens (name, role, hash, created_at, revoked_at, host, bound_at, allow_reenrol, enrolled_by) \
+                 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8)",
+                &params,
+            )?;
+            Ok(())
+        }
+    }
 }
 
 /// Checks (and on first use, makes) the binding of an agent token to the

@@ -30,6 +30,7 @@ macro_rules! for_each_case {
         $m!(revoking_a_token_ends_its_sessions);
         $m!(failed_logins_are_rate_limited);
         $m!(a_rise_in_severity_reopens_a_finding);
+        $m!(an_enrolment_token_exchanges_itself_for_host_tokens);
     };
 }
 
@@ -946,4 +947,136 @@ pub async fn a_rise_in_severity_reopens_a_finding(store: Store, _dir: &Path) {
         .await
         .unwrap();
     assert_eq!(state_of(&store, "n1", "g1").await, "open");
+}
+
+/// `POST /api/v1/enrol` with a token; status and JSON.
+async fn enrol(c: &Collector, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut rq = c
+        .client
+        .post(format!("{}/api/v1/enrol", c.url))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        rq = rq.bearer_auth(t);
+    }
+    let r = rq.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub async fn an_enrolment_token_exchanges_itself_for_host_tokens(store: Store, dir: &Path) {
+    let c = Collector::start(store.clone(), dir, |s| s.max_hosts_per_enrolment_token = 3).await;
+    let fleet = store.token_create_enrol("k8s", false).await.unwrap();
+    let rebuild = store.token_create_enrol("k8s-rebuild", true).await.unwrap();
+    assert_eq!(store.token_lookup(&fleet).await.unwrap(), Some(("k8s".into(), Role::Enrol)));
+    let host_body = |h: &str| serde_json::json!({ "host": h }).to_string();
+    let open_on = |h: &str| {
+        let body = report(
+            h,
+            &format!("agent-{h}"),
+            vec![opened(
+                &format!("agent-{h}"),
+                1,
+                1000,
+                finding(h, &format!("f-{h}"), "xmrig", "p.example.com", WALLET),
+            )],
+        );
+        serde_json::to_vec(&body).unwrap()
+    };
+
+    // The enrolment token gets a token bound to the host it names.
+    let (s, j) = enrol(&c, Some(&fleet), &host_body("node-1")).await;
+    assert_eq!(s, 201, "{j}");
+    assert_eq!((j["name"].as_str(), j["host"].as_str()), (Some("k8s/node-1"), Some("node-1")), "{j}");
+    let t1 = j["token"].as_str().unwrap().to_string();
+    assert!(t1.starts_with("rwc_") && t1.len() == 68 && t1 != fleet, "{t1}");
+    let listed = store.token_list().await.unwrap();
+    let row = listed.iter().find(|t| t.name == "k8s/node-1").unwrap();
+    assert_eq!((row.role, row.host.as_str(), row.enrolled_by.as_str()), (Role::Agent, "node-1", "k8s"));
+    assert!(row.bound_at > 0);
+    let (s, j) = c.post_raw(Some(&t1), open_on("node-1")).await;
+    assert_eq!(s, 200, "{j}");
+    let (s, j) = c.post_raw(Some(&t1), open_on("node-2")).await;
+    assert_eq!(s, 403, "a host token speaks for its host only: {j}");
+    assert!(store.finding("node-2", "f-node-2").await.unwrap().is_none());
+
+    // The enrolment token itself can neither report nor read.
+    let (s, j) = c.post_raw(Some(&fleet), open_on("node-9")).await;
+    assert_eq!(s, 403, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("enrol"), "{j}");
+    assert!(store.finding("node-9", "f-node-9").await.unwrap().is_none());
+    for path in ["/api/v1/findings", "/api/v1/hosts", "/api/v1/campaigns", "/api/v1/findings/node-1/f-node-1"] {
+        let r = c.client.get(format!("{}{path}", c.url)).bearer_auth(&fleet).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+    }
+    let (status, cookie) = login(&c, &fleet).await;
+    assert!(cookie.is_none(), "no web session for an enrolment token ({status})");
+    // Only an enrolment token enrols.
+    assert_eq!(enrol(&c, Some(&t1), &host_body("node-5")).await.0, 403);
+    assert_eq!(enrol(&c, Some(&c.analyst_token.clone()), &host_body("node-5")).await.0, 403);
+    assert_eq!(enrol(&c, None, &host_body("node-5")).await.0, 401);
+    assert_eq!(enrol(&c, Some("rwc_0000"), &host_body("node-5")).await.0, 401);
+    for bad in ["{}", "{\"host\": \"\"}", "{\"host\": \"a b\"}", "{\"host\": \"a\\nb\"}", "not json"] {
+        let (s, j) = enrol(&c, Some(&fleet), bad).await;
+        assert_eq!(s, 400, "{bad}: {j}");
+    }
+    let long = format!("{{\"host\": \"{}\"}}", "h".repeat(254));
+    assert_eq!(enrol(&c, Some(&fleet), &long).await.0, 400);
+
+    // Enrolling an enrolled host again: refused, the host keeps its token.
+    let (s, j) = enrol(&c, Some(&fleet), &host_body("node-1")).await;
+    assert_eq!(s, 409, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("--allow-reenrol"), "{j}");
+    let bump = report("node-1", "agent-node-1", vec![heartbeat("agent-node-1", 2, 1000)]);
+    let (s, _) = c.post_raw(Some(&t1), serde_json::to_vec(&bump).unwrap()).await;
+    assert_eq!(s, 200, "the host's token still works");
+    // The same for a host whose token was made by hand.
+    let by_hand = store.token_create_for("node-3-hand", Role::Agent, Some("node-3")).await.unwrap();
+    assert_eq!(enrol(&c, Some(&fleet), &host_body("node-3")).await.0, 409);
+    assert_eq!(c.post_raw(Some(&by_hand), open_on("node-3")).await.0, 200);
+
+    // With --allow-reenrol: the host's old tokens are revoked, a new one issued.
+    let (s, j) = enrol(&c, Some(&rebuild), &host_body("node-1")).await;
+    assert_eq!(s, 201, "{j}");
+    assert_eq!(j["name"], "k8s-rebuild/node-1");
+    assert_eq!(j["replaced"], serde_json::json!(["k8s/node-1"]));
+    let t1b = j["token"].as_str().unwrap().to_string();
+    let bump = report("node-1", "agent-node-1", vec![heartbeat("agent-node-1", 3, 1000)]);
+    assert_eq!(c.post_raw(Some(&t1), serde_json::to_vec(&bump).unwrap()).await.0, 401, "the old token is revoked");
+    assert_eq!(c.post_raw(Some(&t1b), serde_json::to_vec(&bump).unwrap()).await.0, 200);
+    // and again: the same name is rotated.
+    let (s, j) = enrol(&c, Some(&rebuild), &host_body("node-1")).await;
+    assert_eq!((s, j["replaced"].clone()), (201, serde_json::json!(["k8s-rebuild/node-1"])), "{j}");
+    assert_eq!(c.post_raw(Some(&t1b), serde_json::to_vec(&bump).unwrap()).await.0, 401);
+
+    // At most max_hosts_per_enrolment_token valid tokens per enrolment token
+    // (k8s/node-1 was revoked by the re-enrolment above).
+    for h in ["node-4", "node-5", "node-6"] {
+        assert_eq!(enrol(&c, Some(&fleet), &host_body(h)).await.0, 201, "{h}");
+    }
+    let (s, j) = enrol(&c, Some(&fleet), &host_body("node-7")).await;
+    assert_eq!(s, 403, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("limit"), "{j}");
+    // Revoked: enrols nothing.
+    assert!(store.token_revoke("k8s").await.unwrap());
+    assert_eq!(enrol(&c, Some(&fleet), &host_body("node-8")).await.0, 401);
+    let (_, m) = c.text("/metrics").await;
+    for line in [
+        "rigwatch_collector_enrolments_total{outcome=\"enrolled\"} 4",
+        "rigwatch_collector_enrolments_total{outcome=\"reenrolled\"} 2",
+        "rigwatch_collector_enrolments_total{outcome=\"conflict\"} 2",
+        "rigwatch_collector_enrolments_total{outcome=\"limit\"} 1",
+        "rigwatch_collector_reports_total{outcome=\"rejected_auth\"} 3",
+    ] {
+        assert!(m.contains(line), "{line}\n{m}");
+    }
+    let hosts: Vec<String> = store
+        .hosts(rigwatch_collector::store::now(), 90)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.host)
+        .collect();
+    assert_eq!(hosts, vec!["node-1".to_string(), "node-3".to_string()]);
 }
