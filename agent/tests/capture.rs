@@ -1,5 +1,6 @@
 //! The kernel filter of the capture socket, on real loopback traffic:
-//! candidate segments reach user space, bulk traffic does not.
+//! candidate segments and the handshake reach user space, bulk traffic and
+//! loopback's outgoing copies do not.
 //! Needs CAP_NET_RAW (root); skipped with a message otherwise.
 
 use rigwatch_agent::sensors::capture::{open_socket, parse_ip, socket_stats};
@@ -78,6 +79,16 @@ fn bulk_traffic_stays_in_the_kernel_and_stratum_gets_through() {
         ours.iter().all(|(p, _, _)| !p.starts_with(b"xxxx")),
         "no bulk segment may reach user space, got {} of them",
         ours.iter().filter(|(p, _, _)| p.starts_with(b"xxxx")).count()
+    );
+    assert_eq!(
+        ours.iter().filter(|(p, _, _)| p.starts_with(b"{\"id\":1")).count(),
+        1,
+        "loopback's outgoing copy is dropped in the kernel: {ours:?}"
+    );
+    assert_eq!(
+        ours.iter().filter(|(p, _, _)| p.is_empty()).count(),
+        2,
+        "the SYN and the SYN-ACK (headers only) reach user space, nothing else without payload: {ours:?}"
     );
     assert!(
         seen.len() < 200,

@@ -33,6 +33,7 @@ const TCP_SYN: u32 = 0x02;
 pub const SV2_PORTS: [u16; 3] = [34254, 34255, 34264];
 
 // classic BPF opcodes
+const LD_W_ABS: u16 = 0x20;
 const LD_B_ABS: u16 = 0x30;
 const LD_H_ABS: u16 = 0x28;
 const LD_B_IND: u16 = 0x50;
@@ -55,10 +56,18 @@ enum Ins {
 }
 
 /// The filter program (offsets relative to the network header: the socket
-/// is SOCK_DGRAM, so every interface looks the same).
-pub fn bpf_program() -> Vec<libc::sock_filter> {
+/// is SOCK_DGRAM, so every interface looks the same). Loopback shows each
+/// packet twice, going out and coming in: the outgoing copy on `lo_ifindex`
+/// is dropped in the kernel.
+pub fn bpf_program(lo_ifindex: u32) -> Vec<libc::sock_filter> {
     use Ins::*;
     let mut p = vec![
+        Op(LD_W_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32),
+        J(JEQ_K, libc::PACKET_OUTGOING as u32, "outgoing", "ip"),
+        Label("outgoing"),
+        Op(LD_W_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_IFINDEX) as u32),
+        J(JEQ_K, lo_ifindex, "drop", "ip"),
+        Label("ip"),
         Op(LD_B_ABS, 0),
         Op(ALU_RSH_K, 4),
         J(JEQ_K, 4, "v4", "not4"),
@@ -234,7 +243,7 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
             return Err(std::io::Error::last_os_error());
         }
         let fd = OwnedFd::from_raw_fd(fd);
-        let prog = bpf_program();
+        let prog = bpf_program(nix::net::if_::if_nametoindex("lo").unwrap_or(1));
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
             filter: prog.as_ptr() as *mut _,
@@ -522,7 +531,7 @@ mod tests {
 
     #[test]
     fn program_assembles_within_limits() {
-        let p = bpf_program();
+        let p = bpf_program(1);
         assert!(p.len() < 4096);
         assert_eq!(p.last().unwrap().code, RET_K);
         assert_eq!(p.last().unwrap().k, 0);
