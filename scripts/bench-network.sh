@@ -38,7 +38,16 @@ k0, t0 = tick(), time.time()
 with_ = rate(secs)
 k1, t1 = tick(), time.time()
 sn.kill()
+# the peer: tcpdump capturing the same handshake packets (its own kernel filter)
+td = subprocess.Popen(["tcpdump", "-i", "any", "-n", "-q", "-w", "/dev/null", "tcp[tcpflags] & tcp-syn != 0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+time.sleep(1.5)
+tt = lambda: sum(map(int, open(f"/proc/{td.pid}/stat").read().rsplit(")", 1)[1].split()[11:13]))
+d0, s0 = tt(), time.time()
+with_td = rate(secs)
+d1, s1 = tt(), time.time()
+td.kill()
 print(f"connection churn: {alone:.0f} connections/s alone, {with_:.0f}/s while rigwatch sniff captures; capture thread CPU {(k1-k0)/hz/(t1-t0)*100:.2f} % of one core")
+print(f"peer: tcpdump capturing the SYNs to /dev/null: {with_td:.0f} connections/s, tcpdump CPU {(d1-d0)/hz/(s1-s0)*100:.2f} % of one core")
 PY
 }
 if [ "${CHURN_ONLY:-0}" = 1 ]; then churn; exit 0; fi

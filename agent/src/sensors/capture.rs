@@ -26,6 +26,10 @@ use std::thread::JoinHandle;
 
 /// Bytes of each packet the kernel hands over.
 pub const SNAP_LEN: u32 = 4096;
+/// How long the capture thread sleeps once the socket's queue is empty.
+pub const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// The capture socket's receive buffer (what arrives during one IDLE_POLL).
+pub const RCVBUF: i32 = 4 << 20;
 /// Bytes kept of a SYN or SYN-ACK: the largest IPv4 and TCP headers.
 pub const HANDSHAKE_SNAP: u32 = 120;
 const TCP_SYN: u32 = 0x02;
@@ -269,6 +273,19 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
             &tv as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::timeval>() as u32,
         );
+        // a larger queue (root may exceed rmem_max); the default otherwise
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            if libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &RCVBUF as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as u32,
+            ) == 0
+            {
+                break;
+            }
+        }
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
@@ -399,9 +416,8 @@ fn capture_loop(
         // SAFETY: recvfrom into a buffer we own, with a correctly sized sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut alen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        // with a flush asked for, do not block: an empty queue answers it at once
-        let flush = counters.flush_req.load(Ordering::Acquire) > counters.flush_done.load(Ordering::Acquire);
-        let flags = libc::MSG_TRUNC | if flush { libc::MSG_DONTWAIT } else { 0 };
+        // never blocks: the queue is drained, then the thread sleeps
+        let flags = libc::MSG_TRUNC | libc::MSG_DONTWAIT;
         let n = unsafe {
             libc::recvfrom(
                 fd.as_raw_fd(),
@@ -417,6 +433,11 @@ fn capture_loop(
             counters
                 .flush_done
                 .store(counters.flush_req.load(Ordering::Acquire), Ordering::Release);
+            // sleeping rather than waking for each packet: a busy host's
+            // handshakes cost one wakeup per IDLE_POLL, not one per packet
+            // (the socket's buffer holds what arrives meanwhile); a flush
+            // waits at most this long
+            std::thread::sleep(IDLE_POLL);
             continue;
         }
         // loopback shows each packet twice (outgoing and incoming): keep one
