@@ -451,7 +451,7 @@ fn response_dry_run_then_for_real() {
             tmp.path(),
         );
         let pid = miner.id();
-        wait_for("the response log line", Duration::from_secs(5), || {
+        wait_for("the response log line", Duration::from_secs(20), || {
             log.lock()
                 .unwrap()
                 .iter()
