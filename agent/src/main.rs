@@ -163,6 +163,13 @@ struct RunArgs {
     /// systemd credential or a mounted Kubernetes Secret).
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// A file holding a fleet enrolment token (`rigwatch-collector token
+    /// create NAME --enrol`, e.g. one Kubernetes Secret for every node). On
+    /// start, unless the spool directory holds a token of this host's own
+    /// (`collector-token`), it is exchanged for one bound to this host,
+    /// saved there (mode 0600) and used.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "token_file"])]
+    enrol_token_file: Option<PathBuf>,
     /// Where events wait for the collector [default: /var/lib/rigwatch/spool].
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
@@ -408,6 +415,10 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = a.token {
         cfg.collector.token = v;
     }
+    if let Some(v) = a.enrol_token_file {
+        cfg.collector.enrol_token_file = Some(v);
+        cfg.collector.token.clear();
+    }
     if let Some(v) = a.spool_dir {
         cfg.collector.spool_dir = v;
     }
@@ -426,8 +437,10 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
         print!("{}", toml::to_string_pretty(&cfg)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if !cfg.collector.url.is_empty() && cfg.collector.token.is_empty() {
-        anyhow::bail!("--collector needs --token-file, --token (or RIGWATCH_TOKEN, or collector.token in the config)");
+    if !cfg.collector.url.is_empty() && cfg.collector.token.is_empty() && cfg.collector.enrol_token_file.is_none() {
+        anyhow::bail!(
+            "--collector needs --token-file, --token, --enrol-token-file (or RIGWATCH_TOKEN, or collector.token or collector.enrol_token_file in the config)"
+        );
     }
     daemon::run(cfg, a.once)?;
     Ok(ExitCode::SUCCESS)

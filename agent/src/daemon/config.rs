@@ -220,6 +220,13 @@ pub struct CollectorConfig {
     pub url: String,
     /// Bearer token (from `rigwatch-collector token create`).
     pub token: String,
+    /// A file holding a fleet enrolment token (`rigwatch-collector token
+    /// create NAME --enrol`; e.g. one Kubernetes Secret for every node).
+    /// Used only when `token` is empty: on start, unless a token of its own
+    /// is saved in `spool_dir` (`collector-token`, mode 0600), the agent
+    /// exchanges it for a token bound to its host name, saves that and
+    /// ships with it. The enrolment token itself can do nothing else.
+    pub enrol_token_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for the collector's TLS.
     pub ca_file: Option<PathBuf>,
     /// Where events wait until the collector has them.
@@ -237,6 +244,7 @@ impl Default for CollectorConfig {
         CollectorConfig {
             url: String::new(),
             token: String::new(),
+            enrol_token_file: None,
             ca_file: None,
             spool_dir: PathBuf::from("/var/lib/rigwatch/spool"),
             spool_max_bytes: 256 * 1024 * 1024,

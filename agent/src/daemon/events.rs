@@ -205,6 +205,100 @@ impl InternalEvent for BatchRejected<'_> {
     }
 }
 
+/// The collector refused the token (401 or 403): the events stay in the
+/// spool and the shipper backs off. Counted every time; logged only when
+/// `log` (the first refusal in a row), so a revoked token is one error line,
+/// not one per retry.
+pub struct DeliveryUnauthorized<'a> {
+    /// The collector's URL.
+    pub url: &'a str,
+    /// The collector's status code.
+    pub status: u16,
+    /// What the collector said.
+    pub reason: &'a str,
+    /// Seconds until the retry.
+    pub retry_in_s: u64,
+    /// Write the log line.
+    pub log: bool,
+}
+
+impl InternalEvent for DeliveryUnauthorized<'_> {
+    fn emit(self, m: &Metrics) {
+        m.shipper_failures.inc();
+        m.shipper_auth_refused.inc();
+        if self.log {
+            error!(
+                event = "delivery_unauthorized",
+                url = self.url,
+                status = self.status,
+                reason = self.reason,
+                retry_in_s = self.retry_in_s,
+                "the collector refuses this agent's token; events are kept in the spool until it is accepted"
+            );
+        }
+    }
+}
+
+/// The collector asked the shipper to wait (429 with Retry-After); nothing
+/// is dropped or acknowledged.
+pub struct DeliveryRateLimited<'a> {
+    /// The collector's URL.
+    pub url: &'a str,
+    /// Seconds until the retry (the collector's Retry-After, bounded).
+    pub retry_in_s: u64,
+}
+
+impl InternalEvent for DeliveryRateLimited<'_> {
+    fn emit(self, m: &Metrics) {
+        m.shipper_rate_limited.inc();
+        info!(event = "delivery_rate_limited", url = self.url, retry_in_s = self.retry_in_s);
+    }
+}
+
+/// The agent exchanged the fleet enrolment token for a token of its own,
+/// bound to its host (the token itself is never logged).
+pub struct HostEnrolled<'a> {
+    /// The host name it is bound to.
+    pub host: &'a str,
+    /// The token's name on the collector.
+    pub name: &'a str,
+    /// Where it is kept (mode 0600).
+    pub saved_in: &'a std::path::Path,
+}
+
+impl InternalEvent for HostEnrolled<'_> {
+    fn emit(self, _m: &Metrics) {
+        info!(event = "host_enrolled", host = self.host, name = self.name, saved_in = %self.saved_in.display());
+    }
+}
+
+/// Enrolment failed; it is retried. Logged only when `log` (the first
+/// failure of a kind in a row).
+pub struct EnrolFailed<'a> {
+    /// The collector's enrolment URL.
+    pub url: &'a str,
+    /// Why.
+    pub error: String,
+    /// Seconds until the retry.
+    pub retry_in_s: u64,
+    /// The collector refused the enrolment token (401, 403).
+    pub auth: bool,
+    /// Write the log line.
+    pub log: bool,
+}
+
+impl InternalEvent for EnrolFailed<'_> {
+    fn emit(self, m: &Metrics) {
+        m.shipper_failures.inc();
+        if self.auth {
+            m.shipper_auth_refused.inc();
+        }
+        if self.log {
+            error!(event = "enrol_failed", url = self.url, error = %self.error, retry_in_s = self.retry_in_s);
+        }
+    }
+}
+
 /// Sets up the JSON log lines on stderr (`RIGWATCH_LOG` filters, default `info`).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()

@@ -59,6 +59,10 @@ pub struct Metrics {
     pub shipper_delivered: IntCounter,
     /// rigwatch_shipper_delivery_failures_total
     pub shipper_failures: IntCounter,
+    /// rigwatch_shipper_auth_refused_total
+    pub shipper_auth_refused: IntCounter,
+    /// rigwatch_shipper_rate_limited_total
+    pub shipper_rate_limited: IntCounter,
     /// rigwatch_pass_duration_seconds
     pub pass_duration: Histogram,
     /// rigwatch_processes
@@ -167,6 +171,16 @@ impl Metrics {
             shipper_failures: reg!(
                 IntCounter::new("rigwatch_shipper_delivery_failures_total", "Failed deliveries to the collector.").unwrap()
             ),
+            shipper_auth_refused: reg!(IntCounter::new(
+                "rigwatch_shipper_auth_refused_total",
+                "Deliveries and enrolments the collector refused for the token (401, 403); the events stay in the spool."
+            )
+            .unwrap()),
+            shipper_rate_limited: reg!(IntCounter::new(
+                "rigwatch_shipper_rate_limited_total",
+                "Deliveries the collector asked to retry later (429 with Retry-After)."
+            )
+            .unwrap()),
             pass_duration: reg!(Histogram::with_opts(
                 HistogramOpts::new("rigwatch_pass_duration_seconds", "Duration of a detection pass.")
                     .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])

@@ -11,9 +11,23 @@
 //! refused is the batch kept beside the spool and counted
 //! (`rigwatch_shipper_rejected_batches_total`). Every step is bounded: at
 //! most log2(batch size) splits and [`TRIM_BYTES`]`.len()` forms per event.
+//!
+//! The collector's other refusals leave the events in the spool: a 429 is
+//! waited out for its `Retry-After` (at most [`MAX_RETRY_AFTER`]); a 401 or
+//! 403 (a revoked token, or one bound to another host) is logged once,
+//! counted every time (`rigwatch_shipper_auth_refused_total`) and retried
+//! with a back-off growing to [`MAX_AUTH_BACKOFF`].
+//!
+//! With a fleet enrolment token instead of a token (`enrol_token_file`),
+//! the shipper first exchanges it (`POST /api/v1/enrol` with the host name)
+//! for a token bound to this host, saved 0600 as [`HOST_TOKEN_FILE`] in the
+//! spool directory and reused at every start; it is never logged.
 
 use super::config::CollectorConfig;
-use super::events::{BatchRejected, ComponentError, DeliveryFailed, InternalEvent, SpoolWriteError};
+use super::events::{
+    BatchRejected, ComponentError, DeliveryFailed, DeliveryRateLimited, DeliveryUnauthorized, EnrolFailed, HostEnrolled, InternalEvent,
+    SpoolWriteError,
+};
 use super::Shared;
 use rigwatch_signatures::model::MAX_FINDING_BYTES;
 use rigwatch_signatures::report::{AgentInfo, Event, EventKind, Report, REPORT_VERSION};
@@ -116,6 +130,236 @@ impl Narrowing {
     }
 }
 
+/// Longest wait a collector's `Retry-After` may impose.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Longest back-off after the collector refused the token.
+pub const MAX_AUTH_BACKOFF: Duration = Duration::from_secs(300);
+/// The file in the spool directory that keeps the token from an enrolment.
+pub const HOST_TOKEN_FILE: &str = "collector-token";
+
+/// How long to wait after a 429: the collector's `Retry-After` in seconds,
+/// at least 1 s and at most [`MAX_RETRY_AFTER`]; `fallback` (bounded the
+/// same way) when it is missing or not a number of seconds.
+pub fn retry_after(headers: &reqwest::header::HeaderMap, fallback: Duration) -> Duration {
+    let secs = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(fallback);
+    secs.clamp(Duration::from_secs(1), MAX_RETRY_AFTER)
+}
+
+/// The token an enrolment gave this agent, as kept in [`HOST_TOKEN_FILE`].
+/// No `Debug`: the token must not reach a log line.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedToken {
+    host: String,
+    collector: String,
+    name: String,
+    token: String,
+}
+
+/// The saved token, when it was given for this host by this collector.
+fn load_saved(dir: &std::path::Path, host: &str, collector: &str) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(dir.join(HOST_TOKEN_FILE))
+        .ok()?
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .ok()?;
+    let saved: SavedToken = serde_json::from_str(&text).ok()?;
+    (saved.host == host && saved.collector == collector && !saved.token.is_empty()).then_some(saved.token)
+}
+
+/// Writes [`HOST_TOKEN_FILE`] (mode 0600, replaced atomically).
+fn save(dir: &std::path::Path, saved: &SavedToken) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let path = dir.join(HOST_TOKEN_FILE);
+    let tmp = dir.join(format!("{HOST_TOKEN_FILE}.tmp"));
+    // a fresh file, so that its mode is 0600 whatever an old one had
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = super::spool::create_private(&tmp)?;
+    f.write_all(&serde_json::to_vec(saved).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(path)
+}
+
+/// The first line of the enrolment token file (at most 4 KiB read).
+fn read_enrol_token(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(4096).read_to_string(&mut text)?;
+    let t = text.lines().next().unwrap_or("").trim().to_string();
+    if t.is_empty() {
+        return Err(std::io::Error::other("empty"));
+    }
+    Ok(t)
+}
+
+/// What one enrolment attempt gave.
+enum Enrolment {
+    /// The host's own token and its name on the collector.
+    Token { name: String, token: String },
+    /// Try again after this long; `kind` tells failures apart for logging
+    /// (one line per kind in a row); `auth`: the enrolment token was refused.
+    Wait {
+        why: String,
+        after: Duration,
+        kind: String,
+        auth: bool,
+    },
+}
+
+/// A collector's answer text, bounded and on one line.
+fn reason(text: &str) -> String {
+    let one: String = text.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).take(512).collect();
+    one
+}
+
+async fn enrol_once(http: &reqwest::Client, url: &str, file: &std::path::Path, host: &str, backoff: Duration) -> Enrolment {
+    let secret = match read_enrol_token(file) {
+        Ok(t) => t,
+        Err(e) => {
+            return Enrolment::Wait {
+                why: format!("enrolment token file {}: {e}", file.display()),
+                after: backoff,
+                kind: "file".into(),
+                auth: false,
+            }
+        }
+    };
+    let res = http
+        .post(url)
+        .bearer_auth(&secret)
+        .json(&serde_json::json!({ "host": host }))
+        .send()
+        .await;
+    let r = match res {
+        Ok(r) => r,
+        Err(e) => {
+            return Enrolment::Wait {
+                why: e.to_string(),
+                after: backoff,
+                kind: "network".into(),
+                auth: false,
+            }
+        }
+    };
+    let status = r.status().as_u16();
+    if status == 429 {
+        let after = retry_after(r.headers(), backoff);
+        return Enrolment::Wait {
+            why: "the collector asks to enrol later (429)".into(),
+            after,
+            kind: "429".into(),
+            auth: false,
+        };
+    }
+    let text = r.text().await.unwrap_or_default();
+    let said = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|j| j["error"].as_str().map(reason))
+        .unwrap_or_else(|| reason(&text));
+    match status {
+        200 | 201 => {
+            let j: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let token = j["token"].as_str().unwrap_or("").to_string();
+            let name = j["name"].as_str().map(reason).unwrap_or_default();
+            if token.is_empty() || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Enrolment::Wait {
+                    why: "the collector's enrolment answer holds no usable token".into(),
+                    after: backoff,
+                    kind: "answer".into(),
+                    auth: false,
+                };
+            }
+            Enrolment::Token { name, token }
+        }
+        409 => Enrolment::Wait {
+            why: format!("the collector will not enrol host {host:?} again (409: {said})"),
+            after: MAX_AUTH_BACKOFF,
+            kind: "409".into(),
+            auth: false,
+        },
+        401 | 403 => Enrolment::Wait {
+            why: format!("the collector refuses the enrolment token ({status}: {said})"),
+            after: backoff,
+            kind: status.to_string(),
+            auth: true,
+        },
+        _ => Enrolment::Wait {
+            why: format!("collector answered {status}: {said}"),
+            after: backoff,
+            kind: status.to_string(),
+            auth: false,
+        },
+    }
+}
+
+/// The token to ship with: `token` when set; else the one an enrolment
+/// saved for this host; else a new one from enrolment (retried until it
+/// succeeds, each kind of failure logged once in a row). `None` when
+/// neither a token nor an enrolment token file is configured.
+async fn host_token(cfg: &CollectorConfig, http: &reqwest::Client, shared: &Shared, host: &str) -> Option<String> {
+    if !cfg.token.is_empty() {
+        return Some(cfg.token.clone());
+    }
+    let file = cfg.enrol_token_file.as_ref()?;
+    let base = cfg.url.trim_end_matches('/');
+    if let Some(t) = load_saved(&cfg.spool_dir, host, base) {
+        return Some(t);
+    }
+    let url = format!("{base}/api/v1/enrol");
+    let mut backoff = Duration::from_secs(1);
+    let mut logged: Option<String> = None;
+    loop {
+        match enrol_once(http, &url, file, host, backoff).await {
+            Enrolment::Token { name, token } => {
+                let saved = SavedToken {
+                    host: host.to_string(),
+                    collector: base.to_string(),
+                    name,
+                    token,
+                };
+                match save(&cfg.spool_dir, &saved) {
+                    Ok(path) => HostEnrolled {
+                        host,
+                        name: &saved.name,
+                        saved_in: &path,
+                    }
+                    .emit(&shared.metrics),
+                    Err(e) => SpoolWriteError(format!(
+                        "enrolled as {:?} but cannot save its token in {}: {e}; it is used until the agent stops",
+                        saved.name,
+                        cfg.spool_dir.display()
+                    ))
+                    .emit(&shared.metrics),
+                }
+                return Some(saved.token);
+            }
+            Enrolment::Wait { why, after, kind, auth } => {
+                EnrolFailed {
+                    url: &url,
+                    error: why,
+                    retry_in_s: after.as_secs(),
+                    auth,
+                    log: logged.as_deref() != Some(kind.as_str()),
+                }
+                .emit(&shared.metrics);
+                logged = Some(kind);
+                tokio::time::sleep(after).await;
+                backoff = (backoff * 2).min(MAX_AUTH_BACKOFF);
+            }
+        }
+    }
+}
+
 /// Runs forever.
 pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
     let http = match client(&cfg) {
@@ -131,7 +375,17 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
     };
     let url = format!("{}/api/v1/reports", cfg.url.trim_end_matches('/'));
     let spool = shared.spool.as_ref().expect("the shipper runs only with a spool");
+    let Some(token) = host_token(&cfg, &http, &shared, &host).await else {
+        ComponentError {
+            component: "shipper",
+            error: "no collector token: set collector.token or collector.enrol_token_file".into(),
+        }
+        .emit(&shared.metrics);
+        return;
+    };
     let mut backoff = Duration::from_secs(1);
+    let mut auth_backoff = Duration::from_secs(5);
+    let mut auth_refused = false;
     let batch_size = cfg.batch_size.max(1);
     let mut narrow = Narrowing::default();
     loop {
@@ -169,9 +423,11 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
             events: batch.into_iter().map(|(_, e)| trimmed(e, level)).collect(),
         };
         let n = report.events.len() as u64;
-        let res = http.post(&url).bearer_auth(&cfg.token).json(&report).send().await;
+        let res = http.post(&url).bearer_auth(&token).json(&report).send().await;
         match res {
             Ok(r) if r.status().is_success() => {
+                auth_refused = false;
+                auth_backoff = Duration::from_secs(5);
                 let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = s.ack(last) {
                     SpoolWriteError(e.to_string()).emit(&shared.metrics);
@@ -180,6 +436,34 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
                 shared.metrics.shipper_queue.set(s.queued() as i64);
                 shared.metrics.spool_bytes.set(s.bytes() as i64);
                 backoff = Duration::from_secs(1);
+            }
+            // rate limited: wait as told, then send the same batch again
+            Ok(r) if r.status().as_u16() == 429 => {
+                let wait = retry_after(r.headers(), backoff);
+                DeliveryRateLimited {
+                    url: &url,
+                    retry_in_s: wait.as_secs(),
+                }
+                .emit(&shared.metrics);
+                tokio::time::sleep(wait).await;
+            }
+            // the token is revoked or speaks for another host: keep every
+            // event, say so once, try again now and then (an operator may
+            // re-issue the token server-side)
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                let status = r.status().as_u16();
+                let why = reason(&r.text().await.unwrap_or_default());
+                DeliveryUnauthorized {
+                    url: &url,
+                    status,
+                    reason: &why,
+                    retry_in_s: auth_backoff.as_secs(),
+                    log: !auth_refused,
+                }
+                .emit(&shared.metrics);
+                auth_refused = true;
+                tokio::time::sleep(auth_backoff).await;
+                auth_backoff = (auth_backoff * 2).min(MAX_AUTH_BACKOFF);
             }
             // too large or malformed for the collector: narrower batches over
             // this range, then smaller forms of the event it chokes on
@@ -237,6 +521,63 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_within_bounds() {
+        let h = |v: &str| {
+            let mut m = reqwest::header::HeaderMap::new();
+            m.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            m
+        };
+        let fb = Duration::from_secs(4);
+        assert_eq!(retry_after(&h("7"), fb), Duration::from_secs(7));
+        assert_eq!(retry_after(&h(" 2 "), fb), Duration::from_secs(2));
+        assert_eq!(retry_after(&h("0"), fb), Duration::from_secs(1), "never a tight loop");
+        assert_eq!(retry_after(&h("86400"), fb), MAX_RETRY_AFTER, "bounded");
+        assert_eq!(retry_after(&h("18446744073709551615"), fb), MAX_RETRY_AFTER);
+        assert_eq!(retry_after(&h("Wed, 21 Oct 2015 07:28:00 GMT"), fb), fb);
+        assert_eq!(retry_after(&h("-3"), fb), fb);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), fb), fb);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), Duration::ZERO), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_enrolled_token_is_saved_private_and_only_for_its_host() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(load_saved(d, "h1", "https://c").is_none());
+        // an old file with loose permissions is replaced, not reused
+        std::fs::write(d.join(HOST_TOKEN_FILE), "junk").unwrap();
+        std::fs::set_permissions(d.join(HOST_TOKEN_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_saved(d, "h1", "https://c").is_none(), "junk is not a token");
+        let saved = SavedToken {
+            host: "h1".into(),
+            collector: "https://c".into(),
+            name: "k8s/h1".into(),
+            token: "rwc_secret".into(),
+        };
+        let p = save(d, &saved).unwrap();
+        assert_eq!(p, d.join(HOST_TOKEN_FILE));
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!d.join(format!("{HOST_TOKEN_FILE}.tmp")).exists());
+        assert_eq!(load_saved(d, "h1", "https://c").as_deref(), Some("rwc_secret"));
+        assert!(load_saved(d, "h2", "https://c").is_none(), "another host name enrols anew");
+        assert!(load_saved(d, "h1", "https://other").is_none(), "another collector too");
+    }
+
+    #[test]
+    fn the_enrolment_token_file_is_read_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        std::fs::write(&p, "  rwc_abc  \nsecond line\n").unwrap();
+        assert_eq!(read_enrol_token(&p).unwrap(), "rwc_abc");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_enrol_token(&p).is_err());
+        std::fs::write(&p, "x".repeat(100_000)).unwrap();
+        assert_eq!(read_enrol_token(&p).unwrap().len(), 4096);
+        assert!(read_enrol_token(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn refusals_split_down_to_one_then_trim_then_give_up() {
