@@ -235,7 +235,11 @@ async fn post_enrol(State(app): State<Arc<App>>, request: Request) -> Response {
         }
     };
     use crate::store::EnrolOutcome;
-    match app.store.enrol(&enrol_name, &host, app.settings.max_hosts_per_enrolment_token).await {
+    match app
+        .store
+        .enrol(&enrol_name, &host, app.settings.max_hosts_per_enrolment_token)
+        .await
+    {
         Ok(EnrolOutcome::Enrolled { name, secret, replaced }) => {
             if replaced.is_empty() {
                 count("enrolled");

@@ -14,7 +14,6 @@ use rigwatch_e2e::{collector_token, free_port, http_get, serve_collector, wait_f
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 fn bin(name: &str, package: &str) -> PathBuf {
     rigwatch_e2e::workspace_bin(package, name, env!("CARGO_BIN_EXE_minersim"))
@@ -36,7 +35,11 @@ fn token(collector: &Path, data: &Path, args: &[&str]) -> String {
         .arg(data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "token create {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "token create {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string()
 }
 
@@ -97,7 +100,11 @@ fn scrape(port: u16) -> String {
 fn hosts(cport: u16, analyst: &str) -> Vec<Value> {
     let (code, body) = http_get(cport, "/api/v1/hosts", Some(analyst));
     assert_eq!(code, 200, "{body}");
-    serde_json::from_str::<Value>(&body).unwrap().as_array().cloned().unwrap_or_default()
+    serde_json::from_str::<Value>(&body)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn reports_of(cport: u16, analyst: &str, host: &str) -> u64 {
@@ -126,7 +133,10 @@ fn two_agents_enrol_with_one_fleet_token() {
     let cfg2 = agent_config(
         d,
         "node-2",
-        &format!("url = \"{url}\"\nheartbeat_seconds = 1\nenrol_token_file = \"{}\"", secret.display()),
+        &format!(
+            "url = \"{url}\"\nheartbeat_seconds = 1\nenrol_token_file = \"{}\"",
+            secret.display()
+        ),
     );
     let (spool1, spool2) = (d.join("spool-1"), d.join("spool-2"));
     let a1 = agent(d, "node-1", &cfg1, &spool1, &["--enrol-token-file", secret.to_str().unwrap()]);
@@ -143,7 +153,10 @@ fn two_agents_enrol_with_one_fleet_token() {
         .unwrap();
     let list = String::from_utf8_lossy(&list.stdout).to_string();
     for (name, host) in [("k8s/node-1", "node-1"), ("k8s/node-2", "node-2")] {
-        let line = list.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in\n{list}"));
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in\n{list}"));
         assert!(line.contains(" agent ") && line.contains(host) && line.contains("valid"), "{line}");
     }
     assert!(list.lines().any(|l| l.starts_with("k8s ") && l.contains(" enrol ")), "{list}");
@@ -176,12 +189,22 @@ fn two_agents_enrol_with_one_fleet_token() {
     assert!(!log.contains("host_enrolled"), "{log}");
 
     // Someone else with the fleet secret claims node-1's name: refused, once.
-    let thief = agent(d, "node-1", &cfg1, &d.join("spool-thief"), &["--enrol-token-file", secret.to_str().unwrap()]);
+    let thief = agent(
+        d,
+        "node-1",
+        &cfg1,
+        &d.join("spool-thief"),
+        &["--enrol-token-file", secret.to_str().unwrap()],
+    );
     let m = wait_for(20, "the collector refuses the second node-1", || {
         let m = http_get(cport, "/metrics", None).1;
         (metric(&m, "rigwatch_collector_enrolments_total{outcome=\"conflict\"}") == Some(1.0)).then_some(m)
     });
-    assert_eq!(metric(&m, "rigwatch_collector_enrolments_total{outcome=\"enrolled\"}"), Some(2.0), "{m}");
+    assert_eq!(
+        metric(&m, "rigwatch_collector_enrolments_total{outcome=\"enrolled\"}"),
+        Some(2.0),
+        "{m}"
+    );
     let log = wait_for(10, "the thief logs its refusal", || {
         let log = std::fs::read_to_string(&thief.log).unwrap();
         log.contains("enrol_failed").then_some(log)
@@ -221,7 +244,9 @@ fn refused_and_rate_limited_deliveries_lose_no_event() {
             .spawn()
             .unwrap(),
     );
-    wait_for(20, "collector /healthz", || (http_get(cport, "/healthz", None).0 == 200).then_some(()));
+    wait_for(20, "collector /healthz", || {
+        (http_get(cport, "/healthz", None).0 == 200).then_some(())
+    });
     let url = format!("http://127.0.0.1:{cport}");
     let cfg = agent_config(d, "rl", &format!("url = \"{url}\"\nheartbeat_seconds = 1\nbatch_size = 1"));
     let spool = d.join("spool");
@@ -261,8 +286,14 @@ fn refused_and_rate_limited_deliveries_lose_no_event() {
     let delivered = metric(&m, "rigwatch_shipper_delivered_events_total").unwrap();
     assert_eq!(metric(&m, "rigwatch_spool_dropped_events_total"), Some(0.0), "{m}");
     assert_eq!(metric(&m, "rigwatch_shipper_rejected_batches_total"), Some(0.0), "{m}");
-    assert!(metric(&c, "rigwatch_collector_reports_total{outcome=\"rejected_rate\"}").unwrap_or(0.0) >= 2.0, "{c}");
-    assert!(metric(&c, "rigwatch_collector_reports_total{outcome=\"rejected_host\"}").unwrap_or(0.0) >= 2.0, "{c}");
+    assert!(
+        metric(&c, "rigwatch_collector_reports_total{outcome=\"rejected_rate\"}").unwrap_or(0.0) >= 2.0,
+        "{c}"
+    );
+    assert!(
+        metric(&c, "rigwatch_collector_reports_total{outcome=\"rejected_host\"}").unwrap_or(0.0) >= 2.0,
+        "{c}"
+    );
     // every event the agent ever spooled is stored once: the 403 phase's
     // and the backlog's, nothing twice, nothing left behind
     let stored = metric(&c, "rigwatch_collector_events_stored_total").unwrap();

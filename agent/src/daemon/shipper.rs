@@ -218,7 +218,12 @@ enum Enrolment {
 
 /// A collector's answer text, bounded and on one line.
 fn reason(text: &str) -> String {
-    let one: String = text.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).take(512).collect();
+    let one: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect();
     one
 }
 
@@ -538,7 +543,10 @@ mod tests {
         assert_eq!(retry_after(&h("Wed, 21 Oct 2015 07:28:00 GMT"), fb), fb);
         assert_eq!(retry_after(&h("-3"), fb), fb);
         assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), fb), fb);
-        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            retry_after(&reqwest::header::HeaderMap::new(), Duration::ZERO),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -988,12 +988,19 @@ pub async fn an_enrolment_token_exchanges_itself_for_host_tokens(store: Store, d
     // The enrolment token gets a token bound to the host it names.
     let (s, j) = enrol(&c, Some(&fleet), &host_body("node-1")).await;
     assert_eq!(s, 201, "{j}");
-    assert_eq!((j["name"].as_str(), j["host"].as_str()), (Some("k8s/node-1"), Some("node-1")), "{j}");
+    assert_eq!(
+        (j["name"].as_str(), j["host"].as_str()),
+        (Some("k8s/node-1"), Some("node-1")),
+        "{j}"
+    );
     let t1 = j["token"].as_str().unwrap().to_string();
     assert!(t1.starts_with("rwc_") && t1.len() == 68 && t1 != fleet, "{t1}");
     let listed = store.token_list().await.unwrap();
     let row = listed.iter().find(|t| t.name == "k8s/node-1").unwrap();
-    assert_eq!((row.role, row.host.as_str(), row.enrolled_by.as_str()), (Role::Agent, "node-1", "k8s"));
+    assert_eq!(
+        (row.role, row.host.as_str(), row.enrolled_by.as_str()),
+        (Role::Agent, "node-1", "k8s")
+    );
     assert!(row.bound_at > 0);
     let (s, j) = c.post_raw(Some(&t1), open_on("node-1")).await;
     assert_eq!(s, 200, "{j}");
@@ -1006,7 +1013,12 @@ pub async fn an_enrolment_token_exchanges_itself_for_host_tokens(store: Store, d
     assert_eq!(s, 403, "{j}");
     assert!(j["error"].as_str().unwrap().contains("enrol"), "{j}");
     assert!(store.finding("node-9", "f-node-9").await.unwrap().is_none());
-    for path in ["/api/v1/findings", "/api/v1/hosts", "/api/v1/campaigns", "/api/v1/findings/node-1/f-node-1"] {
+    for path in [
+        "/api/v1/findings",
+        "/api/v1/hosts",
+        "/api/v1/campaigns",
+        "/api/v1/findings/node-1/f-node-1",
+    ] {
         let r = c.client.get(format!("{}{path}", c.url)).bearer_auth(&fleet).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 403, "{path}");
     }
@@ -1043,7 +1055,11 @@ pub async fn an_enrolment_token_exchanges_itself_for_host_tokens(store: Store, d
     assert_eq!(j["replaced"], serde_json::json!(["k8s/node-1"]));
     let t1b = j["token"].as_str().unwrap().to_string();
     let bump = report("node-1", "agent-node-1", vec![heartbeat("agent-node-1", 3, 1000)]);
-    assert_eq!(c.post_raw(Some(&t1), serde_json::to_vec(&bump).unwrap()).await.0, 401, "the old token is revoked");
+    assert_eq!(
+        c.post_raw(Some(&t1), serde_json::to_vec(&bump).unwrap()).await.0,
+        401,
+        "the old token is revoked"
+    );
     assert_eq!(c.post_raw(Some(&t1b), serde_json::to_vec(&bump).unwrap()).await.0, 200);
     // and again: the same name is rotated.
     let (s, j) = enrol(&c, Some(&rebuild), &host_body("node-1")).await;
