@@ -674,8 +674,9 @@ impl Finding {
 
     /// Cuts the finding down to at most `max_bytes` of JSON, and says so in
     /// its evidence: long strings in the process and the evidence are
-    /// shortened and long lists cut (in rounds, each tighter), then the
-    /// weakest evidence items are dropped, and one `trimmed` evidence item
+    /// shortened and long lists cut (in rounds, each tighter, down to 64
+    /// bytes and 4 items), then the weakest evidence items are dropped, then
+    /// what is left is cut to 32 bytes and 1 item; one `trimmed` evidence item
     /// (weight info) tells what was cut and how large the finding was. The
     /// id, host, severity and subject are never touched, nor the strongest
     /// evidence item's presence, so the smallest form can exceed a tiny cap.
@@ -713,25 +714,33 @@ impl Finding {
         }
         let (original_bytes, mut dropped, mut cut) = before;
         let budget = max_bytes.saturating_sub(TRIM_NOTE_BYTES);
-        for (max_str, max_list) in [(4096, 64), (1024, 16), (256, 8), (64, 4), (32, 1)] {
+        let shrink_all = |v: &mut serde_json::Value, max_str: usize, max_list: usize| {
+            let mut n = 0;
+            for key in ["process", "evidence", "gpu", "flow"] {
+                if let Some(x) = v.get_mut(key) {
+                    // the evidence list itself is cut below, weakest first
+                    n += shrink(x, max_str, max_list, key == "evidence");
+                }
+            }
+            n
+        };
+        // strings and lists first, while a pool URL or a path still reads whole
+        for (max_str, max_list) in [(4096, 64), (1024, 16), (256, 8), (64, 4)] {
             if len(&v) <= budget {
                 break;
             }
-            for key in ["process", "evidence", "gpu", "flow"] {
-                if let Some(x) = v.get_mut(key) {
-                    // the evidence array itself is cut below, weakest first
-                    let top = key == "evidence";
-                    cut += shrink(x, max_str, max_list, top);
-                }
+            cut += shrink_all(&mut v, max_str, max_list);
+        }
+        // then the weakest evidence (evidence is sorted strongest first)
+        while len(&v) > budget && v["evidence"].as_array().is_some_and(|a| a.len() > 1) {
+            if let Some(serde_json::Value::Array(ev)) = v.get_mut("evidence") {
+                ev.pop();
+                dropped += 1;
             }
         }
-        if let Some(serde_json::Value::Array(_)) = v.get("evidence") {
-            while len(&v) > budget && v["evidence"].as_array().is_some_and(|a| a.len() > 1) {
-                if let Some(serde_json::Value::Array(ev)) = v.get_mut("evidence") {
-                    ev.pop();
-                    dropped += 1;
-                }
-            }
+        // last, what is left cut to the bone
+        if len(&v) > budget {
+            cut += shrink_all(&mut v, 32, 1);
         }
         let Ok(mut f) = serde_json::from_value::<Finding>(v) else {
             return false;
