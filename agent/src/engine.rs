@@ -407,12 +407,8 @@ mod tests {
         (Box::new(s), sleep_ms, passes)
     }
 
-    fn observed(out: &PassOutput, sensor: &str) -> bool {
-        out.findings.iter().any(|f| format!("{f:?}").contains(&format!("/{sensor}/")))
-    }
-
-    #[test]
-    fn a_sensor_over_its_budget_is_skipped_until_it_returns() {
+    /// An engine over these sensors with a 300 ms budget.
+    fn engine_300ms(sensors: Vec<Box<dyn Sensor>>) -> Engine {
         let sig = Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
         let cfg = EngineConfig {
             proc_root: "/proc".into(),
@@ -421,9 +417,18 @@ mod tests {
             sensors: SensorOptions::default(),
             sensor_budget: Duration::from_millis(300),
         };
+        Engine::with_sensors(sig, "test", &cfg, sensors)
+    }
+
+    fn observed(out: &PassOutput, sensor: &str) -> bool {
+        out.findings.iter().any(|f| format!("{f:?}").contains(&format!("/{sensor}/")))
+    }
+
+    #[test]
+    fn a_sensor_over_its_budget_is_skipped_until_it_returns() {
         let (stuck, stuck_ms, stuck_passes) = slow("stuck", 3000);
         let (fine, _, fine_passes) = slow("fine", 0);
-        let mut e = Engine::with_sensors(sig, "test", &cfg, vec![stuck, fine]);
+        let mut e = engine_300ms(vec![stuck, fine]);
         let report = |out: &PassOutput, name: &str| out.reports.iter().find(|r| r.name == name).unwrap().clone();
 
         let t = Instant::now();
@@ -467,16 +472,8 @@ mod tests {
 
     #[test]
     fn a_stalled_sensor_keeps_its_last_findings() {
-        let sig = Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
-        let cfg = EngineConfig {
-            proc_root: "/proc".into(),
-            cpu_window: Duration::ZERO,
-            detector: DetectorConfig::default(),
-            sensors: SensorOptions::default(),
-            sensor_budget: Duration::from_millis(300),
-        };
         let (flaky, flaky_ms, _) = slow("flaky", 0);
-        let mut e = Engine::with_sensors(sig, "test", &cfg, vec![flaky]);
+        let mut e = engine_300ms(vec![flaky]);
         let out = e.pass(Pass::Full, 0).unwrap();
         assert!(out.findings.iter().any(|f| format!("{f:?}").contains("/flaky/0")));
         // the miner stalls it (a FUSE mount, a FIFO): its finding must not look resolved

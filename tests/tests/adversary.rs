@@ -25,12 +25,18 @@ fn as_nobody(dir: &std::path::Path, script: &str, exe: &str) -> rigwatch_e2e::Ki
         .stdout(Stdio::piped())
         .spawn()
         .expect("setpriv");
+    let (c, line) = first_line(child);
+    assert!(line.starts_with("ready"), "busysim as nobody: {line:?}");
+    c
+}
+
+/// Waits for the first line `child` prints; it is killed when dropped.
+fn first_line(child: std::process::Child) -> (rigwatch_e2e::KillOnDrop, String) {
     let mut c = rigwatch_e2e::KillOnDrop(child);
     let mut line = String::new();
     use std::io::BufRead;
     std::io::BufReader::new(c.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.starts_with("ready"), "busysim as nobody: {line:?}");
-    c
+    (c, line)
 }
 
 fn attack_dir(tmp: &std::path::Path, name: &str) -> PathBuf {
@@ -104,11 +110,7 @@ fn fakepool_as_nobody(dir: &std::path::Path, args: &[&str]) -> (rigwatch_e2e::Ki
         .stdout(Stdio::piped())
         .spawn()
         .expect("setpriv");
-    let mut c = rigwatch_e2e::KillOnDrop(child);
-    let mut line = String::new();
-    use std::io::BufRead;
-    std::io::BufReader::new(c.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (c, line)
+    first_line(child)
 }
 
 /// A root-owned listener on `addr` that accepts and holds every connection
