@@ -449,7 +449,7 @@ pub fn process_info(p: &Proc) -> ProcessInfo {
         start_time: p.key.start_time,
         comm: p.comm.clone(),
         exe: f.exe.clone().unwrap_or_default(),
-        cmdline: p.cmdline(),
+        cmdline: rigwatch_signatures::redact::redact_cmdline(&p.cmdline()),
         user: f.user.clone(),
         uid: f.uid,
         cwd: f.cwd.clone().unwrap_or_default(),

@@ -253,7 +253,7 @@ impl Signatures {
                 out.push(self.ev(
                     *i,
                     EvidenceKind::CommandLine {
-                        matched: clip(&matched),
+                        matched: clip(&crate::redact::redact_cmdline(&matched)),
                         base64,
                         pool_url,
                     },

@@ -14,6 +14,7 @@
 use super::{Observation, Sensor, SensorError, Snapshot};
 use crate::host::process::ProcStatic;
 use crate::sensors::{Proc, ProcKey};
+use rigwatch_signatures::redact::redact_url;
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -205,22 +206,6 @@ pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Vec<Evidence
         ),
     );
     out
-}
-
-/// A pool URL without what may be a secret: the userinfo (`user:password@`),
-/// the query and the fragment. `stratum+tcp://u:p@pool:3333/x?key=1` becomes
-/// `stratum+tcp://pool:3333/x`; `u:p@pool:3333` becomes `pool:3333`.
-pub fn redact_url(s: &str) -> String {
-    let s = s.trim();
-    let (scheme, rest) = match s.find("://") {
-        Some(i) => s.split_at(i + 3),
-        None => ("", s),
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let path = tail.split(['?', '#']).next().unwrap_or("");
-    format!("{scheme}{host}{path}")
 }
 
 /// The host of a pool URL or host:port.
