@@ -296,6 +296,9 @@ fn load_signatures(s: &SigDirs) -> anyhow::Result<(Arc<Signatures>, Vec<String>)
     Ok((Arc::new(loaded.signatures), warnings))
 }
 
+/// The least time one sensor's part of a `scan` pass may take, seconds.
+const SCAN_SENSOR_BUDGET_SECONDS: f64 = 60.0;
+
 fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.window >= 0.0 && a.window <= 3600.0, "--window must be between 0 and 3600 seconds");
     let (sig, sig_warnings) = load_signatures(&a.sig)?;
@@ -316,6 +319,10 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     cfg.sensors.capture = !a.no_capture;
     cfg.sensors.sockets = !a.no_sockets;
     cfg.sensors.gpu = !a.no_gpu;
+    // ... so a sensor that is slow but working (hashing every executable in
+    // a debug build on a busy host) gets a budget in step with that; a
+    // blocked one still stops holding the scan after it
+    cfg.sensors.budget_seconds = cfg.sensors.budget_seconds.max(SCAN_SENSOR_BUDGET_SECONDS);
     let opts = cfg.engine(false);
     let tty = std::io::stderr().is_terminal();
     let progress = |m: &str| {

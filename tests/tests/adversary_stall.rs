@@ -259,11 +259,11 @@ fn a_sensor_blocked_in_the_kernel_is_skipped_over_its_budget_and_the_agent_keeps
     };
     // nothing in this test touches the mount from here on but the agent
 
-    // the scan finishes (its default budget is 10 s a sensor) and says why persistence is missing
+    // the scan finishes (its budget is 60 s a sensor) and says why persistence is missing
     let v = scan(tmp.path(), Duration::from_secs(120));
     let warnings = v["warnings"].to_string();
     assert!(
-        warnings.contains("persistence: over its time budget of 10 s; skipped until it finishes"),
+        warnings.contains("persistence: over its time budget of 60 s; skipped until it finishes"),
         "{warnings}"
     );
     assert!(v["findings"].is_array());
