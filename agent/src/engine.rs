@@ -409,13 +409,18 @@ mod tests {
 
     /// An engine over these sensors with a 300 ms budget.
     fn engine_300ms(sensors: Vec<Box<dyn Sensor>>) -> Engine {
+        test_engine(sensors, Duration::from_millis(300))
+    }
+
+    /// An engine over these sensors with `budget`, no rules but the built-in ones.
+    fn test_engine(sensors: Vec<Box<dyn Sensor>>, budget: Duration) -> Engine {
         let sig = Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
         let cfg = EngineConfig {
             proc_root: "/proc".into(),
             cpu_window: Duration::ZERO,
             detector: DetectorConfig::default(),
             sensors: SensorOptions::default(),
-            sensor_budget: Duration::from_millis(300),
+            sensor_budget: budget,
         };
         Engine::with_sensors(sig, "test", &cfg, sensors)
     }
@@ -506,15 +511,8 @@ mod tests {
             }
         }
         let sig = Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
-        let cfg = EngineConfig {
-            proc_root: "/proc".into(),
-            cpu_window: Duration::ZERO,
-            detector: DetectorConfig::default(),
-            sensors: SensorOptions::default(),
-            sensor_budget: DEFAULT_SENSOR_BUDGET,
-        };
         let reloads = Arc::new(AtomicU32::new(0));
-        let mut e = Engine::with_sensors(sig.clone(), "test", &cfg, vec![Box::new(Wants(reloads.clone()))]);
+        let mut e = test_engine(vec![Box::new(Wants(reloads.clone()))], DEFAULT_SENSOR_BUDGET);
         assert!(e.wants_pass());
         e.set_signatures(sig);
         let out = e.pass(Pass::Full, 0).unwrap();
