@@ -141,7 +141,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     host TEXT NOT NULL DEFAULT '',
     bound_at BIGINT NOT NULL DEFAULT 0,
     allow_reenrol BIGINT NOT NULL DEFAULT 0,
-    enrolled_by TEXT NOT NULL DEFAULT ''
+    enrolled_by TEXT NOT NULL DEFAULT '',
+    prev_hash TEXT NOT NULL DEFAULT '',
+    prev_until BIGINT NOT NULL DEFAULT 0,
+    rotated_at BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     agent_id TEXT NOT NULL,
@@ -176,6 +179,8 @@ CREATE TABLE IF NOT EXISTS findings (
     first_seen BIGINT NOT NULL,
     last_seen BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
+    agent_key TEXT NOT NULL DEFAULT '',
+    agent_seq BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (host, id)
 );
 CREATE INDEX IF NOT EXISTS findings_state ON findings (state);
@@ -206,6 +211,11 @@ pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tokens", "bound_at", "BIGINT NOT NULL DEFAULT 0"),
     ("tokens", "allow_reenrol", "BIGINT NOT NULL DEFAULT 0"),
     ("tokens", "enrolled_by", "TEXT NOT NULL DEFAULT ''"),
+    ("tokens", "prev_hash", "TEXT NOT NULL DEFAULT ''"),
+    ("tokens", "prev_until", "BIGINT NOT NULL DEFAULT 0"),
+    ("tokens", "rotated_at", "BIGINT NOT NULL DEFAULT 0"),
+    ("findings", "agent_key", "TEXT NOT NULL DEFAULT ''"),
+    ("findings", "agent_seq", "BIGINT NOT NULL DEFAULT 0"),
 ];
 
 /// A job's type-erased result.

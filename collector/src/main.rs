@@ -104,6 +104,19 @@ enum TokenCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Rotate a token without downtime: print a new secret for the same
+    /// name, role and host; the old secret keeps working for --grace, time
+    /// to put the new one in the agent's config (or the analyst's hands).
+    /// Rotating again ends the previous grace. Revoke to stop both at once.
+    Rotate {
+        /// The token's name.
+        name: String,
+        /// How long the old secret stays valid, in seconds (0: not at all).
+        #[arg(long, default_value_t = 86_400)]
+        grace: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Revoke a token by name.
     Revoke {
         /// The token's name.
@@ -228,7 +241,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let store = open(&s)?;
                 println!("{:<32} {:<8} {:<22} {:<32} STATUS", "NAME", "ROLE", "CREATED", "HOST");
                 for t in store.token_list().await? {
-                    let status = if t.revoked_at == 0 {
+                    let now = rigwatch_collector::store::now();
+                    let status = if t.revoked_at == 0 && t.previous_valid_until > now {
+                        format!(
+                            "valid (rotated; old secret until {})",
+                            rigwatch_collector::format::rfc3339(t.previous_valid_until)
+                        )
+                    } else if t.revoked_at == 0 {
                         "valid".to_string()
                     } else {
                         format!("revoked {}", rigwatch_collector::format::rfc3339(t.revoked_at))
@@ -247,6 +266,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rigwatch_collector::format::rfc3339(t.created_at)
                     );
                 }
+                Ok(())
+            }
+            TokenCmd::Rotate { name, grace, common } => {
+                let s = settings(&common, FileConfig::default())?;
+                let store = open(&s)?;
+                let Some(secret) = store.token_rotate(&name, grace).await? else {
+                    anyhow::bail!("no valid token named {name:?}")
+                };
+                let old = if grace == 0 {
+                    "the old secret no longer works".to_string()
+                } else {
+                    format!(
+                        "the old secret works until {}",
+                        rigwatch_collector::format::rfc3339(rigwatch_collector::store::now().saturating_add(grace))
+                    )
+                };
+                println!(
+                    "rotated token {name:?} in {}; {old}; the new one is shown only once:",
+                    redact(&s.database)
+                );
+                println!("{secret}");
                 Ok(())
             }
             TokenCmd::Revoke { name, common } => {

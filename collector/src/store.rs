@@ -71,6 +71,10 @@ pub struct TokenInfo {
     pub allow_reenrol: bool,
     /// The enrolment token that made this agent token; empty otherwise.
     pub enrolled_by: String,
+    /// Unix seconds of its last rotation; 0 if never rotated.
+    pub rotated_at: u64,
+    /// Unix seconds until which the secret before that rotation still works.
+    pub previous_valid_until: u64,
 }
 
 /// What `POST /api/v1/enrol` did.
@@ -458,7 +462,8 @@ impl Store {
     pub async fn token_list(&self) -> Result<Vec<TokenInfo>, DbError> {
         self.run(false, |c| {
             Ok(c.query(
-                "SELECT name, role, created_at, revoked_at, host, bound_at, allow_reenrol, enrolled_by FROM tokens ORDER BY name",
+                "SELECT name, role, created_at, revoked_at, host, bound_at, allow_reenrol, enrolled_by, rotated_at, prev_until \
+                 FROM tokens ORDER BY name",
                 &[],
             )?
             .iter()
@@ -471,6 +476,8 @@ impl Store {
                 bound_at: r[5].int() as u64,
                 allow_reenrol: r[6].int() != 0,
                 enrolled_by: r[7].text(),
+                rotated_at: r[8].int() as u64,
+                previous_valid_until: r[9].int() as u64,
             })
             .collect())
         })
@@ -489,6 +496,28 @@ impl Store {
         .await
     }
 
+    /// Rotates a token without downtime: a new secret for the same name,
+    /// role and host binding, while the old secret keeps working for
+    /// `grace` seconds (time to roll the new one out to its agent or
+    /// analyst); after that, or at once with a grace of 0, only the new
+    /// one is valid. Rotating again ends the previous grace. `None` when no
+    /// valid token has that name. Enrolment tokens rotate the same way.
+    pub async fn token_rotate(&self, name: &str, grace: u64) -> Result<Option<String>, DbError> {
+        let secret = new_secret()?;
+        let (name, hash, at) = (name.to_string(), token_hash(&secret), now().max(1));
+        let until = at.saturating_add(grace).min(i64::MAX as u64);
+        let done = self
+            .run(true, move |c| {
+                Ok(c.exec(
+                    "UPDATE tokens SET prev_hash = hash, prev_until = $3, hash = $2, rotated_at = $4 \
+                     WHERE name = $1 AND revoked_at = 0",
+                    &[name.as_str().into(), hash.as_str().into(), until.into(), at.into()],
+                )? == 1)
+            })
+            .await?;
+        Ok(done.then_some(secret))
+    }
+
     /// The valid token with this secret: its name and role.
     pub async fn token_lookup(&self, secret: &str) -> Result<Option<(String, Role)>, DbError> {
         self.token_by_hash(&token_hash(secret)).await
@@ -497,10 +526,12 @@ impl Store {
     /// The valid token with this [`token_hash`]: its name and role.
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<(String, Role)>, DbError> {
         let hash = hash.to_string();
+        let at = now();
         self.run(false, move |c| {
+            // The current secret, or the one before a rotation during its grace.
             let rows = c.query(
-                "SELECT name, role FROM tokens WHERE hash = $1 AND revoked_at = 0",
-                &[hash.as_str().into()],
+                "SELECT name, role FROM tokens WHERE revoked_at = 0 AND (hash = $1 OR (prev_hash = $1 AND prev_until > $2))",
+                &[hash.as_str().into(), at.into()],
             )?;
             Ok(rows.first().map(|r| (r[0].text(), Role::parse(&r[1].text()))))
         })
@@ -858,7 +889,7 @@ fn insert_token(c: &mut dyn Conn, t: &TokenRow, at: u64) -> Result<(), DbError> 
         Some(_) => {
             c.exec(
                 "UPDATE tokens SET role = $2, hash = $3, created_at = $4, revoked_at = 0, host = $5, bound_at = $6, \
-                 allow_reenrol = $7, enrolled_by = $8 WHERE name = $1",
+                 allow_reenrol = $7, enrolled_by = $8, prev_hash = '', prev_until = 0, rotated_at = 0 WHERE name = $1",
                 &params,
             )?;
             Ok(())
@@ -972,6 +1003,7 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
         }
         out.new_events += 1;
         let seq = format!("{}:{}", r.agent.agent_id, ev.event_id);
+        let order = Order::of(&r.agent.agent_id, &ev.event_id, at);
         match &ev.kind {
             EventKind::FindingOpened { finding } | EventKind::FindingUpdated { finding } => {
                 let exists = !c
@@ -999,26 +1031,31 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
                     }
                     unresolved = Some(n + 1);
                 }
-                if apply_finding(c, host, finding, at, ceiling, received, &seq)? {
+                if apply_finding(c, host, finding, &order, ceiling, received, &seq)? {
                     out.findings_changed = true;
                 }
             }
             EventKind::FindingResolved { finding_id, reason } => {
                 let p: [Value; 2] = [host.into(), finding_id.as_str().into()];
-                let cur = c.query("SELECT state, updated_at FROM findings WHERE host = $1 AND id = $2", &p)?;
+                let cur = c.query(
+                    "SELECT state, updated_at, agent_key, agent_seq FROM findings WHERE host = $1 AND id = $2",
+                    &p,
+                )?;
                 let Some(cur) = cur.first() else { continue };
-                if cur[1].int() > Value::from(at).int() {
+                if order.is_before(&cur[2].text(), cur[3].int(), cur[1].int()) {
                     continue; // a late, stale event: the finding has moved on
                 }
                 c.exec(
-                    "UPDATE findings SET state = 'resolved', state_reason = $3, state_changed_at = $4, updated_at = $5 \
-                     WHERE host = $1 AND id = $2",
+                    "UPDATE findings SET state = 'resolved', state_reason = $3, state_changed_at = $4, updated_at = $5, \
+                     agent_key = $6, agent_seq = $7 WHERE host = $1 AND id = $2",
                     &[
                         host.into(),
                         finding_id.as_str().into(),
                         reason.as_str().into(),
                         received.into(),
                         at.into(),
+                        order.agent.as_str().into(),
+                        order.seq_value().into(),
                     ],
                 )?;
                 if let Some(n) = unresolved.as_mut() {
@@ -1043,17 +1080,69 @@ fn history(c: &mut dyn Conn, host: &str, id: &str, at: u64, seq: &str, action: &
     Ok(())
 }
 
-fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, ceiling: u64, received: u64, seq: &str) -> Result<bool, DbError> {
+/// Where an event stands among its finding's events. Event ids are
+/// `AGENT:SEQ`, numbered by the agent's spool in the order things
+/// happened: two events from the same agent run are ordered by that number,
+/// whatever their clocks say (a host whose clock jumps, or events clamped
+/// to the collector's ceiling, keep their order). Across agent runs (a new
+/// agent id: the spool was wiped or the agent reinstalled), or for ids not
+/// of that form, the clamped times decide.
+struct Order {
+    agent: String,
+    seq: Option<u64>,
+    at: u64,
+}
+
+impl Order {
+    fn of(agent_id: &str, event_id: &str, at: u64) -> Order {
+        let seq = event_id
+            .rsplit_once(':')
+            .filter(|(a, _)| *a == agent_id)
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+            .filter(|n| *n > 0 && *n <= i64::MAX as u64);
+        Order {
+            agent: if seq.is_some() { agent_id.to_string() } else { String::new() },
+            seq,
+            at,
+        }
+    }
+
+    /// The stored value of `agent_seq` (0: none).
+    fn seq_value(&self) -> u64 {
+        self.seq.unwrap_or(0)
+    }
+
+    /// True when the stored state (written by `agent`'s event `seq`, dated
+    /// `at`) is newer than this event.
+    fn is_before(&self, agent: &str, seq: i64, at: i64) -> bool {
+        match self.seq {
+            Some(mine) if seq > 0 && agent == self.agent => (mine as i64) < seq,
+            _ => at > Value::from(self.at).int(),
+        }
+    }
+}
+
+fn apply_finding(
+    c: &mut dyn Conn,
+    host: &str,
+    f: &Finding,
+    order: &Order,
+    ceiling: u64,
+    received: u64,
+    seq: &str,
+) -> Result<bool, DbError> {
     let id = f.id.as_str();
+    let at = order.at;
     let cur = c.query(
-        "SELECT state, state_reason, state_changed_at, updated_at, severity FROM findings WHERE host = $1 AND id = $2",
+        "SELECT state, state_reason, state_changed_at, updated_at, severity, agent_key, agent_seq FROM findings \
+         WHERE host = $1 AND id = $2",
         &[host.into(), id.into()],
     )?;
     let new_severity = f.severity.as_str();
     let mut detail = format!("{} with {} evidence", f.severity, f.evidence.len());
     let (state, reason, changed_at, action) = match cur.first() {
         None => ("open".to_string(), String::new(), received, "opened"),
-        Some(r) if r[3].int() > Value::from(at).int() => {
+        Some(r) if order.is_before(&r[5].text(), r[6].int(), r[3].int()) => {
             // Stale: newer content is stored already. Keep it in the history only.
             history(c, host, id, at, seq, "updated", "older than the stored state; ignored")?;
             return Ok(false);
@@ -1079,11 +1168,13 @@ fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, ceiling: u6
     let json = serde_json::to_string(f).unwrap_or_else(|_| "{}".into());
     c.exec(
         "INSERT INTO findings (host, id, severity, state, state_reason, state_changed_at, process, exe, rule, pool, \
-         finding, first_seen, last_seen, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         finding, first_seen, last_seen, updated_at, agent_key, agent_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
          ON CONFLICT (host, id) DO UPDATE SET severity = excluded.severity, state = excluded.state, \
          state_reason = excluded.state_reason, state_changed_at = excluded.state_changed_at, process = excluded.process, \
          exe = excluded.exe, rule = excluded.rule, pool = excluded.pool, finding = excluded.finding, \
-         last_seen = excluded.last_seen, updated_at = excluded.updated_at",
+         last_seen = excluded.last_seen, updated_at = excluded.updated_at, agent_key = excluded.agent_key, \
+         agent_seq = excluded.agent_seq",
         &[
             host.into(),
             id.into(),
@@ -1099,6 +1190,8 @@ fn apply_finding(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, ceiling: u6
             f.first_seen.min(ceiling).into(),
             f.last_seen.min(ceiling).max(at).into(),
             at.into(),
+            order.agent.as_str().into(),
+            order.seq_value().into(),
         ],
     )?;
     c.exec(

@@ -31,6 +31,8 @@ macro_rules! for_each_case {
         $m!(failed_logins_are_rate_limited);
         $m!(a_rise_in_severity_reopens_a_finding);
         $m!(an_enrolment_token_exchanges_itself_for_host_tokens);
+        $m!(a_findings_events_keep_the_agents_order);
+        $m!(a_rotated_token_works_through_its_grace_only);
     };
 }
 
@@ -1095,4 +1097,116 @@ pub async fn an_enrolment_token_exchanges_itself_for_host_tokens(store: Store, d
         .map(|h| h.host)
         .collect();
     assert_eq!(hosts, vec!["node-1".to_string(), "node-3".to_string()]);
+}
+
+pub async fn a_findings_events_keep_the_agents_order(store: Store, _dir: &Path) {
+    let r0 = 1_700_000_000u64;
+    let history =
+        |d: &rigwatch_collector::store::FindingDetail| d.history.iter().map(|h| format!("{} {}", h.action, h.detail)).collect::<Vec<_>>();
+    let mut f = finding("node1", "f1", "xmrig", "p.example.com", WALLET);
+    f.severity = Severity::Likely;
+    // The host's clock runs 100 s ahead, then NTP steps it back: the
+    // resolve (event 20) is dated before the opening (event 10) but follows it.
+    store
+        .ingest(report("node1", "a1", vec![opened("a1", 10, r0 + 100, f.clone())]), r0)
+        .await
+        .unwrap();
+    store
+        .ingest(report("node1", "a1", vec![resolved("a1", 20, r0 + 5, "f1")]), r0 + 5)
+        .await
+        .unwrap();
+    let d = store.finding("node1", "f1").await.unwrap().unwrap();
+    assert_eq!(d.view.state, "resolved", "{:?}", history(&d));
+    // A retried batch arrives late: event 40 (confirmed) first, then event
+    // 30 (likely), whose clock reads later. The agent's order wins.
+    f.severity = Severity::Confirmed;
+    store
+        .ingest(report("node1", "a1", vec![updated("a1", 40, r0 + 10, f.clone())]), r0 + 20)
+        .await
+        .unwrap();
+    f.severity = Severity::Likely;
+    store
+        .ingest(report("node1", "a1", vec![updated("a1", 30, r0 + 200, f.clone())]), r0 + 21)
+        .await
+        .unwrap();
+    let d = store.finding("node1", "f1").await.unwrap().unwrap();
+    assert_eq!(
+        (d.view.state.as_str(), d.view.severity.as_str()),
+        ("open", "confirmed"),
+        "{:?}",
+        history(&d)
+    );
+    assert!(
+        history(&d).iter().any(|h| h.contains("older than the stored state; ignored")),
+        "{:?}",
+        history(&d)
+    );
+    // A late resolve from before the confirmation is ignored, whatever its date.
+    store
+        .ingest(report("node1", "a1", vec![resolved("a1", 35, r0 + 300, "f1")]), r0 + 22)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "node1", "f1").await, "open");
+    // A new agent run (another agent id: its numbers start again at 1):
+    // the times decide between runs.
+    store
+        .ingest(report("node1", "a2", vec![resolved("a2", 1, r0 + 1, "f1")]), r0 + 30)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "node1", "f1").await, "open", "dated before the stored state");
+    store
+        .ingest(report("node1", "a2", vec![resolved("a2", 2, r0 + 400, "f1")]), r0 + 400)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "node1", "f1").await, "resolved");
+    // An event id that is not the reporting agent's own `AGENT:SEQ` gets
+    // no sequence number: a huge one cannot pin the finding.
+    f.severity = Severity::Confirmed;
+    let forged = rigwatch_signatures::report::Event {
+        event_id: format!("a2:{}", u64::MAX),
+        ..updated("a2", 1, r0 + 500, f.clone())
+    };
+    store.ingest(report("node1", "a2", vec![forged]), r0 + 500).await.unwrap();
+    assert_eq!(state_of(&store, "node1", "f1").await, "open", "applied by time");
+    store
+        .ingest(report("node1", "a2", vec![resolved("a2", 3, r0 + 600, "f1")]), r0 + 600)
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "node1", "f1").await, "resolved", "and not pinned");
+}
+
+pub async fn a_rotated_token_works_through_its_grace_only(store: Store, dir: &Path) {
+    let c = Collector::start(store.clone(), dir, |_| {}).await;
+    let old = store.token_create_for("node-a", Role::Agent, Some("host-a")).await.unwrap();
+    let body = |host: &str, seq: u64| {
+        serde_json::to_vec(&report(
+            host,
+            "agent-a",
+            vec![opened(
+                "agent-a",
+                seq,
+                1000,
+                finding(host, &format!("f{seq}"), "xmrig", "p.example.com", WALLET),
+            )],
+        ))
+        .unwrap()
+    };
+    assert!(store.token_rotate("nobody-has-this", 60).await.unwrap().is_none());
+    let new = store.token_rotate("node-a", 3600).await.unwrap().unwrap();
+    assert_ne!(new, old);
+    // Both secrets work during the grace, for the same host only.
+    assert_eq!(c.post_raw(Some(&old), body("host-a", 1)).await.0, 200);
+    assert_eq!(c.post_raw(Some(&new), body("host-a", 2)).await.0, 200);
+    assert_eq!(c.post_raw(Some(&new), body("host-b", 3)).await.0, 403, "the binding is kept");
+    let t = store.token_list().await.unwrap().into_iter().find(|t| t.name == "node-a").unwrap();
+    assert!(t.rotated_at > 0 && t.previous_valid_until > t.rotated_at, "{t:?}");
+    // Rotating again with no grace: only the newest secret works.
+    let newest = store.token_rotate("node-a", 0).await.unwrap().unwrap();
+    assert_eq!(c.post_raw(Some(&old), body("host-a", 4)).await.0, 401);
+    assert_eq!(c.post_raw(Some(&new), body("host-a", 5)).await.0, 401);
+    assert_eq!(c.post_raw(Some(&newest), body("host-a", 6)).await.0, 200);
+    // Revoking ends the token, whichever secret.
+    assert!(store.token_revoke("node-a").await.unwrap());
+    assert_eq!(c.post_raw(Some(&newest), body("host-a", 7)).await.0, 401);
+    assert!(store.token_lookup(&newest).await.unwrap().is_none());
 }
