@@ -1,4 +1,4 @@
-//! The real binary: `token create/list/revoke`, `serve` on embedded
+//! The real binary: `token create/list/rotate/revoke`, `serve` on embedded
 //! defaults and from a config file, and HTTPS with a certificate.
 
 mod common;
@@ -91,11 +91,34 @@ async fn tokens_and_serve_on_embedded_defaults() {
     let hosts: serde_json::Value = r.json().await.unwrap();
     assert_eq!(hosts[0]["host"], "node1");
 
-    // Revoked from another process while the server runs: refused at once.
+    // Rotated while the server runs: the new secret works at once and the
+    // old one through its grace.
+    let o = run(&["token", "rotate", "node1", "--grace", "600"], d);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("the old secret works until"));
+    let rotated = last_line(&o);
+    assert!(rotated.starts_with("rwc_") && rotated != agent, "{rotated}");
+    for secret in [&agent, &rotated] {
+        let r = client.post(&url).bearer_auth(secret).body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let list = String::from_utf8_lossy(&run(&["token", "list"], d).stdout).to_string();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("node1") && l.contains("valid (rotated; old secret until")),
+        "{list}"
+    );
+    let o = run(&["token", "rotate", "nobody"], d);
+    assert_eq!(o.status.code(), Some(2));
+
+    // Revoked from another process while the server runs: refused at once,
+    // whichever secret.
     let o = run(&["token", "revoke", "node1"], d);
     assert!(o.status.success());
-    let r = client.post(&url).bearer_auth(&agent).body(body).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    for secret in [&agent, &rotated] {
+        let r = client.post(&url).bearer_auth(secret).body(body.clone()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
     let o = run(&["token", "list"], d);
     let list = String::from_utf8_lossy(&o.stdout);
     assert!(list.lines().any(|l| l.starts_with("node1") && l.contains("revoked")), "{list}");
