@@ -170,6 +170,12 @@ struct RunArgs {
     /// saved there (mode 0600) and used.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["token", "token_file"])]
     enrol_token_file: Option<PathBuf>,
+    /// Ship over plain http:// to a collector on another host (the token and
+    /// every finding then cross the network readable). Without it such a URL
+    /// is refused at start; http:// to 127.0.0.0/8, ::1 or localhost is always
+    /// allowed. Prefer https:// with collector.ca_file.
+    #[arg(long)]
+    allow_insecure_http: bool,
     /// Where events wait for the collector [default: /var/lib/rigwatch/spool].
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
@@ -426,6 +432,9 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
         cfg.collector.enrol_token_file = Some(v);
         cfg.collector.token.clear();
     }
+    if a.allow_insecure_http {
+        cfg.collector.allow_insecure_http = true;
+    }
     if let Some(v) = a.spool_dir {
         cfg.collector.spool_dir = v;
     }
@@ -447,6 +456,14 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
     if !cfg.collector.url.is_empty() && cfg.collector.token.is_empty() && cfg.collector.enrol_token_file.is_none() {
         anyhow::bail!(
             "--collector needs --token-file, --token, --enrol-token-file (or RIGWATCH_TOKEN, or collector.token or collector.enrol_token_file in the config)"
+        );
+    }
+    // before anything (a report, an enrolment) is sent to the collector
+    if cfg.collector.transport()? == daemon::config::Transport::InsecureHttp {
+        tracing::warn!(
+            event = "insecure_collector",
+            url = cfg.collector.url.as_str(),
+            "shipping to the collector over plain http:// (--allow-insecure-http): the token and every finding cross the network readable and alterable; use https:// with collector.ca_file"
         );
     }
     daemon::run(cfg, a.once)?;

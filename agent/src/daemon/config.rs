@@ -227,8 +227,15 @@ pub struct CollectorConfig {
     /// exchanges it for a token bound to its host name, saves that and
     /// ships with it. The enrolment token itself can do nothing else.
     pub enrol_token_file: Option<PathBuf>,
-    /// A PEM file of CA certificates to trust for the collector's TLS.
+    /// A PEM file of CA certificates to trust for the collector's TLS
+    /// (e.g. the collector's own self-signed certificate).
     pub ca_file: Option<PathBuf>,
+    /// Ship over plain `http://` to a collector on another host. Off: such a
+    /// URL stops the agent at start (the token, the enrolment token and
+    /// every finding would cross the network readable and alterable), unless
+    /// the collector is on this host (127.0.0.0/8, ::1, `localhost`).
+    /// `--allow-insecure-http` sets it too.
+    pub allow_insecure_http: bool,
     /// Where events wait until the collector has them.
     pub spool_dir: PathBuf,
     /// Most bytes the spool may hold; beyond it the oldest events are dropped (and counted).
@@ -246,10 +253,64 @@ impl Default for CollectorConfig {
             token: String::new(),
             enrol_token_file: None,
             ca_file: None,
+            allow_insecure_http: false,
             spool_dir: PathBuf::from("/var/lib/rigwatch/spool"),
             spool_max_bytes: 256 * 1024 * 1024,
             heartbeat_seconds: 30.0,
             batch_size: 500,
+        }
+    }
+}
+
+/// How the agent reaches its collector, as [`CollectorConfig::transport`] judges the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// No collector: nothing is shipped.
+    None,
+    /// HTTPS.
+    Https,
+    /// Plain HTTP to this host (loopback): nothing crosses a network.
+    Loopback,
+    /// Plain HTTP across a network, allowed by `allow_insecure_http`.
+    InsecureHttp,
+}
+
+/// Whether `host` (a URL's host) is this host's loopback: 127.0.0.0/8,
+/// ::1 (also as ::ffff:127.x.y.z) or `localhost`. No name is resolved: a
+/// name that merely resolves to a loopback address does not count.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Ok(std::net::IpAddr::V6(a)) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost."),
+    }
+}
+
+impl CollectorConfig {
+    /// Judges `url` before anything is sent to it (enrolment included):
+    /// `https://` is fine; `http://` only to this host's loopback or with
+    /// `allow_insecure_http`. The error names the URL and the two ways out.
+    pub fn transport(&self) -> anyhow::Result<Transport> {
+        if self.url.is_empty() {
+            return Ok(Transport::None);
+        }
+        let u = reqwest::Url::parse(&self.url).map_err(|e| anyhow::anyhow!("collector URL {:?}: {e}", self.url))?;
+        match u.scheme() {
+            "https" => Ok(Transport::Https),
+            "http" if is_loopback(&u) => Ok(Transport::Loopback),
+            "http" if self.allow_insecure_http => Ok(Transport::InsecureHttp),
+            "http" => anyhow::bail!(
+                "refusing the collector {}: plain http:// would carry the token and every finding across the \
+                 network readable and alterable. Use https:// (with collector.ca_file = the PEM of the CA that \
+                 signed the collector's certificate, or the certificate itself when it is self-signed), or, on a \
+                 network you trust, pass --allow-insecure-http (collector.allow_insecure_http = true)",
+                self.url
+            ),
+            other => anyhow::bail!("collector URL {}: scheme {other}:// is neither https:// nor http://", self.url),
         }
     }
 }
@@ -359,5 +420,58 @@ mod tests {
         assert_eq!(c.scan.interval_seconds, 2.0);
         assert_eq!(c.response.confirmed, Action::Kill);
         assert_eq!(c.metrics.listen, "127.0.0.1:9861", "unset fields keep their defaults");
+    }
+
+    fn judge(url: &str, allow: bool) -> Result<Transport, String> {
+        let c = CollectorConfig {
+            url: url.into(),
+            allow_insecure_http: allow,
+            ..Default::default()
+        };
+        c.transport().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_refuses_plain_http_across_a_network() {
+        assert_eq!(judge("", false), Ok(Transport::None));
+        for url in [
+            "https://collector.example:9860",
+            "HTTPS://10.0.0.5:9860/",
+            "https://[2001:db8::1]:9860",
+        ] {
+            assert_eq!(judge(url, false), Ok(Transport::Https), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:9860",
+            "http://127.8.9.10:9860/",
+            "http://[::1]:9860",
+            "http://[::ffff:127.0.0.1]:9860",
+            "http://localhost:9860",
+            "http://LocalHost:9860",
+        ] {
+            assert_eq!(judge(url, false), Ok(Transport::Loopback), "{url}");
+        }
+        for url in [
+            "http://192.0.2.1:9860",
+            "http://collector.example:9860",
+            "http://[2001:db8::1]:9860",
+            "http://0.0.0.0:9860",
+            "http://localhost.evil.example:9860",
+            "http://127.0.0.1.nip.io:9860",
+            "http://[::ffff:192.0.2.1]:9860",
+        ] {
+            let e = judge(url, false).unwrap_err();
+            assert!(
+                e.contains(url) && e.contains("https://") && e.contains("ca_file") && e.contains("--allow-insecure-http"),
+                "{url}: {e}"
+            );
+            assert_eq!(judge(url, true), Ok(Transport::InsecureHttp), "{url}");
+        }
+        assert!(judge("ftp://192.0.2.1/", true).unwrap_err().contains("ftp://"));
+        assert!(judge("192.0.2.1:9860", true).is_err(), "no scheme");
+        assert!(judge("not a url", false).is_err());
+        // the config key
+        let c: Config = toml::from_str("[collector]\nurl = \"http://192.0.2.1:9860\"\nallow_insecure_http = true\n").unwrap();
+        assert_eq!(c.collector.transport().unwrap(), Transport::InsecureHttp);
     }
 }

@@ -216,6 +216,23 @@ enum Enrolment {
     },
 }
 
+/// An error and its causes on one line ("error sending request …: …:
+/// invalid peer certificate: UnknownIssuer"), so that a refused
+/// certificate or a refused connection says so in the log.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 /// A collector's answer text, bounded and on one line.
 fn reason(text: &str) -> String {
     let one: String = text
@@ -249,7 +266,7 @@ async fn enrol_once(http: &reqwest::Client, url: &str, file: &std::path::Path, h
         Ok(r) => r,
         Err(e) => {
             return Enrolment::Wait {
-                why: e.to_string(),
+                why: with_causes(&e),
                 after: backoff,
                 kind: "network".into(),
                 auth: false,
@@ -508,7 +525,7 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
             other => {
                 let why = match other {
                     Ok(r) => format!("collector answered {}", r.status()),
-                    Err(e) => format!("{e}"),
+                    Err(e) => with_causes(&e),
                 };
                 DeliveryFailed {
                     url: &url,
