@@ -14,7 +14,8 @@ pub const DEFAULT_DATA_DIR: &str = "./rigwatch-data";
 /// ```toml
 /// listen = "0.0.0.0:9860"
 /// data_dir = "/var/lib/rigwatch-collector"
-/// database = "postgres://rigwatch@db/rigwatch"   # default: SQLite in data_dir
+/// database = "postgres://rigwatch@db/rigwatch?sslmode=verify-full"   # default: SQLite in data_dir
+/// database_ca_file = "/etc/rigwatch/postgres-ca.pem"  # CA of PostgreSQL's certificate (when the URL names no sslrootcert)
 /// alertmanager = "http://127.0.0.1:9093"
 /// webhook = "http://127.0.0.1:8080/hooks/rigwatch"
 /// tls_cert = "/etc/rigwatch/collector.pem"
@@ -43,6 +44,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// A `postgres://` URL, or a SQLite file path.
     pub database: Option<String>,
+    /// PEM CA that signs PostgreSQL's certificate (the URL's `sslrootcert` wins).
+    pub database_ca_file: Option<PathBuf>,
     /// Alertmanager base URL.
     pub alertmanager: Option<String>,
     /// Generic JSON webhook URL (Slack-compatible `text`).
@@ -98,6 +101,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Database URL or SQLite path.
     pub database: String,
+    /// PEM CA for PostgreSQL's certificate.
+    pub database_ca_file: Option<PathBuf>,
     /// Alertmanager base URL.
     pub alertmanager: Option<String>,
     /// Webhook URL.
@@ -141,6 +146,7 @@ impl Settings {
             listen: DEFAULT_LISTEN.into(),
             data_dir: data_dir.to_path_buf(),
             database: data_dir.join("collector.sqlite3").display().to_string(),
+            database_ca_file: None,
             alertmanager: None,
             webhook: None,
             tls: None,
@@ -170,6 +176,7 @@ impl Settings {
         if let Some(db) = pick(flags.database, file.database) {
             s.database = db;
         }
+        s.database_ca_file = flags.database_ca_file.or(file.database_ca_file);
         s.alertmanager = pick(flags.alertmanager, file.alertmanager);
         s.webhook = pick(flags.webhook, file.webhook);
         let cert = flags.tls_cert.or(file.tls_cert);

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
+mod pg_tls;
+
 /// A database error, with the backend's message.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -516,19 +518,22 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects (`postgres://user@host:port/db`) and creates the schema.
-    pub fn open(url: &str, writers: usize, max_batch: usize) -> Result<Postgres, DbError> {
+    /// Connects (`postgres://user@host:port/db`, with libpq's `sslmode`
+    /// and `sslrootcert`; `ca_file` is the CA when the URL names none) and
+    /// creates the schema.
+    pub fn open(url: &str, ca_file: Option<&Path>, writers: usize, max_batch: usize) -> Result<Postgres, DbError> {
+        let target = pg_tls::Target::parse(url, ca_file)?;
         // The blocking client runs its own small runtime: connect from a
         // plain thread, never from inside the caller's async context.
-        let url = url.to_string();
-        std::thread::spawn(move || Postgres::open_here(&url, writers, max_batch.max(1)))
+        std::thread::spawn(move || Postgres::open_here(&target, writers, max_batch.max(1)))
             .join()
             .map_err(|_| DbError::Other("the PostgreSQL connect thread panicked".into()))?
     }
 
-    fn open_here(url: &str, writers: usize, max_batch: usize) -> Result<Postgres, DbError> {
-        let connect = || postgres::Client::connect(url, postgres::NoTls);
+    fn open_here(target: &pg_tls::Target, writers: usize, max_batch: usize) -> Result<Postgres, DbError> {
+        let connect = || target.connect();
         let mut first = connect()?;
+        target.log_protection(&mut first);
         // Several replicas may start at once: serialise schema creation.
         let mut tx = first.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock(4242)", &[])?;
@@ -670,8 +675,14 @@ impl Backend for Postgres {
 /// `postgresql://…` for PostgreSQL, otherwise a SQLite file path
 /// (`sqlite://PATH` or a bare path).
 pub fn open(database: &str) -> Result<Arc<dyn Backend>, DbError> {
+    open_with(database, None)
+}
+
+/// [`open`], with the CA that signs PostgreSQL's certificate when the URL
+/// names no `sslrootcert` (`database_ca_file`).
+pub fn open_with(database: &str, ca_file: Option<&Path>) -> Result<Arc<dyn Backend>, DbError> {
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        Ok(Arc::new(Postgres::open(database, 4, 64)?))
+        Ok(Arc::new(Postgres::open(database, ca_file, 4, 64)?))
     } else {
         let path = database.strip_prefix("sqlite://").unwrap_or(database);
         Ok(Arc::new(Sqlite::open(Path::new(path), 512)?))

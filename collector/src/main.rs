@@ -27,6 +27,11 @@ struct Common {
     /// [default: DATA_DIR/collector.sqlite3].
     #[arg(long, global = true)]
     database: Option<String>,
+    /// PEM CA that signs PostgreSQL's certificate, for sslmode=verify-full
+    /// (or verify-ca) when the URL names no sslrootcert. Naming a CA
+    /// without an sslmode means verify-full.
+    #[arg(long, global = true)]
+    database_ca_file: Option<PathBuf>,
     /// TOML config file; flags override it.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
@@ -134,6 +139,7 @@ fn settings(common: &Common, flags: FileConfig) -> anyhow::Result<Settings> {
     let flags = FileConfig {
         data_dir: common.data_dir.clone(),
         database: common.database.clone(),
+        database_ca_file: common.database_ca_file.clone(),
         ..flags
     };
     Settings::resolve(file, flags)
@@ -144,7 +150,8 @@ fn open(s: &Settings) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&s.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", s.data_dir.display()))?;
     }
-    let backend = db::open(&s.database).map_err(|e| anyhow::anyhow!("database {}: {e}", redact(&s.database)))?;
+    let backend =
+        db::open_with(&s.database, s.database_ca_file.as_deref()).map_err(|e| anyhow::anyhow!("database {}: {e}", redact(&s.database)))?;
     Ok(Store::new(backend))
 }
 

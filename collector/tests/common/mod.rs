@@ -241,12 +241,68 @@ impl Collector {
 
 /// A throwaway PostgreSQL server from Debian's package: initdb into a temp
 /// dir, pg_ctl start on a free loopback port, stopped on drop.
+///
+/// [`Pg::start`] serves TLS (`ssl=on`, a certificate for `localhost` and
+/// `127.0.0.1` signed by a test CA) and its `pg_hba.conf` accepts only
+/// TLS connections to every database but the harness's own `postgres`:
+/// a collector that connected in plaintext would be refused, so the suite
+/// passing proves it ran over TLS. [`Pg::start_plain`] has `ssl=off`.
 pub struct Pg {
     _dir: tempfile::TempDir,
     data: PathBuf,
     bin: PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// The test CA's certificate (PEM), for `sslrootcert`; None with ssl=off.
+    ca_file: Option<PathBuf>,
+}
+
+/// A test certificate authority (rcgen, ECDSA P-256).
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// DER as PEM.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert = p.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", self.cert.der())
+    }
+
+    /// Writes the CA certificate to `path`.
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, self.cert_pem()).unwrap();
+    }
+
+    /// A server certificate for these names (DNS names or IP addresses),
+    /// signed by this CA: (certificate PEM, private key PEM).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("server"));
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (pem("CERTIFICATE", cert.der()), pem("PRIVATE KEY", &key.serialize_der()))
+    }
 }
 
 fn pg_bin() -> Option<PathBuf> {
@@ -262,14 +318,37 @@ fn pg_bin() -> Option<PathBuf> {
 }
 
 impl Pg {
-    /// None (with a message) when PostgreSQL's server binaries are missing.
+    /// A server with TLS (see [`Pg`]). None (with a message) when
+    /// PostgreSQL's server binaries are missing.
     pub fn start() -> Option<Pg> {
+        Pg::start_with(true)
+    }
+
+    /// A server with `ssl=off`.
+    pub fn start_plain() -> Option<Pg> {
+        Pg::start_with(false)
+    }
+
+    fn start_with(tls: bool) -> Option<Pg> {
         let Some(bin) = pg_bin() else {
             eprintln!("SKIPPED: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (apt-get install postgresql)");
             return None;
         };
         let dir = tempfile::Builder::new().prefix("rigwatch-pg").tempdir().unwrap();
         let data = dir.path().join("data");
+        // The server's certificate, from a CA made for this server.
+        let ca_file = tls.then(|| {
+            let ca = TestCa::new("rigwatch test PostgreSQL CA");
+            let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+            let tls_dir = dir.path().join("tls");
+            std::fs::create_dir(&tls_dir).unwrap();
+            std::fs::write(tls_dir.join("server.crt"), cert).unwrap();
+            std::fs::write(tls_dir.join("server.key"), key).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tls_dir.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+            ca.write(&tls_dir.join("ca.crt"));
+            tls_dir.join("ca.crt")
+        });
         let root = nix_is_root();
         if root {
             // initdb refuses to run as root: run the server as `postgres`.
@@ -289,6 +368,7 @@ impl Pg {
             bin,
             port,
             as_postgres: root,
+            ca_file,
         };
         let out = pg
             .cmd("initdb")
@@ -306,8 +386,24 @@ impl Pg {
             .unwrap();
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let sock = pg._dir.path().display().to_string();
-        let opts =
+        let mut opts =
             format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=300");
+        if tls {
+            let t = pg._dir.path().join("tls");
+            opts += &format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                t.join("server.crt").display(),
+                t.join("server.key").display()
+            );
+            // TLS only, but for the harness's own plaintext admin connection.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhost postgres postgres 127.0.0.1/32 trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+        } else {
+            opts += " -c ssl=off";
+        }
         let out = pg
             .cmd("pg_ctl")
             .args(["-D", &data.display().to_string(), "-o", &opts, "-w", "-t", "60", "-l"])
@@ -346,7 +442,42 @@ impl Pg {
         })
         .join()
         .unwrap();
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        match &self.ca_file {
+            Some(ca) => self.url(name, &format!("sslmode=verify-full&sslrootcert={}", ca.display())),
+            None => self.url(name, ""),
+        }
+    }
+
+    /// The URL of a database on this server, with these query parameters.
+    pub fn url(&self, name: &str, params: &str) -> String {
+        let q = if params.is_empty() { String::new() } else { format!("?{params}") };
+        format!("postgres://postgres@127.0.0.1:{}/{name}{q}", self.port)
+    }
+
+    /// The test CA's certificate file (None with ssl=off).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// The server's view of the client connections to a database: how
+    /// many, and how many of them are TLS (pg_stat_ssl).
+    pub fn connections(&self, name: &str) -> (i64, i64) {
+        let (port, n) = (self.port, name.to_string());
+        std::thread::spawn(move || {
+            let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+            let r = c
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE s.ssl AND s.version LIKE 'TLSv1._') \
+                     FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid \
+                     WHERE a.datname = $1 AND a.backend_type = 'client backend'",
+                    &[&n],
+                )
+                .unwrap();
+            (r.get::<_, i64>(0), r.get::<_, i64>(1))
+        })
+        .join()
+        .unwrap()
     }
 }
 
