@@ -47,17 +47,25 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
             let base = hit.method.split('(').next().unwrap_or(&hit.method);
             let rule = sig.stratum_method(base);
             let unsolicited = hit.direction == Direction::Unsolicited;
+            let mut method = hit.method.clone();
+            if unsolicited {
+                method.push_str(" (unsolicited: sent toward the accepting side)");
+            }
+            // through a proxy, the pool is the destination asked of it
+            let remote = match &hit.via {
+                Some((kind, target)) => {
+                    method.push_str(&format!(" (through the {} proxy {server})", kind.as_str()));
+                    target.to_string()
+                }
+                None => server.to_string(),
+            };
             let detail = EvidenceKind::Stratum {
                 dialect: hit.dialect.clone(),
-                method: if unsolicited {
-                    format!("{} (unsolicited: sent toward the accepting side)", hit.method)
-                } else {
-                    hit.method.clone()
-                },
+                method,
                 agent: hit.agent.clone(),
                 login: hit.login.clone(),
                 worker: hit.worker.clone(),
-                remote: server.to_string(),
+                remote,
             };
             if unsolicited {
                 // what a peer sends to a listener proves nothing about either
@@ -86,6 +94,33 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
                 remote: server.to_string(),
             };
             out.push((*client, *server, true, Evidence::heuristic(detail, Weight::Likely)));
+        }
+        FlowEvent::Proxy {
+            client,
+            server,
+            kind,
+            target,
+        } => {
+            // The destination asked of a proxy is a connection to it, as far
+            // as the pool lists go: a pool domain, address or port.
+            let domain = sig.pool_domain(&target.host);
+            let addr = target.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, target.port));
+            let rule = match &domain {
+                Some((_, i)) => Some(&sig.rules()[*i]),
+                None => addr.and_then(|a| sig.pool_address(&a)).or_else(|| sig.pool_port(target.port)),
+            };
+            if let Some(r) = rule {
+                let e = Evidence::from_rule(
+                    EvidenceKind::PoolConnection {
+                        remote: target.to_string(),
+                        reason: format!("asked of the {} proxy {server}", kind.as_str()),
+                        domain: domain.map(|(d, _)| d),
+                    },
+                    &r.id,
+                    r.severity,
+                );
+                out.push((*client, *server, true, e));
+            }
         }
         FlowEvent::TlsSni { client, server, name } => {
             if let Some((_, i)) = sig.pool_domain(name) {

@@ -1,9 +1,12 @@
 //! Flow tracking: per flow, only the first bytes of each direction are
 //! kept (bounded memory, bounded number of flows) and classified — stratum
 //! dialects, TLS ClientHello SNI, Stratum V2 handshake sizes — and UDP/TCP
-//! DNS messages are parsed. Pure: packets in, events out; the live capture
-//! and `rigwatch pcap` both feed it.
+//! DNS messages are parsed. A SOCKS4/5 or HTTP `CONNECT` preamble is
+//! skipped (its destination reported), so what is tunnelled through a
+//! proxy is classified like a direct stream. Pure: packets in, events out;
+//! the live capture and `rigwatch pcap` both feed it.
 
+use super::proxy::{self, Preamble};
 use super::{dns, stratum, tls};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,6 +64,13 @@ pub enum FlowEvent {
     },
     /// Stratum V2 handshake sizes (a weak signal).
     StratumV2 { client: SocketAddr, server: SocketAddr },
+    /// The client asked a proxy (`server`) for a destination.
+    Proxy {
+        client: SocketAddr,
+        server: SocketAddr,
+        kind: proxy::Kind,
+        target: proxy::Target,
+    },
 }
 
 /// How the client (the miner) of a flow was told from the server (the pool).
@@ -115,6 +125,9 @@ pub struct StratumSeen {
     pub from_client: bool,
     /// How the client was told from the server.
     pub direction: Direction,
+    /// Tunnelled through a proxy (`server` is the proxy): its kind and
+    /// the destination the client asked it for.
+    pub via: Option<(proxy::Kind, proxy::Target)>,
 }
 
 #[derive(Default)]
@@ -123,6 +136,66 @@ struct HalfFlow {
     next_seq: Option<u32>,
     done: bool,
     first_len: Option<usize>,
+    /// Where the stream proper starts in `buf` (after a proxy preamble);
+    /// `None` while that is not known yet.
+    skip: Option<usize>,
+}
+
+/// Whether a flow goes through a proxy, decided by its first payload.
+#[derive(Debug, Clone, PartialEq)]
+enum Proxied {
+    /// No payload yet, or the first direction's preamble is incomplete.
+    Unknown { first_dir: Option<usize> },
+    /// Not a proxy preamble: both directions are classified from byte 0.
+    Direct,
+    /// Direction `client_dir` asked a proxy for `target`.
+    Via {
+        client_dir: usize,
+        kind: proxy::Kind,
+        target: proxy::Target,
+    },
+}
+
+/// Settles what the buffers now say about a proxy preamble; the client's
+/// request, once, when it completes.
+fn settle_proxy(f: &mut Flow) -> Option<(usize, proxy::Kind, proxy::Target)> {
+    let waiting = |d: &HalfFlow| !d.done && d.buf.len() < proxy::MAX_PREAMBLE;
+    let mut asked = None;
+    if let Proxied::Unknown { first_dir: Some(cd) } = f.proxied {
+        match proxy::client(&f.dirs[cd].buf) {
+            Preamble::More if waiting(&f.dirs[cd]) => {}
+            Preamble::Client { kind, len, target } => {
+                f.dirs[cd].skip = Some(len);
+                f.proxied = Proxied::Via {
+                    client_dir: cd,
+                    kind,
+                    target: target.clone(),
+                };
+                asked = Some((cd, kind, target));
+            }
+            _ => {
+                f.proxied = Proxied::Direct;
+                f.dirs[0].skip = Some(0);
+                f.dirs[1].skip = Some(0);
+            }
+        }
+    }
+    if let Proxied::Via { client_dir, kind, .. } = f.proxied {
+        let sd = &mut f.dirs[1 - client_dir];
+        if sd.skip.is_none() && !sd.buf.is_empty() {
+            match proxy::server(&sd.buf, kind) {
+                Preamble::More if waiting(sd) => {}
+                Preamble::Granted { len } => sd.skip = Some(len),
+                // refused: nothing is tunnelled
+                Preamble::Refused => {
+                    sd.skip = Some(sd.buf.len());
+                    sd.done = true;
+                }
+                _ => sd.skip = Some(0),
+            }
+        }
+    }
+    asked
 }
 
 struct Flow {
@@ -135,6 +208,7 @@ struct Flow {
     reported_stratum: bool,
     reported_sni: bool,
     reported_v2: bool,
+    proxied: Proxied,
     last: u64,
 }
 
@@ -277,6 +351,7 @@ impl FlowTable {
                     reported_stratum: false,
                     reported_sni: false,
                     reported_v2: false,
+                    proxied: Proxied::Unknown { first_dir: None },
                     last: 0,
                 },
             );
@@ -293,7 +368,21 @@ impl FlowTable {
         if p.payload.is_empty() {
             return out;
         }
-        let d = &mut f.dirs[if from_a { 0 } else { 1 }];
+        let di = if from_a { 0 } else { 1 };
+        // whether the sender opened the flow, when the handshake says
+        let sender_is_client = f.client_is_a.map(|ca| ca == from_a);
+        if f.proxied == (Proxied::Unknown { first_dir: None }) {
+            // the first payload decides which side may be a proxy's client;
+            // the accepting side speaking first is no proxy client
+            f.proxied = if sender_is_client == Some(false) {
+                f.dirs[0].skip = Some(0);
+                f.dirs[1].skip = Some(0);
+                Proxied::Direct
+            } else {
+                Proxied::Unknown { first_dir: Some(di) }
+            };
+        }
+        let d = &mut f.dirs[di];
         if d.first_len.is_none() {
             d.first_len = Some(p.payload.len());
         }
@@ -306,6 +395,9 @@ impl FlowTable {
             Some(n) if p.seq == n => d.buf.extend_from_slice(p.payload),
             Some(n) if seq_before(p.seq, n) => return out, // retransmission
             _ => {
+                if !d.buf.is_empty() && d.skip.is_some() {
+                    d.skip = Some(0); // past the preamble: the new buffer is the stream
+                }
                 d.buf.clear();
                 d.buf.extend_from_slice(p.payload);
             }
@@ -315,9 +407,29 @@ impl FlowTable {
             d.buf.truncate(MAX_BYTES_PER_DIRECTION);
             d.done = true;
         }
-        let buf = d.buf.clone();
-        // whether the sender opened the flow, when the handshake says
-        let sender_is_client = f.client_is_a.map(|ca| ca == from_a);
+        if let Some((cd, kind, target)) = settle_proxy(f) {
+            let (c, s) = if (cd == 0) == (p.src == f.a) {
+                (p.src, p.dst)
+            } else {
+                (p.dst, p.src)
+            };
+            out.push(FlowEvent::Proxy {
+                client: c,
+                server: s,
+                kind,
+                target,
+            });
+        }
+        let d = &f.dirs[di];
+        let Some(skip) = d.skip else { return out };
+        if skip >= d.buf.len() {
+            return out;
+        }
+        let buf = d.buf[skip..].to_vec();
+        let via = match &f.proxied {
+            Proxied::Via { kind, target, .. } => Some((*kind, target.clone())),
+            _ => None,
+        };
         if !f.reported_sni && tls::is_tls_record_start(&buf) {
             if let Ok(Some(name)) = tls::client_hello_sni(&buf) {
                 f.reported_sni = true;
@@ -355,6 +467,7 @@ impl FlowTable {
                         worker: hit.worker,
                         from_client: hit.from_client,
                         direction,
+                        via,
                     },
                 });
             }
@@ -453,6 +566,93 @@ mod tests {
             [FlowEvent::Stratum { client, server, hit }] => (*client, *server, hit),
             other => panic!("{other:?}"),
         }
+    }
+
+    const LOGIN: &[u8] = b"{\"id\":1,\"jsonrpc\":\"2.0\",\"method\":\"login\",\"params\":{\"login\":\"44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A\",\"pass\":\"x\",\"agent\":\"XMRig/6.21.0\"}}\n";
+
+    /// Sends `parts` in order on one side of a flow, each its own segment.
+    fn send(t: &mut FlowTable, src: &str, dst: &str, seq: &mut u32, data: &[u8]) -> Vec<FlowEvent> {
+        let ev = t.push(&pkt(src, dst, *seq, data));
+        *seq = seq.wrapping_add(data.len() as u32);
+        ev
+    }
+
+    #[test]
+    fn stratum_through_a_socks5_proxy_is_classified_and_its_destination_reported() {
+        let (m, px) = ("127.0.0.1:40000", "127.0.0.1:1080");
+        let mut t = FlowTable::new();
+        t.push(&syn(m, px));
+        let (mut cs, mut ss) = (1u32, 1u32);
+        // greeting, method choice, request, reply: one segment each
+        assert!(send(&mut t, m, px, &mut cs, &[5, 1, 0]).is_empty());
+        assert!(send(&mut t, px, m, &mut ss, &[5, 0]).is_empty());
+        let mut req = vec![5, 1, 0, 3, 16];
+        req.extend_from_slice(b"pool.example.com");
+        req.extend_from_slice(&3333u16.to_be_bytes());
+        let ev = send(&mut t, m, px, &mut cs, &req);
+        match &ev[..] {
+            [FlowEvent::Proxy {
+                client,
+                server,
+                kind,
+                target,
+            }] => {
+                assert_eq!((client.port(), server.port()), (40000, 1080));
+                assert_eq!((*kind, target.to_string().as_str()), (proxy::Kind::Socks5, "pool.example.com:3333"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(send(&mut t, px, m, &mut ss, &[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).is_empty());
+        let ev = send(&mut t, m, px, &mut cs, LOGIN);
+        let (client, server, hit) = stratum(&ev);
+        assert_eq!((client.port(), server.port(), hit.direction), (40000, 1080, Direction::Handshake));
+        assert_eq!(hit.dialect, "cryptonote");
+        let (kind, target) = hit.via.clone().expect("through the proxy");
+        assert_eq!((kind, target.port), (proxy::Kind::Socks5, 3333));
+    }
+
+    #[test]
+    fn a_pipelined_http_connect_and_a_pool_push_after_the_proxys_answer() {
+        let (m, px) = ("10.0.0.2:40000", "10.0.0.9:8080");
+        let mut t = FlowTable::new();
+        let first = b"CONNECT 203.0.113.7:14444 HTTP/1.1\r\nHost: 203.0.113.7:14444\r\n\r\n".to_vec();
+        let (mut cs, mut ss) = (1u32, 1u32);
+        // no handshake seen; request and nothing else yet
+        let ev = send(&mut t, m, px, &mut cs, &first);
+        assert!(
+            matches!(&ev[..], [FlowEvent::Proxy { target, .. }] if target.to_string() == "203.0.113.7:14444"),
+            "{ev:?}"
+        );
+        let mut answer = b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec();
+        answer.extend_from_slice(PUSH);
+        let ev = send(&mut t, px, m, &mut ss, &answer);
+        let (client, server, hit) = stratum(&ev);
+        assert_eq!(
+            (client.to_string().as_str(), server.port()),
+            (m, 8080),
+            "the receiver of the push is the client"
+        );
+        assert!(!hit.from_client && hit.via.is_some());
+    }
+
+    #[test]
+    fn a_refused_proxy_request_and_an_ordinary_stream_are_left_alone() {
+        let (m, px) = ("127.0.0.1:40001", "127.0.0.1:1080");
+        let mut t = FlowTable::new();
+        let (mut cs, mut ss) = (1u32, 1u32);
+        let mut req = vec![4, 1, 0x0d, 0x05, 0, 0, 0, 1, 0];
+        req.extend_from_slice(b"pool.example.com\0");
+        assert_eq!(send(&mut t, m, px, &mut cs, &req).len(), 1);
+        // refused, then the "proxy" sends what looks like a push: not the pool's
+        let mut no = vec![0, 0x5b, 0, 0, 0, 0, 0, 0];
+        no.extend_from_slice(PUSH);
+        assert!(send(&mut t, px, m, &mut ss, &no).is_empty());
+        // an ordinary stratum flow still classifies from byte 0
+        let mut t = FlowTable::new();
+        let mut s = 1u32;
+        let ev = send(&mut t, m, "127.0.0.1:3333", &mut s, LOGIN);
+        let (_, _, hit) = stratum(&ev);
+        assert!(hit.via.is_none());
     }
 
     #[test]
