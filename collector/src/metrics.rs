@@ -12,6 +12,9 @@ pub struct Metrics {
     pub reports: IntCounterVec,
     /// New findings refused: their host had as many unresolved findings as allowed.
     pub findings_refused: IntCounter,
+    /// Findings (opened or updated) in stored reports that were over the
+    /// agent's size cap and were cut to it before they were stored.
+    pub findings_trimmed: IntCounter,
     /// Events stored (first delivery).
     pub events_stored: IntCounter,
     /// Events received again and ignored.
@@ -61,6 +64,11 @@ impl Metrics {
             "New findings refused because their host had as many unresolved findings as allowed.",
         )
         .expect("metric");
+        let findings_trimmed = IntCounter::new(
+            "rigwatch_collector_findings_trimmed_total",
+            "Findings in stored reports cut to the agent's 64 KiB size cap before they were stored.",
+        )
+        .expect("metric");
         let ingest_seconds = Histogram::with_opts(
             HistogramOpts::new("rigwatch_collector_ingest_duration_seconds", "Time to check and store one report.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
@@ -98,6 +106,7 @@ impl Metrics {
             Box::new(enrolments.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reports.clone()),
             Box::new(findings_refused.clone()),
+            Box::new(findings_trimmed.clone()),
             Box::new(events_stored.clone()),
             Box::new(events_duplicate.clone()),
             Box::new(ingest_seconds.clone()),
@@ -139,6 +148,7 @@ impl Metrics {
             registry,
             reports,
             findings_refused,
+            findings_trimmed,
             events_stored,
             events_duplicate,
             ingest_seconds,

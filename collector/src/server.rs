@@ -8,7 +8,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rigwatch_signatures::report::Report;
+use rigwatch_signatures::model::MAX_FINDING_BYTES;
+use rigwatch_signatures::report::{EventKind, Report};
 use serde_json::json;
 
 use std::sync::Arc;
@@ -117,7 +118,7 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             return error(e.status(), format!("cannot read the body: {}", e.body_text()));
         }
     };
-    let report = match Report::from_json(&body) {
+    let mut report = match Report::from_json(&body) {
         Ok(r) => r,
         Err(msg) => {
             m.reports.with_label_values(&["rejected_invalid"]).inc();
@@ -127,6 +128,24 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
     if report.agent.host.len() > 253 || report.agent.agent_id.len() > 256 {
         m.reports.with_label_values(&["rejected_invalid"]).inc();
         return error(StatusCode::BAD_REQUEST, "agent.host or agent.agent_id too long");
+    }
+    // CPU work on up to max_body_bytes of hostile JSON: off the async workers
+    let Ok((report, trimmed)) = tokio::task::spawn_blocking(move || {
+        let n = bound_findings(&mut report);
+        (report, n)
+    })
+    .await
+    else {
+        m.reports.with_label_values(&["error"]).inc();
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "checking the report's findings failed");
+    };
+    if trimmed > 0 {
+        tracing::warn!(
+            token = %token_name.escape_debug(),
+            host = %report.agent.host.escape_debug(),
+            trimmed,
+            "findings over {MAX_FINDING_BYTES} bytes trimmed as the agent would have"
+        );
     }
     match app.store.ingest_as(&token_name, report, now(), app.settings.ingest).await {
         Ok(out) if out.forbidden.is_some() => {
@@ -138,6 +157,7 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             m.events_stored.inc_by(out.new_events);
             m.events_duplicate.inc_by(out.duplicate_events);
             m.findings_refused.inc_by(out.refused_findings);
+            m.findings_trimmed.inc_by(trimmed);
             m.ingest_seconds.observe(started.elapsed().as_secs_f64());
             if out.findings_changed {
                 app.alert_wakeup.notify_one();
@@ -157,6 +177,21 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
         }
     }
+}
+
+/// Cuts every finding a report opens or updates to the agent's own cap
+/// ([`MAX_FINDING_BYTES`], with a `trimmed` evidence item saying so), before
+/// anything is stored: an agent's token is no licence to store a 4 MB
+/// command line or ten thousand evidence items. Severity, id, host and
+/// subject are kept. Returns how many findings were cut.
+pub fn bound_findings(report: &mut Report) -> u64 {
+    let mut n = 0;
+    for e in &mut report.events {
+        if let EventKind::FindingOpened { finding } | EventKind::FindingUpdated { finding } = &mut e.kind {
+            n += u64::from(finding.bound(MAX_FINDING_BYTES));
+        }
+    }
+    n
 }
 
 /// Largest enrolment request body: `{"host": "..."}`.

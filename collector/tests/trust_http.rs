@@ -213,3 +213,173 @@ fn unauthenticated_large_bodies_leave_memory_flat() {
         "RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+/// A finding as an attacker with an agent token would send it: the
+/// strongest evidence of [`finding`], then `extra` more items.
+fn padded(host: &str, id: &str, cmdline_bytes: usize, extra: usize) -> rigwatch_signatures::Finding {
+    use rigwatch_signatures::{Evidence, EvidenceKind, Weight};
+    let mut f = finding(host, id, "xmrig", "pool.example.com", WALLET);
+    if cmdline_bytes > 0 {
+        f.process.cmdline = format!("xmrig -o stratum+tcp://pool.example.com:3333 {}", "A".repeat(cmdline_bytes));
+    }
+    f.evidence.extend((0..extra).map(|i| {
+        Evidence::from_rule(
+            EvidenceKind::CommandLine {
+                matched: format!("stratum+tcp://pool{i}.example.net:3333"),
+                base64: false,
+                pool_url: true,
+            },
+            "cmdline.pool-url",
+            Weight::Suspicious,
+        )
+    }));
+    f
+}
+
+/// The finding as the collector stored it (the API's `finding`).
+async fn stored(c: &Collector, host: &str, id: &str) -> serde_json::Value {
+    let (s, j) = c.get(&format!("/api/v1/findings/{host}/{id}")).await;
+    assert_eq!(s, 200, "{host}/{id}: {j}");
+    j["finding"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_findings_are_stored_trimmed_to_the_agents_cap() {
+    use rigwatch_signatures::model::MAX_FINDING_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(sqlite_store(dir.path()), dir.path(), |_| {}).await;
+    let long = padded("big-1", "long-cmdline", 1 << 20, 0);
+    let many = padded("big-1", "many-evidence", 0, 10_000);
+    let normal = finding("big-1", "normal", "kswapd0", "pool.example.com", WALLET);
+    let r = report(
+        "big-1",
+        "a1",
+        vec![
+            opened("a1", 1, 1000, long.clone()),
+            opened("a1", 2, 1000, many.clone()),
+            opened("a1", 3, 1000, normal.clone()),
+        ],
+    );
+    let body = serde_json::to_vec(&r).unwrap();
+    eprintln!("report body: {} bytes", body.len());
+    assert!(body.len() > 2 << 20 && body.len() < c.app.settings.max_body_bytes, "{}", body.len());
+    let (s, j) = c.post(&r).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["stored"], 3, "{j}");
+
+    for (sent, what) in [(&long, "a 1 MiB command line"), (&many, "10,000 evidence items")] {
+        let f = stored(&c, "big-1", &sent.id).await;
+        let n = serde_json::to_vec(&f).unwrap().len();
+        eprintln!("{what}: sent {} bytes, stored {n}", serde_json::to_vec(sent).unwrap().len());
+        assert!(n <= MAX_FINDING_BYTES, "{what}: stored {n} bytes");
+        assert_eq!(f["severity"], "confirmed", "{what}: severity unchanged");
+        assert_eq!((f["id"].as_str(), f["host"].as_str()), (Some(sent.id.as_str()), Some("big-1")));
+        let ev = f["evidence"].as_array().unwrap();
+        let notes: Vec<_> = ev.iter().filter(|e| e["kind"] == "trimmed").collect();
+        assert_eq!(notes.len(), 1, "{what}: one trimmed note in {ev:?}");
+        assert!(
+            notes[0]["note"].as_str().unwrap_or("").starts_with("trimmed to fit 65536 bytes"),
+            "{what}: {}",
+            notes[0]
+        );
+        assert!(notes[0]["original_bytes"].as_u64().unwrap() > 1_000_000, "{}", notes[0]);
+        assert_eq!(ev[0]["rule"], "cmdline.pool-url", "{what}: the strongest evidence stays first");
+        assert!(ev.iter().any(|e| e["rule"] == "wallet.monero"), "{what}: the wallet stays");
+        // what the analyst sees says the same
+        let (_, view) = c.get(&format!("/api/v1/findings/big-1/{}", sent.id)).await;
+        assert_eq!(view["severity"], "confirmed");
+    }
+    let cmdline = stored(&c, "big-1", "long-cmdline").await["process"]["cmdline"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(cmdline.starts_with("xmrig -o stratum+tcp://pool.example.com:3333 AAAA") && cmdline.ends_with('…'));
+    assert!(cmdline.len() < 8192, "{} bytes", cmdline.len());
+    let kept = stored(&c, "big-1", "many-evidence").await["evidence"].as_array().unwrap().len();
+    assert!(kept < 1000, "{kept} evidence items kept");
+
+    // The finding within the cap is stored exactly as sent.
+    let whole: rigwatch_signatures::Finding = serde_json::from_value(stored(&c, "big-1", "normal").await).unwrap();
+    assert_eq!(whole, normal);
+    assert!(!whole.evidence.iter().any(|e| e.kind() == "trimmed"));
+
+    let (_, m) = c.text("/metrics").await;
+    assert!(m.contains("rigwatch_collector_findings_trimmed_total 2"), "{m}");
+    assert!(m.contains("rigwatch_collector_reports_total{outcome=\"stored\"} 1"), "{m}");
+
+    // An update as large is trimmed as well; the note is not doubled.
+    let (s, j) = c
+        .post(&report(
+            "big-1",
+            "a1",
+            vec![updated("a1", 4, 1001, padded("big-1", "normal", 1 << 20, 5_000))],
+        ))
+        .await;
+    assert_eq!(s, 200, "{j}");
+    let f = stored(&c, "big-1", "normal").await;
+    assert!(serde_json::to_vec(&f).unwrap().len() <= MAX_FINDING_BYTES);
+    assert_eq!(
+        f["evidence"].as_array().unwrap().iter().filter(|e| e["kind"] == "trimmed").count(),
+        1
+    );
+    let (_, m) = c.text("/metrics").await;
+    assert!(m.contains("rigwatch_collector_findings_trimmed_total 3"), "{m}");
+}
+
+/// Posts `body` on a raw connection (the collector may answer and close
+/// before the body is all sent); returns the answer's first bytes.
+fn post_body(addr: &str, token: &str, body: Vec<u8>) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let head = report_head(Some(token), body.len());
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(head.as_bytes());
+        for chunk in body.chunks(64 * 1024) {
+            if w.write_all(chunk).is_err() {
+                break; // answered and closed: the rest is never read
+            }
+        }
+    });
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let _ = writer.join();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_reports_over_the_body_limit_get_413_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(sqlite_store(dir.path()), dir.path(), |_| {}).await;
+    let token = c.token_for("huge-1").await;
+    let r = report(
+        "huge-1",
+        "a1",
+        vec![
+            heartbeat("a1", 1, 1000),
+            opened("a1", 2, 1000, padded("huge-1", "absurd", 2 << 20, 40_000)),
+            opened("a1", 3, 1000, finding("huge-1", "small", "xmrig", "pool.example.com", WALLET)),
+        ],
+    );
+    let body = serde_json::to_vec(&r).unwrap();
+    let limit = c.app.settings.max_body_bytes;
+    assert!(body.len() > limit, "{} bytes is over the limit of {limit}", body.len());
+    let addr = addr_of(&c.url);
+    let answer = tokio::task::spawn_blocking(move || post_body(&addr, &token, body)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    let (_, m) = c.text("/metrics").await;
+    assert!(
+        m.contains("rigwatch_collector_reports_total{outcome=\"rejected_too_large\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("rigwatch_collector_reports_total{outcome=\"stored\"} 0"), "{m}");
+    assert!(m.contains("rigwatch_collector_events_stored_total 0"), "{m}");
+    // Nothing of it was stored: not the host, not either finding.
+    let (s, hosts) = c.get("/api/v1/hosts").await;
+    assert_eq!((s, hosts), (200, serde_json::json!([])));
+    let (s, list) = c.get("/api/v1/findings?host=huge-1").await;
+    assert_eq!((s, list), (200, serde_json::json!([])));
+    let (s, _) = c.get("/api/v1/findings/huge-1/small").await;
+    assert_eq!(s, 404);
+}

@@ -731,11 +731,19 @@ impl Finding {
             }
             cut += shrink_all(&mut v, max_str, max_list);
         }
-        // then the weakest evidence (evidence is sorted strongest first)
-        while len(&v) > budget && v["evidence"].as_array().is_some_and(|a| a.len() > 1) {
+        // then the weakest evidence (evidence is sorted strongest first);
+        // each item is measured once, so thousands of items (a hostile
+        // report at the collector) cost one pass, not one pass per item
+        let mut total = len(&v);
+        if total > budget {
             if let Some(serde_json::Value::Array(ev)) = v.get_mut("evidence") {
-                ev.pop();
-                dropped += 1;
+                let sizes: Vec<usize> = ev.iter().map(len).collect();
+                while total > budget && ev.len() > 1 {
+                    ev.pop();
+                    // the item and the comma before it
+                    total = total.saturating_sub(sizes[ev.len()] + 1);
+                    dropped += 1;
+                }
             }
         }
         // last, what is left cut to the bone
