@@ -119,7 +119,8 @@ fn postgres_tls_refuses_what_it_cannot_verify() {
     // verify-ca checks the chain only: the same server is accepted.
     {
         let _b = db::open(&format!("{other}&sslmode=verify-ca")).expect("verify-ca accepts a good chain for another name");
-        assert_eq!(pg.connections("tls"), (8, 8));
+        let (n, tls) = pg.connections("tls");
+        assert!(n >= 8 && tls == n, "verify-ca: {tls} of {n} connections are TLS");
     }
 
     // Plaintext to a database the server serves only over TLS: refused by
@@ -145,7 +146,7 @@ fn postgres_tls_refuses_what_it_cannot_verify() {
     let collector = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_rigwatch-collector"))
             .args(args)
-            .env("RIGWATCH_LOG", "warn")
+            .env("RIGWATCH_LOG", "info")
             .output()
             .unwrap();
         (
@@ -165,7 +166,10 @@ fn postgres_tls_refuses_what_it_cannot_verify() {
         ca.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(err.is_empty(), "a verified connection is not warned about: {err}");
+    assert!(
+        err.contains(&format!("TLS (sslmode=verify-full, sslrootcert={})", ca.display())) && !err.contains("plaintext"),
+        "the flag's CA is used, and verified: {err}"
+    );
     let (code, _, err) = collector(&["token", "list", "--database", &plain, "--database-ca-file", wrong.to_str().unwrap()]);
     assert_eq!(code, Some(2));
     assert!(err.contains("certificate not trusted"), "{err}");
@@ -208,6 +212,7 @@ fn postgres_tls_required_but_not_offered_is_refused() {
     assert!(e.contains("server does not support TLS but sslmode=verify-full"), "{e}");
     // prefer (the default) still connects, in plaintext, as before.
     let b = db::open(&pg.url("plain", "")).expect("prefer falls back to plaintext");
-    assert_eq!(pg.connections("plain"), (8, 0));
+    let (n, tls) = pg.connections("plain");
+    assert!(n >= 8 && tls == 0, "prefer without TLS on offer: {tls} of {n} connections are TLS");
     drop(b);
 }
