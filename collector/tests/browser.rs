@@ -1,14 +1,17 @@
 //! The analysts' web page in a real headless Chromium (Debian's chromium +
 //! chromium-driver), driven over the W3C WebDriver protocol: log in, go
 //! from the fleet to a host to a finding with a hostile process name,
-//! acknowledge it, open a campaign, and save screenshots under
-//! target/collector-screenshots/. Skipped, with a message, only when
-//! chromium or chromedriver is missing.
+//! acknowledge it, open a campaign; and an analyst whose token is revoked
+//! (with the real `rigwatch-collector token revoke`) is logged out at once.
+//! Screenshots are saved under target/collector-screenshots/. Skipped, with
+//! a message, only when chromium or chromedriver is missing.
 
 mod common;
 
 use base64::Engine;
 use common::*;
+use rigwatch_collector::app::SESSION_COOKIE;
+use rigwatch_collector::store::Role;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -195,6 +198,21 @@ impl Driver {
         std::fs::write(&p, png).unwrap();
         p
     }
+    /// The value of a cookie the browser holds for the current page
+    /// (HttpOnly ones included: WebDriver sees them, page scripts do not).
+    async fn cookie(&self, name: &str) -> Option<String> {
+        let v = self.cmd(reqwest::Method::GET, &format!("/cookie/{name}"), None).await;
+        v["value"].as_str().map(str::to_string)
+    }
+    /// An element's DOM property (`value` of an input).
+    async fn property(&self, css: &str, prop: &str) -> String {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::GET, &format!("/element/{e}/property/{prop}"), None)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
     /// True when a JavaScript dialog is open (an injected alert() ran).
     async fn dialog_open(&self) -> bool {
         let v = self.cmd(reqwest::Method::GET, "/alert/text", None).await;
@@ -265,5 +283,110 @@ async fn analyst_clicks_from_fleet_to_finding_in_chromium() {
     let body = d.text("main").await;
     assert!(body.contains("web-1") && body.contains("web-2") && body.contains(WALLET), "{body}");
     d.shot("06-campaign.png").await;
+    d.quit().await;
+}
+
+/// Issue 13: revoking an analyst's token ends the browser sessions opened
+/// with it at once, not when the 12 h cookie expires. The token is revoked
+/// by the real binary on the same database while the analyst has a finding
+/// open with its form (and form token) loaded; the acknowledge click then
+/// lands on the login page, the finding is unchanged, and the cookie is
+/// refused to plain HTTP requests too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_logs_its_browser_session_out() {
+    let profile = tempfile::tempdir().unwrap();
+    let Some(d) = Driver::start(profile.path()).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(sqlite_store(dir.path()), dir.path(), |_| {}).await;
+    let carol = c.app.store.token_create("carol", Role::Analyst).await.unwrap();
+    let (s, j) = c
+        .post(&report(
+            "web-1",
+            "a1",
+            vec![opened("a1", 1, 1000, finding("web-1", "f1", "kswapd0", "pool.example.com", WALLET))],
+        ))
+        .await;
+    assert_eq!(s, 200, "{j}");
+
+    d.go(&format!("{}/login", c.url)).await;
+    d.type_in("#token", &carol).await;
+    d.click("#login").await;
+    d.wait_title(|t| t == "Fleet · rigwatch").await;
+    assert!(d.text("header").await.contains("signed in as carol"));
+    d.shot("11-revoke-fleet.png").await;
+    d.click("a.finding").await;
+    d.wait_title(|t| t == "Finding f1 · rigwatch").await;
+    assert_eq!(d.text("#state").await, "open");
+    let cookie = d.cookie(SESSION_COOKIE).await.expect("a session cookie");
+    let csrf = d.property("form.inline input[name=csrf]", "value").await;
+    assert_eq!(csrf.len(), 64, "the form token: {csrf:?}");
+    d.shot("12-revoke-finding-before.png").await;
+
+    // The cookie works for a plain request before the revocation.
+    let with_cookie = |path: &str| {
+        c.client
+            .get(format!("{}{path}", c.url))
+            .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
+            .send()
+    };
+    let r = with_cookie("/api/v1/findings/web-1/f1").await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the session reads fleet data before the revocation");
+
+    // Revoked by the real binary on the same database.
+    let out = Command::new(env!("CARGO_BIN_EXE_rigwatch-collector"))
+        .args(["token", "revoke", "carol", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("revoked token \"carol\""),
+        "token revoke: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The page still shows the form: acknowledging lands on the login page.
+    d.type_in("form.inline input[name=reason]", "after revocation").await;
+    d.click("#btn-acknowledged").await;
+    d.wait_title(|t| t == "Log in · rigwatch").await;
+    assert!(d.url().await.ends_with("/login"), "{}", d.url().await);
+    assert!(!d.text("header").await.contains("signed in"));
+    d.shot("13-revoke-acknowledge-refused.png").await;
+    // Reloading the finding, or the fleet, lands there too.
+    for path in ["/findings/web-1/f1", "/"] {
+        d.go(&format!("{}{path}", c.url)).await;
+        d.wait_title(|t| t == "Log in · rigwatch").await;
+        assert!(d.url().await.ends_with("/login"), "{path}: {}", d.url().await);
+    }
+    d.shot("14-revoke-reload.png").await;
+
+    // The finding did not change (read with another analyst's token).
+    let (s, f) = c.get("/api/v1/findings/web-1/f1").await;
+    assert_eq!(s, 200, "{f}");
+    assert_eq!(f["state"], "open", "{f}");
+    assert!(
+        !f["history"].to_string().contains("after revocation") && !f["history"].to_string().contains("carol"),
+        "{}",
+        f["history"]
+    );
+
+    // The cookie is refused to plain HTTP requests as well: the API, the
+    // page, and the very form post that would have worked before.
+    let r = with_cookie("/api/v1/findings/web-1/f1").await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = with_cookie("/findings/web-1/f1").await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    let r = c
+        .client
+        .post(format!("{}/findings/web-1/f1/state", c.url))
+        .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
+        .form(&[("csrf", csrf.as_str()), ("state", "suppressed"), ("reason", "by curl")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/login"));
+    let (_, f) = c.get("/api/v1/findings/web-1/f1").await;
+    assert_eq!(f["state"], "open", "{f}");
     d.quit().await;
 }
