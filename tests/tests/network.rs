@@ -257,46 +257,71 @@ fn tls_sni_dns_and_dns_learned_addresses() {
     assert!(evidence(&f, "stratum").is_empty(), "TLS hides the protocol");
 }
 
+/// A network namespace the test creates, joined to the host by a veth pair
+/// (`10.231.N.1/30` on the host, `.2` inside); removed on drop.
+struct Veth {
+    ns: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Veth {
+    /// `None` (after saying SKIP) where namespaces cannot be made here.
+    fn new(n: u8) -> Option<Veth> {
+        if !root() || Command::new("ip").arg("-V").output().is_err() {
+            eprintln!("SKIP: needs root and iproute2");
+            return None;
+        }
+        let id = std::process::id();
+        let v = Veth {
+            ns: format!("rwtest{id}x{n}"),
+            host_if: format!("rwh{}x{n}", id % 10000),
+            host_ip: format!("10.231.{n}.1"),
+            ns_ip: format!("10.231.{n}.2"),
+        };
+        let sh = |args: &[&str]| Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+        let ok = sh(&["netns", "add", &v.ns])
+            && sh(&["link", "add", &v.host_if, "type", "veth", "peer", "name", "rwns0", "netns", &v.ns])
+            && sh(&["addr", "add", &format!("{}/30", v.host_ip), "dev", &v.host_if])
+            && sh(&["link", "set", &v.host_if, "up"])
+            && sh(&["-n", &v.ns, "addr", "add", &format!("{}/30", v.ns_ip), "dev", "rwns0"])
+            && sh(&["-n", &v.ns, "link", "set", "rwns0", "up"])
+            && sh(&["-n", &v.ns, "link", "set", "lo", "up"]);
+        if !ok {
+            eprintln!("SKIP: cannot create a network namespace here");
+            return None;
+        }
+        Some(v)
+    }
+
+    /// `ip netns exec NS` with the simulators' test-network permission.
+    fn exec(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.env("RIGWATCH_TEST_NETNS", "1").args(["netns", "exec", &self.ns]);
+        c
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
 #[test]
 fn across_a_veth_pair_into_a_network_namespace() {
-    if !root() || Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIP: needs root and iproute2");
-        return;
-    }
     let _one = one();
     rigwatch(); // built before anything starts its bounded hold
-    let ns = format!("rwtest{}", std::process::id());
-    let host_if = format!("rwh{}", std::process::id() % 100000);
-    let sh = |args: &[&str]| Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
-    struct Cleanup(String, String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["link", "del", &self.1]).status();
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _cleanup = Cleanup(ns.clone(), host_if.clone());
-    let ok = sh(&["netns", "add", &ns])
-        && sh(&["link", "add", &host_if, "type", "veth", "peer", "name", "rwns0", "netns", &ns])
-        && sh(&["addr", "add", "10.231.7.1/30", "dev", &host_if])
-        && sh(&["link", "set", &host_if, "up"])
-        && sh(&["-n", &ns, "addr", "add", "10.231.7.2/30", "dev", "rwns0"])
-        && sh(&["-n", &ns, "link", "set", "rwns0", "up"])
-        && sh(&["-n", &ns, "link", "set", "lo", "up"]);
-    if !ok {
-        eprintln!("SKIP: cannot create a network namespace here");
-        return;
-    }
-    let mut c = Command::new("ip");
-    c.env("RIGWATCH_TEST_NETNS", "1").args([
-        "netns",
-        "exec",
-        &ns,
+    let Some(v) = Veth::new(7) else { return };
+    let mut c = v.exec();
+    c.args([
         env!("CARGO_BIN_EXE_fakepool"),
         "--dialect",
         "stratum-v1",
         "--listen",
-        "10.231.7.2:3333",
+        &format!("{}:3333", v.ns_ip),
         "--job-interval",
         "0.5",
         "--max-seconds",
@@ -307,18 +332,94 @@ fn across_a_veth_pair_into_a_network_namespace() {
     let scan = scan_start("5");
     let mut cc = Command::new(env!("CARGO_BIN_EXE_stratumclient"));
     cc.env("RIGWATCH_TEST_NETNS", "1")
-        .args(["--dialect", "stratum-v1", "--connect", "10.231.7.2:3333", "--hold", "8"]);
+        .args(["--dialect", "stratum-v1", "--connect", &format!("{}:3333", v.ns_ip), "--hold", "8"]);
     let c = start(cc);
     let pid = c.child.id();
-    let v = scan_end(scan);
-    let f = finding(&v, pid);
+    let out = scan_end(scan);
+    let f = finding(&out, pid);
     assert_eq!(f["severity"], "confirmed", "{f}");
     let s = evidence(&f, "stratum");
-    assert_eq!(s[0]["remote"], "10.231.7.2:3333");
+    assert_eq!(s[0]["remote"], format!("{}:3333", v.ns_ip));
     assert!(
         evidence(&f, "pool_connection").iter().any(|e| e["reason"] == "pool port 3333"),
         "pool port is weak evidence alongside: {f}"
     );
+}
+
+/// The miner in a pod: its own network, pid and mount namespaces, reaching
+/// its pool (on the host) across a veth pair. The capture sees the login on
+/// the host side; the socket is only in the pod's namespace, and the finding
+/// must still land on the miner's host pid, with the stratum evidence.
+#[test]
+fn a_miner_in_its_own_namespaces_is_attributed_to_its_host_pid() {
+    let _one = one();
+    rigwatch();
+    let Some(v) = Veth::new(8) else { return };
+    let (_pool, addr) = {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fakepool"));
+        c.env("RIGWATCH_TEST_NETNS", "1").args([
+            "--dialect",
+            "cryptonote",
+            "--listen",
+            &format!("{}:3333", v.host_ip),
+            "--job-interval",
+            "0.5",
+            "--max-seconds",
+            "60",
+        ]);
+        let p = start(c);
+        let a = p
+            .first
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("fakepool said {:?}", p.first))
+            .to_string();
+        (p, a)
+    };
+    let scan = scan_start("6");
+    let mut cc = v.exec();
+    cc.args([
+        "unshare",
+        "--pid",
+        "--mount",
+        "--fork",
+        "--mount-proc",
+        env!("CARGO_BIN_EXE_stratumclient"),
+    ])
+    .args(["--dialect", "cryptonote", "--connect", &addr, "--hold", "10", "--login", WALLET]);
+    let c = start(cc);
+    assert!(c.first.starts_with("ready"), "stratumclient said {:?}", c.first);
+    // its pid inside the pod is 1; on the host, it is the process running
+    // stratumclient in the pod's network namespace
+    let pod_ns = std::fs::metadata(format!("/run/netns/{}", v.ns))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let host_pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            ns.ok() == Some(pod_ns) && comm.trim() == "stratumclient"
+        })
+        .expect("the miner's host pid");
+    assert_ne!(host_pid, 1);
+    let out = scan_end(scan);
+    let f = finding(&out, host_pid);
+    assert_eq!(f["severity"], "confirmed", "{f}");
+    let s = evidence(&f, "stratum");
+    assert!(!s.is_empty(), "the stratum evidence is the miner's, not a pid-less flow: {f}");
+    assert_eq!(s[0]["remote"], addr);
+    assert_eq!(s[0]["login"], WALLET);
+    // and no pid-less flow finding for the same session
+    let flows: Vec<&Value> = out["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["pid"] == 0 || f["pid"].is_null())
+        .filter(|f| f.to_string().contains(&addr))
+        .collect();
+    assert!(flows.is_empty(), "{flows:?}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! crate, never on each other.
 
 pub mod exe;
+pub mod netns;
 pub mod pids;
 pub mod process;
 pub mod safefile;

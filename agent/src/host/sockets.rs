@@ -74,12 +74,26 @@ fn hex_endpoint(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// A sock_diag socket: it answers for the network namespace it was
+/// opened in (see [`crate::host::netns`] for the others).
+pub use netlink_sys::Socket as DiagSocket;
+
+/// A sock_diag socket in this thread's network namespace.
+pub fn diag_socket() -> std::io::Result<DiagSocket> {
+    diag::open()
+}
+
 /// All TCP and UDP sockets of this network namespace through sock_diag.
 pub fn sock_diag_dump() -> std::io::Result<Vec<SocketEntry>> {
+    sock_diag_dump_on(&mut diag::open()?)
+}
+
+/// All TCP and UDP sockets of the namespace `socket` was opened in.
+pub fn sock_diag_dump_on(socket: &mut DiagSocket) -> std::io::Result<Vec<SocketEntry>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for proto in [libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8] {
-            diag::query(family, proto, None, diag::StateFlags::all(), &mut out)?;
+            diag::query(socket, family, proto, None, diag::StateFlags::all(), &mut out)?;
         }
     }
     Ok(out)
@@ -89,13 +103,25 @@ pub fn sock_diag_dump() -> std::io::Result<Vec<SocketEntry>> {
 /// kernel looks the socket up as it would deliver a datagram from `remote`
 /// to `local`, so unconnected sockets (a resolver's `sendto`) are found too.
 pub fn sock_diag_lookup(tcp: bool, local: SocketAddr, remote: SocketAddr) -> Option<SocketEntry> {
+    sock_diag_lookup_on(&mut diag::open().ok()?, tcp, local, remote).ok()?
+}
+
+/// [`sock_diag_lookup`] in the namespace `socket` was opened in; an error
+/// when the socket itself failed (not when nothing matched).
+pub fn sock_diag_lookup_on(
+    socket: &mut DiagSocket,
+    tcp: bool,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> std::io::Result<Option<SocketEntry>> {
     let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
     let proto = if tcp { libc::IPPROTO_TCP } else { libc::IPPROTO_UDP } as u8;
     let mut out = Vec::new();
     let id = if tcp { (local, remote) } else { (remote, local) };
-    diag::query(family, proto, Some(id), diag::StateFlags::all(), &mut out).ok()?;
-    out.into_iter()
-        .find(|e| e.local.port() == local.port() && (e.remote == remote || (!tcp && e.remote.port() == 0)))
+    diag::query(socket, family, proto, Some(id), diag::StateFlags::all(), &mut out)?;
+    Ok(out
+        .into_iter()
+        .find(|e| e.local.port() == local.port() && (e.remote == remote || (!tcp && e.remote.port() == 0))))
 }
 
 /// Whether a TCP socket of this network namespace listens on `local`'s
@@ -103,8 +129,17 @@ pub fn sock_diag_lookup(tcp: bool, local: SocketAddr, remote: SocketAddr) -> Opt
 /// side of a connection has its listener's port.
 pub fn tcp_listening(local: SocketAddr) -> bool {
     let mut out = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let _ = diag::query(family, libc::IPPROTO_TCP as u8, None, diag::StateFlags::LISTEN, &mut out);
+    if let Ok(mut socket) = diag::open() {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let _ = diag::query(
+                &mut socket,
+                family,
+                libc::IPPROTO_TCP as u8,
+                None,
+                diag::StateFlags::LISTEN,
+                &mut out,
+            );
+        }
     }
     out.iter().any(|e| {
         e.local.port() == local.port()
@@ -126,16 +161,23 @@ mod diag {
     use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
     use std::net::SocketAddr;
 
+    pub fn open() -> std::io::Result<Socket> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&NlAddr::new(0, 0))?;
+        Ok(socket)
+    }
+
+    /// One request on `socket`, read to its end (a dump's DONE, an exact
+    /// lookup's one answer or error), so the socket can be used again.
     pub fn query(
+        socket: &mut Socket,
         family: u8,
         protocol: u8,
         exact: Option<(SocketAddr, SocketAddr)>,
         states: StateFlags,
         out: &mut Vec<SocketEntry>,
     ) -> std::io::Result<()> {
-        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-        socket.bind_auto()?;
-        socket.connect(&NlAddr::new(0, 0))?;
         let mut hdr = NetlinkHeader::default();
         hdr.flags = NLM_F_REQUEST | if exact.is_none() { NLM_F_DUMP } else { 0 };
         let socket_id = match exact {
@@ -173,7 +215,8 @@ mod diag {
             while off < size {
                 let msg = match <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[off..size]) {
                     Ok(m) => m,
-                    Err(_) => return Ok(()),
+                    // the socket may hold the rest: the caller drops it
+                    Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "sock_diag: malformed answer")),
                 };
                 let len = msg.header.length as usize;
                 match msg.payload {

@@ -14,6 +14,7 @@
 //! processes. Without CAP_NET_RAW the sensor reports itself unavailable.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
+use crate::host::netns::Netns;
 use crate::host::sockets::{sock_diag_lookup, tcp_listening, InodeOwners};
 use crate::net::flows::{Direction, FlowEvent, FlowTable};
 use crate::net::shared::{FlowFinding, NetShared};
@@ -368,11 +369,13 @@ impl CaptureSensor {
                 .into_iter()
                 .collect(),
         };
+        // sockets of containers and pods are asked in their own namespaces
+        let netns = crate::paths::is_live_proc(root).then(|| Netns::new(root));
         match open_socket() {
             Ok(fd) => {
                 s.thread = std::thread::Builder::new()
                     .name("rw-capture".into())
-                    .spawn(move || capture_loop(fd, sig, shared, stop, counters))
+                    .spawn(move || capture_loop(fd, sig, shared, stop, counters, netns))
                     .ok();
             }
             Err(e) => {
@@ -407,6 +410,7 @@ fn capture_loop(
     shared: Arc<NetShared>,
     stop: Arc<AtomicBool>,
     counters: Arc<CaptureCounters>,
+    mut netns: Option<Netns>,
 ) {
     let lo = nix::net::if_::if_nametoindex("lo").unwrap_or(1) as i32;
     let mut table = FlowTable::new();
@@ -457,8 +461,12 @@ fn capture_loop(
             unsolicited_if_listener(ev);
             let attributable = !matches!(ev, FlowEvent::Stratum { hit, .. } if hit.direction == Direction::Unsolicited);
             for (client, server, tcp, e) in evidence_of(&sig, Some(&shared), ev) {
+                // the host's namespace first, then the others (containers, pods)
                 let inode = attributable
-                    .then(|| sock_diag_lookup(tcp, client, server))
+                    .then(|| {
+                        sock_diag_lookup(tcp, client, server)
+                            .or_else(|| netns.as_mut().and_then(|n| n.lookup(tcp, client, server)).map(|(s, _)| s))
+                    })
                     .flatten()
                     .map(|s| s.inode)
                     .filter(|&i| i != 0);

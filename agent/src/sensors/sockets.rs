@@ -8,6 +8,7 @@
 //! pool domains (the capture sensor fills that cache).
 
 use super::{Observation, Sensor, SensorError, Snapshot};
+use crate::host::netns::Netns;
 use crate::net::shared::NetShared;
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use std::collections::{HashMap, HashSet};
@@ -30,6 +31,8 @@ pub struct SocketSensor {
     /// passes seen so. Two passes in a row make a flow finding.
     unowned: HashMap<u64, u8>,
     notes: Vec<String>,
+    /// The other network namespaces (containers, pods), on a live proc root.
+    netns: Option<Netns>,
 }
 
 impl SocketSensor {
@@ -43,13 +46,20 @@ impl SocketSensor {
             fallback: !crate::paths::is_live_proc(root),
             unowned: HashMap::new(),
             notes: Vec::new(),
+            netns: crate::paths::is_live_proc(root).then(|| Netns::new(root)),
         }
     }
 
     fn list(&mut self) -> Result<Vec<SocketEntry>, SensorError> {
         if !self.fallback {
             match sock_diag_dump() {
-                Ok(v) => return Ok(v),
+                Ok(mut v) => {
+                    // and every other namespace's (containers, pods)
+                    if let Some(n) = self.netns.as_mut() {
+                        v.extend(n.dump_all().into_iter().map(|(e, _)| e));
+                    }
+                    return Ok(v);
+                }
                 Err(_) => self.fallback = true,
             }
         }

@@ -1,0 +1,220 @@
+//! The other network namespaces: containers, pods, anything a process
+//! `unshare`d. A socket belongs to one network namespace, and sock_diag
+//! answers only for the namespace its netlink socket was opened in; so a
+//! pod's connection, seen by the capture on the host side of its veth, has
+//! no owner in the host's namespace. This registry finds the namespaces in
+//! use (`/proc/PID/ns/net`), opens one sock_diag socket inside each (from a
+//! short-lived thread that `setns`es into it: the socket stays bound to
+//! that namespace after the thread is gone) and asks them in turn.
+//!
+//! Socket inodes are unique across namespaces, so the owner is then found
+//! the usual way, from the fd tables, as a host pid.
+//!
+//! Bounded, since any user may create namespaces (unprivileged user
+//! namespaces): at most [`MAX_NAMESPACES`] sockets are kept open, the least
+//! recently useful closed first, and a socket is dropped as soon as no
+//! process is left in its namespace (an open socket keeps a namespace
+//! alive). The list is re-read at most every [`REFRESH`].
+
+use crate::host::sockets::{diag_socket, sock_diag_dump_on, sock_diag_lookup_on, DiagSocket, SocketEntry};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Namespaces asked at most (and sock_diag sockets held open at most).
+pub const MAX_NAMESPACES: usize = 512;
+/// How often the namespace list may be re-read.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+struct Ns {
+    socket: Option<DiagSocket>,
+    /// A process in it (to open it by).
+    pid: u32,
+    /// When it last answered a lookup (ordering: most useful first).
+    last_hit: u64,
+    /// Opening failed (no privilege, or the process left): not retried
+    /// until the next refresh finds it again.
+    failed: bool,
+}
+
+/// The host's other network namespaces, each with its sock_diag socket.
+pub struct Netns {
+    proc_root: PathBuf,
+    /// The namespace this process's sockets answer for (skipped).
+    own: u64,
+    spaces: HashMap<u64, Ns>,
+    refreshed: Option<Instant>,
+    tick: u64,
+    /// Why the last namespace could not be opened, if one could not.
+    pub last_error: Option<String>,
+}
+
+/// A network namespace's identity: the inode of `/proc/PID/ns/net`.
+pub fn netns_of(proc_root: &Path, pid: u32) -> Option<u64> {
+    std::fs::metadata(proc_root.join(pid.to_string()).join("ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+impl Netns {
+    /// Over a live proc root.
+    pub fn new(proc_root: &Path) -> Self {
+        Netns {
+            proc_root: proc_root.to_path_buf(),
+            own: std::fs::metadata("/proc/thread-self/ns/net").map(|m| m.ino()).unwrap_or(0),
+            spaces: HashMap::new(),
+            refreshed: None,
+            tick: 0,
+            last_error: None,
+        }
+    }
+
+    /// Namespaces known besides our own.
+    pub fn len(&self) -> usize {
+        self.spaces.len()
+    }
+
+    /// True when no other namespace is known.
+    pub fn is_empty(&self) -> bool {
+        self.spaces.is_empty()
+    }
+
+    /// Re-reads which namespaces are in use (at most every [`REFRESH`],
+    /// unless `force`): new ones are added, those no process holds any
+    /// more are dropped with their sockets.
+    pub fn refresh(&mut self, force: bool) {
+        if !force && self.refreshed.is_some_and(|t| t.elapsed() < REFRESH) {
+            return;
+        }
+        self.refreshed = Some(Instant::now());
+        let Ok(rd) = std::fs::read_dir(&self.proc_root) else { return };
+        let mut seen: HashMap<u64, u32> = HashMap::new();
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(ino) = netns_of(&self.proc_root, pid) {
+                if ino != self.own {
+                    seen.entry(ino).or_insert(pid);
+                }
+            }
+        }
+        self.spaces.retain(|ino, _| seen.contains_key(ino));
+        for (ino, pid) in seen {
+            if let Some(ns) = self.spaces.get_mut(&ino) {
+                ns.pid = pid;
+                ns.failed = false;
+            } else if self.spaces.len() < MAX_NAMESPACES {
+                self.spaces.insert(
+                    ino,
+                    Ns {
+                        socket: None,
+                        pid,
+                        last_hit: 0,
+                        failed: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The namespaces in the order to ask them: the most recently useful first.
+    fn order(&self) -> Vec<u64> {
+        let mut v: Vec<(u64, u64)> = self
+            .spaces
+            .iter()
+            .filter(|(_, n)| !n.failed)
+            .map(|(i, n)| (n.last_hit, *i))
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Runs `f` on namespace `ino`'s socket, opening it first if needed; a
+    /// socket that fails is dropped (reopened next time).
+    fn with_socket<T>(&mut self, ino: u64, f: impl FnOnce(&mut DiagSocket) -> std::io::Result<T>) -> Option<T> {
+        let ns = self.spaces.get_mut(&ino)?;
+        if ns.socket.is_none() {
+            match open_in(&self.proc_root, ns.pid, ino) {
+                Ok(s) => ns.socket = Some(s),
+                Err(e) => {
+                    ns.failed = true;
+                    self.last_error = Some(format!("network namespace of pid {}: {e}", ns.pid));
+                    return None;
+                }
+            }
+        }
+        let socket = ns.socket.as_mut()?;
+        match f(socket) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                ns.socket = None;
+                None
+            }
+        }
+    }
+
+    /// The socket of a 4-tuple in whichever other namespace holds it, and
+    /// that namespace.
+    pub fn lookup(&mut self, tcp: bool, local: SocketAddr, remote: SocketAddr) -> Option<(SocketEntry, u64)> {
+        self.refresh(false);
+        for ino in self.order() {
+            if let Some(Some(e)) = self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)) {
+                self.tick += 1;
+                if let Some(ns) = self.spaces.get_mut(&ino) {
+                    ns.last_hit = self.tick;
+                }
+                return Some((e, ino));
+            }
+        }
+        None
+    }
+
+    /// Every socket of every other namespace, with its namespace.
+    pub fn dump_all(&mut self) -> Vec<(SocketEntry, u64)> {
+        self.refresh(false);
+        let mut out = Vec::new();
+        for ino in self.order() {
+            if let Some(v) = self.with_socket(ino, sock_diag_dump_on) {
+                out.extend(v.into_iter().map(|e| (e, ino)));
+            }
+        }
+        out
+    }
+}
+
+/// Opens a sock_diag socket inside the network namespace of `pid`, checking
+/// that it is still namespace `ino` (the pid may have exited and been reused).
+fn open_in(proc_root: &Path, pid: u32, ino: u64) -> std::io::Result<DiagSocket> {
+    let f = std::fs::File::open(proc_root.join(pid.to_string()).join("ns/net"))?;
+    if f.metadata()?.ino() != ino {
+        return Err(std::io::Error::other("the process moved to another namespace"));
+    }
+    // setns changes only the calling thread's namespace: do it in a thread
+    // of its own, which ends right after.
+    std::thread::scope(|s| {
+        s.spawn(|| -> std::io::Result<DiagSocket> {
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            diag_socket()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_namespace_is_skipped() {
+        let mut n = Netns::new(Path::new("/proc"));
+        n.refresh(true);
+        let me = netns_of(Path::new("/proc"), std::process::id()).unwrap();
+        assert_eq!(me, n.own);
+        assert!(!n.spaces.contains_key(&me));
+        assert!(n.len() <= MAX_NAMESPACES);
+    }
+}
