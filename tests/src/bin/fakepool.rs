@@ -8,7 +8,11 @@
 //!
 //! Usage:
 //!   fakepool --dialect D --listen ADDR [--tls] [--once] [--coalesce]
+//!            [--proxy socks5|socks4|connect]
 //!            [--job-interval SECONDS] [--max-seconds SECONDS]
+//!   fakepool --web --listen ADDR [--proxy KIND] [--once]  (the benign
+//!            control: a plain web server answering every HTTP request
+//!            with a short `200 OK` page; no pool dialect)
 //!   fakepool --dns ADDR --answer IPV4 [--once] [--max-seconds SECONDS]
 //!   fakepool --push-to ADDR [--delay SECONDS] [--hold SECONDS]  (attacker:
 //!            connects, waits, sends an unsolicited pool push to the
@@ -19,16 +23,28 @@
 //! Dialects: stratum-v1, cryptonote, ethproxy, ethereumstratum1,
 //! ethereumstratum2, kawpow, getwork (see shared/reference/stratum.md).
 //!
+//! With --proxy it is the proxy and the pool in one: on each connection it
+//! first reads the client's proxy request — SOCKS5 (greeting offering no
+//! authentication or username/password, then CONNECT to a name, IPv4 or
+//! IPv6 address), SOCKS4/4a (CONNECT to an address or a name), or HTTP
+//! `CONNECT host:port` — grants it, and then serves the dialect (or TLS)
+//! itself on the same connection. It NEVER connects anywhere: the
+//! destination asked for is only printed. Each preamble is read exactly
+//! (no byte of the tunnel consumed) and bounded (a name ≤ 255 bytes, an
+//! HTTP head ≤ 4 KiB, 5 s to send it); anything else drops the connection.
+//!
 //! stdout, one event a line (flushed):
 //!   listening ADDR          the bound address (first line; use port 0)
 //!   accepted PEER           a connection
+//!   proxy KIND TARGET       the destination asked of the proxy (--proxy;
+//!                           KIND socks5, socks4, socks4a or connect)
 //!   tls sni NAME|none       after a TLS handshake (--tls)
 //!   got PROXY               a PROXY protocol line before the first message
 //!   got nul                 NUL bytes (keepalive probes) skipped
 //!   got METHOD              each client request, by its JSON method name
 //!   got result              a client line with no method (an answer, e.g. pong)
 //!   got junk                a line that is not JSON
-//!   got http VERB PATH      an HTTP request (getwork)
+//!   got http VERB PATH      an HTTP request (getwork, --web)
 //!   got dns NAME TYPE       a DNS query (--dns)
 //!   connected PEER          connected (--push-to; first line)
 //!   pushed PEER             the unsolicited push was sent (--push-to)
@@ -138,8 +154,20 @@ impl Dialect {
     }
 }
 
+/// Which proxy protocol the fake pool speaks first (--proxy).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ProxyKind {
+    Socks5,
+    Socks4,
+    Connect,
+}
+
 struct Config {
     dialect: Dialect,
+    /// Be a proxy first (and grant every request).
+    proxy: Option<ProxyKind>,
+    /// A plain web server instead of a pool (the benign control).
+    web: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
     coalesce: bool,
     job_interval: Duration,
@@ -191,8 +219,24 @@ fn main() {
         return;
     }
 
+    let web = take_flag(&mut args, "--web");
+    let proxy = take_value(&mut args, "--proxy").map(|k| match k.as_str() {
+        "socks5" => ProxyKind::Socks5,
+        "socks4" | "socks4a" => ProxyKind::Socks4,
+        "connect" | "http-connect" => ProxyKind::Connect,
+        _ => {
+            eprintln!("fakepool: --proxy must be one of socks5 socks4 connect");
+            std::process::exit(2)
+        }
+    });
     let dialect = take_value(&mut args, "--dialect").unwrap_or_default();
-    let Some(dialect) = Dialect::parse(&dialect) else {
+    let dialect = match Dialect::parse(&dialect) {
+        Some(d) if !web => Some(d),
+        // the web server's requests go through the HTTP reader getwork uses
+        None if web && dialect.is_empty() => Some(Dialect::Getwork),
+        _ => None,
+    };
+    let Some(dialect) = dialect else {
         eprintln!(
             "fakepool: --dialect must be one of stratum-v1 cryptonote ethproxy ethereumstratum1 \
              ethereumstratum2 kawpow getwork (or use --dns ADDR --answer IP)"
@@ -206,6 +250,8 @@ fn main() {
     let tls = take_flag(&mut args, "--tls").then(tls_config);
     let cfg = Arc::new(Config {
         dialect,
+        proxy,
+        web,
         tls,
         coalesce: take_flag(&mut args, "--coalesce"),
         job_interval: Duration::from_secs_f64(seconds(take_value(&mut args, "--job-interval"), 3.0).max(0.05)),
@@ -325,6 +371,11 @@ fn skip_raw_proxy_line(tcp: &TcpStream) -> io::Result<()> {
 
 fn serve(tcp: TcpStream, cfg: &Config) -> io::Result<()> {
     tcp.set_nodelay(true)?;
+    if let Some(kind) = cfg.proxy {
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let (name, target) = proxy_handshake(&tcp, kind)?;
+        say(&format!("proxy {name} {target}"));
+    }
     let mut conn = match &cfg.tls {
         None => Conn::Plain(tcp),
         Some(tls) => {
@@ -365,7 +416,9 @@ fn serve(tcp: TcpStream, cfg: &Config) -> io::Result<()> {
         if start && !strip_preamble(&mut buf, &mut start) {
             continue;
         }
-        let writes = if cfg.dialect == Dialect::Getwork {
+        let writes = if cfg.web {
+            web(&mut buf)
+        } else if cfg.dialect == Dialect::Getwork {
             pool.http(&mut buf)
         } else {
             pool.lines(&mut buf)
@@ -390,6 +443,183 @@ fn serve(tcp: TcpStream, cfg: &Config) -> io::Result<()> {
         Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => Ok(()),
         r => r,
     }
+}
+
+// ---------------------------------------------------------------- proxy
+
+/// Reads exactly `n` bytes.
+fn read_n(mut tcp: &TcpStream, n: usize) -> io::Result<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    tcp.read_exact(&mut b)?;
+    Ok(b)
+}
+
+/// Reads up to and including a NUL byte, at most `max` bytes before it.
+fn read_nul(tcp: &TcpStream, max: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let b = read_n(tcp, 1)?[0];
+        if b == 0 {
+            return Ok(out);
+        }
+        if out.len() >= max {
+            return Err(io::Error::other("proxy request field too long"));
+        }
+        out.push(b);
+    }
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("proxy request: {what}"))
+}
+
+/// A host name as text: printable, bounded.
+fn name(raw: &[u8]) -> io::Result<String> {
+    if raw.is_empty()
+        || raw.len() > 255
+        || !raw
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+    {
+        return Err(bad("not a host name"));
+    }
+    Ok(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// Reads the client's proxy request and grants it, consuming exactly the
+/// preamble. Returns the protocol's name and the destination asked for
+/// (printed only: nothing connects to it).
+fn proxy_handshake(tcp: &TcpStream, kind: ProxyKind) -> io::Result<(&'static str, String)> {
+    let mut w = tcp;
+    match kind {
+        ProxyKind::Socks5 => {
+            let g = read_n(tcp, 2)?;
+            if g[0] != 5 || g[1] == 0 {
+                return Err(bad("not a SOCKS5 greeting"));
+            }
+            let methods = read_n(tcp, g[1] as usize)?;
+            if methods.contains(&0) {
+                w.write_all(&[5, 0])?;
+            } else if methods.contains(&2) {
+                // RFC 1929: any username and password will do
+                w.write_all(&[5, 2])?;
+                let v = read_n(tcp, 2)?;
+                if v[0] != 1 {
+                    return Err(bad("not a username/password sub-negotiation"));
+                }
+                read_n(tcp, v[1] as usize)?;
+                let plen = read_n(tcp, 1)?[0];
+                read_n(tcp, plen as usize)?;
+                w.write_all(&[1, 0])?;
+            } else {
+                w.write_all(&[5, 0xff])?;
+                return Err(bad("no acceptable SOCKS5 method"));
+            }
+            let r = read_n(tcp, 4)?;
+            if r[0] != 5 || r[2] != 0 {
+                return Err(bad("not a SOCKS5 request"));
+            }
+            let host = match r[3] {
+                1 => {
+                    let a = read_n(tcp, 4)?;
+                    Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+                }
+                4 => {
+                    let mut o = [0u8; 16];
+                    o.copy_from_slice(&read_n(tcp, 16)?);
+                    format!("[{}]", std::net::Ipv6Addr::from(o))
+                }
+                3 => {
+                    let len = read_n(tcp, 1)?[0];
+                    name(&read_n(tcp, len as usize)?)?
+                }
+                _ => return Err(bad("SOCKS5 address type")),
+            };
+            let p = read_n(tcp, 2)?;
+            let port = u16::from_be_bytes([p[0], p[1]]);
+            if r[1] != 1 {
+                w.write_all(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0])?; // command not supported
+                return Err(bad("only CONNECT is served"));
+            }
+            // granted; the bound address is made up (nothing was connected)
+            w.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])?;
+            Ok(("socks5", format!("{host}:{port}")))
+        }
+        ProxyKind::Socks4 => {
+            let r = read_n(tcp, 8)?;
+            if r[0] != 4 {
+                return Err(bad("not a SOCKS4 request"));
+            }
+            let port = u16::from_be_bytes([r[2], r[3]]);
+            read_nul(tcp, 255)?; // the user id
+            let (kind, host) = if r[4..7] == [0, 0, 0] && r[7] != 0 {
+                ("socks4a", name(&read_nul(tcp, 255)?)?)
+            } else {
+                ("socks4", Ipv4Addr::new(r[4], r[5], r[6], r[7]).to_string())
+            };
+            if r[1] != 1 {
+                w.write_all(&[0, 0x5b, 0, 0, 0, 0, 0, 0])?;
+                return Err(bad("only CONNECT is served"));
+            }
+            w.write_all(&[0, 0x5a, 0, 0, 0, 0, 0, 0])?;
+            Ok((kind, format!("{host}:{port}")))
+        }
+        ProxyKind::Connect => {
+            // the head, byte by byte: nothing of the tunnel is consumed
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                if head.len() >= 4096 {
+                    return Err(bad("HTTP head too long"));
+                }
+                head.push(read_n(tcp, 1)?[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let line = head.lines().next().unwrap_or("");
+            let mut parts = line.split(' ');
+            let (Some(verb), Some(authority), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad("not an HTTP request line"));
+            };
+            if !verb.eq_ignore_ascii_case("CONNECT") || !version.starts_with("HTTP/1.") {
+                w.write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")?;
+                return Err(bad("not a CONNECT request"));
+            }
+            let Some((host, port)) = authority.rsplit_once(':') else {
+                return Err(bad("CONNECT without a port"));
+            };
+            let port: u16 = port.parse().map_err(|_| bad("CONNECT port"))?;
+            let host = name(host.trim_start_matches('[').trim_end_matches(']').as_bytes())?;
+            w.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")?;
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            Ok(("connect", format!("{host}:{port}")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- web
+
+/// The benign control (--web): every complete HTTP request in `buf` gets a
+/// short plain-text page.
+fn web(buf: &mut Vec<u8>) -> io::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head: Vec<u8> = buf.drain(..end + 4).collect();
+        let head = String::from_utf8_lossy(&head);
+        let mut parts = head.lines().next().unwrap_or("").split(' ');
+        let (verb, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        say(&format!("got http {verb} {path}"));
+        let body = "<!doctype html><title>Example</title><p>Nothing to see here.</p>\n";
+        out.push(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nServer: nginx\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+    }
+    if buf.len() > MAX_MESSAGE {
+        return Err(io::Error::other("HTTP header too long"));
+    }
+    Ok(out)
 }
 
 /// At the start of a connection: drops NUL bytes and one PROXY line.

@@ -18,8 +18,21 @@
 //!                 [--resolve NAME --dns IP:PORT] [--wait-before SECONDS]
 //!                 [--hold SECONDS] [--keepalive SECONDS] [--agent STR]
 //!                 [--login WALLET] [--dry-run]
+//!                 [--socks5 DEST | --socks4a DEST | --http-connect DEST]
+//!   stratumclient --plain-http --connect IP:PORT [--socks5 DEST | ...]
+//!                 [--hold SECONDS]   (the benign control: one `GET /`,
+//!                 its answer read, then idle; no mining dialect)
 //! Dialects: stratum-v1, cryptonote, ethproxy, ethereumstratum1,
 //! ethereumstratum2, kawpow, getwork.
+//!
+//! Through a proxy: with --socks5, --socks4a or --http-connect the --connect
+//! address is a proxy (a fakepool run with --proxy, which is the proxy and
+//! the pool in one). The client first asks it for DEST (NAME:PORT, or
+//! IP:PORT / [IPv6]:PORT) the way xmrig -x and Tor clients do — SOCKS5
+//! greeting (no authentication) and CONNECT; SOCKS4a (SOCKS4 with an IP);
+//! HTTP `CONNECT DEST HTTP/1.1` — waits for the grant, then speaks the
+//! dialect (or TLS) on the same connection. DEST is only text sent to the
+//! proxy: nobody resolves it and nothing connects to it.
 //! stdout: `ready PID` once connected (after the TLS handshake with --tls),
 //! `done` at the end. Progress and errors go to stderr.
 //! Exit: 0 done; 1 protocol or I/O failure; 2 bad usage or refused address.
@@ -165,10 +178,24 @@ impl Dialect {
     }
 }
 
+/// Which proxy preamble to send before the dialect.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ProxyKind {
+    Socks5,
+    Socks4a,
+    HttpConnect,
+}
+
 struct Opts {
     dialect: Dialect,
     target: SocketAddr,
+    /// The pool's name (Host headers, hello messages): the --connect
+    /// address, the --resolve name, or the destination asked of a proxy.
     host: String,
+    /// The pool's port, as `host`.
+    port: u16,
+    /// Ask the proxy at `target` for (host, port) first.
+    proxy: Option<ProxyKind>,
     tls: bool,
     sni: Option<String>,
     split: bool,
@@ -184,10 +211,14 @@ struct Opts {
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let plain_http = take_flag(&mut args, "--plain-http");
     let dialect = take_value(&mut args, "--dialect").unwrap_or_default();
-    let dialect = Dialect::parse(&dialect).unwrap_or_else(|| {
-        usage("--dialect must be one of stratum-v1 cryptonote ethproxy ethereumstratum1 ethereumstratum2 kawpow getwork")
-    });
+    let dialect = match Dialect::parse(&dialect) {
+        Some(d) => d,
+        // the benign control speaks no dialect; getwork's defaults are unused
+        None if plain_http && dialect.is_empty() => Dialect::Getwork,
+        None => usage("--dialect must be one of stratum-v1 cryptonote ethproxy ethereumstratum1 ethereumstratum2 kawpow getwork"),
+    };
     let connect = parse_addr(
         "--connect",
         &take_value(&mut args, "--connect").unwrap_or_else(|| usage("--connect IP:PORT is required")),
@@ -201,10 +232,29 @@ fn main() {
     if sni.is_some() && !tls {
         usage("--sni needs --tls");
     }
+    let mut proxied = Vec::new();
+    for (flag, kind) in [
+        ("--socks5", ProxyKind::Socks5),
+        ("--socks4a", ProxyKind::Socks4a),
+        ("--http-connect", ProxyKind::HttpConnect),
+    ] {
+        if let Some(dest) = take_value(&mut args, flag) {
+            proxied.push((kind, destination(flag, &dest)));
+        }
+    }
+    if proxied.len() > 1 {
+        usage("--socks5, --socks4a and --http-connect: one at a time");
+    }
+    let proxied = proxied.pop();
+    if plain_http && tls {
+        usage("--plain-http and --tls: one or the other");
+    }
     let mut opts = Opts {
         dialect,
         target: connect,
-        host: connect.ip().to_string(),
+        host: proxied.as_ref().map_or_else(|| connect.ip().to_string(), |(_, (h, _))| h.clone()),
+        port: proxied.as_ref().map_or(connect.port(), |(_, (_, p))| *p),
+        proxy: proxied.as_ref().map(|(k, _)| *k),
         tls,
         sni,
         split: take_flag(&mut args, "--split"),
@@ -221,6 +271,9 @@ fn main() {
         usage(&format!("unknown arguments {args:?}"));
     }
 
+    if resolve.is_some() && opts.proxy.is_some() {
+        usage("--resolve and a proxy: the proxy is asked for the name, nothing resolves it");
+    }
     if let Some(name) = &resolve {
         let dns = dns.unwrap_or_else(|| usage("--resolve needs --dns IP:PORT"));
         check("to query DNS server", dns.ip());
@@ -241,7 +294,8 @@ fn main() {
         say(&format!("allowed {}", opts.target));
         return;
     }
-    match run(&opts) {
+    let result = if plain_http { run_plain_http(&opts) } else { run(&opts) };
+    match result {
         Ok(()) => say("done"),
         Err(e) => {
             eprintln!("stratumclient: {e}");
@@ -325,6 +379,123 @@ fn parse_a(r: &[u8]) -> Option<IpAddr> {
     None
 }
 
+// ---------------------------------------------------------------- proxies
+
+/// A proxy destination: `NAME:PORT`, `IP:PORT` or `[IPv6]:PORT`. Only
+/// checked for shape; it is text for the proxy, never resolved.
+fn destination(flag: &str, s: &str) -> (String, u16) {
+    let bad = || -> ! { usage(&format!("{flag} {s:?} is not NAME:PORT")) };
+    let (host, port) = s.rsplit_once(':').unwrap_or_else(|| bad());
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).unwrap_or_else(|| bad());
+    let name_ok =
+        !host.is_empty() && host.len() <= 255 && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !name_ok && host.parse::<IpAddr>().is_err() {
+        bad();
+    }
+    (host.to_string(), port)
+}
+
+/// Reads exactly `n` bytes of the proxy's answer.
+fn read_n(mut tcp: &TcpStream, n: usize) -> io::Result<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    tcp.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn refused(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, what)
+}
+
+/// Asks the proxy on `tcp` for `host:port` and waits for its grant,
+/// reading no byte past the proxy's answer.
+fn ask_proxy(tcp: &TcpStream, kind: ProxyKind, host: &str, port: u16) -> io::Result<()> {
+    let mut w = tcp;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let ip = host.parse::<IpAddr>().ok();
+    match kind {
+        ProxyKind::Socks5 => {
+            w.write_all(&[5, 1, 0])?; // one method: no authentication
+            let m = read_n(tcp, 2)?;
+            if m != [5, 0] {
+                return Err(refused(format!("socks5 proxy chose method {m:02x?}")));
+            }
+            let mut req = vec![5, 1, 0];
+            match ip {
+                Some(IpAddr::V4(a)) => {
+                    req.push(1);
+                    req.extend_from_slice(&a.octets());
+                }
+                Some(IpAddr::V6(a)) => {
+                    req.push(4);
+                    req.extend_from_slice(&a.octets());
+                }
+                None => {
+                    req.extend_from_slice(&[3, host.len() as u8]);
+                    req.extend_from_slice(host.as_bytes());
+                }
+            }
+            req.extend_from_slice(&port.to_be_bytes());
+            w.write_all(&req)?;
+            let rep = read_n(tcp, 4)?;
+            if rep[0] != 5 || rep[1] != 0 {
+                return Err(refused(format!("socks5 proxy refused {host}:{port} ({rep:02x?})")));
+            }
+            let addr = match rep[3] {
+                1 => 4,
+                4 => 16,
+                3 => read_n(tcp, 1)?[0] as usize,
+                t => return Err(refused(format!("socks5 reply address type {t}"))),
+            };
+            read_n(tcp, addr + 2)?;
+        }
+        ProxyKind::Socks4a => {
+            let mut req = vec![4, 1];
+            req.extend_from_slice(&port.to_be_bytes());
+            match ip {
+                Some(IpAddr::V4(a)) => {
+                    req.extend_from_slice(&a.octets());
+                    req.extend_from_slice(b"rig\0");
+                }
+                Some(IpAddr::V6(_)) => usage("--socks4a cannot ask for an IPv6 address"),
+                None => {
+                    req.extend_from_slice(&[0, 0, 0, 1]);
+                    req.extend_from_slice(b"rig\0");
+                    req.extend_from_slice(host.as_bytes());
+                    req.push(0);
+                }
+            }
+            w.write_all(&req)?;
+            let rep = read_n(tcp, 8)?;
+            if rep[0] != 0 || rep[1] != 0x5a {
+                return Err(refused(format!("socks4 proxy refused {host}:{port} ({rep:02x?})")));
+            }
+        }
+        ProxyKind::HttpConnect => {
+            let authority = match ip {
+                Some(IpAddr::V6(a)) => format!("[{a}]:{port}"),
+                _ => format!("{host}:{port}"),
+            };
+            w.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())?;
+            // the answer's head, byte by byte: nothing of the tunnel is consumed
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                if head.len() >= 4096 {
+                    return Err(refused("HTTP CONNECT answer head too long".into()));
+                }
+                head.push(read_n(tcp, 1)?[0]);
+            }
+            let status = String::from_utf8_lossy(&head);
+            let status = status.lines().next().unwrap_or("");
+            if !matches!(status.split(' ').nth(1), Some(c) if c.starts_with('2')) {
+                return Err(refused(format!("HTTP CONNECT {authority}: {status}")));
+            }
+        }
+    }
+    eprintln!("stratumclient: proxy granted {host}:{port}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------- connection
 
 mod trust_any {
@@ -380,6 +551,9 @@ impl Conn {
     fn open(opts: &Opts) -> io::Result<Conn> {
         let tcp = TcpStream::connect_timeout(&opts.target, Duration::from_secs(5))?;
         tcp.set_nodelay(true)?; // each write its own segment
+        if let Some(kind) = opts.proxy {
+            ask_proxy(&tcp, kind, &opts.host, opts.port)?;
+        }
         if opts.proxy_line {
             (&tcp).write_all(PROXY_LINE)?;
             std::thread::sleep(Duration::from_millis(20));
@@ -550,6 +724,52 @@ fn run(opts: &Opts) -> io::Result<()> {
     Ok(())
 }
 
+/// The benign control: one plain `GET /` (through the proxy when asked),
+/// its answer read, then idle for --hold. No mining dialect at all.
+fn run_plain_http(opts: &Opts) -> io::Result<()> {
+    let mut conn = Conn::open(opts)?;
+    say(&format!("ready {}", std::process::id()));
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+        opts.host
+    );
+    conn.send(req.as_bytes())?;
+    conn.tcp().set_read_timeout(Some(Duration::from_millis(100)))?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    // the head and as much body as Content-Length says
+    loop {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP answer"));
+        }
+        match conn.read(&mut tmp)? {
+            None => continue,
+            Some(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed before answering")),
+            Some(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+        if buf.len() > MAX_MESSAGE {
+            return Err(io::Error::other("HTTP answer too long"));
+        }
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            eprintln!("stratumclient: {}", head.lines().next().unwrap_or(""));
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs_f64(opts.hold));
+    conn.close();
+    Ok(())
+}
+
 /// Where --split cuts the first write: inside the first method name.
 fn split_point(w: &str, method: &str) -> usize {
     match w.find(&format!("\"{method}\"")) {
@@ -689,7 +909,7 @@ impl<'a> Miner<'a> {
         format!(
             "POST / HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Basic {}\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: {}\r\nX-Mining-Extensions: longpoll\r\n\r\n{body}",
             self.o.host,
-            self.o.target.port(),
+            self.o.port,
             base64(format!("{}:x", self.o.login).as_bytes()),
             body.len(),
             self.o.agent
@@ -730,7 +950,7 @@ impl<'a> Miner<'a> {
                 let mut v = vec![format!(
                     "{{\"id\":1,\"method\":\"mining.hello\",\"params\":{{\"agent\":{a},\"host\":{},\"port\":\"{:x}\",\"proto\":\"EthereumStratum/2.0.0\"}}}}\n",
                     js(&self.o.host),
-                    self.o.target.port()
+                    self.o.port
                 )];
                 if self.o.coalesce {
                     v.push("{\"id\":2,\"method\":\"mining.subscribe\",\"params\":[]}\n".into());
@@ -742,7 +962,7 @@ impl<'a> Miner<'a> {
                 let mut v = vec![format!(
                     "{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[{a},null,{},\"{}\"]}}\n",
                     js(&self.o.host),
-                    self.o.target.port()
+                    self.o.port
                 )];
                 if self.o.coalesce {
                     v.push(format!("{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[{l},\"x\"]}}\n"));
@@ -934,7 +1154,7 @@ impl<'a> Miner<'a> {
         Some(format!(
             "GET /LP HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Basic {}\r\nAccept: */*\r\nUser-Agent: {}\r\nX-Mining-Extensions: longpoll\r\n\r\n",
             self.o.host,
-            self.o.target.port(),
+            self.o.port,
             base64(format!("{}:x", self.o.login).as_bytes()),
             self.o.agent
         ))
