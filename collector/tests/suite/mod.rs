@@ -199,13 +199,13 @@ pub async fn finding_lifecycle_and_history(store: Store, _dir: &Path) {
     let mut f = finding("node1", "f1", "xmrig", "pool.example.com", WALLET);
     f.severity = Severity::Likely;
     let out = store
-        .ingest(report("node1", "a1", vec![opened("a1", 1, 1000, f.clone())]), now)
+        .ingest(report("node1", "a1", vec![opened("a1", 10, 1000, f.clone())]), now)
         .await
         .unwrap();
     assert!(out.findings_changed);
     f.severity = Severity::Confirmed;
     store
-        .ingest(report("node1", "a1", vec![updated("a1", 2, 1010, f.clone())]), now)
+        .ingest(report("node1", "a1", vec![updated("a1", 20, 1010, f.clone())]), now)
         .await
         .unwrap();
     let v = store.findings(&FindingFilter::default()).await.unwrap();
@@ -214,7 +214,7 @@ pub async fn finding_lifecycle_and_history(store: Store, _dir: &Path) {
     assert_eq!(v[0].pool, "pool.example.com");
     assert_eq!(v[0].process, "xmrig");
     store
-        .ingest(report("node1", "a1", vec![resolved("a1", 3, 1020, "f1")]), now)
+        .ingest(report("node1", "a1", vec![resolved("a1", 30, 1020, "f1")]), now)
         .await
         .unwrap();
     let d = store.finding("node1", "f1").await.unwrap().unwrap();
@@ -222,15 +222,16 @@ pub async fn finding_lifecycle_and_history(store: Store, _dir: &Path) {
         (d.view.state.as_str(), d.view.state_reason.as_str()),
         ("resolved", "process exited")
     );
-    // A late, older update does not reopen it.
+    // A late, older update (sent before the resolve: a lower sequence
+    // number; a retried batch) does not reopen it.
     store
-        .ingest(report("node1", "a1", vec![updated("a1", 4, 1015, f.clone())]), now)
+        .ingest(report("node1", "a1", vec![updated("a1", 25, 1015, f.clone())]), now)
         .await
         .unwrap();
     assert_eq!(store.finding("node1", "f1").await.unwrap().unwrap().view.state, "resolved");
     // A newer one does.
     store
-        .ingest(report("node1", "a1", vec![updated("a1", 5, 1030, f.clone())]), now)
+        .ingest(report("node1", "a1", vec![updated("a1", 40, 1030, f.clone())]), now)
         .await
         .unwrap();
     assert_eq!(store.finding("node1", "f1").await.unwrap().unwrap().view.state, "open");
@@ -242,7 +243,7 @@ pub async fn finding_lifecycle_and_history(store: Store, _dir: &Path) {
     );
     // Acknowledged stays acknowledged through updates.
     store
-        .ingest(report("node1", "a1", vec![updated("a1", 6, 1040, f.clone())]), now)
+        .ingest(report("node1", "a1", vec![updated("a1", 60, 1040, f.clone())]), now)
         .await
         .unwrap();
     let d = store.finding("node1", "f1").await.unwrap().unwrap();
