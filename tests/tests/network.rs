@@ -390,19 +390,7 @@ fn a_miner_in_its_own_namespaces_is_attributed_to_its_host_pid() {
     assert!(c.first.starts_with("ready"), "stratumclient said {:?}", c.first);
     // its pid inside the pod is 1; on the host, it is the process running
     // stratumclient in the pod's network namespace
-    let pod_ns = std::fs::metadata(format!("/run/netns/{}", v.ns))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap();
-    let host_pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            ns.ok() == Some(pod_ns) && comm.trim() == "stratumclient"
-        })
-        .expect("the miner's host pid");
+    let host_pid = pid_in_netns(&v, "stratumclient");
     assert_ne!(host_pid, 1);
     let out = scan_end(scan);
     let f = finding(&out, host_pid);
@@ -420,6 +408,62 @@ fn a_miner_in_its_own_namespaces_is_attributed_to_its_host_pid() {
         .filter(|f| f.to_string().contains(&addr))
         .collect();
     assert!(flows.is_empty(), "{flows:?}");
+}
+
+/// Traffic that never leaves a pod: the miner and its pool (or a proxy
+/// sidecar) on the pod's own loopback. Only a capture inside the pod's
+/// namespace sees it.
+#[test]
+fn pod_local_traffic_on_the_namespaces_own_loopback() {
+    let _one = one();
+    rigwatch();
+    let Some(v) = Veth::new(9) else { return };
+    let mut pc = v.exec();
+    pc.args([
+        env!("CARGO_BIN_EXE_fakepool"),
+        "--dialect",
+        "stratum-v1",
+        "--listen",
+        "127.0.0.1:3333",
+        "--job-interval",
+        "0.5",
+        "--max-seconds",
+        "60",
+    ]);
+    let p = start(pc);
+    assert!(p.first.starts_with("listening"), "{:?}", p.first);
+    let scan = scan_start("6");
+    // the capture opens the namespace's socket when it next looks (every 2 s)
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut cc = v.exec();
+    cc.args(["unshare", "--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_stratumclient")])
+        .args(["--dialect", "stratum-v1", "--connect", "127.0.0.1:3333", "--hold", "8"]);
+    let c = start(cc);
+    assert!(c.first.starts_with("ready"), "stratumclient said {:?}", c.first);
+    let host_pid = pid_in_netns(&v, "stratumclient");
+    let out = scan_end(scan);
+    let f = finding(&out, host_pid);
+    assert_eq!(f["severity"], "confirmed", "{f}");
+    let s = evidence(&f, "stratum");
+    assert!(!s.is_empty(), "{f}");
+    assert_eq!(s[0]["remote"], "127.0.0.1:3333");
+    assert_eq!(s[0]["dialect"], "stratum-v1");
+}
+
+/// The host pid of the process named `comm` in the test's network namespace.
+fn pid_in_netns(v: &Veth, comm: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata(format!("/run/netns/{}", v.ns)).map(|m| m.ino()).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let n = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino()).ok();
+            let c = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            n == Some(ns) && c.trim() == comm
+        })
+        .unwrap_or_else(|| panic!("no {comm} in namespace {}", v.ns))
 }
 
 #[test]

@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 
 /// Namespaces asked at most (and sock_diag sockets held open at most).
 pub const MAX_NAMESPACES: usize = 512;
-/// How often the namespace list may be re-read.
+/// How often the namespace list is re-read.
 pub const REFRESH: Duration = Duration::from_secs(2);
+/// How often a lookup that found nothing may re-read it.
+pub const MISS_REFRESH: Duration = Duration::from_millis(200);
 
 struct Ns {
     socket: Option<DiagSocket>,
@@ -137,7 +139,7 @@ impl Netns {
     fn with_socket<T>(&mut self, ino: u64, f: impl FnOnce(&mut DiagSocket) -> std::io::Result<T>) -> Option<T> {
         let ns = self.spaces.get_mut(&ino)?;
         if ns.socket.is_none() {
-            match open_in(&self.proc_root, ns.pid, ino) {
+            match in_namespace(&self.proc_root, ns.pid, ino, diag_socket) {
                 Ok(s) => ns.socket = Some(s),
                 Err(e) => {
                     ns.failed = true;
@@ -157,19 +159,54 @@ impl Netns {
     }
 
     /// The socket of a 4-tuple in whichever other namespace holds it, and
-    /// that namespace.
+    /// that namespace. A namespace born since the last refresh (a pod that
+    /// just started, whose first connection this is) is looked for too: on
+    /// a miss the list is re-read, at most every [`MISS_REFRESH`].
     pub fn lookup(&mut self, tcp: bool, local: SocketAddr, remote: SocketAddr) -> Option<(SocketEntry, u64)> {
         self.refresh(false);
-        for ino in self.order() {
-            if let Some(Some(e)) = self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)) {
-                self.tick += 1;
-                if let Some(ns) = self.spaces.get_mut(&ino) {
-                    ns.last_hit = self.tick;
+        let mut tried = std::collections::HashSet::new();
+        for round in 0..2 {
+            if round == 1 {
+                if self.refreshed.is_some_and(|t| t.elapsed() < MISS_REFRESH) {
+                    break;
                 }
-                return Some((e, ino));
+                self.refresh(true);
+            }
+            for ino in self.order() {
+                if !tried.insert(ino) {
+                    continue;
+                }
+                if let Some(Some(e)) = self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)) {
+                    self.tick += 1;
+                    if let Some(ns) = self.spaces.get_mut(&ino) {
+                        ns.last_hit = self.tick;
+                    }
+                    return Some((e, ino));
+                }
             }
         }
         None
+    }
+
+    /// The socket of a 4-tuple in namespace `ino`.
+    pub fn lookup_in(&mut self, ino: u64, tcp: bool, local: SocketAddr, remote: SocketAddr) -> Option<SocketEntry> {
+        self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)).flatten()
+    }
+
+    /// The other namespaces in use now (re-read at most every [`REFRESH`]).
+    pub fn namespaces(&mut self) -> Vec<u64> {
+        self.refresh(false);
+        self.spaces.keys().copied().collect()
+    }
+
+    /// Runs `f` on a thread inside namespace `ino` (e.g. to open a socket
+    /// there: it stays in that namespace).
+    pub fn run_in<T: Send>(&self, ino: u64, f: impl FnOnce() -> std::io::Result<T> + Send) -> std::io::Result<T> {
+        let ns = self
+            .spaces
+            .get(&ino)
+            .ok_or_else(|| std::io::Error::other("the namespace is gone"))?;
+        in_namespace(&self.proc_root, ns.pid, ino, f)
     }
 
     /// Every socket of every other namespace, with its namespace.
@@ -185,19 +222,19 @@ impl Netns {
     }
 }
 
-/// Opens a sock_diag socket inside the network namespace of `pid`, checking
-/// that it is still namespace `ino` (the pid may have exited and been reused).
-fn open_in(proc_root: &Path, pid: u32, ino: u64) -> std::io::Result<DiagSocket> {
-    let f = std::fs::File::open(proc_root.join(pid.to_string()).join("ns/net"))?;
-    if f.metadata()?.ino() != ino {
+/// Runs `f` inside the network namespace of `pid`, checking that it is
+/// still namespace `ino` (the pid may have exited and been reused).
+fn in_namespace<T: Send>(proc_root: &Path, pid: u32, ino: u64, f: impl FnOnce() -> std::io::Result<T> + Send) -> std::io::Result<T> {
+    let file = std::fs::File::open(proc_root.join(pid.to_string()).join("ns/net"))?;
+    if file.metadata()?.ino() != ino {
         return Err(std::io::Error::other("the process moved to another namespace"));
     }
     // setns changes only the calling thread's namespace: do it in a thread
     // of its own, which ends right after.
     std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<DiagSocket> {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-            diag_socket()
+        s.spawn(|| -> std::io::Result<T> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            f()
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))

@@ -212,12 +212,15 @@ struct Flow {
     last: u64,
 }
 
-/// A DNS query awaiting its answer: (transport, asker, resolver, id).
-type QueryKey = (bool, SocketAddr, SocketAddr, u16);
+/// A DNS query awaiting its answer: (zone, transport, asker, resolver, id).
+type QueryKey = (u64, bool, SocketAddr, SocketAddr, u16);
 
 /// The flow table.
 pub struct FlowTable {
-    flows: HashMap<(SocketAddr, SocketAddr), Flow>,
+    /// By (zone, lower endpoint, higher endpoint): a zone is a network
+    /// namespace captured on its own (0: the host's), whose addresses may
+    /// repeat another's (every namespace has its 127.0.0.1).
+    flows: HashMap<(u64, SocketAddr, SocketAddr), Flow>,
     /// Outgoing DNS queries → when they were seen (ms on the table's clock).
     queries: HashMap<QueryKey, u64>,
     /// The table's clock (ms), advanced by the caller from packet times.
@@ -285,7 +288,7 @@ impl FlowTable {
     /// same id and question, within [`DNS_ANSWER_WITHIN_MS`]. Anyone can send
     /// a datagram that looks like an answer; only the resolver that was
     /// asked can answer the question.
-    fn dns(&mut self, p: &Packet) -> Option<FlowEvent> {
+    fn dns(&mut self, zone: u64, p: &Packet) -> Option<FlowEvent> {
         let m = if p.tcp { dns::parse_tcp(p.payload) } else { dns::parse(p.payload) }.ok()?;
         if !m.response {
             if self.queries.len() >= MAX_DNS_QUERIES {
@@ -299,7 +302,7 @@ impl FlowTable {
                     self.queries.retain(|_, t| *t > cut);
                 }
             }
-            self.queries.insert((p.tcp, p.src, p.dst, m.id), self.now_ms);
+            self.queries.insert((zone, p.tcp, p.src, p.dst, m.id), self.now_ms);
             return Some(FlowEvent::Dns {
                 client: p.src,
                 server: p.dst,
@@ -307,7 +310,7 @@ impl FlowTable {
                 answers: Vec::new(),
             });
         }
-        let asked = self.queries.remove(&(p.tcp, p.dst, p.src, m.id));
+        let asked = self.queries.remove(&(zone, p.tcp, p.dst, p.src, m.id));
         if asked.is_none_or(|t| self.now_ms.saturating_sub(t) > DNS_ANSWER_WITHIN_MS) {
             self.dns_unsolicited += 1;
             return None;
@@ -321,19 +324,27 @@ impl FlowTable {
         })
     }
 
-    /// Takes one packet; returns what it revealed.
+    /// Takes one packet of the host's namespace; returns what it revealed.
     pub fn push(&mut self, p: &Packet) -> Vec<FlowEvent> {
+        self.push_in(0, p)
+    }
+
+    /// Takes one packet captured in `zone` (a network namespace's own
+    /// capture; 0 for the host's); flows of different zones never mix.
+    /// One table serves every zone, so its bounds hold for all of them.
+    pub fn push_in(&mut self, zone: u64, p: &Packet) -> Vec<FlowEvent> {
         self.packets += 1;
         self.bytes += p.payload.len() as u64;
         self.tick += 1;
         let mut out = Vec::new();
         if !p.tcp || is_dns_port(p.src.port()) || is_dns_port(p.dst.port()) {
             if is_dns_port(p.src.port()) || is_dns_port(p.dst.port()) {
-                out.extend(self.dns(p));
+                out.extend(self.dns(zone, p));
             }
             return out;
         }
-        let k = key(p.src, p.dst);
+        let (lo, hi) = key(p.src, p.dst);
+        let k = (zone, lo, hi);
         if !self.flows.contains_key(&k) {
             if p.payload.is_empty() && !p.syn && !p.syn_ack {
                 return out;
@@ -344,8 +355,8 @@ impl FlowTable {
             self.flows.insert(
                 k,
                 Flow {
-                    a: k.0,
-                    b: k.1,
+                    a: lo,
+                    b: hi,
                     client_is_a: None,
                     dirs: Default::default(),
                     reported_stratum: false,

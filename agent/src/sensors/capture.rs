@@ -10,8 +10,13 @@
 //!
 //! A thread reads the socket and feeds the flow table; what it finds is
 //! attributed to the client socket's inode at once (sock_diag exact lookup,
-//! while the socket still exists) and queued; `observe` maps inodes to
-//! processes. Without CAP_NET_RAW the sensor reports itself unavailable.
+//! while the socket still exists: in the host's network namespace, else in
+//! whichever other namespace holds it, a pod's connection being seen on the
+//! host side of its veth) and queued; `observe` maps inodes to processes.
+//! Each other network namespace also gets a socket on its own loopback
+//! (pod-local traffic never reaches the host's interfaces), read only when
+//! epoll says it has packets. Without CAP_NET_RAW the sensor reports itself
+//! unavailable; without CAP_SYS_ADMIN (setns) it sees the host's namespace only.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
 use crate::host::netns::Netns;
@@ -240,6 +245,13 @@ fn assemble(p: &[Ins]) -> Vec<libc::sock_filter> {
 /// Opens the filtered capture socket (needs CAP_NET_RAW). The filter is
 /// attached before the socket is bound, so no unfiltered packet is queued.
 pub fn open_socket() -> std::io::Result<OwnedFd> {
+    open_socket_on(false, Some(RCVBUF))
+}
+
+/// The capture socket on every interface, or on loopback only (`lo_only`:
+/// inside another network namespace, whose veth traffic the host's socket
+/// sees already); a receive buffer of `rcvbuf` bytes, or the default.
+fn open_socket_on(lo_only: bool, rcvbuf: Option<i32>) -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2)/setsockopt(2)/bind(2) calls with valid,
     // correctly sized arguments; the fd is owned on success.
     unsafe {
@@ -248,7 +260,8 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
             return Err(std::io::Error::last_os_error());
         }
         let fd = OwnedFd::from_raw_fd(fd);
-        let prog = bpf_program(nix::net::if_::if_nametoindex("lo").unwrap_or(1));
+        let lo = nix::net::if_::if_nametoindex("lo").unwrap_or(1);
+        let prog = bpf_program(lo);
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
             filter: prog.as_ptr() as *mut _,
@@ -276,11 +289,12 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
         );
         // a larger queue (root may exceed rmem_max); the default otherwise
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            let Some(size) = rcvbuf else { break };
             if libc::setsockopt(
                 fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 opt,
-                &RCVBUF as *const i32 as *const libc::c_void,
+                &size as *const i32 as *const libc::c_void,
                 std::mem::size_of::<i32>() as u32,
             ) == 0
             {
@@ -290,6 +304,9 @@ pub fn open_socket() -> std::io::Result<OwnedFd> {
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        if lo_only {
+            sll.sll_ifindex = lo as i32;
+        }
         if libc::bind(
             fd.as_raw_fd(),
             &sll as *const _ as *const libc::sockaddr,
@@ -404,74 +421,137 @@ impl Drop for CaptureSensor {
     }
 }
 
-fn capture_loop(
-    fd: OwnedFd,
+/// Reads one packet without blocking: its length (at most the buffer's)
+/// and where it came from; `None` when the queue is empty.
+fn read_packet(fd: &OwnedFd, buf: &mut [u8]) -> Option<(usize, libc::sockaddr_ll)> {
+    // SAFETY: recvfrom into a buffer we own, with a correctly sized sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut alen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+    let flags = libc::MSG_TRUNC | libc::MSG_DONTWAIT;
+    let n = unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            flags,
+            &mut sll as *mut _ as *mut libc::sockaddr,
+            &mut alen,
+        )
+    };
+    (n > 0).then(|| ((n as usize).min(buf.len()), sll))
+}
+
+/// Packets read from one namespace's socket per wakeup at most (the host's
+/// socket is never starved by a busy pod).
+const NS_BURST: usize = 256;
+
+/// Captures inside other network namespaces (containers, pods): one socket
+/// on each one's loopback, where pod-local traffic (a miner and its proxy
+/// sidecar) never reaches the host's interfaces. Opened from a thread in
+/// the namespace; read only when epoll says a socket has packets, so idle
+/// namespaces cost nothing per wakeup. At most [`crate::host::netns::MAX_NAMESPACES`].
+struct NsCaptures {
+    epoll: nix::sys::epoll::Epoll,
+    socks: std::collections::HashMap<u64, OwnedFd>,
+    /// Namespaces whose socket could not be opened (not retried while they last).
+    failed: HashSet<u64>,
+    refreshed: Option<std::time::Instant>,
+}
+
+impl NsCaptures {
+    fn new() -> Option<Self> {
+        Some(NsCaptures {
+            epoll: nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC).ok()?,
+            socks: Default::default(),
+            failed: HashSet::new(),
+            refreshed: None,
+        })
+    }
+
+    /// Follows namespaces as they come and go (at most every REFRESH).
+    fn refresh(&mut self, netns: &mut Netns) {
+        if self.refreshed.is_some_and(|t| t.elapsed() < crate::host::netns::REFRESH) {
+            return;
+        }
+        self.refreshed = Some(std::time::Instant::now());
+        let live: HashSet<u64> = netns.namespaces().into_iter().collect();
+        let gone: Vec<u64> = self.socks.keys().filter(|i| !live.contains(i)).copied().collect();
+        for ino in gone {
+            if let Some(fd) = self.socks.remove(&ino) {
+                let _ = self.epoll.delete(&fd);
+            }
+        }
+        self.failed.retain(|i| live.contains(i));
+        for ino in live {
+            if self.socks.contains_key(&ino) || self.failed.contains(&ino) || self.socks.len() >= crate::host::netns::MAX_NAMESPACES {
+                continue;
+            }
+            let fd = netns.run_in(ino, || open_socket_on(true, None));
+            let ev = nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, ino);
+            match fd {
+                Ok(fd) if self.epoll.add(&fd, ev).is_ok() => {
+                    self.socks.insert(ino, fd);
+                }
+                _ => {
+                    self.failed.insert(ino);
+                }
+            }
+        }
+    }
+
+    /// The namespaces with packets waiting.
+    fn ready(&self) -> Vec<u64> {
+        let mut events = [nix::sys::epoll::EpollEvent::empty(); 64];
+        match self.epoll.wait(&mut events, 0u8) {
+            Ok(n) => events[..n].iter().map(|e| e.data()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// What the capture thread holds.
+struct Capturing {
+    table: FlowTable,
     sig: Arc<RwLock<Arc<Signatures>>>,
     shared: Arc<NetShared>,
-    stop: Arc<AtomicBool>,
     counters: Arc<CaptureCounters>,
-    mut netns: Option<Netns>,
-) {
-    let lo = nix::net::if_::if_nametoindex("lo").unwrap_or(1) as i32;
-    let mut table = FlowTable::new();
-    let started = std::time::Instant::now();
-    let mut buf = vec![0u8; SNAP_LEN as usize + 64];
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: recvfrom into a buffer we own, with a correctly sized sockaddr_ll.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut alen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        // never blocks: the queue is drained, then the thread sleeps
-        let flags = libc::MSG_TRUNC | libc::MSG_DONTWAIT;
-        let n = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                flags,
-                &mut sll as *mut _ as *mut libc::sockaddr,
-                &mut alen,
-            )
-        };
-        if n <= 0 {
-            // the queue is empty: everything asked for so far has been read
-            counters
-                .flush_done
-                .store(counters.flush_req.load(Ordering::Acquire), Ordering::Release);
-            // sleeping rather than waking for each packet: a busy host's
-            // handshakes cost one wakeup per IDLE_POLL, not one per packet
-            // (the socket's buffer holds what arrives meanwhile); a flush
-            // waits at most this long
-            std::thread::sleep(IDLE_POLL);
-            continue;
-        }
-        // loopback shows each packet twice (outgoing and incoming): keep one
-        if sll.sll_ifindex == lo && sll.sll_pkttype == libc::PACKET_OUTGOING {
-            continue;
-        }
-        counters.packets.fetch_add(1, Ordering::Relaxed);
-        let len = (n as usize).min(buf.len());
-        let Some(p) = parse_ip(&buf[..len]) else { continue };
-        table.advance(started.elapsed().as_millis() as u64);
-        let mut events = table.push(&p);
+    netns: Option<Netns>,
+    started: std::time::Instant,
+}
+
+impl Capturing {
+    /// One packet of `zone` (0: the host's namespace, else the namespace
+    /// whose own socket captured it): into the flow table, and what it
+    /// reveals attributed to the client's socket while it still exists.
+    fn handle(&mut self, zone: u64, packet: &[u8]) {
+        self.counters.packets.fetch_add(1, Ordering::Relaxed);
+        let Some(p) = parse_ip(packet) else { return };
+        self.table.advance(self.started.elapsed().as_millis() as u64);
+        let mut events = self.table.push_in(zone, &p);
         if events.is_empty() {
-            continue;
+            return;
         }
-        let sig = sig.read().map(|g| g.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        let sig = self.sig.read().map(|g| g.clone()).unwrap_or_else(|e| e.into_inner().clone());
         for ev in events.iter_mut() {
-            unsolicited_if_listener(ev);
+            if zone == 0 {
+                unsolicited_if_listener(ev);
+            }
             let attributable = !matches!(ev, FlowEvent::Stratum { hit, .. } if hit.direction == Direction::Unsolicited);
-            for (client, server, tcp, e) in evidence_of(&sig, Some(&shared), ev) {
-                // the host's namespace first, then the others (containers, pods)
-                let inode = attributable
-                    .then(|| {
-                        sock_diag_lookup(tcp, client, server)
-                            .or_else(|| netns.as_mut().and_then(|n| n.lookup(tcp, client, server)).map(|(s, _)| s))
-                    })
-                    .flatten()
-                    .map(|s| s.inode)
-                    .filter(|&i| i != 0);
-                counters.findings.fetch_add(1, Ordering::Relaxed);
-                shared.push(FlowFinding {
+            for (client, server, tcp, e) in evidence_of(&sig, Some(&self.shared), ev) {
+                let inode = if !attributable {
+                    None
+                } else if zone == 0 {
+                    // the host's namespace first, then the others (a pod's
+                    // traffic seen on the host side of its veth)
+                    sock_diag_lookup(tcp, client, server)
+                        .or_else(|| self.netns.as_mut().and_then(|n| n.lookup(tcp, client, server)).map(|(s, _)| s))
+                } else {
+                    self.netns.as_mut().and_then(|n| n.lookup_in(zone, tcp, client, server))
+                }
+                .map(|s| s.inode)
+                .filter(|&i| i != 0);
+                self.counters.findings.fetch_add(1, Ordering::Relaxed);
+                self.shared.push(FlowFinding {
                     client,
                     server,
                     tcp,
@@ -481,6 +561,58 @@ fn capture_loop(
                 });
             }
         }
+    }
+}
+
+fn capture_loop(
+    fd: OwnedFd,
+    sig: Arc<RwLock<Arc<Signatures>>>,
+    shared: Arc<NetShared>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<CaptureCounters>,
+    netns: Option<Netns>,
+) {
+    let lo = nix::net::if_::if_nametoindex("lo").unwrap_or(1) as i32;
+    let mut ns_caps = netns.as_ref().and_then(|_| NsCaptures::new());
+    let mut c = Capturing {
+        table: FlowTable::new(),
+        sig,
+        shared,
+        counters,
+        netns,
+        started: std::time::Instant::now(),
+    };
+    let mut buf = vec![0u8; SNAP_LEN as usize + 64];
+    while !stop.load(Ordering::Relaxed) {
+        // never blocks: the queue is drained, then the thread sleeps
+        let Some((len, sll)) = read_packet(&fd, &mut buf) else {
+            // and each namespace's own socket that has something
+            if let (Some(nc), Some(n)) = (ns_caps.as_mut(), c.netns.as_mut()) {
+                nc.refresh(n);
+                for ino in nc.ready() {
+                    let Some(nfd) = nc.socks.get(&ino) else { continue };
+                    for _ in 0..NS_BURST {
+                        let Some((len, _)) = read_packet(nfd, &mut buf) else { break };
+                        c.handle(ino, &buf[..len]);
+                    }
+                }
+            }
+            // the queue is empty: everything asked for so far has been read
+            c.counters
+                .flush_done
+                .store(c.counters.flush_req.load(Ordering::Acquire), Ordering::Release);
+            // sleeping rather than waking for each packet: a busy host's
+            // handshakes cost one wakeup per IDLE_POLL, not one per packet
+            // (the socket's buffer holds what arrives meanwhile); a flush
+            // waits at most this long
+            std::thread::sleep(IDLE_POLL);
+            continue;
+        };
+        // loopback shows each packet twice (outgoing and incoming): keep one
+        if sll.sll_ifindex == lo && sll.sll_pkttype == libc::PACKET_OUTGOING {
+            continue;
+        }
+        c.handle(0, &buf[..len]);
     }
 }
 
