@@ -15,6 +15,10 @@
 #     every volume is mounted, ConfigMaps/PVCs/Secrets referred to are defined,
 #     the TOML config files in the ConfigMaps parse and point at mounted paths
 #     and defined Services;
+#   * HTTPS: the collector serves with tls_cert/tls_key from a mounted Secret
+#     (its probes and the ServiceMonitor use https), and the agent ships to an
+#     https:// collector.url with a ca_file on a mounted ConfigMap or Secret
+#     that holds that key (the agent refuses plain http:// to another host);
 #   * the agent DaemonSet: hostPID, hostNetwork, readOnlyRootFilesystem, no
 #     privilege escalation, capabilities drop ALL and add exactly the
 #     AmbientCapabilities= of packaging/systemd/rigwatch.service;
@@ -331,6 +335,30 @@ def check_service_url(f, r, what, url):
         note(f, f"{what} -> Service {parts[0]}:{port}")
 
 
+def file_on_volume(f, r, pod, c, what, path, kinds):
+    """Checks that `path` is a key of a mounted ConfigMap or Secret (of `kinds`) that defines it."""
+    found = mount_for(pod, c, path)
+    vol = found and found[1]
+    kind = vol and ("ConfigMap" if "configMap" in vol else "Secret" if "secret" in vol else None)
+    if not kind or kind not in kinds:
+        problem(f, f"{name_of(r)}: {what} {path} is on no mounted {' or '.join(kinds)}")
+        return
+    src = vol["configMap"] if kind == "ConfigMap" else vol["secret"]
+    ref = src.get("name") if kind == "ConfigMap" else src.get("secretName")
+    key = path[len(found[0]["mountPath"].rstrip("/")) + 1:]
+    items = src.get("items")
+    if items is not None:
+        key = next((i.get("key") for i in items if i.get("path") == key), None)
+        if key is None:
+            problem(f, f"{name_of(r)}: {what} {path}: the volume's items do not project it")
+            return
+    res = find(kind, ref)
+    if res is not None and key not in {**(res.get("data") or {}), **(res.get("stringData") or {})}:
+        problem(f, f"{name_of(r)}: {what} {path}: {kind} {ref} has no key {key!r}")
+    else:
+        note(f, f"{what} from {kind} {ref}")
+
+
 def listen_port(f, r, pod, what, listen, port_name):
     port = int(str(listen).rsplit(":", 1)[-1])
     if named_ports(pod).get(port_name) != port:
@@ -394,6 +422,8 @@ for f, r in resources:
             problem(f, f"{n}: volume {name!r} is mounted by no container")
         if "configMap" in v and find("ConfigMap", v["configMap"].get("name")) is None:
             problem(f, f"{n}: volume {name!r}: ConfigMap {v['configMap'].get('name')} is defined in no manifest")
+        if "secret" in v and find("Secret", v["secret"].get("secretName")) is None:
+            problem(f, f"{n}: volume {name!r}: Secret {v['secret'].get('secretName')} is defined in no manifest (not even an example)")
         if "persistentVolumeClaim" in v and find("PersistentVolumeClaim", v["persistentVolumeClaim"].get("claimName")) is None:
             problem(f, f"{n}: volume {name!r}: PersistentVolumeClaim {v['persistentVolumeClaim'].get('claimName')} is defined in no manifest")
     note(f, "volumes, ports, probes, securityContext")
@@ -417,6 +447,11 @@ for f, r in resources:
                 problem(f, f"{n}: collector.spool_dir {spool} is on no writable volume (the root file system is read-only)")
             if col.get("url"):
                 check_service_url(f, r, "collector.url", col["url"])
+                if urllib.parse.urlsplit(col["url"]).scheme != "https":
+                    problem(f, f"{n}: collector.url {col['url']} is not https:// (the agent refuses plain http:// "
+                               "to another host, and the token would cross the network readable)")
+                if col.get("ca_file"):
+                    file_on_volume(f, r, pod, c, "collector.ca_file", col["ca_file"], ("ConfigMap", "Secret"))
             listen_port(f, r, pod, "metrics.listen", (cfg.get("metrics") or {}).get("listen", "127.0.0.1:9861"), "metrics")
         else:
             data = cfg.get("data_dir", "/var/lib/rigwatch-collector")
@@ -426,7 +461,17 @@ for f, r in resources:
                     problem(f, f"{n}: data_dir {data} (the SQLite database) is on no writable PersistentVolumeClaim")
                 if r["kind"] == "Deployment" and (spec.get("replicas", 1) != 1 or (spec.get("strategy") or {}).get("type") != "Recreate"):
                     problem(f, f"{n}: SQLite needs replicas: 1 and strategy Recreate (several replicas need PostgreSQL)")
-            listen_port(f, r, pod, "listen", cfg.get("listen", "127.0.0.1:9860"), "http")
+            tls = cfg.get("tls_cert") and cfg.get("tls_key")
+            if not tls:
+                problem(f, f"{n}: the collector serves plain HTTP: set tls_cert and tls_key (a mounted Secret)")
+            else:
+                file_on_volume(f, r, pod, c, "tls_cert", cfg["tls_cert"], ("Secret",))
+                file_on_volume(f, r, pod, c, "tls_key", cfg["tls_key"], ("Secret",))
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    g = (c.get(probe) or {}).get("httpGet")
+                    if g is not None and g.get("scheme") != "HTTPS":
+                        problem(f, f"{n}: {probe} must use scheme HTTPS (the collector serves HTTPS only)")
+            listen_port(f, r, pod, "listen", cfg.get("listen", "127.0.0.1:9860"), "https" if tls else "http")
 
 # ---------------------------------------------- the agent DaemonSet vs systemd
 def ambient_capabilities(unit):
@@ -560,6 +605,8 @@ for f, r in of_kind("ServiceMonitor"):
         for key in ("interval", "scrapeTimeout"):
             if key in ep and not (isinstance(ep[key], str) and DURATION.match(ep[key])):
                 problem(f, f"{where}: {key} {ep[key]!r} is not a duration like 30s")
+        if port == "https" and ep.get("scheme") != "https":
+            problem(f, f"{where}: port https needs scheme: https")
         if "path" in ep and not str(ep["path"]).startswith("/"):
             problem(f, f"{where}: path must start with /")
         for key in ("relabelings", "metricRelabelings"):

@@ -237,6 +237,11 @@ fn debian_packages_build_install_and_catch_a_miner() {
         let info = dpkg_deb(&["-f"], deb);
         assert!(info.contains(&format!("Package: {name}\n")), "{info}");
         assert!(info.contains("Depends: ") && info.contains("systemd"), "{info}");
+        if name == "rigwatch-collector" {
+            // postinst makes the collector's certificate with it
+            let depends = info.lines().find(|l| l.starts_with("Depends: ")).unwrap();
+            assert!(depends.split([',', ' ']).any(|d| d == "openssl"), "{depends}");
+        }
         let list = dpkg_deb(&["-c"], deb);
         for f in files {
             assert!(list.lines().any(|l| l.ends_with(f)), "{name}: {f} missing:\n{list}");
@@ -279,6 +284,24 @@ impl Drop for Purge {
     }
 }
 
+/// The certificate postinst makes for the collector, trusted as a CA.
+const COLLECTOR_CERT: &str = "/etc/rigwatch/collector.pem";
+
+/// `GET https://NAME:PORT/PATH` with curl, NAME resolved to 127.0.0.1 and
+/// the collector's certificate as the only CA: (status, body).
+fn https_get(name: &str, port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert", COLLECTOR_CERT]);
+    c.args(["--resolve", &format!("{name}:{port}:127.0.0.1")]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = c.arg(format!("https://{name}:{port}{path}")).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 fn install_and_run(agent: &Path, collector: &Path) {
     let _ = sh("dpkg --purge rigwatch rigwatch-collector");
     let out = Command::new("dpkg").arg("-i").arg(agent).arg(collector).output().unwrap();
@@ -298,6 +321,32 @@ fn install_and_run(agent: &Path, collector: &Path) {
         text(&out),
         "640 root rigwatch /etc/rigwatch/agent.toml\n640 root rigwatch-collector /etc/rigwatch/collector.toml\n"
     );
+    // HTTPS out of the box: a self-signed certificate for this host, its key
+    // readable by the collector only, the packaged config serving with them
+    let out = sh("stat -c '%a %U %G %n' /etc/rigwatch/collector.pem /etc/rigwatch/collector.key");
+    assert_eq!(
+        text(&out),
+        "644 root root /etc/rigwatch/collector.pem\n640 root rigwatch-collector /etc/rigwatch/collector.key\n"
+    );
+    let host = String::from_utf8_lossy(&sh("hostname").stdout).trim().to_string();
+    let san = text(&sh(
+        "openssl x509 -in /etc/rigwatch/collector.pem -noout -ext subjectAltName,basicConstraints",
+    ));
+    for name in [
+        format!("DNS:{host}"),
+        "DNS:localhost".into(),
+        "IP Address:127.0.0.1".into(),
+        "CA:FALSE".into(),
+    ] {
+        assert!(san.contains(&name), "the collector's certificate lacks {name}:\n{san}");
+    }
+    let ccfg = std::fs::read_to_string("/etc/rigwatch/collector.toml").unwrap();
+    for l in [
+        "tls_cert = \"/etc/rigwatch/collector.pem\"",
+        "tls_key = \"/etc/rigwatch/collector.key\"",
+    ] {
+        assert!(ccfg.lines().any(|x| x == l), "collector.toml lacks {l}");
+    }
     for u in ["rigwatch", "rigwatch-collector"] {
         let wants = format!("/etc/systemd/system/multi-user.target.wants/{u}.service");
         assert!(Path::new(&wants).exists(), "{wants}: the unit is not enabled");
@@ -328,9 +377,24 @@ fn install_and_run(agent: &Path, collector: &Path) {
     let cport = free_port();
     let listen = format!("127.0.0.1:{cport}");
     let _c = KillOnDrop(as_unit(&cunit, &["--listen", &listen]).stdout(Stdio::null()).spawn().unwrap());
-    wait_for(20, "collector answers", || {
-        (http_get(cport, "/healthz", None).0 == 200).then_some(())
+    wait_for(20, "collector answers over HTTPS", || {
+        (https_get("localhost", cport, "/healthz", None).0 == 200).then_some(())
     });
+    // under this host's name too, verified against the generated certificate;
+    // and never in plain HTTP
+    let (code, body) = https_get(&host, cport, "/healthz", None);
+    assert_eq!((code, body.trim()), (200, "ok"), "https://{host}:{cport}/healthz");
+    assert_ne!(http_get(cport, "/healthz", None).0, 200, "plain HTTP answered");
+
+    // the agent's packaged config, as an admin sets it: the collector's
+    // certificate as the CA
+    let acfg = std::fs::read_to_string("/etc/rigwatch/agent.toml").unwrap();
+    let with_ca = acfg.replace(
+        "# ca_file = \"/etc/rigwatch/collector-ca.pem\"",
+        &format!("ca_file = \"{COLLECTOR_CERT}\""),
+    );
+    assert_ne!(with_ca, acfg, "agent.toml shows no ca_file line");
+    std::fs::write("/etc/rigwatch/agent.toml", with_ca).unwrap();
 
     // the agent, as its unit runs it: user rigwatch, four capabilities
     let sh_out = sh("install -d -o rigwatch -g rigwatch -m 0750 /var/lib/rigwatch");
@@ -343,7 +407,7 @@ fn install_and_run(agent: &Path, collector: &Path) {
                 "--listen",
                 &format!("127.0.0.1:{mport}"),
                 "--collector",
-                &format!("http://{listen}"),
+                &format!("https://localhost:{cport}"),
                 "--token",
                 &agent_token,
             ],
@@ -380,13 +444,14 @@ fn install_and_run(agent: &Path, collector: &Path) {
         .unwrap();
     let (_m, pid) = start_xmrig(env!("CARGO_BIN_EXE_minersim"), tmp.path(), WALLET, 90);
     let finding = wait_for(60, "the miner's finding on the collector", || {
-        let (code, body) = http_get(cport, "/api/v1/findings?host=deb-test-node", Some(&soc));
+        let (code, body) = https_get("localhost", cport, "/api/v1/findings?host=deb-test-node", Some(&soc));
         assert_eq!(code, 200, "{body}");
         let v: Value = serde_json::from_str(&body).ok()?;
         let list = v.as_array().cloned().or_else(|| v["findings"].as_array().cloned())?;
         list.into_iter().find(|f| f["process"] == "xmrig" && f["severity"] == "confirmed")
     });
-    let (code, full) = http_get(
+    let (code, full) = https_get(
+        "localhost",
         cport,
         &format!("/api/v1/findings/deb-test-node/{}", finding["id"].as_str().unwrap()),
         Some(&soc),
@@ -405,6 +470,8 @@ fn install_and_run(agent: &Path, collector: &Path) {
     for p in [
         "/usr/bin/rigwatch",
         "/etc/rigwatch/agent.toml",
+        "/etc/rigwatch/collector.pem",
+        "/etc/rigwatch/collector.key",
         "/var/lib/rigwatch",
         "/var/lib/rigwatch-collector",
     ] {
@@ -495,7 +562,7 @@ fn alertmanager_routes_page_on_confirmed_miners() {
 #[test]
 fn kubernetes_manifests_validate_against_the_api_schemas() {
     let out = run_ok(&mut Command::new(repo().join("packaging/kubernetes/validate.sh")));
-    assert!(out.contains("all 8 manifests valid"), "{out}");
+    assert!(out.contains("all 9 manifests valid"), "{out}");
     assert!(out.contains("capabilities = rigwatch.service"), "{out}");
 }
 
