@@ -37,6 +37,9 @@ use std::time::Duration;
 fn client(cfg: &CollectorConfig) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        // a redirect is not followed: it could carry the token (and the
+        // findings) to another address, or down to plain http
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("rigwatch/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &cfg.ca_file {
         let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("collector CA {}: {e}", ca.display()))?;
@@ -543,6 +546,32 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A collector answering every request with a redirect to another
+    /// listener: the agent's client must not follow it (the token and the
+    /// findings would go wherever the answer points).
+    #[test]
+    fn redirects_are_not_followed() {
+        use std::io::{Read, Write};
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/reports", collector.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = collector.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let answer = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{target}/steal\r\nContent-Length: 0\r\n\r\n");
+            c.write_all(answer.as_bytes()).unwrap();
+        });
+        let http = client(&CollectorConfig::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let status = rt.block_on(async { http.post(&url).bearer_auth("rwc_secret").body("{}").send().await.unwrap().status() });
+        server.join().unwrap();
+        assert_eq!(status.as_u16(), 307, "the redirect is the answer, not followed");
+        assert!(elsewhere.accept().is_err(), "nothing reached the redirect's target");
+    }
 
     #[test]
     fn retry_after_is_honoured_within_bounds() {
