@@ -182,6 +182,9 @@ pub enum EvidenceKind {
     Dns { name: String, answers: Vec<String> },
     /// A TLS ClientHello naming a pool domain.
     TlsSni { server_name: String, remote: String },
+    /// A connection through a proxy that hides where it goes (a Tor SOCKS
+    /// port): `target` is what the client asked the proxy for.
+    Proxy { protocol: String, proxy: String, target: String },
     /// The mining protocol itself, seen on the wire.
     Stratum {
         dialect: String,
@@ -263,6 +266,7 @@ impl EvidenceKind {
             EvidenceKind::CgroupCpu { .. } => "cgroup_cpu",
             EvidenceKind::KernelModule { .. } => "kernel_module",
             EvidenceKind::Trimmed { .. } => "trimmed",
+            EvidenceKind::Proxy { .. } => "proxy",
         }
     }
 
@@ -319,6 +323,7 @@ impl EvidenceKind {
                 "cgroup {cgroup} used {cores:.2} cores over {window_seconds:.0}s, {unaccounted_cores:.2} of them by processes not in the listing (short-lived or hidden)"
             ),
             Trimmed { note, .. } => note.clone(),
+            Proxy { protocol, proxy, target } => format!("{protocol} through {proxy} to {target}"),
         }
     }
 }

@@ -3,6 +3,10 @@
 //! live capture and for capture files.
 
 use crate::net::flows::{Direction, FlowEvent, Packet};
+use crate::net::proxy;
+
+/// The SOCKS ports of a Tor client (tor, Tor Browser).
+pub const TOR_SOCKS_PORTS: [u16; 2] = [9050, 9150];
 use crate::net::shared::NetShared;
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use std::net::{IpAddr, SocketAddr};
@@ -120,6 +124,18 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
                     r.severity,
                 );
                 out.push((*client, *server, true, e));
+            } else if TOR_SOCKS_PORTS.contains(&server.port()) && *kind != proxy::Kind::HttpConnect {
+                // Tor hides the destination: worth a note beside a busy CPU
+                // (suspicious weight: alone it makes no finding)
+                let e = Evidence::heuristic(
+                    EvidenceKind::Proxy {
+                        protocol: format!("{} (a Tor SOCKS port)", kind.as_str()),
+                        proxy: server.to_string(),
+                        target: target.to_string(),
+                    },
+                    Weight::Suspicious,
+                );
+                out.push((*client, *server, true, e));
             }
         }
         FlowEvent::TlsSni { client, server, name } => {
@@ -165,4 +181,54 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::proxy::{Kind, Target};
+
+    fn proxied(port: u16, kind: Kind, host: &str, to: u16) -> FlowEvent {
+        FlowEvent::Proxy {
+            client: "127.0.0.1:40000".parse().unwrap(),
+            server: SocketAddr::new("127.0.0.1".parse().unwrap(), port),
+            kind,
+            target: Target {
+                host: host.into(),
+                port: to,
+            },
+        }
+    }
+
+    #[test]
+    fn what_a_proxy_was_asked_for_is_evidence() {
+        let sig = rigwatch_signatures::load::load(&[], true).signatures;
+        // a pool domain asked of any proxy: a pool connection, by its rule
+        let ev = evidence_of(&sig, None, &proxied(1080, Kind::Socks5, "pool.supportxmr.com", 443));
+        match &ev[..] {
+            [(_, _, true, e)] => {
+                assert!(
+                    matches!(&e.detail, EvidenceKind::PoolConnection { remote, domain: Some(d), reason }
+                    if remote == "pool.supportxmr.com:443" && d == "supportxmr.com" && reason.contains("socks5 proxy 127.0.0.1:1080")),
+                    "{e:?}"
+                );
+                assert!(e.rule.is_some() && e.weight >= Weight::Likely, "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // anything through a Tor SOCKS port: a note (suspicious alone is no finding)
+        let ev = evidence_of(&sig, None, &proxied(9050, Kind::Socks5, "example.org", 443));
+        match &ev[..] {
+            [(_, _, true, e)] => {
+                assert_eq!(e.weight, Weight::Suspicious);
+                assert!(
+                    matches!(&e.detail, EvidenceKind::Proxy { target, .. } if target == "example.org:443"),
+                    "{e:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // an ordinary destination through an ordinary proxy: nothing
+        assert!(evidence_of(&sig, None, &proxied(3128, Kind::HttpConnect, "example.org", 443)).is_empty());
+    }
 }
