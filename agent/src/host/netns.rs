@@ -16,7 +16,7 @@
 //! process is left in its namespace (an open socket keeps a namespace
 //! alive). The list is re-read at most every [`REFRESH`].
 
-use crate::host::sockets::{diag_socket, sock_diag_dump_on, sock_diag_lookup_on, DiagSocket, SocketEntry};
+use crate::host::sockets::{diag_socket, parse_proc_net, sock_diag_dump_on, sock_diag_lookup_on, DiagSocket, SocketEntry};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -39,6 +39,9 @@ struct Ns {
     /// Opening failed (no privilege, or the process left): not retried
     /// until the next refresh finds it again.
     failed: bool,
+    /// `setns` is not allowed (no CAP_SYS_ADMIN, or systemd's
+    /// RestrictNamespaces): its sockets are read from `/proc/PID/net/*`.
+    proc_files: bool,
 }
 
 /// The host's other network namespaces, each with its sock_diag socket.
@@ -116,6 +119,7 @@ impl Netns {
                         pid,
                         last_hit: 0,
                         failed: false,
+                        proc_files: false,
                     },
                 );
             }
@@ -135,12 +139,23 @@ impl Netns {
     }
 
     /// Runs `f` on namespace `ino`'s socket, opening it first if needed; a
-    /// socket that fails is dropped (reopened next time).
+    /// socket that fails is dropped (reopened next time). `None` when the
+    /// namespace cannot be entered (see [`Netns::proc_sockets`]).
     fn with_socket<T>(&mut self, ino: u64, f: impl FnOnce(&mut DiagSocket) -> std::io::Result<T>) -> Option<T> {
         let ns = self.spaces.get_mut(&ino)?;
+        if ns.proc_files {
+            return None;
+        }
         if ns.socket.is_none() {
             match in_namespace(&self.proc_root, ns.pid, ino, diag_socket) {
                 Ok(s) => ns.socket = Some(s),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    ns.proc_files = true;
+                    self.last_error = Some(format!(
+                        "entering network namespaces needs CAP_SYS_ADMIN ({e}): their sockets are read from /proc/PID/net"
+                    ));
+                    return None;
+                }
                 Err(e) => {
                     ns.failed = true;
                     self.last_error = Some(format!("network namespace of pid {}: {e}", ns.pid));
@@ -176,7 +191,11 @@ impl Netns {
                 if !tried.insert(ino) {
                     continue;
                 }
-                if let Some(Some(e)) = self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)) {
+                let found = match self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)) {
+                    Some(found) => found,
+                    None => self.proc_sockets(ino, tcp).into_iter().find(|e| same_tuple(e, local, remote)),
+                };
+                if let Some(e) = found {
                     self.tick += 1;
                     if let Some(ns) = self.spaces.get_mut(&ino) {
                         ns.last_hit = self.tick;
@@ -190,7 +209,37 @@ impl Netns {
 
     /// The socket of a 4-tuple in namespace `ino`.
     pub fn lookup_in(&mut self, ino: u64, tcp: bool, local: SocketAddr, remote: SocketAddr) -> Option<SocketEntry> {
-        self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)).flatten()
+        match self.with_socket(ino, |s| sock_diag_lookup_on(s, tcp, local, remote)) {
+            Some(found) => found,
+            None => self.proc_sockets(ino, tcp).into_iter().find(|e| same_tuple(e, local, remote)),
+        }
+    }
+
+    /// Without the privilege to enter a namespace: its TCP or UDP sockets
+    /// from `/proc/PID/net/*` of a process in it (the kernel shows each
+    /// process its own namespace's sockets there).
+    fn proc_sockets(&self, ino: u64, tcp: bool) -> Vec<SocketEntry> {
+        let Some(ns) = self.spaces.get(&ino).filter(|n| n.proc_files) else {
+            return Vec::new();
+        };
+        let dir = self.proc_root.join(ns.pid.to_string()).join("net");
+        let files: [&str; 2] = if tcp { ["tcp", "tcp6"] } else { ["udp", "udp6"] };
+        let mut out = Vec::new();
+        for f in files {
+            // bounded: a namespace's socket table, read as the kernel writes it
+            let mut t = Vec::new();
+            if let Ok(file) = std::fs::File::open(dir.join(f)) {
+                use std::io::Read;
+                if file.take(16 << 20).read_to_end(&mut t).is_ok() {
+                    out.extend(parse_proc_net(&String::from_utf8_lossy(&t), tcp));
+                }
+            }
+        }
+        // the process may have moved: only if it is still in that namespace
+        if netns_of(&self.proc_root, ns.pid) != Some(ino) {
+            return Vec::new();
+        }
+        out
     }
 
     /// The other namespaces in use now (re-read at most every [`REFRESH`]).
@@ -214,12 +263,24 @@ impl Netns {
         self.refresh(false);
         let mut out = Vec::new();
         for ino in self.order() {
-            if let Some(v) = self.with_socket(ino, sock_diag_dump_on) {
-                out.extend(v.into_iter().map(|e| (e, ino)));
+            match self.with_socket(ino, sock_diag_dump_on) {
+                Some(v) => out.extend(v.into_iter().map(|e| (e, ino))),
+                None => {
+                    for tcp in [true, false] {
+                        out.extend(self.proc_sockets(ino, tcp).into_iter().map(|e| (e, ino)));
+                    }
+                }
             }
         }
         out
     }
+}
+
+/// Whether a socket is the one of `local` → `remote` (IPv4 sockets show
+/// as IPv4-mapped in the IPv6 table).
+fn same_tuple(e: &SocketEntry, local: SocketAddr, remote: SocketAddr) -> bool {
+    let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    canon(e.local) == canon(local) && canon(e.remote) == canon(remote)
 }
 
 /// Runs `f` inside the network namespace of `pid`, checking that it is
@@ -244,6 +305,33 @@ fn in_namespace<T: Send>(proc_root: &Path, pid: u32, ino: u64, f: impl FnOnce() 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without the privilege to enter it, a namespace's sockets come from
+    /// the proc files of a process in it: here, this test's own listener.
+    #[test]
+    fn proc_files_serve_when_namespaces_cannot_be_entered() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut n = Netns::new(Path::new("/proc"));
+        // pretend our own namespace is another one we may not enter
+        n.spaces.insert(
+            n.own,
+            Ns {
+                socket: None,
+                pid: std::process::id(),
+                last_hit: 0,
+                failed: false,
+                proc_files: true,
+            },
+        );
+        n.refreshed = Some(Instant::now());
+        let (e, ino) = n
+            .lookup(true, c.local_addr().unwrap(), l.local_addr().unwrap())
+            .expect("found in the proc files");
+        assert_eq!((e.local, e.remote, ino), (c.local_addr().unwrap(), l.local_addr().unwrap(), n.own));
+        assert!(e.inode != 0);
+        assert!(n.dump_all().iter().any(|(s, _)| s.local == l.local_addr().unwrap()));
+    }
 
     #[test]
     fn our_own_namespace_is_skipped() {
