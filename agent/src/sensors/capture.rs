@@ -1,8 +1,8 @@
 //! The capture sensor: one AF_PACKET socket on all interfaces (loopback
 //! included) with a classic BPF filter in the kernel, so that only candidate
 //! packets reach user space — TCP segments whose payload begins like a JSON
-//! line (`{`), a TLS handshake (0x16), an HTTP POST / PROXY line (`P`) or an
-//! HTTP response (`H`), TCP with payload on the Stratum V2 ports, and DNS —
+//! line (`{`), a TLS handshake (0x16), an HTTP POST / PROXY line (`P`), an
+//! HTTP response (`H`) or a SOCKS4/5 or HTTP CONNECT request, TCP with payload on the Stratum V2 ports, and DNS —
 //! each cut to a bounded snap length — and the headers of SYN and SYN-ACK
 //! segments, so the flow table knows who connected to whom instead of
 //! guessing it from content the miner writes. Bulk traffic never leaves the
@@ -55,6 +55,7 @@ const ALU_ADD_X: u16 = 0x0c;
 const ALU_ADD_K: u16 = 0x04;
 const MISC_TAX: u16 = 0x07;
 const JEQ_K: u16 = 0x15;
+const JGT_K: u16 = 0x25;
 const JSET_K: u16 = 0x45;
 const RET_K: u16 = 0x06;
 
@@ -133,7 +134,7 @@ pub fn bpf_program(lo_ifindex: u32) -> Vec<libc::sock_filter> {
         Label("c3"),
         J(JEQ_K, b'P' as u32, "keep", "c4"),
         Label("c4"),
-        J(JEQ_K, b'H' as u32, "keep", "drop"),
+        J(JEQ_K, b'H' as u32, "keep", "proxy"),
         Label("v4payload_any"),
         Op(LD_B_IND, 12),
         Op(ALU_AND_K, 0xf0),
@@ -184,7 +185,7 @@ pub fn bpf_program(lo_ifindex: u32) -> Vec<libc::sock_filter> {
         Label("e3"),
         J(JEQ_K, b'P' as u32, "keep", "e4"),
         Label("e4"),
-        J(JEQ_K, b'H' as u32, "keep", "drop"),
+        J(JEQ_K, b'H' as u32, "keep", "proxy"),
         Label("v6payload_any"),
         Op(LD_B_ABS, 52),
         Op(ALU_AND_K, 0xf0),
@@ -193,6 +194,25 @@ pub fn bpf_program(lo_ifindex: u32) -> Vec<libc::sock_filter> {
         Op(MISC_TAX, 0),
         Op(LD_B_IND, 0),
         Op(RET_K, SNAP_LEN),
+        // A proxy request, so the destination asked for is seen (X is the
+        // payload's offset in both families; A its first byte): SOCKS5
+        // `05 N M…` / `05 01 00 …` (third byte 0, 1 or 2), SOCKS4 `04 01 …`,
+        // HTTP `CO…`. Two bytes each, so bulk data seldom passes.
+        Label("proxy"),
+        J(JEQ_K, 5, "socks5", "p2"),
+        Label("p2"),
+        J(JEQ_K, 4, "socks4", "p3"),
+        Label("p3"),
+        J(JEQ_K, b'C' as u32, "connect", "drop"),
+        Label("socks5"),
+        Op(LD_B_IND, 2),
+        J(JGT_K, 2, "drop", "keep"),
+        Label("socks4"),
+        Op(LD_B_IND, 1),
+        J(JEQ_K, 1, "keep", "drop"),
+        Label("connect"),
+        Op(LD_B_IND, 1),
+        J(JEQ_K, b'O' as u32, "keep", "drop"),
         Label("handshake"),
         Op(RET_K, HANDSHAKE_SNAP),
         Label("keep"),
