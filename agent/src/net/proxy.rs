@@ -236,7 +236,11 @@ fn socks5_server(buf: &[u8]) -> Preamble {
         return Preamble::Refused; // no acceptable method
     }
     let mut at = 2;
-    if m[1] == 2 {
+    if m[1] == 0 && buf.get(2) == Some(&0) {
+        // `05 00 00 …` is the reply itself: the two-byte method choice
+        // before it was not seen (the live capture's filter drops it)
+        at = 0;
+    } else if m[1] == 2 {
         let Some(st) = buf.get(2..4) else { return Preamble::More };
         if st[0] != 1 {
             return Preamble::No;
@@ -372,6 +376,11 @@ mod tests {
         assert_eq!(server(&[5, 0, 5, 5, 0, 1], Kind::Socks5), Preamble::Refused);
         assert_eq!(server(&[5, 0xff], Kind::Socks5), Preamble::Refused);
         assert_eq!(server(&[5, 0, 5, 0], Kind::Socks5), Preamble::More);
+        // the method choice unseen: the reply alone
+        assert_eq!(
+            server(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0, b'{'], Kind::Socks5),
+            Preamble::Granted { len: 10 }
+        );
     }
 
     #[test]
