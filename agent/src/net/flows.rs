@@ -622,6 +622,29 @@ mod tests {
         assert_eq!((kind, target.port), (proxy::Kind::Socks5, 3333));
     }
 
+    /// Live, the kernel filter drops the username/password step: the
+    /// request follows a gap in the client's stream.
+    #[test]
+    fn a_socks5_request_after_an_unseen_password_step() {
+        let (m, px) = ("127.0.0.1:40002", "127.0.0.1:1080");
+        let mut t = FlowTable::new();
+        t.push(&syn(m, px));
+        let mut cs = 1u32;
+        assert!(send(&mut t, m, px, &mut cs, &[5, 2, 0, 2]).is_empty());
+        cs += 9; // `01 04 user 02 pw` never reached user space
+        let mut req = vec![5, 1, 0, 3, 16];
+        req.extend_from_slice(b"pool.example.com");
+        req.extend_from_slice(&3333u16.to_be_bytes());
+        let ev = send(&mut t, m, px, &mut cs, &req);
+        assert!(
+            matches!(&ev[..], [FlowEvent::Proxy { target, .. }] if target.to_string() == "pool.example.com:3333"),
+            "{ev:?}"
+        );
+        let ev = send(&mut t, m, px, &mut cs, LOGIN);
+        let (_, _, hit) = stratum(&ev);
+        assert!(hit.via.is_some(), "{hit:?}");
+    }
+
     #[test]
     fn a_pipelined_http_connect_and_a_pool_push_after_the_proxys_answer() {
         let (m, px) = ("10.0.0.2:40000", "10.0.0.9:8080");

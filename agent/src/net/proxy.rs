@@ -165,6 +165,13 @@ fn socks5_client(buf: &[u8]) -> Preamble {
     if n == 0 {
         return Preamble::No;
     }
+    // `05 01 00 ATYP…` is the request itself: what came before it was not
+    // seen (the live filter drops the username/password step, and the
+    // table restarts the stream at the gap). A greeting `05 01 00` is
+    // followed by `05`, never by an address type.
+    if n == 1 && buf.get(2) == Some(&0) && matches!(buf.get(3), Some(1 | 3 | 4)) {
+        return socks5_request(buf, 0);
+    }
     let mut at = 2 + n as usize;
     match buf.get(2..at) {
         None => return Preamble::More,
@@ -180,13 +187,19 @@ fn socks5_client(buf: &[u8]) -> Preamble {
         };
         at += 3 + ulen as usize + plen as usize;
     }
-    let Some(req) = buf.get(at..at + 4) else {
+    if buf.get(at..at + 4).is_none() {
         return if buf.len() > at && buf[at] != 5 {
             Preamble::No
         } else {
             Preamble::More
         };
-    };
+    }
+    socks5_request(buf, at)
+}
+
+/// The request `05 01 00 ATYP ADDR PORT(2)` at `at`.
+fn socks5_request(buf: &[u8], at: usize) -> Preamble {
+    let Some(req) = buf.get(at..at + 4) else { return Preamble::More };
     if req[0] != 5 || req[1] != 1 || req[2] != 0 {
         return Preamble::No; // not a CONNECT request
     }
@@ -364,6 +377,9 @@ mod tests {
         a.extend_from_slice(&[5, 1, 0, 1, 10, 0, 0, 7]);
         a.extend_from_slice(&443u16.to_be_bytes());
         assert_eq!(target(client(&a)), (Kind::Socks5, a.len(), "10.0.0.7:443".into()));
+        // the request alone (the steps before it unseen)
+        let bare = &a[a.len() - 10..];
+        assert_eq!(target(client(bare)), (Kind::Socks5, 10, "10.0.0.7:443".into()));
         // the proxy's answers
         assert_eq!(
             server(&[5, 0, 5, 0, 0, 1, 0, 0, 0, 0, 0, 0], Kind::Socks5),
