@@ -408,3 +408,31 @@ impl Drop for Alertmanager {
         let _ = self.child.wait();
     }
 }
+
+/// `rigwatch scan --json --window SECONDS` started now (its capture runs
+/// for the whole window), once its capture is open and its first sample
+/// taken; [`scan_end`] reads its report. The network tests' shape.
+pub fn scan_start(rigwatch: &std::path::Path, window: &str) -> std::process::Child {
+    let c = std::process::Command::new(rigwatch)
+        .args(["scan", "--json", "--window", window, "--no-default-signatures"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    c
+}
+
+/// The JSON report of a scan started by [`scan_start`].
+pub fn scan_end(c: std::process::Child) -> serde_json::Value {
+    let out = c.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A finding's evidence of one kind.
+pub fn evidence_of<'a>(f: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+    f["evidence"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["kind"] == kind).collect())
+        .unwrap_or_default()
+}

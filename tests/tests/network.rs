@@ -83,21 +83,12 @@ fn client(dialect: &str, addr: &str, extra: &[&str]) -> (Proc, u32) {
     (p, pid)
 }
 
-/// Starts `rigwatch scan --json` now; its capture runs for the whole window.
 fn scan_start(window: &str) -> Child {
-    let c = Command::new(rigwatch())
-        .args(["scan", "--json", "--window", window, "--no-default-signatures"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800)); // capture open, first sample taken
-    c
+    rigwatch_e2e::scan_start(&rigwatch(), window)
 }
 
 fn scan_end(c: Child) -> Value {
-    let out = c.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    rigwatch_e2e::scan_end(c)
 }
 
 fn finding(v: &Value, pid: u32) -> Value {
@@ -116,7 +107,7 @@ fn finding(v: &Value, pid: u32) -> Value {
 }
 
 fn evidence<'a>(f: &'a Value, kind: &str) -> Vec<&'a Value> {
-    f["evidence"].as_array().unwrap().iter().filter(|e| e["kind"] == kind).collect()
+    rigwatch_e2e::evidence_of(f, kind)
 }
 
 #[test]

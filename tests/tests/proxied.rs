@@ -232,7 +232,7 @@ const BENIGN: &[(&str, &str, &str)] = &[
 ];
 
 fn evidence<'a>(f: &'a Value, kind: &str) -> Vec<&'a Value> {
-    f["evidence"].as_array().unwrap().iter().filter(|e| e["kind"] == kind).collect()
+    rigwatch_e2e::evidence_of(f, kind)
 }
 
 /// The proxied-stratum evidence a finding must carry for `c` through the
@@ -394,21 +394,12 @@ fn the_simulators_speak_each_proxy_preamble() {
     assert_eq!((code, out.as_str()), (Some(0), "allowed 127.0.0.1:1080\n"));
 }
 
-/// Starts `rigwatch scan --json` now; its capture runs for the whole window.
 fn scan_start(window: &str) -> Child {
-    let c = Command::new(rigwatch())
-        .args(["scan", "--json", "--window", window, "--no-default-signatures"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(800)); // capture open, first sample taken
-    c
+    rigwatch_e2e::scan_start(&rigwatch(), window)
 }
 
 fn scan_end(c: Child) -> Value {
-    let out = c.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    rigwatch_e2e::scan_end(c)
 }
 
 fn finding_of(v: &Value, pid: u32) -> Option<&Value> {
