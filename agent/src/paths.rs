@@ -17,6 +17,12 @@ pub fn self_exe() -> PathBuf {
     Path::new(PROC).join("self/exe")
 }
 
+/// The network namespace of the calling thread (setns moves threads, not
+/// processes, so `self` would name the main thread's).
+pub fn own_netns() -> PathBuf {
+    Path::new(PROC).join("thread-self/ns/net")
+}
+
 /// A path through one of this process's open file descriptors (a private
 /// procfs mount held only as an fd).
 pub fn own_fd(fd: i32) -> PathBuf {

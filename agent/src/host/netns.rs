@@ -68,7 +68,7 @@ impl Netns {
     pub fn new(proc_root: &Path) -> Self {
         Netns {
             proc_root: proc_root.to_path_buf(),
-            own: std::fs::metadata("/proc/thread-self/ns/net").map(|m| m.ino()).unwrap_or(0),
+            own: std::fs::metadata(crate::paths::own_netns()).map(|m| m.ino()).unwrap_or(0),
             spaces: HashMap::new(),
             refreshed: None,
             tick: 0,
