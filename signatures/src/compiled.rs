@@ -36,6 +36,7 @@ pub struct Signatures {
     ips: HashMap<IpAddr, usize>,
     endpoints: HashMap<SocketAddr, usize>,
     ports: HashMap<u16, usize>,
+    node_ports: HashMap<u16, usize>,
     methods: HashMap<String, usize>,
     markers: Vec<(String, usize)>,
     allow: Vec<usize>,
@@ -64,6 +65,7 @@ impl Signatures {
         let (mut content_lits, mut content_pat, mut content_rules) = (Vec::new(), Vec::new(), Vec::new());
         let mut domains = HashMap::new();
         let (mut ips, mut endpoints, mut ports) = (HashMap::new(), HashMap::new(), HashMap::new());
+        let mut node_ports = HashMap::new();
         let (mut methods, mut markers, mut allow) = (HashMap::new(), Vec::new(), Vec::new());
         let err = |r: &Rule, m: String| RuleError {
             path: r.file.clone(),
@@ -111,6 +113,9 @@ impl Signatures {
                 }
                 Spec::PoolPort { ports: p } => p.iter().for_each(|p| {
                     ports.insert(*p, i);
+                }),
+                Spec::NodePort { ports: p } => p.iter().for_each(|p| {
+                    node_ports.insert(*p, i);
                 }),
                 Spec::Stratum {
                     methods: m, markers: k, ..
@@ -177,6 +182,7 @@ impl Signatures {
             ips,
             endpoints,
             ports,
+            node_ports,
             methods,
             markers,
             allow,
@@ -349,6 +355,13 @@ impl Signatures {
         self.ports.get(&port).map(|&i| &self.rules[i])
     }
 
+    /// The `node_port` rule for a local port a mining node or stack
+    /// listens on (P2Pool's peer port, monerod's RPC…): its description
+    /// names the service.
+    pub fn node_port(&self, port: u16) -> Option<&Rule> {
+        self.node_ports.get(&port).map(|&i| &self.rules[i])
+    }
+
     /// The stratum rule for a JSON-RPC method name (case-insensitive).
     pub fn stratum_method(&self, method: &str) -> Option<&Rule> {
         self.methods.get(&method.to_ascii_lowercase()).map(|&i| &self.rules[i])
@@ -446,6 +459,7 @@ impl Signatures {
                 self.pool_address(&addr).is_some_and(|x| x.id == r.id)
             }
             RuleKind::PoolPort => ex.trim().parse().ok().and_then(|p| self.pool_port(p)).is_some_and(|x| x.id == r.id),
+            RuleKind::NodePort => ex.trim().parse().ok().and_then(|p| self.node_port(p)).is_some_and(|x| x.id == r.id),
             RuleKind::Stratum => {
                 let method = serde_json::from_str::<serde_json::Value>(ex)
                     .ok()

@@ -35,6 +35,7 @@ pub enum RuleKind {
     PoolDomain,
     PoolAddress,
     PoolPort,
+    NodePort,
     Stratum,
     Allow,
 }
@@ -51,6 +52,7 @@ impl RuleKind {
             RuleKind::PoolDomain => "pool_domain",
             RuleKind::PoolAddress => "pool_address",
             RuleKind::PoolPort => "pool_port",
+            RuleKind::NodePort => "node_port",
             RuleKind::Stratum => "stratum",
             RuleKind::Allow => "allow",
         }
@@ -160,6 +162,10 @@ pub enum Spec {
     PoolPort {
         ports: Vec<u16>,
     },
+    /// Local ports a mining node or stack listens on (P2Pool, monerod, bitcoind).
+    NodePort {
+        ports: Vec<u16>,
+    },
     Stratum {
         dialect: String,
         methods: Vec<String>,
@@ -213,7 +219,7 @@ impl Rule {
             Spec::BinaryContent { strings, .. } => strings.len(),
             Spec::PoolDomain { domains } => domains.len(),
             Spec::PoolAddress { ips, endpoints } => ips.len() + endpoints.len(),
-            Spec::PoolPort { ports } => ports.len(),
+            Spec::PoolPort { ports } | Spec::NodePort { ports } => ports.len(),
             Spec::Stratum { methods, markers, .. } => methods.len() + markers.len(),
             Spec::Allow {
                 sha256,
@@ -300,7 +306,7 @@ fn validate(r: RawRule, path: &str, line: usize, read_list: &dyn Fn(&str) -> Res
         RuleKind::BinaryContent => &["strings", "min_matches"],
         RuleKind::PoolDomain => &["domains", "lists"],
         RuleKind::PoolAddress => &["addresses", "lists"],
-        RuleKind::PoolPort => &["ports"],
+        RuleKind::PoolPort | RuleKind::NodePort => &["ports"],
         RuleKind::Stratum => &["dialect", "methods", "markers"],
         RuleKind::Allow => &["sha256", "paths", "users", "cgroups"],
     };
@@ -436,7 +442,10 @@ fn validate(r: RawRule, path: &str, line: usize, read_list: &dyn Fn(&str) -> Res
             Spec::PoolAddress { ips, endpoints }
         }
         RuleKind::PoolPort => Spec::PoolPort {
-            ports: r.ports.unwrap_or_default(),
+            ports: checked_ports(r.ports.unwrap_or_default(), &mut errs),
+        },
+        RuleKind::NodePort => Spec::NodePort {
+            ports: checked_ports(r.ports.unwrap_or_default(), &mut errs),
         },
         RuleKind::Stratum => Spec::Stratum {
             dialect: r.dialect.unwrap_or_else(|| "unknown".into()),
@@ -485,6 +494,20 @@ fn parse_hashes(v: Vec<String>, errs: &mut Vec<String>) -> Vec<[u8; 32]> {
         }
     }
     out
+}
+
+/// Port 0 is no port (nothing listens or connects there); a port listed
+/// twice in one rule is a slip worth pointing at.
+fn checked_ports(v: Vec<u16>, errs: &mut Vec<String>) -> Vec<u16> {
+    let mut seen = std::collections::HashSet::new();
+    for p in &v {
+        if *p == 0 {
+            errs.push("port 0 is not a port".into());
+        } else if !seen.insert(*p) {
+            errs.push(format!("port {p} is listed twice"));
+        }
+    }
+    v
 }
 
 fn one_line(s: &str) -> String {

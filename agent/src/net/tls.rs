@@ -1,5 +1,5 @@
-//! The server name (SNI) of a TLS ClientHello, from the first bytes of the
-//! client direction of a TCP flow.
+//! The server name (SNI) and the JA4 fingerprint of a TLS ClientHello, from
+//! the first bytes of the client direction of a TCP flow.
 //!
 //! Records are read with `tls-parser`; a ClientHello split over several
 //! handshake records (or several TCP segments) is put back together first.
@@ -57,12 +57,121 @@ pub fn is_tls_record_start(bytes: &[u8]) -> bool {
 /// assert_eq!(client_hello_sni(&[0x16, 0x03, 0x01, 0x02]), Err(TlsError::Incomplete));
 /// ```
 pub fn client_hello_sni(bytes: &[u8]) -> Result<Option<String>, TlsError> {
+    client_hello(bytes).map(|h| h.sni)
+}
+
+/// What a ClientHello tells of its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The server name asked for (a plausible host name), if any.
+    pub sni: Option<String>,
+    /// The client's JA4 fingerprint (FoxIO's JA4, TCP form): the same
+    /// client software gives the same value whatever server it talks to.
+    pub ja4: String,
+}
+
+/// The server name and JA4 fingerprint of the ClientHello at the start of
+/// `bytes`; the errors are those of [`client_hello_sni`].
+pub fn client_hello(bytes: &[u8]) -> Result<Hello, TlsError> {
     let body = handshake_message(bytes)?;
     let (_, hello) = parse_tls_handshake_client_hello(&body).map_err(|_| TlsError::Malformed)?;
-    let Some(ext) = hello.ext else {
-        return Ok(None);
+    let ext = hello.ext.unwrap_or_default();
+    let ciphers: Vec<u16> = hello.ciphers.iter().map(|c| c.0).collect();
+    Ok(Hello {
+        sni: sni_from_extensions(ext),
+        ja4: ja4(hello.version.0, &ciphers, ext),
+    })
+}
+
+/// GREASE values (RFC 8701: 0x0a0a, 0x1a1a, … 0xfafa), ignored by JA4.
+fn grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
+}
+
+fn u16s(b: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    b.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]))
+}
+
+/// The first 12 hex digits of the SHA-256 of `s` (JA4's "truncated hash");
+/// twelve zeros for an empty list.
+fn ja4_hash(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if s.is_empty() {
+        return "000000000000".into();
+    }
+    hex::encode(&Sha256::digest(s.as_bytes())[..6])
+}
+
+/// JA4 (FoxIO, `technical_details/JA4.md`) over a ClientHello's legacy
+/// version, cipher suites and raw extension block: `t`, the highest
+/// version offered, `d`/`i` (server name or not), the counts of ciphers and
+/// extensions, the first ALPN value's first and last characters; then the
+/// truncated SHA-256 of the sorted ciphers; then that of the sorted
+/// extensions (without SNI and ALPN) and the signature algorithms in their
+/// order. GREASE values are ignored everywhere. A malformed extension block
+/// counts as far as it can be read.
+fn ja4(legacy_version: u16, ciphers: &[u16], mut ext: &[u8]) -> String {
+    let mut exts = Vec::new();
+    let (mut versions, mut alpn, mut sigalgs) = (Vec::new(), None, Vec::new());
+    while let [t0, t1, l0, l1, rest @ ..] = ext {
+        let t = u16::from_be_bytes([*t0, *t1]);
+        let len = u16::from_be_bytes([*l0, *l1]) as usize;
+        let Some(data) = rest.get(..len) else { break };
+        ext = &rest[len..];
+        if grease(t) {
+            continue;
+        }
+        exts.push(t);
+        match t {
+            // supported_versions: a u8 length, then versions
+            0x002b => versions = u16s(data.get(1..).unwrap_or_default()).filter(|v| !grease(*v)).collect(),
+            // ALPN: a u16 length, then (u8 length, name) pairs; the first name
+            0x0010 if alpn.is_none() => {
+                alpn = data.get(2).and_then(|&n| data.get(3..3 + n as usize)).map(<[u8]>::to_vec);
+            }
+            // signature_algorithms: a u16 length, then algorithms, in order
+            0x000d => sigalgs = u16s(data.get(2..).unwrap_or_default()).filter(|v| !grease(*v)).collect(),
+            _ => {}
+        }
+    }
+    let version = versions.iter().copied().max().unwrap_or(legacy_version);
+    let version = match version {
+        0x0304 => "13",
+        0x0303 => "12",
+        0x0302 => "11",
+        0x0301 => "10",
+        0x0300 => "s3",
+        0x0002 | 0x0200 => "s2",
+        _ => "00",
     };
-    Ok(sni_from_extensions(ext))
+    let sni = if exts.contains(&0x0000) { 'd' } else { 'i' };
+    let mut ciphers: Vec<u16> = ciphers.iter().copied().filter(|c| !grease(*c)).collect();
+    let alpn = match alpn.as_deref() {
+        None | Some([]) => "00".to_string(),
+        Some(a) => {
+            let (f, l) = (a[0], a[a.len() - 1]);
+            if f.is_ascii_alphanumeric() && l.is_ascii_alphanumeric() {
+                format!("{}{}", f as char, l as char)
+            } else {
+                let h = hex::encode(a);
+                format!("{}{}", &h[..1], &h[h.len() - 1..])
+            }
+        }
+    };
+    let head = format!(
+        "t{version}{sni}{:02}{:02}{alpn}",
+        ciphers.len().min(99),
+        exts.len().min(99)
+    );
+    ciphers.sort_unstable();
+    let list = |v: &[u16]| v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",");
+    let mut sorted: Vec<u16> = exts.iter().copied().filter(|t| *t != 0x0000 && *t != 0x0010).collect();
+    sorted.sort_unstable();
+    let mut c = list(&sorted);
+    if !sigalgs.is_empty() {
+        c = format!("{c}_{}", list(&sigalgs));
+    }
+    format!("{head}_{}_{}", ja4_hash(&list(&ciphers)), ja4_hash(&c))
 }
 
 /// Reassemble the first handshake message from consecutive handshake
@@ -235,6 +344,64 @@ mod tests {
         let mut more = b.clone();
         more.extend_from_slice(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01]);
         assert_eq!(client_hello_sni(&more), Ok(Some("pool.supportxmr.com".to_string())));
+    }
+
+    /// Chrome 143's ClientHello as browserleaks.com printed it (JA4
+    /// `t13d1516h2_8daaf6152771_d8a2da3f94cd`, with its `ja4_ro`: ciphers
+    /// and extensions in wire order), rebuilt here with GREASE added.
+    #[test]
+    fn ja4_of_a_published_chrome_hello() {
+        let ciphers = [
+            0x0a0a, 0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014, 0x009c, 0x009d, 0x002f, 0x0035,
+        ];
+        let mut exts = Vec::new();
+        fn put(exts: &mut Vec<u8>, t: u16, data: &[u8]) {
+            exts.extend_from_slice(&t.to_be_bytes());
+            exts.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            exts.extend_from_slice(data);
+        }
+        let mut add = |t: u16, data: &[u8]| put(&mut exts, t, data);
+        add(0x1a1a, &[]);
+        for t in [0x002d, 0x0033] {
+            add(t, &[0, 1, 1]);
+        }
+        add(0x0010, &[0, 12, 2, b'h', b'2', 8, b'h', b't', b't', b'p', b'/', b'1', b'.', b'1']);
+        for t in [0xfe0d, 0x0017, 0x44cd] {
+            add(t, &[]);
+        }
+        let sni = sni_ext(b"tls.browserleaks.com");
+        add(0x0000, &sni[4..]);
+        for t in [0x000b, 0x000a] {
+            add(t, &[0, 2, 0, 29]);
+        }
+        add(0x002b, &[4, 0x3a, 0x3a, 0x03, 0x04]);
+        for t in [0xff01, 0x0023, 0x0012, 0x0005] {
+            add(t, &[]);
+        }
+        add(0x000d, &[0, 16, 4, 3, 8, 4, 4, 1, 5, 3, 8, 5, 5, 1, 8, 6, 6, 1]);
+        add(0x001b, &[2, 0, 2]);
+        add(0x2a2a, &[0]);
+        assert_eq!(ja4(0x0303, &ciphers, &exts), "t13d1516h2_8daaf6152771_d8a2da3f94cd");
+        // GREASE or not, the same fingerprint
+        assert_eq!(ja4(0x0303, &ciphers[1..], &exts), "t13d1516h2_8daaf6152771_d8a2da3f94cd");
+    }
+
+    #[test]
+    fn ja4_of_openssl_without_sni_and_hostile_blocks() {
+        let h = super::client_hello(&unhex(OPENSSL_HELLO_NO_SNI)).unwrap();
+        assert_eq!(h.sni, None);
+        // TLS 1.3 offered, no SNI, 18 ciphers, 10 extensions, no ALPN
+        assert!(h.ja4.starts_with("t13i181000_"), "{}", h.ja4);
+        let with = super::client_hello(&unhex(OPENSSL_HELLO_SNI)).unwrap();
+        assert!(with.ja4.starts_with("t13d181100_"), "{}", with.ja4);
+        // the same client software: the same hashes whatever the server name
+        assert_eq!(h.ja4[10..], with.ja4[10..]);
+        // nothing at all, a truncated block, a lying length: no panic
+        assert_eq!(ja4(0x0303, &[], &[]), "t12i000000_000000000000_000000000000");
+        assert!(ja4(0x0301, &[0x1301], &[0x00, 0x10, 0x00, 0x09, 0x00]).starts_with("t10i0100"));
+        assert!(ja4(0x0303, &[], &[0x00, 0x10, 0x00, 0x04, 0x00, 0x02, 0x05, b'x']).starts_with("t12i000100_"));
+        // a non-alphanumeric ALPN: hex digits
+        assert!(ja4(0x0303, &[], &[0x00, 0x10, 0x00, 0x04, 0x00, 0x02, 0x01, 0xff]).starts_with("t12i0001ff_"));
     }
 
     #[test]
