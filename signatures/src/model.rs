@@ -171,7 +171,10 @@ pub enum EvidenceKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scheduler: Option<String>,
     },
-    /// A connection to a pool: known address, pool port, or an address a pool name resolved to.
+    /// A connection to a pool: known address, pool port, or an address a pool name resolved to;
+    /// or a local mining stack: a connection to a mining node's port on loopback, or a socket
+    /// listening on one (then `remote` is the listening address and `reason` starts with
+    /// `listens on `).
     PoolConnection {
         remote: String,
         reason: String,
@@ -300,6 +303,7 @@ impl EvidenceKind {
                     None => "outside any scheduler job".into(),
                 }
             ),
+            PoolConnection { reason, .. } if reason.starts_with("listens on ") => reason.clone(),
             PoolConnection { remote, reason, .. } => format!("connection to {remote} ({reason})"),
             Dns { name, .. } => format!("DNS for pool {name}"),
             TlsSni { server_name, .. } => format!("TLS SNI {server_name}"),

@@ -51,6 +51,7 @@ fn every_shipped_rule_loads_and_passes_its_examples() {
     assert!(count(RuleKind::Wallet) >= 4);
     assert!(count(RuleKind::BinaryContent) >= 8);
     assert!(count(RuleKind::PoolPort) >= 10);
+    assert!(count(RuleKind::NodePort) >= 8, "P2Pool, monerod and bitcoind ports");
     assert!(count(RuleKind::Stratum) >= 10);
 }
 
@@ -267,4 +268,40 @@ fn content_scanner_agrees_with_a_naive_search() {
             .collect();
         assert_eq!(got, want, "round {round}");
     }
+}
+
+#[test]
+fn node_port_rules_match_local_ports_and_bad_ports_name_their_line() {
+    let sig = compile(
+        "[[rule]]\nid = \"node.x\"\nkind = \"node_port\"\nseverity = \"likely\"\ndescription = \"X peer port\"\nports = [37889]\nexamples = { hit = [\"37889\"], miss = [\"3333\"] }\n",
+    );
+    assert_eq!(sig.node_port(37889).map(|r| r.description.as_str()), Some("X peer port"));
+    assert!(sig.node_port(3333).is_none());
+    assert!(sig.pool_port(37889).is_none(), "a node port is not a pool port");
+    assert!(sig.check_examples().is_empty());
+    let text = "[[rule]]\nid = \"ok\"\nkind = \"node_port\"\nseverity = \"info\"\nports = [1]\nexamples = { hit = [\"1\"] }\n\n\
+                [[rule]]\nid = \"bad.ports\"\nkind = \"node_port\"\nseverity = \"likely\"\nports = [0, 18081, 18081]\nexamples = { hit = [\"18081\"] }\n";
+    let e = parse_file("rules/n.toml", text, &no_lists).unwrap_err();
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        msgs,
+        vec![
+            "rules/n.toml:9: port 0 is not a port".to_string(),
+            "rules/n.toml:9: port 18081 is listed twice".to_string()
+        ]
+    );
+    let misplaced =
+        "[[rule]]\nid = \"x\"\nkind = \"node_port\"\nseverity = \"likely\"\nports = [1]\nnames = [\"a\"]\nexamples = { hit = [\"1\"] }\n";
+    let e = parse_file("m.toml", misplaced, &no_lists).unwrap_err();
+    assert!(
+        e[0].message
+            .contains("`names` does not belong to a node_port rule (it takes: ports)"),
+        "{e:?}"
+    );
+    let empty = "[[rule]]\nid = \"x\"\nkind = \"node_port\"\nseverity = \"likely\"\nports = []\nexamples = { hit = [\"1\"] }\n";
+    let e = parse_file("e.toml", empty, &no_lists).unwrap_err();
+    assert!(
+        e.iter().any(|e| e.message.contains("a node_port rule with nothing to match")),
+        "{e:?}"
+    );
 }

@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub const TCP_ESTABLISHED: u8 = 1;
+/// TCP LISTEN in the kernel's numbering.
+pub const TCP_LISTEN: u8 = 10;
 
 /// One socket.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,15 @@
 //! Evidence: established outbound connections to known pool addresses, to
 //! pool ports (weak alone), and to addresses learned from DNS answers for
 //! pool domains (the capture sensor fills that cache).
+//!
+//! Local mining stacks: a miner's upstream need not be a pool on the
+//! Internet. P2Pool, a local monerod or bitcoind feed it on this host, so a
+//! process that *listens* on a `node_port` (P2Pool's sidechain peer port,
+//! monerod's RPC, ZMQ, P2P…) and a process connected to such a port on
+//! loopback (the miner, or P2Pool itself, using the local node) get
+//! `pool_connection` evidence weighted by the rule. The ports are data
+//! (`signatures/rules/node-ports.toml`); stratum to 127.0.0.1 is the
+//! capture sensor's, on the wire.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
 use crate::host::netns::Netns;
@@ -17,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// TCP ESTABLISHED in the kernel's numbering.
-pub use crate::host::sockets::{parse_proc_net, sock_diag_dump, sock_diag_lookup, InodeOwners, SocketEntry, TCP_ESTABLISHED};
+pub use crate::host::sockets::{parse_proc_net, sock_diag_dump, sock_diag_lookup, InodeOwners, SocketEntry, TCP_ESTABLISHED, TCP_LISTEN};
 
 /// The socket sensor.
 pub struct SocketSensor {
@@ -72,6 +81,40 @@ impl SocketSensor {
         Ok(out)
     }
 
+    /// What a TCP socket listening on `local` says: a `node_port` rule's
+    /// evidence (the service the port belongs to), if any.
+    pub fn assess_listener(&self, local: SocketAddr) -> Option<Evidence> {
+        let r = self.sig.node_port(local.port())?;
+        Some(Evidence::from_rule(
+            EvidenceKind::PoolConnection {
+                remote: local.to_string(),
+                reason: format!("listens on {local} ({})", r.description),
+                domain: None,
+            },
+            &r.id,
+            r.severity,
+        ))
+    }
+
+    /// What a connection to `remote` on this host (loopback) says about its
+    /// client: a local mining node as its upstream. A node port on another
+    /// host is a node's ordinary gossip or a wallet's RPC, and says nothing.
+    pub fn assess_local_upstream(&self, remote: SocketAddr) -> Option<Evidence> {
+        if !is_loopback(remote.ip()) {
+            return None;
+        }
+        let r = self.sig.node_port(remote.port())?;
+        Some(Evidence::from_rule(
+            EvidenceKind::PoolConnection {
+                remote: remote.to_string(),
+                reason: format!("local {}", r.description),
+                domain: None,
+            },
+            &r.id,
+            r.severity,
+        ))
+    }
+
     /// What a connection to `remote` says, if anything.
     pub fn assess_remote(&self, remote: SocketAddr) -> Option<Evidence> {
         if let Some(domain) = self.shared.dns_learned(remote.ip()) {
@@ -111,6 +154,14 @@ impl SocketSensor {
     }
 }
 
+/// 127.0.0.0/8, ::1, and 127.x as an IPv4-mapped IPv6 address.
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
 impl Sensor for SocketSensor {
     fn name(&self) -> &'static str {
         "sockets"
@@ -120,7 +171,14 @@ impl Sensor for SocketSensor {
         let socks = self.list()?;
         self.notes.clear();
         let mut hits = Vec::new();
+        let mut listens = Vec::new();
         for s in &socks {
+            if s.tcp && s.state == TCP_LISTEN {
+                if let Some(ev) = (s.inode != 0).then(|| self.assess_listener(s.local)).flatten() {
+                    listens.push((s, ev));
+                }
+                continue;
+            }
             let connected = if s.tcp {
                 s.state == TCP_ESTABLISHED
             } else {
@@ -130,16 +188,27 @@ impl Sensor for SocketSensor {
                 continue;
             }
             // the client side of a connection: the remote port is the service
-            if let Some(ev) = self.assess_remote(s.remote) {
+            if let Some(ev) = self.assess_remote(s.remote).or_else(|| self.assess_local_upstream(s.remote)) {
                 hits.push((s, ev));
             }
         }
-        if hits.is_empty() {
+        if hits.is_empty() && listens.is_empty() {
             self.unowned.clear();
             return Ok(());
         }
-        let inodes: HashSet<u64> = hits.iter().map(|(s, _)| s.inode).collect();
+        let inodes: HashSet<u64> = hits.iter().chain(listens.iter()).map(|(s, _)| s.inode).collect();
         let owners = self.owners.resolve(&inodes, snap);
+        // a listener says the same on 0.0.0.0 and [::], and in each of a
+        // server's SO_REUSEPORT sockets: once per process and port. One with
+        // no listed owner is left alone (no connection, no flow to report).
+        let mut said = HashSet::new();
+        for (s, ev) in listens {
+            if let Some(k) = owners.get(&s.inode) {
+                if said.insert((*k, s.local.port())) {
+                    out.push(Observation::Evidence(*k, ev));
+                }
+            }
+        }
         let mut unowned = HashMap::new();
         for (s, ev) in hits {
             if let Some(k) = owners.get(&s.inode) {
@@ -247,6 +316,206 @@ mod tests {
             "{:?}",
             s.problems()
         );
+    }
+
+    fn bundled() -> Arc<Signatures> {
+        Arc::new(rigwatch_signatures::load::load(&[], true).signatures)
+    }
+
+    fn said(ev: &Evidence) -> (String, String, Weight, Option<String>) {
+        match &ev.detail {
+            EvidenceKind::PoolConnection { remote, reason, .. } => (remote.clone(), reason.clone(), ev.weight, ev.rule.clone()),
+            other => panic!("not a pool connection: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_port_listeners_and_loopback_upstreams_weigh_by_their_rule() {
+        let s = SocketSensor::new(bundled(), Path::new("/nonexistent"), Arc::new(NetShared::default()));
+        let l = |a: &str| s.assess_listener(a.parse().unwrap()).map(|e| said(&e));
+        let u = |a: &str| s.assess_local_upstream(a.parse().unwrap()).map(|e| said(&e));
+        assert_eq!(
+            l("0.0.0.0:37889"),
+            Some((
+                "0.0.0.0:37889".into(),
+                "listens on 0.0.0.0:37889 (P2Pool sidechain peer port)".into(),
+                Weight::Likely,
+                Some("node.p2pool".into())
+            ))
+        );
+        assert_eq!(l("[::]:37888").unwrap().3.as_deref(), Some("node.p2pool"), "mini");
+        assert_eq!(l("0.0.0.0:37890").unwrap().3.as_deref(), Some("node.p2pool"), "nano");
+        assert_eq!(
+            l("127.0.0.1:18083").unwrap().2,
+            Weight::Likely,
+            "monerod's ZMQ publisher is P2Pool's feed"
+        );
+        let rpc = l("127.0.0.1:18081").unwrap();
+        assert_eq!((rpc.2, rpc.3.as_deref()), (Weight::Suspicious, Some("node.monerod-rpc")));
+        assert_eq!(l("0.0.0.0:18080").unwrap().2, Weight::Info, "also Spark History Server's port");
+        assert_eq!(l("0.0.0.0:8333").unwrap().2, Weight::Info);
+        assert_eq!(l("0.0.0.0:8332").unwrap().2, Weight::Suspicious);
+        // ordinary services, and a pool port (P2Pool's stratum 3333 is the capture's, on the wire)
+        for benign in ["0.0.0.0:22", "0.0.0.0:8080", "[::]:443", "0.0.0.0:3333", "0.0.0.0:37891"] {
+            assert_eq!(l(benign), None, "{benign}");
+        }
+        assert_eq!(
+            u("127.0.0.1:18081"),
+            Some((
+                "127.0.0.1:18081".into(),
+                "local monerod RPC port".into(),
+                Weight::Suspicious,
+                Some("node.monerod-rpc".into())
+            ))
+        );
+        assert_eq!(u("[::1]:18083").unwrap().2, Weight::Likely);
+        assert_eq!(u("127.0.0.53:37889").unwrap().3.as_deref(), Some("node.p2pool"), "all of 127/8");
+        assert_eq!(
+            u("[::ffff:127.0.0.1]:18081").unwrap().3.as_deref(),
+            Some("node.monerod-rpc"),
+            "v4-mapped"
+        );
+        // a node port elsewhere: a node's gossip, a wallet's remote node
+        for other in ["203.0.113.9:18081", "[2001:db8::1]:37889", "10.0.0.1:8332"] {
+            assert_eq!(u(other), None, "{other}");
+        }
+        assert_eq!(u("127.0.0.1:5432"), None);
+    }
+
+    #[test]
+    fn a_node_listening_alone_is_at_most_suspicious() {
+        use rigwatch_signatures::{score, Severity};
+        let s = SocketSensor::new(bundled(), Path::new("/nonexistent"), Arc::new(NetShared::default()));
+        let l = |p: u16| s.assess_listener(SocketAddr::from(([0, 0, 0, 0], p))).unwrap();
+        let cpu = Evidence::heuristic(
+            EvidenceKind::Cpu {
+                cores: 2.0,
+                window_seconds: 60.0,
+            },
+            Weight::Info,
+        );
+        // monerod (P2P, RPC, ZMQ-RPC) with no CPU: no finding, the evidence is kept
+        assert_eq!(score(&[l(18080), l(18081), l(18082)]), None);
+        assert_eq!(score(&[l(18080), l(18081), cpu.clone()]), Some(Severity::Suspicious));
+        assert_eq!(score(&[l(8333), l(8332)]), None, "bitcoind alike");
+        // P2Pool alone: suspicious; with sustained CPU, likely
+        assert_eq!(score(&[l(37889)]), Some(Severity::Suspicious));
+        assert_eq!(
+            score(&[l(37889), l(18083)]),
+            Some(Severity::Suspicious),
+            "one kind, however many ports"
+        );
+        assert_eq!(score(&[l(37889), cpu]), Some(Severity::Likely));
+    }
+
+    /// A fixture proc root: `net/tcp`, `net/tcp6` and the fd links that own their inodes.
+    #[test]
+    fn listeners_and_local_upstreams_land_on_their_owners_once() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        let line = |n: usize, local: &str, remote: &str, st: &str, inode: u64| {
+            format!("  {n}: {local} {remote} {st} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 20 4 30 10 -1\n")
+        };
+        let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let tcp = [
+            head.to_string(),
+            line(0, "00000000:9401", "00000000:0000", "0A", 5001), // 0.0.0.0:37889 listen, pid 100
+            line(1, "00000000:1F90", "00000000:0000", "0A", 5003), // 0.0.0.0:8080 listen, pid 200
+            line(2, "0100007F:9C40", "0100007F:46A1", "01", 5004), // 127.0.0.1:40000 -> :18081, pid 300
+            line(3, "0500000A:9C41", "097100CB:46A1", "01", 5005), // 10.0.0.5 -> 203.0.113.9:18081, pid 300
+            line(4, "0100007F:46A1", "00000000:0000", "0A", 5006), // 127.0.0.1:18081 listen, pid 400
+            line(5, "0100007F:46A1", "0100007F:9C40", "01", 5008), // its accepted side, pid 400
+            line(6, "00000000:9400", "00000000:0000", "0A", 5007), // 0.0.0.0:37888 listen, no owner
+        ]
+        .concat();
+        std::fs::write(root.join("net/tcp"), tcp).unwrap();
+        let tcp6 = [
+            head.to_string(),
+            line(
+                0,
+                "00000000000000000000000000000000:9401",
+                "00000000000000000000000000000000:0000",
+                "0A",
+                5002,
+            ), // [::]:37889, pid 100
+        ]
+        .concat();
+        std::fs::write(root.join("net/tcp6"), tcp6).unwrap();
+        let owns = |pid: u32, inodes: &[u64]| {
+            let fd = root.join(pid.to_string()).join("fd");
+            std::fs::create_dir_all(&fd).unwrap();
+            for (i, n) in inodes.iter().enumerate() {
+                std::os::unix::fs::symlink(format!("socket:[{n}]"), fd.join((i + 3).to_string())).unwrap();
+            }
+        };
+        owns(100, &[5001, 5002]);
+        owns(200, &[5003]);
+        owns(300, &[5004, 5005]);
+        owns(400, &[5006, 5008]);
+        let proc = |pid: u32| crate::host::process::Proc {
+            key: crate::host::process::ProcKey { pid, start_time: 1 },
+            ppid: 1,
+            comm: "x".into(),
+            state: 'S',
+            threads: 1,
+            nice: 0,
+            policy: 0,
+            cpu_ticks: 0,
+            child_ticks: 0,
+            kernel_thread: false,
+            fixed: Default::default(),
+        };
+        let snap = Snapshot {
+            at: std::time::Instant::now(),
+            procs: [100, 200, 300, 400].into_iter().map(|p| (proc(p).key, proc(p))).collect(),
+            ticks_per_second: 100,
+            partial: false,
+        };
+        let mut s = SocketSensor::new(bundled(), root, Arc::new(NetShared::default()));
+        assert!(s.fallback, "a fixture root reads the proc files");
+        let mut out = Vec::new();
+        s.observe(&snap, &mut out).unwrap();
+        let mut got: Vec<(u32, String, String, Weight)> = out
+            .iter()
+            .map(|o| match o {
+                Observation::Evidence(k, e) => {
+                    let (remote, reason, w, _) = said(e);
+                    (k.pid, remote, reason, w)
+                }
+                other => panic!("only evidence here, got {other:?}"),
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    100,
+                    "0.0.0.0:37889".into(),
+                    "listens on 0.0.0.0:37889 (P2Pool sidechain peer port)".into(),
+                    Weight::Likely
+                ),
+                (300, "127.0.0.1:18081".into(), "local monerod RPC port".into(), Weight::Suspicious),
+                (
+                    400,
+                    "127.0.0.1:18081".into(),
+                    "listens on 127.0.0.1:18081 (monerod RPC port)".into(),
+                    Weight::Suspicious
+                ),
+            ],
+            "P2Pool once for v4 and v6; the miner on the local RPC, not on the remote one; monerod; nothing for 8080 or the accepted side"
+        );
+        assert!(
+            s.problems().is_empty(),
+            "an ownerless listener is no hidden connection: {:?}",
+            s.problems()
+        );
+        // the second pass says the same, and still makes no flow of the ownerless listener
+        let mut again = Vec::new();
+        s.observe(&snap, &mut again).unwrap();
+        assert_eq!(again.len(), 3);
+        assert!(!again.iter().any(|o| matches!(o, Observation::Flow(_))));
     }
 
     #[test]
