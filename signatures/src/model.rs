@@ -188,6 +188,27 @@ pub enum EvidenceKind {
     /// A connection through a proxy that hides where it goes (a Tor SOCKS
     /// port): `target` is what the client asked the proxy for.
     Proxy { protocol: String, proxy: String, target: String },
+    /// A TLS session whose record sizes and timing look like stratum inside
+    /// TLS: the server pushing similar-sized records unasked, at intervals,
+    /// over a long-lived, low-volume session (the content is never seen).
+    TlsSession {
+        remote: String,
+        /// The server name asked for; none is itself a sign (common miners send none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_name: Option<String>,
+        /// The client's JA4 fingerprint, for the analyst.
+        ja4: String,
+        /// Server records sent unasked (job pushes).
+        pushes: u64,
+        /// Their sizes, smallest and largest (bytes, TLS framing included).
+        push_bytes: [u64; 2],
+        /// Mean seconds between pushes.
+        push_interval_seconds: f64,
+        /// Records the client sent (logins, submits, keepalives).
+        client_records: u64,
+        /// Seconds from the ClientHello to the last push.
+        seconds: f64,
+    },
     /// The mining protocol itself, seen on the wire.
     Stratum {
         dialect: String,
@@ -270,6 +291,7 @@ impl EvidenceKind {
             EvidenceKind::KernelModule { .. } => "kernel_module",
             EvidenceKind::Trimmed { .. } => "trimmed",
             EvidenceKind::Proxy { .. } => "proxy",
+            EvidenceKind::TlsSession { .. } => "tls_session",
         }
     }
 
@@ -328,6 +350,21 @@ impl EvidenceKind {
             ),
             Trimmed { note, .. } => note.clone(),
             Proxy { protocol, proxy, target } => format!("{protocol} through {proxy} to {target}"),
+            TlsSession {
+                remote,
+                server_name,
+                ja4,
+                pushes,
+                push_bytes,
+                push_interval_seconds,
+                client_records,
+                seconds,
+            } => format!(
+                "TLS to {remote} ({}) shaped like stratum: {pushes} unasked server records of {}–{} bytes every {push_interval_seconds:.0}s, {client_records} client records, over {seconds:.0}s; JA4 {ja4}",
+                server_name.as_deref().map_or("no server name".to_string(), |n| format!("server name {n}")),
+                push_bytes[0],
+                push_bytes[1]
+            ),
         }
     }
 }
@@ -375,6 +412,12 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
         return Some(Severity::Suspicious);
     }
     let odd = evidence.iter().any(|e| e.weight == Weight::Suspicious);
+    // stratum-shaped TLS from a busy process that runs from an odd place
+    // (the issue 14 rule): two independent oddities beside the CPU
+    let odd_kinds: BTreeSet<&str> = evidence.iter().filter(|e| e.weight == Weight::Suspicious).map(|e| e.kind()).collect();
+    if active && odd_kinds.contains("tls_session") && odd_kinds.len() >= 2 {
+        return Some(Severity::Likely);
+    }
     let hidden = evidence.iter().any(|e| matches!(e.detail, EvidenceKind::HiddenProcess { .. }));
     if (odd && active) || hidden {
         return Some(Severity::Suspicious);
@@ -878,6 +921,45 @@ mod tests {
         );
         assert_eq!(score(std::slice::from_ref(&cg)), None, "busy alone is nothing");
         assert_eq!(score(&[origin(), cg]), Some(Severity::Suspicious));
+    }
+    #[test]
+    fn stratum_shaped_tls_needs_cpu_and_an_odd_origin_to_be_likely() {
+        let tls = |w| {
+            ev(
+                EvidenceKind::TlsSession {
+                    remote: "203.0.113.7:443".into(),
+                    server_name: None,
+                    ja4: "t13i181000_e8a523a41297_ef7df7f74e48".into(),
+                    pushes: 6,
+                    push_bytes: [340, 362],
+                    push_interval_seconds: 31.0,
+                    client_records: 4,
+                    seconds: 190.0,
+                },
+                w,
+            )
+        };
+        let s = tls(Weight::Suspicious);
+        assert_eq!(score(std::slice::from_ref(&s)), None, "alone: kept as evidence");
+        assert_eq!(score(&[s.clone(), cpu()]), Some(Severity::Suspicious), "a busy streaming client");
+        assert_eq!(score(&[s.clone(), origin()]), None, "an idle one from /tmp");
+        assert_eq!(score(&[s.clone(), origin(), cpu()]), Some(Severity::Likely));
+        // to a pool-like destination the item weighs likely: with CPU, likely
+        let l = tls(Weight::Likely);
+        assert_eq!(score(std::slice::from_ref(&l)), Some(Severity::Suspicious));
+        assert_eq!(score(&[l.clone(), cpu()]), Some(Severity::Likely));
+        assert!(l.detail.summary().contains("no server name") && l.detail.summary().contains("JA4 t13i"));
+        // two ordinary oddities with CPU stay suspicious (the rule is TLS's own)
+        let masq = ev(
+            EvidenceKind::Masquerade {
+                reason: "kernel thread name".into(),
+                comm: "kworker/0:1".into(),
+                exe: "/tmp/x".into(),
+                argv0: "kworker/0:1".into(),
+            },
+            Weight::Suspicious,
+        );
+        assert_eq!(score(&[masq, origin(), cpu()]), Some(Severity::Suspicious));
     }
     #[test]
     fn strong_sign_needs_activity_or_a_second_kind() {

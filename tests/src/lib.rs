@@ -251,6 +251,37 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts `cmd` with its stdout piped and waits for its first line, which
+/// must start with `prefix` (`listening `, `ready `); returns the process
+/// (killed on drop) and the rest of that line. Later lines are read and
+/// kept in the returned log, so the child never writes into a closed pipe.
+pub fn start_announcing(
+    mut cmd: std::process::Command,
+    prefix: &str,
+) -> (KillOnDrop, String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let Some(rest) = first.trim().strip_prefix(prefix) else {
+        let _ = child.kill();
+        panic!("{cmd:?} said {first:?}, not {prefix:?}…");
+    };
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = log.clone();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            l.lock().unwrap().push(line);
+        }
+    });
+    (KillOnDrop(child), rest.to_string(), log)
+}
+
 /// `GET path` on 127.0.0.1:port with an optional bearer token: (status, body).
 /// HTTP/1.0, so that no server answers chunked.
 /// Status 0 when nothing answers.

@@ -138,6 +138,33 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
                 out.push((*client, *server, true, e));
             }
         }
+        FlowEvent::TlsSession {
+            client,
+            server,
+            sni,
+            ja4,
+            shape,
+        } => {
+            // alone a heuristic (suspicious); toward a pool-like destination
+            // (a pool address or port, an address a pool name resolved to,
+            // a pool server name) it weighs likely
+            let pool_like = sig.pool_address(server).is_some()
+                || sig.pool_port(server.port()).is_some()
+                || shared.is_some_and(|sh| sh.dns_learned(server.ip()).is_some())
+                || sni.as_deref().is_some_and(|n| sig.pool_domain(n).is_some());
+            let detail = EvidenceKind::TlsSession {
+                remote: server.to_string(),
+                server_name: sni.clone(),
+                ja4: ja4.clone(),
+                pushes: shape.pushes,
+                push_bytes: shape.push_bytes,
+                push_interval_seconds: shape.push_interval_ms as f64 / 1000.0,
+                client_records: shape.client_records,
+                seconds: shape.age_ms as f64 / 1000.0,
+            };
+            let w = if pool_like { Weight::Likely } else { Weight::Suspicious };
+            out.push((*client, *server, true, Evidence::heuristic(detail, w)));
+        }
         FlowEvent::TlsSni { client, server, name } => {
             if let Some((_, i)) = sig.pool_domain(name) {
                 let r = &sig.rules()[i];
@@ -197,6 +224,60 @@ mod tests {
                 host: host.into(),
                 port: to,
             },
+        }
+    }
+
+    fn session(server: &str, sni: Option<&str>) -> FlowEvent {
+        FlowEvent::TlsSession {
+            client: "10.0.0.2:40000".parse().unwrap(),
+            server: server.parse().unwrap(),
+            sni: sni.map(str::to_string),
+            ja4: "t13i181000_e8a523a41297_ef7df7f74e48".into(),
+            shape: crate::net::tls_session::Shape {
+                pushes: 4,
+                push_bytes: [350, 366],
+                push_interval_ms: 30_500,
+                client_records: 5,
+                age_ms: 95_000,
+            },
+        }
+    }
+
+    #[test]
+    fn stratum_shaped_tls_weighs_more_toward_a_pool_like_destination() {
+        let sig = rigwatch_signatures::load::load(&[], true).signatures;
+        let one = |ev: &FlowEvent| match &evidence_of(&sig, None, ev)[..] {
+            [(c, _, true, e)] => {
+                assert_eq!(c.port(), 40000);
+                e.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        let plain = one(&session("203.0.113.7:443", None));
+        assert_eq!(plain.weight, Weight::Suspicious);
+        assert!(plain.rule.is_none());
+        match &plain.detail {
+            EvidenceKind::TlsSession {
+                remote,
+                ja4,
+                push_interval_seconds,
+                pushes,
+                ..
+            } => {
+                assert_eq!((remote.as_str(), *pushes), ("203.0.113.7:443", 4));
+                assert!(ja4.starts_with("t13i") && (*push_interval_seconds - 30.5).abs() < 1e-9);
+            }
+            other => panic!("{other:?}"),
+        }
+        // a pool port, a pool server name: likely
+        assert_eq!(one(&session("203.0.113.7:3333", None)).weight, Weight::Likely);
+        assert_eq!(one(&session("203.0.113.7:443", Some("gulf.moneroocean.stream"))).weight, Weight::Likely);
+        // an address a pool name resolved to
+        let shared = NetShared::default();
+        shared.learn_dns("203.0.113.9".parse().unwrap(), "supportxmr.com");
+        match &evidence_of(&sig, Some(&shared), &session("203.0.113.9:443", None))[..] {
+            [(_, _, _, e)] => assert_eq!(e.weight, Weight::Likely),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -7,6 +7,7 @@
 //! the live capture and `rigwatch pcap` both feed it.
 
 use super::proxy::{self, Preamble};
+use super::tls_session::{self, Shape};
 use super::{dns, stratum, tls};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,6 +62,15 @@ pub enum FlowEvent {
         server: SocketAddr,
         questions: Vec<String>,
         answers: Vec<(String, std::net::IpAddr)>,
+    },
+    /// A TLS session whose record sizes and timing look like stratum
+    /// (see [`tls_session`]); reported once per flow.
+    TlsSession {
+        client: SocketAddr,
+        server: SocketAddr,
+        sni: Option<String>,
+        ja4: String,
+        shape: Shape,
     },
     /// Stratum V2 handshake sizes (a weak signal).
     StratumV2 { client: SocketAddr, server: SocketAddr },
@@ -210,6 +220,16 @@ struct Flow {
     reported_v2: bool,
     proxied: Proxied,
     last: u64,
+    /// A TLS session, once its ClientHello was read: which direction is
+    /// the client's, where each direction's records end (retransmissions
+    /// are not counted twice), and its running shape.
+    tls: Option<Box<TlsTrack>>,
+}
+
+struct TlsTrack {
+    client_dir: usize,
+    ends: [Option<u32>; 2],
+    session: tls_session::Session,
 }
 
 /// A DNS query awaiting its answer: (zone, transport, asker, resolver, id).
@@ -364,6 +384,7 @@ impl FlowTable {
                     reported_v2: false,
                     proxied: Proxied::Unknown { first_dir: None },
                     last: 0,
+                    tls: None,
                 },
             );
         }
@@ -392,6 +413,24 @@ impl FlowTable {
             } else {
                 Proxied::Unknown { first_dir: Some(di) }
             };
+        }
+        // TLS application data (record type 23): sizes and timing only
+        if let (Some(t), [0x17, 0x03, ..]) = (f.tls.as_deref_mut(), p.payload) {
+            let end = p.seq.wrapping_add(p.payload.len() as u32);
+            if t.ends[di].is_none_or(|e| seq_before(e, end)) {
+                t.ends[di] = Some(end);
+                if let Some(shape) = t.session.record(di == t.client_dir, p.payload.len(), self.now_ms) {
+                    let (c, s) = if di == t.client_dir { (p.src, p.dst) } else { (p.dst, p.src) };
+                    out.push(FlowEvent::TlsSession {
+                        client: c,
+                        server: s,
+                        sni: t.session.sni.clone(),
+                        ja4: t.session.ja4.clone(),
+                        shape,
+                    });
+                }
+            }
+            return out;
         }
         let d = &mut f.dirs[di];
         if d.first_len.is_none() {
@@ -442,16 +481,23 @@ impl FlowTable {
             _ => None,
         };
         if !f.reported_sni && tls::is_tls_record_start(&buf) {
-            if let Ok(Some(name)) = tls::client_hello_sni(&buf) {
+            if let Ok(hello) = tls::client_hello(&buf) {
                 f.reported_sni = true;
                 // a ClientHello is sent by the client; one sent by the
                 // accepting side is nobody's evidence
                 if sender_is_client != Some(false) {
-                    out.push(FlowEvent::TlsSni {
-                        client: p.src,
-                        server: p.dst,
-                        name,
-                    });
+                    if let Some(name) = hello.sni.clone() {
+                        out.push(FlowEvent::TlsSni {
+                            client: p.src,
+                            server: p.dst,
+                            name,
+                        });
+                    }
+                    f.tls = Some(Box::new(TlsTrack {
+                        client_dir: di,
+                        ends: [None; 2],
+                        session: tls_session::Session::new(hello.sni, hello.ja4, self.now_ms),
+                    }));
                 }
             }
             return out;
@@ -746,6 +792,65 @@ mod tests {
                 assert_eq!(name, "pool.supportxmr.com");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// A TLS 1.3 application-data record of `n` bytes in all.
+    fn app(n: usize) -> Vec<u8> {
+        let mut r = vec![0x17, 0x03, 0x03];
+        r.extend_from_slice(&((n - 5) as u16).to_be_bytes());
+        r.resize(n, 0xa5);
+        r
+    }
+
+    #[test]
+    fn stratum_shaped_tls_is_reported_once_with_its_fingerprint() {
+        let hello = crate::net::tls::tests_support::record(&crate::net::tls::tests_support::hello_msg(None));
+        let (m, pool) = ("10.0.0.2:40000", "10.0.0.1:443");
+        let mut t = FlowTable::new();
+        t.push(&syn(m, pool));
+        let (mut cs, mut ss) = (1u32, 1u32);
+        assert!(send(&mut t, m, pool, &mut cs, &hello).is_empty(), "no SNI: no SNI event");
+        let mut events = Vec::new();
+        let mut at = |t: &mut FlowTable, ms: u64, from_miner: bool, n: usize, cs: &mut u32, ss: &mut u32| {
+            t.advance(ms);
+            let ev = if from_miner { send(t, m, pool, cs, &app(n)) } else { send(t, pool, m, ss, &app(n)) };
+            events.extend(ev);
+        };
+        at(&mut t, 100, true, 250, &mut cs, &mut ss); // login
+        at(&mut t, 130, false, 420, &mut cs, &mut ss); // its answer, the first job
+        for i in 1..=6u64 {
+            at(&mut t, i * 5_000, false, 352, &mut cs, &mut ss); // a job, unasked
+            at(&mut t, i * 5_000 + 2_500, true, 190, &mut cs, &mut ss); // a submit
+            at(&mut t, i * 5_000 + 2_530, false, 90, &mut cs, &mut ss); // accepted
+        }
+        // a retransmitted job is not a second push
+        t.advance(40_000);
+        let _ = t.push(&pkt(pool, m, ss - 90, &app(90)));
+        match &events[..] {
+            [FlowEvent::TlsSession { client, server, sni, ja4, shape }] => {
+                assert_eq!((client.to_string().as_str(), server.to_string().as_str()), (m, pool));
+                assert_eq!(*sni, None);
+                assert!(ja4.starts_with("t12i0100"), "{ja4}");
+                assert_eq!((shape.pushes, shape.push_bytes, shape.push_interval_ms), (4, [352, 352], 5_000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_records_without_a_client_hello_seen_are_not_judged() {
+        // a session already running when the capture started: no hello, no
+        // fingerprint, nothing claimed
+        let (m, pool) = ("10.0.0.2:40000", "10.0.0.1:443");
+        let mut t = FlowTable::new();
+        let (mut cs, mut ss) = (1u32, 1u32);
+        for i in 1..=20u64 {
+            t.advance(i * 5_000);
+            assert!(send(&mut t, pool, m, &mut ss, &app(352)).is_empty());
+            t.advance(i * 5_000 + 2_500);
+            assert!(send(&mut t, m, pool, &mut cs, &app(190)).is_empty());
+            assert!(send(&mut t, pool, m, &mut ss, &app(90)).is_empty());
         }
     }
 

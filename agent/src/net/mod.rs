@@ -10,3 +10,4 @@ pub mod proxy;
 pub mod shared;
 pub mod stratum;
 pub mod tls;
+pub mod tls_session;

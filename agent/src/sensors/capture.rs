@@ -2,7 +2,9 @@
 //! included) with a classic BPF filter in the kernel, so that only candidate
 //! packets reach user space — TCP segments whose payload begins like a JSON
 //! line (`{`), a TLS handshake (0x16), an HTTP POST / PROXY line (`P`), an
-//! HTTP response (`H`) or a SOCKS4/5 or HTTP CONNECT request, TCP with payload on the Stratum V2 ports, and DNS —
+//! HTTP response (`H`) or a SOCKS4/5 or HTTP CONNECT request, TLS
+//! application data in packets below a full segment (record sizes and
+//! timing: stratum inside TLS), TCP with payload on the Stratum V2 ports, and DNS —
 //! each cut to a bounded snap length — and the headers of SYN and SYN-ACK
 //! segments, so the flow table knows who connected to whom instead of
 //! guessing it from content the miner writes. Bulk traffic never leaves the
@@ -39,6 +41,10 @@ pub const RCVBUF: i32 = 4 << 20;
 /// Bytes kept of a SYN or SYN-ACK: the largest IPv4 and TCP headers.
 pub const HANDSHAKE_SNAP: u32 = 120;
 const TCP_SYN: u32 = 0x02;
+/// Largest IP packet (IPv4 total length; IPv6 payload length + 40) of TLS
+/// application data passed up: below a full 1,500-byte Ethernet segment, so
+/// bulk transfers never reach user space, above what a job push needs.
+pub const TLS_DATA_MAX_IP_LEN: u32 = 1460;
 /// Stratum V2 ports (pool, translator proxy, job declaration).
 pub const SV2_PORTS: [u16; 3] = [34254, 34255, 34264];
 
@@ -134,7 +140,9 @@ pub fn bpf_program(lo_ifindex: u32) -> Vec<libc::sock_filter> {
         Label("c3"),
         J(JEQ_K, b'P' as u32, "keep", "c4"),
         Label("c4"),
-        J(JEQ_K, b'H' as u32, "keep", "proxy"),
+        J(JEQ_K, b'H' as u32, "keep", "c5"),
+        Label("c5"),
+        J(JEQ_K, 0x17, "v4tls", "proxy"),
         Label("v4payload_any"),
         Op(LD_B_IND, 12),
         Op(ALU_AND_K, 0xf0),
@@ -185,7 +193,9 @@ pub fn bpf_program(lo_ifindex: u32) -> Vec<libc::sock_filter> {
         Label("e3"),
         J(JEQ_K, b'P' as u32, "keep", "e4"),
         Label("e4"),
-        J(JEQ_K, b'H' as u32, "keep", "proxy"),
+        J(JEQ_K, b'H' as u32, "keep", "e5"),
+        Label("e5"),
+        J(JEQ_K, 0x17, "v6tls", "proxy"),
         Label("v6payload_any"),
         Op(LD_B_ABS, 52),
         Op(ALU_AND_K, 0xf0),
@@ -213,6 +223,16 @@ pub fn bpf_program(lo_ifindex: u32) -> Vec<libc::sock_filter> {
         Label("connect"),
         Op(LD_B_IND, 1),
         J(JEQ_K, b'O' as u32, "keep", "drop"),
+        // TLS application data, small packets only (job pushes, submits):
+        // their sizes and timing are what the TLS-stratum classifier reads;
+        // bulk transfers (full-size segments, GRO/GSO aggregates) stay in
+        // the kernel
+        Label("v4tls"),
+        Op(LD_H_ABS, 2),
+        J(JGT_K, TLS_DATA_MAX_IP_LEN, "drop", "keep"),
+        Label("v6tls"),
+        Op(LD_H_ABS, 4),
+        J(JGT_K, TLS_DATA_MAX_IP_LEN - 40, "drop", "keep"),
         Label("handshake"),
         Op(RET_K, HANDSHAKE_SNAP),
         Label("keep"),

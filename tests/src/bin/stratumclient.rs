@@ -19,6 +19,9 @@
 //!                 [--hold SECONDS] [--keepalive SECONDS] [--agent STR]
 //!                 [--login WALLET] [--dry-run]
 //!                 [--socks5 DEST | --socks4a DEST | --http-connect DEST]
+//!                 [--busy]   (spin one core while it runs, as a miner's
+//!                 hashing would; nothing is computed)
+//!                 [--delay SECONDS]   (wait before connecting)
 //!   stratumclient --plain-http --connect IP:PORT [--socks5 DEST | ...]
 //!                 [--hold SECONDS]   (the benign control: one `GET /`,
 //!                 its answer read, then idle; no mining dialect)
@@ -227,6 +230,14 @@ fn main() {
     let resolve = take_value(&mut args, "--resolve");
     let dns = take_value(&mut args, "--dns").map(|d| parse_addr("--dns", &d));
     let dry_run = take_flag(&mut args, "--dry-run");
+    let delay = seconds(take_value(&mut args, "--delay"), 0.0).min(MAX_HOLD);
+    if take_flag(&mut args, "--busy") {
+        // the CPU a miner uses, and nothing else: a spin with no result,
+        // ended with the process
+        std::thread::spawn(|| loop {
+            std::hint::black_box(std::hint::spin_loop());
+        });
+    }
     let tls = take_flag(&mut args, "--tls");
     let sni = take_value(&mut args, "--sni");
     if sni.is_some() && !tls {
@@ -294,6 +305,7 @@ fn main() {
         say(&format!("allowed {}", opts.target));
         return;
     }
+    std::thread::sleep(Duration::from_secs_f64(delay));
     let result = if plain_http { run_plain_http(&opts) } else { run(&opts) };
     match result {
         Ok(()) => say("done"),
