@@ -78,5 +78,112 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A TLS 1.3-style ClientHello without SNI (one record): 16 cipher suites,
+/// supported_versions, signature_algorithms, ALPN.
+fn client_hello() -> Vec<u8> {
+    let mut exts = Vec::new();
+    for (t, d) in [
+        (0x002bu16, vec![2u8, 3, 4]),
+        (0x000d, vec![0, 4, 4, 3, 8, 4]),
+        (0x0010, vec![0, 3, 2, b'h', b'2']),
+        (0x000a, vec![0, 2, 0, 29]),
+    ] {
+        exts.extend_from_slice(&t.to_be_bytes());
+        exts.extend_from_slice(&(d.len() as u16).to_be_bytes());
+        exts.extend_from_slice(&d);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(0);
+    body.extend_from_slice(&32u16.to_be_bytes());
+    for c in 0..16u16 {
+        body.extend_from_slice(&(0x1301 + c).to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut msg = vec![1];
+    msg.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    msg.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&msg);
+    rec
+}
+
+fn app(n: usize) -> Vec<u8> {
+    let mut r = vec![0x17, 3, 3];
+    r.extend_from_slice(&((n - 5) as u16).to_be_bytes());
+    r.resize(n, 0xa5);
+    r
+}
+
+/// 2,000 TLS sessions as the capture passes them up (ClientHello, then
+/// small application-data packets, with times): half stratum-shaped (a job
+/// pushed every 5 s, a submit answered between jobs), half request/response
+/// (a call every second, answered at once). Sorted by time, as on the wire.
+fn tls_stream() -> Vec<(u64, SocketAddr, SocketAddr, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..2000u32 {
+        let client: SocketAddr = format!("10.{}.{}.{}:{}", i % 200, (i / 200) % 200, 2 + i % 250, 40000 + i % 20000)
+            .parse()
+            .unwrap();
+        let server: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        let t0 = (i as u64) * 7;
+        let (mut cs, mut ss) = (1000u32, 5000u32);
+        let mut put = |t: u64, from_client: bool, payload: Vec<u8>, out: &mut Vec<_>| {
+            let (src, dst, seq) = if from_client { (client, server, &mut cs) } else { (server, client, &mut ss) };
+            out.push((t0 + t, src, dst, *seq, payload.clone()));
+            *seq = seq.wrapping_add(payload.len() as u32);
+        };
+        put(0, true, client_hello(), &mut out);
+        put(100, true, app(250), &mut out);
+        put(130, false, app(420), &mut out);
+        if i % 2 == 0 {
+            for k in 1..=6u64 {
+                put(k * 5000, false, app(352), &mut out);
+                put(k * 5000 + 2500, true, app(190), &mut out);
+                put(k * 5000 + 2530, false, app(90), &mut out);
+            }
+        } else {
+            for k in 1..=18u64 {
+                put(k * 1000, true, app(300), &mut out);
+                put(k * 1000 + 30, false, app(800), &mut out);
+            }
+        }
+    }
+    out.sort_by_key(|p| p.0);
+    out
+}
+
+fn bench_tls(c: &mut Criterion) {
+    let pkts = tls_stream();
+    let mut g = c.benchmark_group("classify_tls");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(pkts.len() as u64));
+    g.bench_function("tls_sessions_packets", |b| {
+        b.iter(|| {
+            let mut t = FlowTable::new();
+            let mut n = 0;
+            for (at, s, d, seq, payload) in &pkts {
+                t.advance(*at);
+                let p = Packet {
+                    src: *s,
+                    dst: *d,
+                    tcp: true,
+                    seq: *seq,
+                    syn: false,
+                    syn_ack: false,
+                    payload,
+                };
+                n += t.push(&p).len();
+            }
+            assert_eq!(n, 1000, "every stratum-shaped session once, no request/response one");
+            n
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_tls);
 criterion_main!(benches);
