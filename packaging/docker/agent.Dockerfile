@@ -19,12 +19,12 @@
 # and allowPrivilegeEscalation: false is the closest equivalent.
 #
 # Outside Kubernetes, drop Docker's default capability set the same way
-# (Docker's defaults lack three of the four and include others the agent must
+# (Docker's defaults lack five of the six and include others the agent must
 # not have):
 #
 #   docker run -d --name rigwatch --pid=host --network=host --read-only \
 #     --cap-drop=ALL --cap-add=SYS_PTRACE --cap-add=DAC_READ_SEARCH \
-#     --cap-add=NET_RAW --cap-add=NET_ADMIN \
+#     --cap-add=NET_RAW --cap-add=NET_ADMIN --cap-add=BPF --cap-add=PERFMON \
 #     --security-opt no-new-privileges --security-opt apparmor=unconfined \
 #     -v /proc:/host/proc:ro -v /var/lib/rigwatch:/var/lib/rigwatch \
 #     rigwatch/agent:0.1.0 run --proc-root /host/proc --listen 0.0.0.0:9861

@@ -188,6 +188,19 @@ pub enum EvidenceKind {
     /// A connection through a proxy that hides where it goes (a Tor SOCKS
     /// port): `target` is what the client asked the proxy for.
     Proxy { protocol: String, proxy: String, target: String },
+    /// What the process's computation does to the CPU, seen by the kernel:
+    /// `randomx-like` when the floating-point rounding mode it leaves in
+    /// MXCSR keeps changing across context switches (RandomX's CFROUND).
+    CpuAlgorithm {
+        algorithm: String,
+        /// Context switches caught with a non-default rounding mode.
+        switches: u64,
+        /// Those per second over the window.
+        rate_per_second: f64,
+        window_seconds: f64,
+        /// The non-default rounding modes seen.
+        modes: Vec<String>,
+    },
     /// A TLS session whose record sizes and timing look like stratum inside
     /// TLS: the server pushing similar-sized records unasked, at intervals,
     /// over a long-lived, low-volume session (the content is never seen).
@@ -292,6 +305,7 @@ impl EvidenceKind {
             EvidenceKind::Trimmed { .. } => "trimmed",
             EvidenceKind::Proxy { .. } => "proxy",
             EvidenceKind::TlsSession { .. } => "tls_session",
+            EvidenceKind::CpuAlgorithm { .. } => "cpu_algorithm",
         }
     }
 
@@ -350,6 +364,16 @@ impl EvidenceKind {
             ),
             Trimmed { note, .. } => note.clone(),
             Proxy { protocol, proxy, target } => format!("{protocol} through {proxy} to {target}"),
+            CpuAlgorithm {
+                algorithm,
+                switches,
+                rate_per_second,
+                window_seconds,
+                modes,
+            } => format!(
+                "{algorithm} hashing: {switches} context switches over {window_seconds:.0}s ({rate_per_second:.1}/s) caught the rounding mode away from the default ({})",
+                modes.join(", ")
+            ),
             TlsSession {
                 remote,
                 server_name,
@@ -398,12 +422,18 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
     if pool && wallet {
         return Some(Severity::Confirmed);
     }
+    // what the hashing does to the CPU cannot be renamed, packed or
+    // proxied: likely alone, confirmed with the CPU it burns (issue 15)
+    let hashing = evidence.iter().any(|e| matches!(e.detail, EvidenceKind::CpuAlgorithm { .. }) && e.weight >= Weight::Likely);
     let active = evidence.iter().any(|e| {
         matches!(
             e.detail,
             EvidenceKind::Cpu { .. } | EvidenceKind::Gpu { .. } | EvidenceKind::CgroupCpu { .. }
         )
     });
+    if hashing {
+        return Some(if active { Severity::Confirmed } else { Severity::Likely });
+    }
     let strong: BTreeSet<&str> = evidence.iter().filter(|e| e.weight == Weight::Likely).map(|e| e.kind()).collect();
     if !strong.is_empty() && (active || strong.len() >= 2) {
         return Some(Severity::Likely);
@@ -921,6 +951,23 @@ mod tests {
         );
         assert_eq!(score(std::slice::from_ref(&cg)), None, "busy alone is nothing");
         assert_eq!(score(&[origin(), cg]), Some(Severity::Suspicious));
+    }
+    #[test]
+    fn randomx_like_hashing_is_likely_alone_and_confirmed_with_cpu() {
+        let h = ev(
+            EvidenceKind::CpuAlgorithm {
+                algorithm: "randomx-like".into(),
+                switches: 900,
+                rate_per_second: 90.0,
+                window_seconds: 10.0,
+                modes: vec!["down".into(), "up".into(), "toward zero".into()],
+            },
+            Weight::Likely,
+        );
+        assert_eq!(score(std::slice::from_ref(&h)), Some(Severity::Likely));
+        assert_eq!(score(&[h.clone(), cpu()]), Some(Severity::Confirmed));
+        assert!(h.detail.summary().contains("90.0/s") && h.detail.summary().contains("toward zero"));
+        assert_eq!(h.kind(), "cpu_algorithm");
     }
     #[test]
     fn stratum_shaped_tls_needs_cpu_and_an_odd_origin_to_be_likely() {

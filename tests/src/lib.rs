@@ -10,6 +10,12 @@
 //! Usage: minersim [--rename NAME] [--self-delete] [--memfd] [--shm NAME]
 //!                 [--burn SECONDS] [--idle SECONDS] [--nice N] [-c FILE]
 //!                 [--duty PERCENT]  (burn only PERCENT of each 100 ms: self-throttling)
+//!                 [--rounding cycle|fixed|nearest]  (burn with SSE float work,
+//!                              sleeping 50 µs every ms so it is switched
+//!                              out often: `cycle` changes the rounding mode
+//!                              each step as RandomX's CFROUND does, `fixed`
+//!                              sets "toward zero" once, `nearest` never
+//!                              leaves the default — the benign peers)
 //!                 [--unpack]  (decode XMRig-like strings into memory: what a
 //!                              packed miner looks like once running; the file has none)
 //!                 [xmrig-like flags such as -o URL -u WALLET --donate-level 1]
@@ -56,6 +62,7 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
         let n: i32 = n.parse().unwrap_or(19);
         unsafe { libc_nice(n) };
     }
+    let rounding = take_value(&mut args, "--rounding");
     let burn: f64 = take_value(&mut args, "--burn").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let idle: f64 = take_value(&mut args, "--idle").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let duty: f64 = take_value(&mut args, "--duty")
@@ -70,7 +77,9 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
     // the remaining args are xmrig-like flags: accepted, echoed, ignored.
     println!("ready {}", std::process::id());
     let _ = std::io::stdout().flush();
-    if burn > 0.0 {
+    if let (Some(mode), true) = (&rounding, burn > 0.0) {
+        burn_rounding(burn.min(MAX_SECONDS), mode);
+    } else if burn > 0.0 {
         if duty < 100.0 {
             burn_duty(burn.min(MAX_SECONDS), duty);
         } else {
@@ -146,6 +155,45 @@ fn burn_one_core(seconds: f64) {
         }
         std::hint::black_box(x);
     }
+}
+
+/// Sets the SSE rounding mode (MXCSR.RC: 0 nearest, 1 down, 2 up, 3 toward
+/// zero), exceptions masked as by default.
+#[cfg(target_arch = "x86_64")]
+fn set_rounding(rc: u32) {
+    let v: u32 = 0x1f80 | ((rc & 3) << 13);
+    // SAFETY: ldmxcsr with every exception masked only changes how this
+    // thread's SSE arithmetic rounds.
+    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &v, options(nostack, readonly)) };
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn set_rounding(_rc: u32) {}
+
+/// Burns one core with SSE float work for `seconds`, sleeping 50 µs every
+/// millisecond (so the kernel switches it out hundreds of times a second, as a
+/// miner's threads are on a busy host), the rounding mode set per `mode`.
+fn burn_rounding(seconds: f64, mode: &str) {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    if mode == "fixed" {
+        set_rounding(3);
+    }
+    let mut y = 1.0f64;
+    let mut step = 0u32;
+    while Instant::now() < end {
+        let slice = Instant::now() + Duration::from_millis(1);
+        while Instant::now() < slice {
+            if mode == "cycle" {
+                step = step.wrapping_add(1);
+                set_rounding(step % 4);
+            }
+            for _ in 0..64 {
+                y = std::hint::black_box(y * 1.000_000_1 + 0.3) / 1.000_000_3;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    set_rounding(0);
+    std::hint::black_box(y);
 }
 
 /// Burns `duty` percent of each 100 ms for `seconds` (a self-throttling miner).

@@ -11,7 +11,14 @@ use std::process::{Command, Output, Stdio};
 
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 /// What the agent needs, and all it gets (without response actions).
-const AGENT_CAPS: [&str; 4] = ["CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH", "CAP_NET_RAW", "CAP_NET_ADMIN"];
+const AGENT_CAPS: [&str; 6] = [
+    "CAP_SYS_PTRACE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_NET_RAW",
+    "CAP_NET_ADMIN",
+    "CAP_BPF",
+    "CAP_PERFMON",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -98,7 +105,7 @@ fn systemd_units_verify_clean_and_grant_only_what_the_agent_needs() {
     let bad = text(&verify(&root, &["rigwatch-broken.service"]));
     assert!(bad.contains("Unknown key 'NoNewPrivilege'") && bad.contains("'ten'"), "{bad}");
 
-    // the agent: four capabilities, bounded and ambient, as an unprivileged user
+    // the agent: six capabilities, bounded and ambient, as an unprivileged user
     let want: BTreeSet<String> = AGENT_CAPS.iter().map(|c| c.to_string()).collect();
     assert_eq!(caps(&unit_value(&agent, "CapabilityBoundingSet")), want);
     assert_eq!(caps(&unit_value(&agent, "AmbientCapabilities")), want);

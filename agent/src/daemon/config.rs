@@ -58,6 +58,7 @@ impl Config {
                 persistence: on.persistence,
                 host_root: s.host_root.clone(),
                 cgroup_cpu: on.cgroup_cpu,
+                rounding: on.rounding && !once,
                 long_window_seconds: s.long_window_seconds,
                 long_window_cores_threshold: s.long_window_cores_threshold,
             },
@@ -136,6 +137,10 @@ pub struct SensorsConfig {
     /// Each cgroup's CPU (cgroup v2) against its listed processes': CPU of
     /// short-lived or hidden processes.
     pub cgroup_cpu: bool,
+    /// The floating-point rounding mode a process leaves behind at each
+    /// context switch, through eBPF: RandomX hashing whatever the miner is
+    /// called (x86_64; needs CAP_BPF and CAP_PERFMON, or root).
+    pub rounding: bool,
     /// Seconds one sensor's part of a pass may take. A sensor over it (one
     /// blocked reading a FIFO or a hung mount) is reported down and skipped
     /// until its late pass returns, while the others carry on.
@@ -155,6 +160,7 @@ impl SensorsConfig {
             hidden: false,
             persistence: false,
             cgroup_cpu: false,
+            rounding: false,
             budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),
         }
     }
@@ -172,6 +178,7 @@ impl Default for SensorsConfig {
             hidden: true,
             persistence: true,
             cgroup_cpu: true,
+            rounding: true,
             budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),
         }
     }

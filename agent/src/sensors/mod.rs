@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod hidden;
 pub mod minerconfig;
 pub mod persistence;
+pub mod rounding;
 
 pub mod sockets;
 
@@ -116,6 +117,9 @@ pub struct SensorOptions {
     pub persistence: bool,
     /// Compare each cgroup's CPU (cgroup v2 cpu.stat) with its listed processes'.
     pub cgroup_cpu: bool,
+    /// The floating-point rounding mode of hashing, through eBPF (x86_64;
+    /// needs CAP_BPF and CAP_PERFMON, or root).
+    pub rounding: bool,
     /// The long CPU window, seconds (per-cgroup CPU is measured over it).
     pub long_window_seconds: f64,
     /// Cores over the long window that count.
@@ -138,6 +142,7 @@ impl Default for SensorOptions {
             host_root: "/".into(),
             persistence: true,
             cgroup_cpu: true,
+            rounding: true,
             long_window_seconds: 60.0,
             long_window_cores_threshold: 0.15,
         }
@@ -175,6 +180,9 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
             scheduler_cgroups: opts.gpu_scheduler_cgroups.clone(),
         };
         v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
+    }
+    if opts.rounding {
+        v.push(Box::new(rounding::RoundingSensor::new()));
     }
     if opts.cgroup_cpu {
         v.push(Box::new(cgroupcpu::CgroupCpuSensor::new(
