@@ -82,6 +82,19 @@ enum Command {
         #[command(flatten)]
         sig: SigDirs,
     },
+    /// Watch the floating-point rounding mode processes leave at context
+    /// switches (eBPF; root or CAP_BPF + CAP_PERFMON, x86_64): RandomX
+    /// hashing changes it constantly, ordinary programs never. Prints, per
+    /// process caught away from round-to-nearest, the switches, their rate
+    /// and the modes, and which are RandomX-like. Exit 1 when one is.
+    Rounding {
+        /// How long to watch.
+        #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+        seconds: f64,
+        /// Print JSON lines, one per process.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check, list or import signatures.
     #[command(subcommand)]
     Signatures(SigCommand),
@@ -268,6 +281,7 @@ fn main() -> ExitCode {
         }
         Command::Pcap { files, json, sig } => run_pcap(&files, json, &sig),
         Command::Sniff { seconds, json, sig } => run_sniff(seconds, json, &sig),
+        Command::Rounding { seconds, json } => run_rounding(seconds, json),
         Command::Signatures(c) => run_signatures(c),
     };
     match res {
@@ -569,6 +583,54 @@ fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(if printed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn run_rounding(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
+    use rigwatch_agent::sensors::rounding::{judge, mode_names, RoundingSensor};
+    let s = RoundingSensor::new();
+    if let Some(why) = s.unavailable() {
+        anyhow::bail!("the rounding-mode sensor is unavailable: {why}");
+    }
+    let before = s.counts().map_err(anyhow::Error::msg)?;
+    let start = std::time::Instant::now();
+    if !json {
+        eprintln!("rigwatch: watching rounding modes at context switches for {seconds:.0} s…");
+    }
+    std::thread::sleep(Duration::from_secs_f64(seconds.clamp(0.1, 86_400.0)));
+    let window = start.elapsed().as_secs_f64();
+    let now = s.counts().map_err(anyhow::Error::msg)?;
+    let mut rows: Vec<(u32, u64, f64, Vec<String>, bool)> = now
+        .iter()
+        .map(|(pid, c)| {
+            let b = before.get(pid).copied().unwrap_or_default();
+            let n = c.odd.saturating_sub(b.odd);
+            (*pid, n, n as f64 / window, mode_names(c.modes), judge(b, *c, window).is_some())
+        })
+        .filter(|r| r.1 > 0)
+        .collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    let comm = |pid: u32| {
+        std::fs::read_to_string(std::path::Path::new(rigwatch_agent::paths::PROC).join(pid.to_string()).join("comm"))
+            .map(|c| output::clean(c.trim(), 32))
+            .unwrap_or_else(|_| "(exited)".into())
+    };
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(out, "{:>8}  {:<16} {:>9} {:>9}  {:<22} randomx-like", "pid", "comm", "switches", "per s", "modes")?;
+    }
+    for (pid, n, rate, modes, hit) in &rows {
+        if json {
+            let j = serde_json::json!({"pid": pid, "comm": comm(*pid), "switches": n, "rate_per_second": (rate * 10.0).round() / 10.0,
+                "window_seconds": (window * 10.0).round() / 10.0, "modes": modes, "randomx_like": hit});
+            writeln!(out, "{j}")?;
+        } else {
+            writeln!(out, "{pid:>8}  {:<16} {n:>9} {rate:>9.1}  {:<22} {}", comm(*pid), modes.join(","), if *hit { "yes" } else { "no" })?;
+        }
+    }
+    if !json && rows.is_empty() {
+        writeln!(out, "(no process left round-to-nearest in {window:.0} s)")?;
+    }
+    Ok(if rows.iter().any(|r| r.4) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {

@@ -78,7 +78,7 @@ pub fn run(mut args: Vec<String>, strings: &[&str]) {
     println!("ready {}", std::process::id());
     let _ = std::io::stdout().flush();
     if let (Some(mode), true) = (&rounding, burn > 0.0) {
-        burn_rounding(burn.min(MAX_SECONDS), mode);
+        burn_rounding(burn.min(MAX_SECONDS), mode, duty);
     } else if burn > 0.0 {
         if duty < 100.0 {
             burn_duty(burn.min(MAX_SECONDS), duty);
@@ -172,7 +172,14 @@ fn set_rounding(_rc: u32) {}
 /// Burns one core with SSE float work for `seconds`, sleeping 50 µs every
 /// millisecond (so the kernel switches it out hundreds of times a second, as a
 /// miner's threads are on a busy host), the rounding mode set per `mode`.
-fn burn_rounding(seconds: f64, mode: &str) {
+/// With `duty` under 100 it sleeps longer, so that only that share of a
+/// core is used (a miner holding its CPU down).
+fn burn_rounding(seconds: f64, mode: &str, duty: f64) {
+    let rest = if duty < 100.0 {
+        Duration::from_secs_f64(0.001 * (100.0 - duty) / duty)
+    } else {
+        Duration::from_micros(50)
+    };
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     if mode == "fixed" {
         set_rounding(3);
@@ -190,7 +197,7 @@ fn burn_rounding(seconds: f64, mode: &str) {
                 y = std::hint::black_box(y * 1.000_000_1 + 0.3) / 1.000_000_3;
             }
         }
-        std::thread::sleep(Duration::from_micros(50));
+        std::thread::sleep(rest);
     }
     set_rounding(0);
     std::hint::black_box(y);

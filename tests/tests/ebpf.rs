@@ -6,7 +6,9 @@
 //! peers burn the same way and are switched out as often, one never leaving
 //! round-to-nearest (`nearest`), one setting "toward zero" once for all its
 //! work (`fixed`, as interval arithmetic might). All run as `nobody`. The
-//! first must be `confirmed` by `cpu_algorithm` evidence beside its CPU;
+//! first must be `confirmed` by `cpu_algorithm` evidence beside its CPU,
+//! a second one renamed `kworker/1:2H` and held to a tenth of a core
+//! `likely` by the same evidence alone;
 //! the peers must get no `cpu_algorithm` evidence at all. Unprivileged, the
 //! sensor says it is unavailable and why, and the scan carries on.
 
@@ -47,14 +49,16 @@ fn randomx_like_rounding_is_confirmed_and_its_benign_peers_are_not() {
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let rigwatch = rigwatch();
     let mut sims = Vec::new();
-    for mode in ["cycle", "nearest", "fixed"] {
+    for mode in ["cycle", "nearest", "fixed", "cycle"] {
         // the peers at a lower priority (switched out as often or more), so
-        // that on two cores the RandomX-like one keeps its core
+        // that on two cores the RandomX-like one keeps its core; the last,
+        // renamed, holds itself to 10 % of a core (not busy: no CPU evidence)
         let nice = if mode == "cycle" { "0" } else { "10" };
-        let (k, ready, _) = start_announcing(
-            as_nobody(Path::new(BUSYSIM), &["--rounding", mode, "--burn", "12", "--nice", nice]),
-            "ready ",
-        );
+        let mut args = vec!["--rounding", mode, "--burn", "12", "--nice", nice];
+        if sims.len() == 3 {
+            args.extend(["--duty", "10", "--rename", "kworker/1:2H"]);
+        }
+        let (k, ready, _) = start_announcing(as_nobody(Path::new(BUSYSIM), &args), "ready ");
         sims.push((mode, k, ready.parse::<u32>().unwrap()));
     }
     let scan = rigwatch_e2e::scan_start(&rigwatch, "6");
@@ -77,7 +81,14 @@ fn randomx_like_rounding_is_confirmed_and_its_benign_peers_are_not() {
     assert!(!evidence_of(f, "cpu").is_empty(), "busy too: {f:#}");
     assert!(evidence_of(f, "process_name").is_empty() && evidence_of(f, "binary_content").is_empty(), "no name or content told it: {f:#}");
 
-    for (mode, _, pid) in &sims[1..] {
+    // held down to a tenth of a core and renamed: likely from the hashing alone
+    let (_, _, pid) = &sims[3];
+    let f = finding_of(&v, *pid).unwrap_or_else(|| panic!("no finding for the throttled RandomX-like process: {v:#}"));
+    assert_eq!(f["severity"], "likely", "{f:#}");
+    assert_eq!(evidence_of(f, "cpu_algorithm").len(), 1, "{f:#}");
+    assert!(evidence_of(f, "cpu").is_empty(), "not busy: {f:#}");
+
+    for (mode, _, pid) in &sims[1..3] {
         if let Some(f) = finding_of(&v, *pid) {
             assert!(evidence_of(f, "cpu_algorithm").is_empty(), "{mode}: rounding as ordinary programs do: {f:#}");
             assert!(f["severity"] != "confirmed" && f["severity"] != "likely", "{mode}: {f:#}");

@@ -177,6 +177,12 @@ impl RoundingSensor {
         }
     }
 
+    /// Every thread group's counts since the program was attached (the
+    /// `rigwatch rounding` command's view).
+    pub fn counts(&self) -> Result<HashMap<u32, Rounding>, String> {
+        self.loaded.as_ref().map_err(Clone::clone)?.read()
+    }
+
     /// Why the sensor is not working, if it is not.
     pub fn unavailable(&self) -> Option<&str> {
         self.loaded.as_ref().err().map(String::as_str)
