@@ -64,6 +64,14 @@ fn parse_bundled(name: &str, text: &str) -> Result<crate::rules::RuleFile, Vec<R
 
 /// Parses one rule file on disk (lists relative to it).
 pub fn parse_path(path: &Path) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
+    parse_path_noting(path, &std::cell::RefCell::new(Default::default()))
+}
+
+/// [`parse_path`], noting in `lists` every list file it read.
+fn parse_path_noting(
+    path: &Path,
+    lists: &std::cell::RefCell<std::collections::HashSet<PathBuf>>,
+) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![RuleError {
@@ -73,8 +81,70 @@ pub fn parse_path(path: &Path) -> Result<crate::rules::RuleFile, Vec<RuleError>>
         }]
     })?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let read = move |l: &str| std::fs::read_to_string(dir.join(l)).map_err(|e| e.to_string());
+    let read = move |l: &str| {
+        let p = dir.join(l);
+        lists.borrow_mut().insert(p.canonicalize().unwrap_or_else(|_| p.clone()));
+        std::fs::read_to_string(p).map_err(|e| e.to_string())
+    };
     parse_file(&shown, &text, &read)
+}
+
+/// Documentation a signature directory may hold beside its rules.
+fn is_documentation(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with("README") || name.ends_with(".md")
+}
+
+/// Most entries looked at under one signature directory (an admin's
+/// directory, but nothing read from disk grows without bound).
+const MAX_DIR_ENTRIES: usize = 10_000;
+
+/// The files under `dir` (two levels down at most) that are neither rule
+/// files, nor lists a rule file read, nor documentation: reported, so that
+/// nothing put there is silently ignored (a YARA file, a rule file with
+/// the wrong extension, a stray list).
+fn stray_files(dir: &Path, lists: &std::collections::HashSet<PathBuf>) -> Vec<RuleError> {
+    let mut out = Vec::new();
+    let mut todo = vec![(dir.to_path_buf(), 0)];
+    let mut seen = 0;
+    while let Some((d, depth)) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            seen += 1;
+            if seen > MAX_DIR_ENTRIES {
+                out.push(RuleError {
+                    path: dir.display().to_string(),
+                    line: 0,
+                    message: format!("more than {MAX_DIR_ENTRIES} entries: the rest were not looked at"),
+                });
+                return out;
+            }
+            if p.is_dir() {
+                if depth < 2 {
+                    todo.push((p, depth + 1));
+                }
+                continue;
+            }
+            let top_rule = depth == 0 && p.extension().is_some_and(|e| e == "toml");
+            let list = lists.contains(&p.canonicalize().unwrap_or_else(|_| p.clone()));
+            if top_rule || list || is_documentation(&p) {
+                continue;
+            }
+            let what = match p.extension().and_then(|e| e.to_str()) {
+                Some("yar" | "yara") => "a YARA rule file, which this version does not read",
+                Some("toml") => "a rule file in a subdirectory (only the directory's own *.toml are read)",
+                _ => "neither a rule file (*.toml) nor a list a rule file names",
+            };
+            out.push(RuleError {
+                path: p.display().to_string(),
+                line: 0,
+                message: format!("ignored: {what}"),
+            });
+        }
+    }
+    out
 }
 
 /// The `*.toml` files of a directory, sorted by name.
@@ -120,9 +190,11 @@ pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
     for dir in dirs {
         match rule_files(dir) {
             Ok(files) => {
+                let lists = std::cell::RefCell::new(std::collections::HashSet::new());
                 for f in files {
-                    add(f.display().to_string(), parse_path(&f), &mut errors);
+                    add(f.display().to_string(), parse_path_noting(&f, &lists), &mut errors);
                 }
+                errors.extend(stray_files(dir, &lists.borrow()));
             }
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => errors.push(RuleError {

@@ -103,6 +103,43 @@ fn failing_examples_are_reported() {
 }
 
 #[test]
+fn nothing_in_a_signature_directory_is_silently_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("lists")).unwrap();
+    std::fs::create_dir_all(d.join("old/deeper/deepest")).unwrap();
+    std::fs::write(d.join("10-site.toml"), "[[rule]]\nid=\"site.pools\"\nkind=\"pool_domain\"\nseverity=\"likely\"\nlists=[\"lists/pools.txt\"]\nexamples={hit=[\"pool.internal.example\"]}\n").unwrap();
+    std::fs::write(d.join("lists/pools.txt"), "pool.internal.example\n").unwrap();
+    for (name, body) in [
+        ("README", "what this directory is"),
+        ("notes.md", "# notes"),
+        ("miners.yar", "rule x { condition: true }"),
+        ("20-extra.tml", "[[rule]]"),
+        ("lists/unused.txt", "pool.other.example"),
+        ("old/30-moved.toml", "[[rule]]"),
+        ("old/deeper/deepest/too-deep.yar", "rule y { condition: true }"),
+    ] {
+        std::fs::write(d.join(name), body).unwrap();
+    }
+    let l = load(&[d.to_path_buf()], false);
+    assert!(l.signatures.pool_domain("pool.internal.example").is_some(), "the rule and its list loaded");
+    let mut reported: Vec<(String, String)> = l
+        .errors
+        .iter()
+        .map(|e| (e.path.strip_prefix(&d.display().to_string()).unwrap_or(&e.path).to_string(), e.message.clone()))
+        .collect();
+    reported.sort();
+    let names: Vec<&str> = reported.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(names, ["/20-extra.tml", "/lists/unused.txt", "/miners.yar", "/old/30-moved.toml"], "{reported:?}");
+    assert!(reported[2].1.contains("YARA"), "{reported:?}");
+    assert!(reported[3].1.contains("subdirectory"), "{reported:?}");
+    assert!(reported.iter().all(|(_, m)| m.starts_with("ignored: ")), "{reported:?}");
+    // the packaged directory (a README only) reports nothing
+    let packaged = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/signatures.d");
+    assert!(load(&[packaged], false).errors.is_empty());
+}
+
+#[test]
 fn directories_override_and_broken_files_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let base = load(&[], true);
