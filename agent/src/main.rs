@@ -343,6 +343,8 @@ fn run_scan(a: ScanArgs) -> anyhow::Result<ExitCode> {
     // a debug build on a busy host) gets a budget in step with that; a
     // blocked one still stops holding the scan after it
     cfg.sensors.budget_seconds = cfg.sensors.budget_seconds.max(SCAN_SENSOR_BUDGET_SECONDS);
+    // a scan's window is short: the rounding-mode program stays attached through it
+    cfg.sensors.rounding_sample_seconds = 0.0;
     let opts = cfg.engine(false);
     let tty = std::io::stderr().is_terminal();
     let progress = |m: &str| {
@@ -587,7 +589,7 @@ fn run_sniff(seconds: f64, json: bool, s: &SigDirs) -> anyhow::Result<ExitCode> 
 
 fn run_rounding(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
     use rigwatch_agent::sensors::rounding::{judge, mode_names, RoundingSensor};
-    let s = RoundingSensor::new();
+    let s = RoundingSensor::new(rigwatch_agent::sensors::rounding::Sampling::Always);
     if let Some(why) = s.unavailable() {
         anyhow::bail!("the rounding-mode sensor is unavailable: {why}");
     }
@@ -608,7 +610,7 @@ fn run_rounding(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
         })
         .filter(|r| r.1 > 0)
         .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     let comm = |pid: u32| {
         std::fs::read_to_string(std::path::Path::new(rigwatch_agent::paths::PROC).join(pid.to_string()).join("comm"))
             .map(|c| output::clean(c.trim(), 32))

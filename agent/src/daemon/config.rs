@@ -59,6 +59,14 @@ impl Config {
                 host_root: s.host_root.clone(),
                 cgroup_cpu: on.cgroup_cpu,
                 rounding: on.rounding && !once,
+                rounding_sampling: if on.rounding_sample_seconds <= 0.0 || on.rounding_sample_seconds >= ROUNDING_PERIOD_SECONDS {
+                    crate::sensors::rounding::Sampling::Always
+                } else {
+                    crate::sensors::rounding::Sampling::Duty {
+                        on: std::time::Duration::from_secs_f64(on.rounding_sample_seconds),
+                        period: std::time::Duration::from_secs_f64(ROUNDING_PERIOD_SECONDS),
+                    }
+                },
                 long_window_seconds: s.long_window_seconds,
                 long_window_cores_threshold: s.long_window_cores_threshold,
             },
@@ -114,6 +122,11 @@ impl Default for ScanConfig {
     }
 }
 
+/// The rounding-mode program's sampling period, seconds.
+pub const ROUNDING_PERIOD_SECONDS: f64 = 10.0;
+/// Seconds of each period it is attached, by default.
+pub const DEFAULT_ROUNDING_SAMPLE_SECONDS: f64 = 2.0;
+
 /// Sensors on and off.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -141,6 +154,10 @@ pub struct SensorsConfig {
     /// context switch, through eBPF: RandomX hashing whatever the miner is
     /// called (x86_64; needs CAP_BPF and CAP_PERFMON, or root).
     pub rounding: bool,
+    /// Seconds of every 10 the rounding-mode program is attached (it adds a
+    /// fraction of a microsecond to each context switch while it is; a
+    /// RandomX miner is caught hundreds of times a second). 0 or 10: always.
+    pub rounding_sample_seconds: f64,
     /// Seconds one sensor's part of a pass may take. A sensor over it (one
     /// blocked reading a FIFO or a hung mount) is reported down and skipped
     /// until its late pass returns, while the others carry on.
@@ -161,6 +178,7 @@ impl SensorsConfig {
             persistence: false,
             cgroup_cpu: false,
             rounding: false,
+            rounding_sample_seconds: DEFAULT_ROUNDING_SAMPLE_SECONDS,
             budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),
         }
     }
@@ -179,6 +197,7 @@ impl Default for SensorsConfig {
             persistence: true,
             cgroup_cpu: true,
             rounding: true,
+            rounding_sample_seconds: DEFAULT_ROUNDING_SAMPLE_SECONDS,
             budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),
         }
     }

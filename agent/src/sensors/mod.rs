@@ -120,6 +120,8 @@ pub struct SensorOptions {
     /// The floating-point rounding mode of hashing, through eBPF (x86_64;
     /// needs CAP_BPF and CAP_PERFMON, or root).
     pub rounding: bool,
+    /// How long the rounding-mode program stays attached.
+    pub rounding_sampling: rounding::Sampling,
     /// The long CPU window, seconds (per-cgroup CPU is measured over it).
     pub long_window_seconds: f64,
     /// Cores over the long window that count.
@@ -143,6 +145,7 @@ impl Default for SensorOptions {
             persistence: true,
             cgroup_cpu: true,
             rounding: true,
+            rounding_sampling: rounding::Sampling::Always,
             long_window_seconds: 60.0,
             long_window_cores_threshold: 0.15,
         }
@@ -182,7 +185,7 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
         v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
     }
     if opts.rounding {
-        v.push(Box::new(rounding::RoundingSensor::new()));
+        v.push(Box::new(rounding::RoundingSensor::new(opts.rounding_sampling)));
     }
     if opts.cgroup_cpu {
         v.push(Box::new(cgroupcpu::CgroupCpuSensor::new(

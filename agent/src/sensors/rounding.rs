@@ -57,8 +57,9 @@ pub fn mode_names(modes: u64) -> Vec<String> {
     (1..4).filter(|rc| modes & (1 << rc) != 0).map(|rc| MODE_NAMES[rc].to_string()).collect()
 }
 
-/// The judgement on one thread group over one pass: `Some` evidence when
-/// it is RandomX-like. Pure, for tests.
+/// The judgement on one thread group over one pass (`window_seconds`: the
+/// time the program was attached in it): `Some` evidence when it is
+/// RandomX-like. Pure, for tests.
 pub fn judge(before: Rounding, now: Rounding, window_seconds: f64) -> Option<Evidence> {
     let switches = now.odd.saturating_sub(before.odd);
     if window_seconds <= 0.0 || switches == 0 {
@@ -81,12 +82,62 @@ pub fn judge(before: Rounding, now: Rounding, window_seconds: f64) -> Option<Evi
     ))
 }
 
+/// How long the program is attached: always, or `on` of every `period`
+/// (the tracepoint costs a fraction of a microsecond per context switch
+/// while attached; RandomX hashing shows at hundreds of switches a second,
+/// so a sample finds it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Attached the whole time (`rigwatch scan`, `rigwatch rounding`).
+    Always,
+    /// Attached `on` out of every `period`.
+    Duty { on: std::time::Duration, period: std::time::Duration },
+}
+
+/// Attached time so far: what is done, and since when it is attached now.
+#[derive(Default)]
+struct Attached {
+    done: std::time::Duration,
+    since: Option<Instant>,
+}
+
+impl Attached {
+    fn total(&self) -> std::time::Duration {
+        self.done + self.since.map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<aya::Ebpf>>;
+
+fn lock(b: &Shared) -> std::sync::MutexGuard<'_, aya::Ebpf> {
+    b.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn program(bpf: &mut aya::Ebpf) -> Result<&mut aya::programs::BtfTracePoint, String> {
+    bpf.program_mut("fpu_deactivated")
+        .ok_or("the eBPF object has no fpu_deactivated program")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| format!("{e}"))
+}
+
 struct Loaded {
-    bpf: aya::Ebpf,
+    bpf: Shared,
+    attached: std::sync::Arc<std::sync::Mutex<Attached>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.sampler.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Loaded {
-    fn load() -> Result<Loaded, String> {
+    fn load(sampling: Sampling) -> Result<Loaded, String> {
         if PROGRAM.is_empty() {
             return Err(if cfg!(target_arch = "x86_64") {
                 "built without its eBPF program (clang was not found at build time)".into()
@@ -96,20 +147,44 @@ impl Loaded {
         }
         let mut bpf = aya::Ebpf::load(PROGRAM).map_err(|e| unavailable("loading the eBPF object", &e))?;
         let btf = aya::Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF (/sys/kernel/btf/vmlinux): {e}"))?;
-        let prog: &mut aya::programs::BtfTracePoint = bpf
-            .program_mut("fpu_deactivated")
-            .ok_or("the eBPF object has no fpu_deactivated program")?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
+        let prog = program(&mut bpf)?;
         prog.load("x86_fpu_regs_deactivated", &btf)
             .map_err(|e| unavailable("loading the tracepoint program", &e))?;
-        prog.attach().map_err(|e| unavailable("attaching the tracepoint program", &e))?;
-        Ok(Loaded { bpf })
+        // attached once here, so that a missing permission shows at once
+        let link = prog.attach().map_err(|e| unavailable("attaching the tracepoint program", &e))?;
+        let attached = std::sync::Arc::new(std::sync::Mutex::new(Attached {
+            done: Default::default(),
+            since: Some(Instant::now()),
+        }));
+        let bpf: Shared = std::sync::Arc::new(std::sync::Mutex::new(bpf));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = match sampling {
+            Sampling::Always => None,
+            Sampling::Duty { on, period } => {
+                let (b, a, st) = (bpf.clone(), attached.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name("rw-rounding".into())
+                    .spawn(move || sample(b, a, st, link, on, period))
+                    .ok()
+            }
+        };
+        Ok(Loaded {
+            bpf,
+            attached,
+            stop,
+            sampler,
+        })
+    }
+
+    /// Seconds attached so far.
+    fn attached_seconds(&self) -> f64 {
+        self.attached.lock().map(|a| a.total().as_secs_f64()).unwrap_or(0.0)
     }
 
     /// Every thread group's counts, summed over CPUs.
     fn read(&self) -> Result<HashMap<u32, Rounding>, String> {
-        let map = self.bpf.map("rounding").ok_or("no rounding map")?;
+        let bpf = lock(&self.bpf);
+        let map = bpf.map("rounding").ok_or("no rounding map")?;
         let m: aya::maps::PerCpuHashMap<_, u32, Rounding> = aya::maps::PerCpuHashMap::try_from(map).map_err(|e| format!("{e}"))?;
         let mut out = HashMap::new();
         for item in m.iter() {
@@ -127,7 +202,8 @@ impl Loaded {
     /// Forgets thread groups that are gone (their pid may come back as
     /// another process).
     fn forget(&mut self, gone: &[u32]) {
-        if let Some(map) = self.bpf.map_mut("rounding") {
+        let mut bpf = lock(&self.bpf);
+        if let Some(map) = bpf.map_mut("rounding") {
             if let Ok(mut m) = aya::maps::PerCpuHashMap::<_, u32, Rounding>::try_from(map) {
                 for tgid in gone {
                     let _ = m.remove(tgid);
@@ -137,8 +213,49 @@ impl Loaded {
     }
 }
 
-/// What went wrong, with the error's causes (the kernel's errno is in
-/// them), and what is needed when it is a matter of permission.
+/// The sampler thread: detach after `on`, attach again at the next period.
+fn sample(
+    bpf: Shared,
+    attached: std::sync::Arc<std::sync::Mutex<Attached>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    first: aya::programs::tp_btf::BtfTracePointLinkId,
+    on: std::time::Duration,
+    period: std::time::Duration,
+) {
+    let nap = |d: std::time::Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(50).min(until - Instant::now()));
+        }
+    };
+    let mut link = Some(first);
+    loop {
+        nap(on);
+        if let Some(id) = link.take() {
+            if let Ok(p) = program(&mut lock(&bpf)) {
+                let _ = p.detach(id);
+            }
+            if let Ok(mut a) = attached.lock() {
+                if let Some(t) = a.since.take() {
+                    a.done += t.elapsed();
+                }
+            }
+        }
+        nap(period.saturating_sub(on));
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(p) = program(&mut lock(&bpf)) {
+            if let Ok(id) = p.attach() {
+                link = Some(id);
+                if let Ok(mut a) = attached.lock() {
+                    a.since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
 fn unavailable(what: &str, e: &dyn std::error::Error) -> String {
     let mut msg = format!("{what}: {e}");
     let mut cause = e.source();
@@ -156,21 +273,16 @@ fn unavailable(what: &str, e: &dyn std::error::Error) -> String {
 pub struct RoundingSensor {
     loaded: Result<Loaded, String>,
     last: HashMap<u32, Rounding>,
-    last_at: Option<Instant>,
+    /// Attached seconds at the last pass.
+    last_at: Option<f64>,
     caught: u64,
-}
-
-impl Default for RoundingSensor {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl RoundingSensor {
     /// Loads and attaches the program (or remembers why it could not).
-    pub fn new() -> Self {
+    pub fn new(sampling: Sampling) -> Self {
         RoundingSensor {
-            loaded: Loaded::load(),
+            loaded: Loaded::load(sampling),
             last: HashMap::new(),
             last_at: None,
             caught: 0,
@@ -199,12 +311,13 @@ impl Sensor for RoundingSensor {
             sensor: "rounding",
             message: format!("unavailable: {why}"),
         })?;
-        let now = Instant::now();
+        // rates over the time the program was attached, not wall time
+        let now = loaded.attached_seconds();
         let counts = loaded.read().map_err(|message| SensorError {
             sensor: "rounding",
             message,
         })?;
-        let window = self.last_at.map(|t| now.duration_since(t).as_secs_f64());
+        let window = self.last_at.map(|t| now - t).filter(|w| *w > 0.0);
         let by_pid: HashMap<u32, &super::ProcKey> = snap.procs.keys().map(|k| (k.pid, k)).collect();
         if let Some(w) = window {
             for (tgid, c) in &counts {

@@ -234,8 +234,11 @@ fn main() {
     if take_flag(&mut args, "--busy") {
         // the CPU a miner uses, and nothing else: a spin with no result,
         // ended with the process
-        std::thread::spawn(|| loop {
-            std::hint::black_box(std::hint::spin_loop());
+        std::thread::spawn(|| {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
         });
     }
     let tls = take_flag(&mut args, "--tls");
