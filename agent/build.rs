@@ -9,22 +9,29 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("rounding.bpf.o");
-    println!("cargo:rerun-if-changed=bpf/rounding.bpf.c");
     println!("cargo:rerun-if-env-changed=RIGWATCH_CLANG");
+    for name in ["rounding", "exec"] {
+        build(name);
+    }
+}
+
+fn build(name: &str) {
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(format!("{name}.bpf.o"));
+    let src = format!("bpf/{name}.bpf.c");
+    println!("cargo:rerun-if-changed={src}");
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let clang = std::env::var("RIGWATCH_CLANG").unwrap_or_else(|_| "clang".into());
     let built = arch == "x86_64"
         && Command::new(&clang)
             .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
-            .args(["-I/usr/include/x86_64-linux-gnu", "-c", "bpf/rounding.bpf.c", "-o"])
+            .args(["-I/usr/include/x86_64-linux-gnu", "-c", &src, "-o"])
             .arg(&out)
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
     if !built {
         if arch == "x86_64" {
-            println!("cargo:warning=clang (with libbpf-dev) not found or failed: the eBPF sensor is built without its program and will report itself unavailable");
+            println!("cargo:warning=clang (with libbpf-dev) not found or failed on {src}: its eBPF sensor is built without its program and will report itself unavailable");
         }
         std::fs::write(&out, b"").unwrap();
     }

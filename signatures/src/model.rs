@@ -188,6 +188,9 @@ pub enum EvidenceKind {
     /// A connection through a proxy that hides where it goes (a Tor SOCKS
     /// port): `target` is what the client asked the proxy for.
     Proxy { protocol: String, proxy: String, target: String },
+    /// The process exited before a pass could read it: what is known of it
+    /// comes from its exec event (`how`), not from `/proc`.
+    ShortLived { how: String },
     /// What the process's computation does to the CPU, seen by the kernel:
     /// `randomx-like` when the floating-point rounding mode it leaves in
     /// MXCSR keeps changing across context switches (RandomX's CFROUND).
@@ -306,6 +309,7 @@ impl EvidenceKind {
             EvidenceKind::Proxy { .. } => "proxy",
             EvidenceKind::TlsSession { .. } => "tls_session",
             EvidenceKind::CpuAlgorithm { .. } => "cpu_algorithm",
+            EvidenceKind::ShortLived { .. } => "short_lived",
         }
     }
 
@@ -364,6 +368,7 @@ impl EvidenceKind {
             ),
             Trimmed { note, .. } => note.clone(),
             Proxy { protocol, proxy, target } => format!("{protocol} through {proxy} to {target}"),
+            ShortLived { how } => format!("exited before it could be read: {how}"),
             CpuAlgorithm {
                 algorithm,
                 switches,

@@ -97,6 +97,52 @@ fn randomx_like_rounding_is_confirmed_and_its_benign_peers_are_not() {
 }
 
 #[test]
+fn a_process_that_lives_for_milliseconds_is_judged_from_its_exec_event() {
+    if !nix::unistd::geteuid().is_root() || !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIP: needs root on x86_64 (loading eBPF)");
+        return;
+    }
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let rigwatch = rigwatch();
+    // /bin/true under an ordinary name: it exits at once, whatever it is told
+    let dir = tempfile::Builder::new().prefix("rigwatch-exec-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("updater");
+    std::fs::copy("/bin/true", &bin).unwrap();
+    let scan = rigwatch_e2e::scan_start(&rigwatch, "5");
+    // the programs are attached once the scan holds their links
+    let fds = format!("/proc/{}/fd", scan.id());
+    rigwatch_e2e::wait_for(20, "the scan's eBPF links", || {
+        let links = std::fs::read_dir(&fds)
+            .ok()?
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf_link"))
+            .count();
+        (links >= 2).then_some(())
+    });
+    let wallet = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+    let t = std::time::Instant::now();
+    let mut miner = as_nobody(&bin, &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", wallet]).spawn().unwrap();
+    let miner_pid = miner.id();
+    assert!(miner.wait().unwrap().success());
+    let lived = t.elapsed();
+    let mut benign = as_nobody(&bin, &["--quiet", "/var/lib/dpkg"]).spawn().unwrap();
+    let benign_pid = benign.id();
+    assert!(benign.wait().unwrap().success());
+    let v = rigwatch_e2e::scan_end(scan);
+    eprintln!("the short-lived process lived {lived:?} (setpriv and the exec included)");
+
+    let f = finding_of(&v, miner_pid).unwrap_or_else(|| panic!("no finding for the short-lived process {miner_pid}: {v:#}"));
+    assert_eq!(f["severity"], "confirmed", "pool URL and wallet on its command line: {f:#}");
+    assert_eq!(f["process"]["user"], "nobody", "{f:#}");
+    assert_eq!(f["process"]["exe"], bin.to_str().unwrap(), "{f:#}");
+    assert!(f["process"]["cmdline"].as_str().unwrap().contains("stratum+tcp://pool.supportxmr.com:3333"), "{f:#}");
+    assert_eq!(evidence_of(f, "short_lived").len(), 1, "it says how it was seen: {f:#}");
+    assert!(!evidence_of(f, "wallet").is_empty(), "{f:#}");
+    assert!(finding_of(&v, benign_pid).is_none(), "an ordinary short-lived process: {v:#}");
+}
+
+#[test]
 fn unprivileged_the_sensor_says_it_is_unavailable_and_the_scan_carries_on() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP: needs root to run the scan as nobody");
@@ -108,8 +154,10 @@ fn unprivileged_the_sensor_says_it_is_unavailable_and_the_scan_carries_on() {
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     let warnings: Vec<String> = v["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
-    let rounding: Vec<&String> = warnings.iter().filter(|w| w.starts_with("rounding: unavailable")).collect();
-    assert_eq!(rounding.len(), 1, "said once: {warnings:?}");
-    assert!(rounding[0].contains("CAP_BPF"), "says what it needs: {rounding:?}");
+    for sensor in ["rounding", "exectrace"] {
+        let said: Vec<&String> = warnings.iter().filter(|w| w.starts_with(&format!("{sensor}: unavailable"))).collect();
+        assert_eq!(said.len(), 1, "{sensor}: said once: {warnings:?}");
+        assert!(said[0].contains("CAP_BPF") && said[0].chars().count() < 800, "says what it needs, briefly: {said:?}");
+    }
     assert!(v["scanned"]["processes"].as_u64().unwrap() > 0, "the other sensors carried on: {v:#}");
 }

@@ -59,6 +59,7 @@ impl Config {
                 host_root: s.host_root.clone(),
                 cgroup_cpu: on.cgroup_cpu,
                 rounding: on.rounding && !once,
+                exectrace: on.exec_events && !once,
                 rounding_sampling: if on.rounding_sample_seconds <= 0.0 || on.rounding_sample_seconds >= ROUNDING_PERIOD_SECONDS {
                     crate::sensors::rounding::Sampling::Always
                 } else {
@@ -131,7 +132,9 @@ pub const DEFAULT_ROUNDING_SAMPLE_SECONDS: f64 = 2.0;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SensorsConfig {
-    /// Exec events from the kernel's proc connector (needs CAP_NET_ADMIN).
+    /// Exec events: from the kernel's proc connector (needs CAP_NET_ADMIN),
+    /// and with their argv through eBPF (needs CAP_BPF and CAP_PERFMON), so
+    /// that a process gone before the pass is judged too.
     pub exec_events: bool,
     /// Executable hashes and content.
     pub binary: bool,

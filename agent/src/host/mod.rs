@@ -3,6 +3,7 @@
 //! owners). Sensors depend on this layer, on `net/` and on the signatures
 //! crate, never on each other.
 
+pub mod bpf;
 pub mod exe;
 pub mod netns;
 pub mod pids;

@@ -13,6 +13,7 @@ pub mod binary;
 pub mod capture;
 pub mod cgroupcpu;
 pub mod execevents;
+pub mod exectrace;
 pub mod gpu;
 pub mod hidden;
 pub mod minerconfig;
@@ -120,6 +121,9 @@ pub struct SensorOptions {
     /// The floating-point rounding mode of hashing, through eBPF (x86_64;
     /// needs CAP_BPF and CAP_PERFMON, or root).
     pub rounding: bool,
+    /// Every exec with its argv through eBPF (`sched_process_exec`), so that
+    /// processes gone before the pass are judged too.
+    pub exectrace: bool,
     /// How long the rounding-mode program stays attached.
     pub rounding_sampling: rounding::Sampling,
     /// The long CPU window, seconds (per-cgroup CPU is measured over it).
@@ -146,6 +150,7 @@ impl Default for SensorOptions {
             cgroup_cpu: true,
             rounding: true,
             rounding_sampling: rounding::Sampling::Always,
+            exectrace: true,
             long_window_seconds: 60.0,
             long_window_cores_threshold: 0.15,
         }
@@ -183,6 +188,9 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
             scheduler_cgroups: opts.gpu_scheduler_cgroups.clone(),
         };
         v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
+    }
+    if opts.exectrace {
+        v.push(Box::new(exectrace::ExecTraceSensor::new()));
     }
     if opts.rounding {
         v.push(Box::new(rounding::RoundingSensor::new(opts.rounding_sampling)));

@@ -114,10 +114,7 @@ fn lock(b: &Shared) -> std::sync::MutexGuard<'_, aya::Ebpf> {
 }
 
 fn program(bpf: &mut aya::Ebpf) -> Result<&mut aya::programs::BtfTracePoint, String> {
-    bpf.program_mut("fpu_deactivated")
-        .ok_or("the eBPF object has no fpu_deactivated program")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| format!("{e}"))
+    crate::host::bpf::tp_btf(bpf, "fpu_deactivated")
 }
 
 struct Loaded {
@@ -138,20 +135,11 @@ impl Drop for Loaded {
 
 impl Loaded {
     fn load(sampling: Sampling) -> Result<Loaded, String> {
-        if PROGRAM.is_empty() {
-            return Err(if cfg!(target_arch = "x86_64") {
-                "built without its eBPF program (clang was not found at build time)".into()
-            } else {
-                "the rounding-mode signal is x86_64 only (this CPU keeps its rounding mode elsewhere)".into()
-            });
+        if PROGRAM.is_empty() && !cfg!(target_arch = "x86_64") {
+            return Err("the rounding-mode signal is x86_64 only (this CPU keeps its rounding mode elsewhere)".into());
         }
-        let mut bpf = aya::Ebpf::load(PROGRAM).map_err(|e| unavailable("loading the eBPF object", &e))?;
-        let btf = aya::Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF (/sys/kernel/btf/vmlinux): {e}"))?;
-        let prog = program(&mut bpf)?;
-        prog.load("x86_fpu_regs_deactivated", &btf)
-            .map_err(|e| unavailable("loading the tracepoint program", &e))?;
-        // attached once here, so that a missing permission shows at once
-        let link = prog.attach().map_err(|e| unavailable("attaching the tracepoint program", &e))?;
+        // attached at once, so that a missing permission shows at once
+        let (bpf, link) = crate::host::bpf::load_tp_btf(PROGRAM, "fpu_deactivated", "x86_fpu_regs_deactivated")?;
         let attached = std::sync::Arc::new(std::sync::Mutex::new(Attached {
             done: Default::default(),
             since: Some(Instant::now()),
@@ -254,19 +242,6 @@ fn sample(
             }
         }
     }
-}
-
-fn unavailable(what: &str, e: &dyn std::error::Error) -> String {
-    let mut msg = format!("{what}: {e}");
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        msg.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    if msg.contains("Operation not permitted") || msg.contains("Permission denied") {
-        msg.push_str(" (needs CAP_BPF and CAP_PERFMON, or root)");
-    }
-    msg
 }
 
 /// The rounding-mode sensor.

@@ -1,0 +1,76 @@
+//! Loading the agent's eBPF programs (`bpf/*.bpf.c`, built by build.rs):
+//! BTF-typed tracepoint programs, relocated (CO-RE) against the running
+//! kernel's BTF and attached, with errors a user can act on.
+
+/// Loads `object`, then its program `program` for the BTF tracepoint
+/// `tracepoint`, and attaches it. The error says what failed, with the
+/// kernel's reason, and what is needed when it is a matter of privilege.
+pub fn load_tp_btf(
+    object: &[u8],
+    program: &str,
+    tracepoint: &str,
+) -> Result<(aya::Ebpf, aya::programs::tp_btf::BtfTracePointLinkId), String> {
+    if object.is_empty() {
+        return Err(if cfg!(target_arch = "x86_64") {
+            "built without its eBPF program (clang was not found at build time)".into()
+        } else {
+            "its eBPF program is built for x86_64 only".into()
+        });
+    }
+    let mut bpf = aya::Ebpf::load(object).map_err(|e| describe("loading the eBPF object", &e))?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF (/sys/kernel/btf/vmlinux): {e}"))?;
+    let prog = tp_btf(&mut bpf, program)?;
+    prog.load(tracepoint, &btf).map_err(|e| describe(&format!("loading {program}"), &e))?;
+    let link = prog.attach().map_err(|e| describe(&format!("attaching {program} to {tracepoint}"), &e))?;
+    Ok((bpf, link))
+}
+
+/// The BTF tracepoint program `name` of a loaded object.
+pub fn tp_btf<'a>(bpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::BtfTracePoint, String> {
+    bpf.program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no {name} program"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())
+}
+
+/// Most characters of an error kept (a verifier log runs to pages: its
+/// start names the call, its end the reason).
+const MAX_ERROR: usize = 600;
+
+/// `what: error: cause: …`, shortened, with what is needed when the kernel
+/// refused for lack of privilege (EPERM; EACCES without a verifier log).
+pub fn describe(what: &str, e: &dyn std::error::Error) -> String {
+    let mut msg = format!("{what}: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    let privilege =
+        msg.contains("Operation not permitted") || (msg.contains("Permission denied") && !msg.contains("Verifier output"));
+    if msg.chars().count() > MAX_ERROR {
+        let chars: Vec<char> = msg.chars().collect();
+        let head: String = chars[..200].iter().collect();
+        let tail: String = chars[chars.len() - 380..].iter().collect();
+        msg = format!("{head} … {tail}");
+    }
+    if privilege {
+        msg.push_str(" (needs CAP_BPF and CAP_PERFMON, or root)");
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_short_and_say_what_is_needed() {
+        let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert!(describe("loading", &eperm).ends_with("(needs CAP_BPF and CAP_PERFMON, or root)"));
+        let log = std::io::Error::other(format!("Verifier output: {}R2 min value is negative: Permission denied", "0: insn\n".repeat(500)));
+        let d = describe("loading on_exec", &log);
+        assert!(d.chars().count() < 700 && d.starts_with("loading on_exec: Verifier output") && d.contains("R2 min value is negative"), "{d}");
+        assert!(!d.contains("needs CAP_BPF"), "a verifier rejection is no privilege problem: {d}");
+    }
+}
