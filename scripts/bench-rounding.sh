@@ -5,6 +5,8 @@
 #     products, a JVM and a Python float loop, PostgreSQL under pgbench);
 #     beside them the harmless RandomX-like simulator (busysim --rounding
 #     cycle). Every process caught away from round-to-nearest is printed.
+#  3. the exec sensor's cost: execs per second (posix_spawn of /bin/true,
+#     waited for) with and without `rigwatch scan` holding both programs.
 #  2. its cost in the kernel: context switches per second with and without
 #     the program attached, in one run — `perf bench sched pipe` (the
 #     common path: default mode, a load, a mask, a compare) and a pipe
@@ -100,3 +102,33 @@ run() { # label: five alternations without / with the program attached (medians)
 run "perf bench sched pipe (default rounding: common path)" perf_rate
 run "pipe ping-pong, one CPU, default rounding" rate
 run "pipe ping-pong, one CPU, both round upward (slow path)" "rate up"
+
+echo
+echo "# 3. exec events: execs per second with and without the exec program"
+cat > "$W/ex.c" <<'C'
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <sys/wait.h>
+extern char **environ;
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    char *args[] = {"/bin/true", "-o", "stratum+tcp://pool.example:3333", NULL};
+    struct timespec t0, t1; clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i++) { pid_t p; posix_spawn(&p, "/bin/true", NULL, NULL, args, environ); waitpid(p, NULL, 0); }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%.0f\n", n / ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9));
+    return 0;
+}
+C
+gcc -O2 -o "$W/ex" "$W/ex.c"
+EN=${EN:-6000}
+off=(); on=()
+for i in 1 2 3; do
+  off+=("$("$W/ex" "$EN")")
+  "$RW" scan --window 60 --no-capture --no-sockets --no-gpu --json >/dev/null 2>&1 & p=$!
+  for _ in $(seq 100); do [ "$(ls -l /proc/$p/fd 2>/dev/null | grep -c bpf_link)" -ge 2 ] && break; sleep 0.1; done
+  on+=("$("$W/ex" "$EN")"); kill $p; wait $p 2>/dev/null || true
+done
+python3 -c "import statistics as s,sys; o=[float(x) for x in sys.argv[1:4]]; w=[float(x) for x in sys.argv[4:7]]; print(f'spawn+exec+wait of /bin/true: without {s.median(o):,.0f} execs/s, with the exec program (argv copied to the ring buffer) {s.median(w):,.0f} execs/s ({(s.median(w)/s.median(o)-1)*100:+.1f} %)')" "${off[@]}" "${on[@]}"
