@@ -31,6 +31,18 @@ fn stream() -> Vec<(SocketAddr, SocketAddr, u32, Vec<u8>)> {
     out
 }
 
+fn packet<'a>(src: SocketAddr, dst: SocketAddr, seq: u32, payload: &'a [u8]) -> Packet<'a> {
+    Packet {
+        src,
+        dst,
+        tcp: true,
+        seq,
+        syn: false,
+        syn_ack: false,
+        payload,
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let pkts = stream();
     let bytes: u64 = pkts.iter().map(|p| p.3.len() as u64).sum();
@@ -42,16 +54,7 @@ fn bench(c: &mut Criterion) {
             let mut t = FlowTable::new();
             let mut n = 0;
             for (s, d, seq, payload) in &pkts {
-                let p = Packet {
-                    src: *s,
-                    dst: *d,
-                    tcp: true,
-                    seq: *seq,
-                    syn: false,
-                    syn_ack: false,
-                    payload,
-                };
-                n += t.push(&p).len();
+                n += t.push(&packet(*s, *d, *seq, payload)).len();
             }
             assert_eq!(n, 2000, "one stratum event per flow");
             n
@@ -62,16 +65,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut t = FlowTable::new();
             for (s, d, seq, payload) in &pkts {
-                let p = Packet {
-                    src: *s,
-                    dst: *d,
-                    tcp: true,
-                    seq: *seq,
-                    syn: false,
-                    syn_ack: false,
-                    payload,
-                };
-                t.push(&p);
+                t.push(&packet(*s, *d, *seq, payload));
             }
         })
     });
@@ -167,16 +161,7 @@ fn bench_tls(c: &mut Criterion) {
             let mut n = 0;
             for (at, s, d, seq, payload) in &pkts {
                 t.advance(*at);
-                let p = Packet {
-                    src: *s,
-                    dst: *d,
-                    tcp: true,
-                    seq: *seq,
-                    syn: false,
-                    syn_ack: false,
-                    payload,
-                };
-                n += t.push(&p).len();
+                n += t.push(&packet(*s, *d, *seq, payload)).len();
             }
             assert_eq!(n, 1000, "every stratum-shaped session once, no request/response one");
             n

@@ -83,6 +83,24 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A process known from what does not change (a test's, or one built
+    /// from an exec event): sleeping, one thread, no CPU used yet.
+    pub fn new(key: ProcKey, ppid: u32, fixed: Arc<ProcStatic>) -> Proc {
+        Proc {
+            key,
+            ppid,
+            comm: fixed.comm.clone(),
+            state: 'S',
+            threads: 1,
+            nice: 0,
+            policy: 0,
+            cpu_ticks: 0,
+            child_ticks: 0,
+            kernel_thread: false,
+            fixed,
+        }
+    }
+
     /// The command line, argv joined by spaces.
     pub fn cmdline(&self) -> String {
         self.fixed.argv.join(" ")
@@ -358,17 +376,17 @@ impl ProcessSensor {
     }
 
     fn user_name(&mut self, uid: u32) -> String {
-        self.users
-            .entry(uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-                    .unwrap_or_else(|| uid.to_string())
-            })
-            .clone()
+        self.users.entry(uid).or_insert_with(|| user_name(uid)).clone()
     }
+}
+
+/// The user name of `uid` (the number when it has none).
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// How many `stat` files may stay open: the soft open-file limit is raised

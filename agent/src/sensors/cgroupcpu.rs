@@ -171,22 +171,14 @@ mod tests {
     use std::time::Duration;
 
     fn proc(pid: u32, cgroup: &str, ticks: u64) -> Proc {
-        Proc {
-            key: ProcKey { pid, start_time: 1 },
-            ppid: 1,
+        let fixed = ProcStatic {
             comm: "x".into(),
-            state: 'S',
-            threads: 1,
-            nice: 0,
-            policy: 0,
-            cpu_ticks: ticks,
-            child_ticks: 0,
-            kernel_thread: false,
-            fixed: Arc::new(ProcStatic {
-                cgroup: cgroup.into(),
-                ..Default::default()
-            }),
-        }
+            cgroup: cgroup.into(),
+            ..Default::default()
+        };
+        let mut p = Proc::new(ProcKey { pid, start_time: 1 }, 1, Arc::new(fixed));
+        p.cpu_ticks = ticks;
+        p
     }
 
     fn snap(at: Instant, procs: Vec<Proc>) -> Snapshot {

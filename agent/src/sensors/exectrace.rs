@@ -78,21 +78,14 @@ pub fn parse(rec: &[u8]) -> Option<Exec> {
 /// The process an execution was, for the detector, when it is gone.
 pub fn ghost(e: &Exec, ticks_per_second: u64, user: String) -> Proc {
     let per_tick = 1_000_000_000 / ticks_per_second.max(1);
-    Proc {
-        key: ProcKey {
-            pid: e.pid,
-            start_time: e.start_ns / per_tick,
-        },
-        ppid: e.ppid,
-        comm: e.comm.clone(),
-        state: 'X',
-        threads: 1,
-        nice: 0,
-        policy: 0,
-        cpu_ticks: 0,
-        child_ticks: 0,
-        kernel_thread: false,
-        fixed: Arc::new(ProcStatic {
+    let key = ProcKey {
+        pid: e.pid,
+        start_time: e.start_ns / per_tick,
+    };
+    let mut p = Proc::new(
+        key,
+        e.ppid,
+        Arc::new(ProcStatic {
             comm: e.comm.clone(),
             argv: e.argv.clone(),
             argv_read: true,
@@ -103,7 +96,9 @@ pub fn ghost(e: &Exec, ticks_per_second: u64, user: String) -> Proc {
             cgroup: String::new(),
             problems: vec!["exited before it could be read: judged from its exec event (eBPF)".into()],
         }),
-    }
+    );
+    p.state = 'X';
+    p
 }
 
 struct Running {
@@ -193,16 +188,7 @@ impl ExecTraceSensor {
     }
 
     fn user(&mut self, uid: u32) -> String {
-        self.users
-            .entry(uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-                    .unwrap_or_else(|| uid.to_string())
-            })
-            .clone()
+        self.users.entry(uid).or_insert_with(|| crate::host::process::user_name(uid)).clone()
     }
 }
 

@@ -989,21 +989,14 @@ mod tests {
     }
 
     fn proc(pid: u32, comm: &str, cgroup: &str) -> Proc {
-        Proc {
-            key: ProcKey {
-                pid,
-                start_time: 1000 + pid as u64,
-            },
-            ppid: 1,
-            comm: comm.into(),
-            state: 'S',
-            threads: 1,
-            nice: 0,
-            policy: 0,
-            cpu_ticks: 0,
-            child_ticks: 0,
-            kernel_thread: false,
-            fixed: Arc::new(ProcStatic {
+        let key = ProcKey {
+            pid,
+            start_time: 1000 + pid as u64,
+        };
+        Proc::new(
+            key,
+            1,
+            Arc::new(ProcStatic {
                 comm: comm.into(),
                 argv: vec![comm.into()],
                 argv_read: true,
@@ -1012,7 +1005,7 @@ mod tests {
                 user: "root".into(),
                 ..Default::default()
             }),
-        }
+        )
     }
 
     fn snap(at: Instant, procs: &[Proc]) -> Snapshot {

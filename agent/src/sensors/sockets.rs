@@ -453,18 +453,12 @@ mod tests {
         owns(200, &[5003]);
         owns(300, &[5004, 5005]);
         owns(400, &[5006, 5008]);
-        let proc = |pid: u32| crate::host::process::Proc {
-            key: crate::host::process::ProcKey { pid, start_time: 1 },
-            ppid: 1,
-            comm: "x".into(),
-            state: 'S',
-            threads: 1,
-            nice: 0,
-            policy: 0,
-            cpu_ticks: 0,
-            child_ticks: 0,
-            kernel_thread: false,
-            fixed: Default::default(),
+        let proc = |pid: u32| {
+            let fixed = crate::host::process::ProcStatic {
+                comm: "x".into(),
+                ..Default::default()
+            };
+            crate::host::process::Proc::new(crate::host::process::ProcKey { pid, start_time: 1 }, 1, std::sync::Arc::new(fixed))
         };
         let snap = Snapshot {
             at: std::time::Instant::now(),
