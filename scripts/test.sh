@@ -23,6 +23,10 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v objcopy >/dev/null || need+=(binutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# the eBPF programs (agent/bpf/*.bpf.c) are compiled by clang against libbpf's headers
+command -v clang >/dev/null || need+=(clang)
+[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+[ -e /usr/include/linux/types.h ] || need+=(linux-libc-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
