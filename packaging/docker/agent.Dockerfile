@@ -34,6 +34,10 @@
 # `run --listen 0.0.0.0:9861` as a whole instead of being appended to it.
 
 FROM rust:1.95-bookworm AS builder
+# clang and libbpf's headers compile the eBPF programs (agent/bpf/*.bpf.c)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends clang libbpf-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Cargo.lock and the workspace manifest name all four members, so every one of
 # them must be present for `--locked` even though only the agent is built.
