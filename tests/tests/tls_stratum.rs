@@ -11,8 +11,12 @@
 //! beside it, benign long-lived TLS sessions (`tests/scripts/tls_shapes.py`,
 //! Python's OpenSSL: request/response calls, database queries, a
 //! websocket-like feed from a busy client, message-queue deliveries, a
-//! download) must stay below `likely`. Needs root (capture) and says SKIP
-//! without it.
+//! download) must stay below `likely`. The pool listens on a common pool
+//! port, so the session's evidence weighs `likely` (a pool-like
+//! destination) and the capture file, which has no process and no CPU,
+//! still makes a (suspicious) flow finding; on another port the evidence
+//! weighs `suspicious` and a flow alone makes none. Needs root (capture) and
+//! says SKIP without it.
 
 use rigwatch_e2e::{evidence_of, start_announcing, KillOnDrop};
 use serde_json::Value;
@@ -57,6 +61,7 @@ fn session(f: &Value) -> &Value {
 
 fn assert_stratum_shaped(e: &Value, pool: &str, what: &str) {
     assert_eq!(e["remote"], pool, "{what}: {e:#}");
+    assert_eq!(e["weight"], "likely", "{what}: toward a pool port: {e:#}");
     assert!(e.get("server_name").is_none(), "{what}: the miner sent no server name: {e:#}");
     let ja4 = e["ja4"].as_str().unwrap();
     assert!(ja4.starts_with("t13i") && ja4.len() == 36, "{what}: a TLS 1.3 JA4 without SNI: {ja4}");
@@ -91,8 +96,16 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
     let miner_bin = odd.path().join("syshelper");
     std::fs::copy(CLIENT, &miner_bin).unwrap();
 
+    // the pool on a common pool port (the bundled pool_port list): a
+    // pool-like destination, so the session's evidence weighs likely and a
+    // capture file, which has no process to add CPU, still makes a finding
+    let listen = [14433u16, 14444, 10343, 20535, 5556, 3357]
+        .iter()
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", **p)).is_ok())
+        .map(|p| format!("127.0.0.1:{p}"))
+        .expect("a free pool port on loopback");
     let mut pool = Command::new(POOL);
-    pool.args(["--dialect", "cryptonote", "--listen", "127.0.0.1:0", "--tls"])
+    pool.args(["--dialect", "cryptonote", "--listen", &listen, "--tls"])
         .args(["--job-interval", "3", "--max-seconds", "120"])
         .env_remove("RIGWATCH_TEST_NETNS");
     let (_pool, pool_addr, pool_log) = start_announcing(pool, "listening ");
@@ -196,7 +209,7 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
         .filter(|f| f["flow"]["server"] == pool_addr.as_str())
         .collect();
     assert_eq!(flows.len(), 1, "one finding for the miner's flow: {p:#}");
-    assert!(matches!(flows[0]["severity"].as_str(), Some("suspicious" | "likely")), "{:#}", flows[0]);
+    assert_eq!(flows[0]["severity"], "suspicious", "likely evidence alone, no process: {:#}", flows[0]);
     assert_stratum_shaped(session(flows[0]), &pool_addr, "offline");
     for (shape, local) in &locals {
         if let Some(f) = flow_of(&p, local) {
