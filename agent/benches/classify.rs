@@ -126,7 +126,11 @@ fn tls_stream() -> Vec<(u64, SocketAddr, SocketAddr, u32, Vec<u8>)> {
         let t0 = (i as u64) * 7;
         let (mut cs, mut ss) = (1000u32, 5000u32);
         let mut put = |t: u64, from_client: bool, payload: Vec<u8>, out: &mut Vec<_>| {
-            let (src, dst, seq) = if from_client { (client, server, &mut cs) } else { (server, client, &mut ss) };
+            let (src, dst, seq) = if from_client {
+                (client, server, &mut cs)
+            } else {
+                (server, client, &mut ss)
+            };
             out.push((t0 + t, src, dst, *seq, payload.clone()));
             *seq = seq.wrapping_add(payload.len() as u32);
         };

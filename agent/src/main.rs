@@ -618,7 +618,11 @@ fn run_rounding(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::stdout().lock();
     if !json {
-        writeln!(out, "{:>8}  {:<16} {:>9} {:>9}  {:<22} randomx-like", "pid", "comm", "switches", "per s", "modes")?;
+        writeln!(
+            out,
+            "{:>8}  {:<16} {:>9} {:>9}  {:<22} randomx-like",
+            "pid", "comm", "switches", "per s", "modes"
+        )?;
     }
     for (pid, n, rate, modes, hit) in &rows {
         if json {
@@ -626,13 +630,23 @@ fn run_rounding(seconds: f64, json: bool) -> anyhow::Result<ExitCode> {
                 "window_seconds": (window * 10.0).round() / 10.0, "modes": modes, "randomx_like": hit});
             writeln!(out, "{j}")?;
         } else {
-            writeln!(out, "{pid:>8}  {:<16} {n:>9} {rate:>9.1}  {:<22} {}", comm(*pid), modes.join(","), if *hit { "yes" } else { "no" })?;
+            writeln!(
+                out,
+                "{pid:>8}  {:<16} {n:>9} {rate:>9.1}  {:<22} {}",
+                comm(*pid),
+                modes.join(","),
+                if *hit { "yes" } else { "no" }
+            )?;
         }
     }
     if !json && rows.is_empty() {
         writeln!(out, "(no process left round-to-nearest in {window:.0} s)")?;
     }
-    Ok(if rows.iter().any(|r| r.4) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if rows.iter().any(|r| r.4) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {

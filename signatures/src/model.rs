@@ -429,7 +429,9 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
     }
     // what the hashing does to the CPU cannot be renamed, packed or
     // proxied: likely alone, confirmed with the CPU it burns (issue 15)
-    let hashing = evidence.iter().any(|e| matches!(e.detail, EvidenceKind::CpuAlgorithm { .. }) && e.weight >= Weight::Likely);
+    let hashing = evidence
+        .iter()
+        .any(|e| matches!(e.detail, EvidenceKind::CpuAlgorithm { .. }) && e.weight >= Weight::Likely);
     let active = evidence.iter().any(|e| {
         matches!(
             e.detail,
@@ -449,7 +451,11 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
     let odd = evidence.iter().any(|e| e.weight == Weight::Suspicious);
     // stratum-shaped TLS from a busy process that runs from an odd place
     // (the issue 14 rule): two independent oddities beside the CPU
-    let odd_kinds: BTreeSet<&str> = evidence.iter().filter(|e| e.weight == Weight::Suspicious).map(|e| e.kind()).collect();
+    let odd_kinds: BTreeSet<&str> = evidence
+        .iter()
+        .filter(|e| e.weight == Weight::Suspicious)
+        .map(|e| e.kind())
+        .collect();
     if active && odd_kinds.contains("tls_session") && odd_kinds.len() >= 2 {
         return Some(Severity::Likely);
     }

@@ -122,15 +122,27 @@ fn nothing_in_a_signature_directory_is_silently_ignored() {
         std::fs::write(d.join(name), body).unwrap();
     }
     let l = load(&[d.to_path_buf()], false);
-    assert!(l.signatures.pool_domain("pool.internal.example").is_some(), "the rule and its list loaded");
+    assert!(
+        l.signatures.pool_domain("pool.internal.example").is_some(),
+        "the rule and its list loaded"
+    );
     let mut reported: Vec<(String, String)> = l
         .errors
         .iter()
-        .map(|e| (e.path.strip_prefix(&d.display().to_string()).unwrap_or(&e.path).to_string(), e.message.clone()))
+        .map(|e| {
+            (
+                e.path.strip_prefix(&d.display().to_string()).unwrap_or(&e.path).to_string(),
+                e.message.clone(),
+            )
+        })
         .collect();
     reported.sort();
     let names: Vec<&str> = reported.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(names, ["/20-extra.tml", "/lists/unused.txt", "/miners.yar", "/old/30-moved.toml"], "{reported:?}");
+    assert_eq!(
+        names,
+        ["/20-extra.tml", "/lists/unused.txt", "/miners.yar", "/old/30-moved.toml"],
+        "{reported:?}"
+    );
     assert!(reported[2].1.contains("YARA"), "{reported:?}");
     assert!(reported[3].1.contains("subdirectory"), "{reported:?}");
     assert!(reported.iter().all(|(_, m)| m.starts_with("ignored: ")), "{reported:?}");

@@ -25,7 +25,9 @@ fn rigwatch() -> PathBuf {
 
 fn as_nobody(prog: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("setpriv");
-    c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]).arg(prog).args(args);
+    c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .arg(prog)
+        .args(args);
     c
 }
 
@@ -79,7 +81,10 @@ fn randomx_like_rounding_is_confirmed_and_its_benign_peers_are_not() {
     assert!(e["rate_per_second"].as_f64().unwrap() >= 1.0, "{e:#}");
     assert!(e["modes"].as_array().unwrap().len() >= 2, "{e:#}");
     assert!(!evidence_of(f, "cpu").is_empty(), "busy too: {f:#}");
-    assert!(evidence_of(f, "process_name").is_empty() && evidence_of(f, "binary_content").is_empty(), "no name or content told it: {f:#}");
+    assert!(
+        evidence_of(f, "process_name").is_empty() && evidence_of(f, "binary_content").is_empty(),
+        "no name or content told it: {f:#}"
+    );
 
     // held down to a tenth of a core and renamed: likely from the hashing alone
     let (_, _, pid) = &sims[3];
@@ -90,7 +95,10 @@ fn randomx_like_rounding_is_confirmed_and_its_benign_peers_are_not() {
 
     for (mode, _, pid) in &sims[1..3] {
         if let Some(f) = finding_of(&v, *pid) {
-            assert!(evidence_of(f, "cpu_algorithm").is_empty(), "{mode}: rounding as ordinary programs do: {f:#}");
+            assert!(
+                evidence_of(f, "cpu_algorithm").is_empty(),
+                "{mode}: rounding as ordinary programs do: {f:#}"
+            );
             assert!(f["severity"] != "confirmed" && f["severity"] != "likely", "{mode}: {f:#}");
         }
     }
@@ -122,7 +130,9 @@ fn a_process_that_lives_for_milliseconds_is_judged_from_its_exec_event() {
     });
     let wallet = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
     let t = std::time::Instant::now();
-    let mut miner = as_nobody(&bin, &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", wallet]).spawn().unwrap();
+    let mut miner = as_nobody(&bin, &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", wallet])
+        .spawn()
+        .unwrap();
     let miner_pid = miner.id();
     assert!(miner.wait().unwrap().success());
     let lived = t.elapsed();
@@ -136,7 +146,13 @@ fn a_process_that_lives_for_milliseconds_is_judged_from_its_exec_event() {
     assert_eq!(f["severity"], "confirmed", "pool URL and wallet on its command line: {f:#}");
     assert_eq!(f["process"]["user"], "nobody", "{f:#}");
     assert_eq!(f["process"]["exe"], bin.to_str().unwrap(), "{f:#}");
-    assert!(f["process"]["cmdline"].as_str().unwrap().contains("stratum+tcp://pool.supportxmr.com:3333"), "{f:#}");
+    assert!(
+        f["process"]["cmdline"]
+            .as_str()
+            .unwrap()
+            .contains("stratum+tcp://pool.supportxmr.com:3333"),
+        "{f:#}"
+    );
     assert_eq!(evidence_of(f, "short_lived").len(), 1, "it says how it was seen: {f:#}");
     assert!(!evidence_of(f, "wallet").is_empty(), "{f:#}");
     assert!(finding_of(&v, benign_pid).is_none(), "an ordinary short-lived process: {v:#}");
@@ -153,11 +169,25 @@ fn unprivileged_the_sensor_says_it_is_unavailable_and_the_scan_carries_on() {
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let warnings: Vec<String> = v["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+    let warnings: Vec<String> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
     for sensor in ["rounding", "exectrace"] {
-        let said: Vec<&String> = warnings.iter().filter(|w| w.starts_with(&format!("{sensor}: unavailable"))).collect();
+        let said: Vec<&String> = warnings
+            .iter()
+            .filter(|w| w.starts_with(&format!("{sensor}: unavailable")))
+            .collect();
         assert_eq!(said.len(), 1, "{sensor}: said once: {warnings:?}");
-        assert!(said[0].contains("CAP_BPF") && said[0].chars().count() < 800, "says what it needs, briefly: {said:?}");
+        assert!(
+            said[0].contains("CAP_BPF") && said[0].chars().count() < 800,
+            "says what it needs, briefly: {said:?}"
+        );
     }
-    assert!(v["scanned"]["processes"].as_u64().unwrap() > 0, "the other sensors carried on: {v:#}");
+    assert!(
+        v["scanned"]["processes"].as_u64().unwrap() > 0,
+        "the other sensors carried on: {v:#}"
+    );
 }

@@ -39,7 +39,9 @@ fn shapes_script() -> PathBuf {
 /// `prog args` as `nobody`: the miner (and every client) is the adversary.
 fn as_nobody(prog: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("setpriv");
-    c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]).arg(prog).args(args);
+    c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .arg(prog)
+        .args(args);
     c
 }
 
@@ -64,7 +66,10 @@ fn assert_stratum_shaped(e: &Value, pool: &str, what: &str) {
     assert_eq!(e["weight"], "likely", "{what}: toward a pool port: {e:#}");
     assert!(e.get("server_name").is_none(), "{what}: the miner sent no server name: {e:#}");
     let ja4 = e["ja4"].as_str().unwrap();
-    assert!(ja4.starts_with("t13i") && ja4.len() == 36, "{what}: a TLS 1.3 JA4 without SNI: {ja4}");
+    assert!(
+        ja4.starts_with("t13i") && ja4.len() == 36,
+        "{what}: a TLS 1.3 JA4 without SNI: {ja4}"
+    );
     assert!(e["pushes"].as_u64().unwrap() >= 4, "{what}: {e:#}");
     let interval = e["push_interval_seconds"].as_f64().unwrap();
     assert!((2.0..=9.0).contains(&interval), "{what}: jobs every 3 s: {e:#}");
@@ -80,7 +85,15 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
     let dir = tempfile::tempdir().unwrap();
     let (crt, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
         .args(["-subj", "/CN=localhost", "-days", "1", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -110,7 +123,12 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
         .env_remove("RIGWATCH_TEST_NETNS");
     let (_pool, pool_addr, pool_log) = start_announcing(pool, "listening ");
     let mut shapes = Command::new("python3");
-    shapes.arg(shapes_script()).args(["serve", "--cert"]).arg(&crt).arg("--key").arg(&key);
+    shapes
+        .arg(shapes_script())
+        .args(["serve", "--cert"])
+        .arg(&crt)
+        .arg("--key")
+        .arg(&key);
     let (_shapes, shapes_addr, _) = start_announcing(shapes, "listening ");
     let port = |a: &str| a.rsplit(':').next().unwrap().to_string();
 
@@ -130,7 +148,17 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
         let c = as_nobody(
             &miner_bin,
             &[
-                "--dialect", "cryptonote", "--connect", &pool_addr, "--tls", "--hold", "40", "--keepalive", "5", "--busy", "--delay",
+                "--dialect",
+                "cryptonote",
+                "--connect",
+                &pool_addr,
+                "--tls",
+                "--hold",
+                "40",
+                "--keepalive",
+                "5",
+                "--busy",
+                "--delay",
                 "3",
             ],
         );
@@ -138,7 +166,16 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
     };
     let mut pending = Vec::new();
     for shape in SHAPES {
-        let mut args = vec!["--connect", shapes_addr.as_str(), "--shape", shape, "--seconds", "30", "--delay", "3"];
+        let mut args = vec![
+            "--connect",
+            shapes_addr.as_str(),
+            "--shape",
+            shape,
+            "--seconds",
+            "30",
+            "--delay",
+            "3",
+        ];
         // the feed is the shape most like a pool's: its client is busy too
         if shape == "stream" {
             args.push("--busy");
@@ -169,14 +206,20 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
     assert_eq!(f["process"]["user"], "nobody", "{f:#}");
     assert_eq!(f["severity"], "likely", "{f:#}");
     assert_stratum_shaped(session(f), &pool_addr, "live");
-    assert!(!evidence_of(f, "executable_origin").is_empty() && !evidence_of(f, "cpu").is_empty(), "{f:#}");
+    assert!(
+        !evidence_of(f, "executable_origin").is_empty() && !evidence_of(f, "cpu").is_empty(),
+        "{f:#}"
+    );
     assert!(evidence_of(f, "stratum").is_empty(), "the protocol itself is encrypted: {f:#}");
 
     let mut table = vec![format!("{:<9} {:<12} {}", "shape", "live", "tls_session")];
     for (shape, _, pid, _) in &benign {
         let f = finding_of(&v, *pid);
         let sev = f.map_or("none", |f| f["severity"].as_str().unwrap());
-        assert!(sev == "none" || sev == "suspicious", "benign {shape} TLS must stay below likely: {f:#?}");
+        assert!(
+            sev == "none" || sev == "suspicious",
+            "benign {shape} TLS must stay below likely: {f:#?}"
+        );
         let shaped = f.is_some_and(|f| !evidence_of(f, "tls_session").is_empty());
         table.push(format!("{shape:<9} {sev:<12} {shaped}"));
         if *shape != "stream" {
@@ -200,7 +243,12 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
         .args(["pcap", "--json", "--no-default-signatures", pcap.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "findings: exit 1 ({})", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "findings: exit 1 ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p: Value = serde_json::from_slice(&out.stdout).unwrap();
     let flows: Vec<&Value> = p["findings"]
         .as_array()
@@ -209,7 +257,11 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
         .filter(|f| f["flow"]["server"] == pool_addr.as_str())
         .collect();
     assert_eq!(flows.len(), 1, "one finding for the miner's flow: {p:#}");
-    assert_eq!(flows[0]["severity"], "suspicious", "likely evidence alone, no process: {:#}", flows[0]);
+    assert_eq!(
+        flows[0]["severity"], "suspicious",
+        "likely evidence alone, no process: {:#}",
+        flows[0]
+    );
     assert_stratum_shaped(session(flows[0]), &pool_addr, "offline");
     for (shape, local) in &locals {
         if let Some(f) = flow_of(&p, local) {

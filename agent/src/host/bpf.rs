@@ -20,8 +20,11 @@ pub fn load_tp_btf(
     let mut bpf = aya::Ebpf::load(object).map_err(|e| describe("loading the eBPF object", &e))?;
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF (/sys/kernel/btf/vmlinux): {e}"))?;
     let prog = tp_btf(&mut bpf, program)?;
-    prog.load(tracepoint, &btf).map_err(|e| describe(&format!("loading {program}"), &e))?;
-    let link = prog.attach().map_err(|e| describe(&format!("attaching {program} to {tracepoint}"), &e))?;
+    prog.load(tracepoint, &btf)
+        .map_err(|e| describe(&format!("loading {program}"), &e))?;
+    let link = prog
+        .attach()
+        .map_err(|e| describe(&format!("attaching {program} to {tracepoint}"), &e))?;
     Ok((bpf, link))
 }
 
@@ -46,8 +49,7 @@ pub fn describe(what: &str, e: &dyn std::error::Error) -> String {
         msg.push_str(&format!(": {c}"));
         cause = c.source();
     }
-    let privilege =
-        msg.contains("Operation not permitted") || (msg.contains("Permission denied") && !msg.contains("Verifier output"));
+    let privilege = msg.contains("Operation not permitted") || (msg.contains("Permission denied") && !msg.contains("Verifier output"));
     if msg.chars().count() > MAX_ERROR {
         let chars: Vec<char> = msg.chars().collect();
         let head: String = chars[..200].iter().collect();
@@ -68,9 +70,15 @@ mod tests {
     fn errors_are_short_and_say_what_is_needed() {
         let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
         assert!(describe("loading", &eperm).ends_with("(needs CAP_BPF and CAP_PERFMON, or root)"));
-        let log = std::io::Error::other(format!("Verifier output: {}R2 min value is negative: Permission denied", "0: insn\n".repeat(500)));
+        let log = std::io::Error::other(format!(
+            "Verifier output: {}R2 min value is negative: Permission denied",
+            "0: insn\n".repeat(500)
+        ));
         let d = describe("loading on_exec", &log);
-        assert!(d.chars().count() < 700 && d.starts_with("loading on_exec: Verifier output") && d.contains("R2 min value is negative"), "{d}");
+        assert!(
+            d.chars().count() < 700 && d.starts_with("loading on_exec: Verifier output") && d.contains("R2 min value is negative"),
+            "{d}"
+        );
         assert!(!d.contains("needs CAP_BPF"), "a verifier rejection is no privilege problem: {d}");
     }
 }

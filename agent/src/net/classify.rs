@@ -271,7 +271,10 @@ mod tests {
         }
         // a pool port, a pool server name: likely
         assert_eq!(one(&session("203.0.113.7:3333", None)).weight, Weight::Likely);
-        assert_eq!(one(&session("203.0.113.7:443", Some("gulf.moneroocean.stream"))).weight, Weight::Likely);
+        assert_eq!(
+            one(&session("203.0.113.7:443", Some("gulf.moneroocean.stream"))).weight,
+            Weight::Likely
+        );
         // an address a pool name resolved to
         let shared = NetShared::default();
         shared.learn_dns("203.0.113.9".parse().unwrap(), "supportxmr.com");

@@ -814,7 +814,11 @@ mod tests {
         let mut events = Vec::new();
         let mut at = |t: &mut FlowTable, ms: u64, from_miner: bool, n: usize, cs: &mut u32, ss: &mut u32| {
             t.advance(ms);
-            let ev = if from_miner { send(t, m, pool, cs, &app(n)) } else { send(t, pool, m, ss, &app(n)) };
+            let ev = if from_miner {
+                send(t, m, pool, cs, &app(n))
+            } else {
+                send(t, pool, m, ss, &app(n))
+            };
             events.extend(ev);
         };
         at(&mut t, 100, true, 250, &mut cs, &mut ss); // login
@@ -828,7 +832,13 @@ mod tests {
         t.advance(40_000);
         let _ = t.push(&pkt(pool, m, ss - 90, &app(90)));
         match &events[..] {
-            [FlowEvent::TlsSession { client, server, sni, ja4, shape }] => {
+            [FlowEvent::TlsSession {
+                client,
+                server,
+                sni,
+                ja4,
+                shape,
+            }] => {
                 assert_eq!((client.to_string().as_str(), server.to_string().as_str()), (m, pool));
                 assert_eq!(*sni, None);
                 assert!(ja4.starts_with("t12i0100"), "{ja4}");

@@ -158,11 +158,7 @@ fn ja4(legacy_version: u16, ciphers: &[u16], mut ext: &[u8]) -> String {
             }
         }
     };
-    let head = format!(
-        "t{version}{sni}{:02}{:02}{alpn}",
-        ciphers.len().min(99),
-        exts.len().min(99)
-    );
+    let head = format!("t{version}{sni}{:02}{:02}{alpn}", ciphers.len().min(99), exts.len().min(99));
     ciphers.sort_unstable();
     let list = |v: &[u16]| v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",");
     let mut sorted: Vec<u16> = exts.iter().copied().filter(|t| *t != 0x0000 && *t != 0x0010).collect();

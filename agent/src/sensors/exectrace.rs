@@ -125,7 +125,11 @@ impl Running {
         let map = bpf.take_map("execs").ok_or("no execs ring buffer")?;
         let mut ring = aya::maps::RingBuf::try_from(map).map_err(|e| e.to_string())?;
         let queue = Arc::new(Mutex::new(VecDeque::new()));
-        let (dropped, seen, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (dropped, seen, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
         let (q, d, s, st) = (queue.clone(), dropped.clone(), seen.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("rw-exectrace".into())
@@ -188,7 +192,10 @@ impl ExecTraceSensor {
     }
 
     fn user(&mut self, uid: u32) -> String {
-        self.users.entry(uid).or_insert_with(|| crate::host::process::user_name(uid)).clone()
+        self.users
+            .entry(uid)
+            .or_insert_with(|| crate::host::process::user_name(uid))
+            .clone()
     }
 }
 
@@ -269,7 +276,10 @@ mod tests {
     fn events_decode_and_hostile_lengths_stay_in_bounds() {
         let argv = b"xmrig\0-o\0stratum+tcp://pool.example:3333\0";
         let e = parse(&record(42, argv, argv.len() as u32)).unwrap();
-        assert_eq!((e.pid, e.ppid, e.uid, e.comm.as_str(), e.file.as_str()), (42, 1, 65534, "xmrig", "/tmp/xmrig"));
+        assert_eq!(
+            (e.pid, e.ppid, e.uid, e.comm.as_str(), e.file.as_str()),
+            (42, 1, 65534, "xmrig", "/tmp/xmrig")
+        );
         assert_eq!(e.argv, ["xmrig", "-o", "stratum+tcp://pool.example:3333"]);
         // a length beyond the buffer is cut to it; a short record is refused
         assert!(parse(&record(42, argv, u32::MAX)).is_some());

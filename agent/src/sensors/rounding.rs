@@ -54,7 +54,10 @@ const MODE_NAMES: [&str; 4] = ["nearest", "down", "up", "toward zero"];
 
 /// Non-default modes in a bit set, by name.
 pub fn mode_names(modes: u64) -> Vec<String> {
-    (1..4).filter(|rc| modes & (1 << rc) != 0).map(|rc| MODE_NAMES[rc].to_string()).collect()
+    (1..4)
+        .filter(|rc| modes & (1 << rc) != 0)
+        .map(|rc| MODE_NAMES[rc].to_string())
+        .collect()
 }
 
 /// The judgement on one thread group over one pass (`window_seconds`: the
@@ -91,7 +94,10 @@ pub enum Sampling {
     /// Attached the whole time (`rigwatch scan`, `rigwatch rounding`).
     Always,
     /// Attached `on` out of every `period`.
-    Duty { on: std::time::Duration, period: std::time::Duration },
+    Duty {
+        on: std::time::Duration,
+        period: std::time::Duration,
+    },
 }
 
 /// Attached time so far: what is done, and since when it is attached now.
@@ -313,10 +319,7 @@ impl Sensor for RoundingSensor {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("rounding_tracked", self.last.len() as u64),
-            ("rounding_caught", self.caught),
-        ]
+        vec![("rounding_tracked", self.last.len() as u64), ("rounding_caught", self.caught)]
     }
 }
 
