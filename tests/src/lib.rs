@@ -515,6 +515,26 @@ pub fn scan_end(c: std::process::Child) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// Stops a tcpdump started with `-w file` (SIGINT, so it flushes), then
+/// runs `rigwatch pcap --json` over the file; it must exit 1 (findings).
+pub fn stop_and_read_capture(rigwatch: &std::path::Path, mut tcpdump: KillOnDrop, file: &std::path::Path) -> serde_json::Value {
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tcpdump.0.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let _ = tcpdump.0.wait();
+    let out = std::process::Command::new(rigwatch)
+        .args(["pcap", "--json", "--no-default-signatures"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "findings: exit 1 ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A finding's evidence of one kind.
 pub fn evidence_of<'a>(f: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
     f["evidence"]

@@ -470,7 +470,7 @@ fn pcap_stratum_through_socks_and_http_connect_proxies() {
     let pools: Vec<Pool> = CASES.iter().map(|c| Pool::start(c.proxy, &["--dialect", c.dialect])).collect();
     let webs: Vec<Pool> = BENIGN.iter().map(|(p, ..)| Pool::web(p)).collect();
     let filter: Vec<String> = pools.iter().chain(&webs).map(|p| format!("tcp port {}", p.port())).collect();
-    let mut td = rigwatch_e2e::KillOnDrop(
+    let td = rigwatch_e2e::KillOnDrop(
         Command::new("tcpdump")
             .args(["-i", "lo", "-U", "-w", file.to_str().unwrap()])
             .arg(filter.join(" or "))
@@ -500,20 +500,7 @@ fn pcap_stratum_through_socks_and_http_connect_proxies() {
         let (out, code) = cl.finish();
         assert_eq!((out.as_str(), code), ("done\n", Some(0)));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(td.0.id() as i32), nix::sys::signal::Signal::SIGINT);
-    let _ = td.0.wait();
-    let out = Command::new(rigwatch())
-        .args(["pcap", "--json", "--no-default-signatures", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "findings: exit 1 ({})",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = rigwatch_e2e::stop_and_read_capture(&rigwatch(), td, &file);
     let all = v["findings"].as_array().unwrap();
     for (c, p) in CASES.iter().zip(&pools) {
         let flows: Vec<&Value> = all.iter().filter(|f| f["flow"]["server"] == p.addr).collect();

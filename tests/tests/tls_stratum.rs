@@ -229,27 +229,14 @@ fn stratum_inside_tls_without_sni_is_seen_live_and_offline_and_benign_tls_stays_
     eprintln!("{}", table.join("\n"));
 
     // offline: the same run in the capture file
-    let Some(mut td) = tcpdump else {
+    let Some(td) = tcpdump else {
         eprintln!("SKIP (offline half): no tcpdump");
         return;
     };
     let locals: Vec<(&str, String)> = benign.iter().map(|(s, _, _, l)| (*s, l.clone())).collect();
     drop(miner);
     drop(benign);
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(td.0.id() as i32), nix::sys::signal::Signal::SIGINT);
-    let _ = td.0.wait();
-    let out = Command::new(&rigwatch)
-        .args(["pcap", "--json", "--no-default-signatures", pcap.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "findings: exit 1 ({})",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = rigwatch_e2e::stop_and_read_capture(&rigwatch, td, &pcap);
     let flows: Vec<&Value> = p["findings"]
         .as_array()
         .unwrap()
