@@ -12,7 +12,11 @@
 #     common path: default mode, a load, a mask, a compare) and a pipe
 #     ping-pong whose two processes round upward (every switch takes the
 #     slow path: a per-CPU map lookup and update).
-# SECS (default 8) per workload; COST_ONLY=1 runs only 2; N round trips. Needs gcc, xz, openssl, perf, java, python3
+#  4. connect attribution: loopback TCP connections per second with and
+#     without `rigwatch scan` (capture + the connect program), and each
+#     program's own time per run (kernel.bpf_stats_enabled).
+# SECS (default 8) per workload; COST_ONLY=1 runs only 2-4, CONNECT_ONLY=1
+# only 4; N round trips, EN execs, CN connections. Needs gcc, xz, openssl, perf, java, python3
 # (numpy is installed into a throwaway venv) and PostgreSQL's binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +42,7 @@ PY
 }
 bg() { ( timeout "$((SECS + 1))" "$@" >/dev/null 2>&1 || true ) & }
 
-if [ "${COST_ONLY:-0}" != 1 ]; then
+if [ "${COST_ONLY:-0}" != 1 ] && [ "${CONNECT_ONLY:-0}" != 1 ]; then
 echo "# 1. busy programs, $SECS s each"
 bg bash -c 'while :; do gcc -O2 -c tests/evasion/hider.c -o /dev/null; done'; sleep 0.3; watch "gcc -O2 in a loop"; wait
 bg bash -c 'head -c 400M /dev/urandom | xz -9 -T1 > /dev/null'; sleep 0.3; watch "xz -9"; wait
@@ -63,6 +67,7 @@ cp "$SIM" "$W/sim"
 bg "$W/sim" --rounding cycle --burn "$SECS"; sleep 0.3; watch "busysim --rounding cycle (RandomX-like)"; wait
 fi
 
+if [ "${CONNECT_ONLY:-0}" != 1 ]; then
 echo
 echo "# 2. kernel cost per context switch"
 cat > "$W/pp.c" <<'C'
@@ -132,3 +137,51 @@ for i in 1 2 3; do
   on+=("$("$W/ex" "$EN")"); kill $p; wait $p 2>/dev/null || true
 done
 python3 -c "import statistics as s,sys; o=[float(x) for x in sys.argv[1:4]]; w=[float(x) for x in sys.argv[4:7]]; print(f'spawn+exec+wait of /bin/true: without {s.median(o):,.0f} execs/s, with the exec program (argv copied to the ring buffer) {s.median(w):,.0f} execs/s ({(s.median(w)/s.median(o)-1)*100:+.1f} %)')" "${off[@]}" "${on[@]}"
+
+fi
+
+echo
+echo "# 4. connect attribution: TCP connections per second (loopback connect, accept, close)"
+echo "#    with and without rigwatch scan (capture and the connect program), and what"
+echo "#    each eBPF program costs per run (kernel.bpf_stats_enabled, the prog fd's fdinfo)"
+cat > "$W/cn.c" <<'C'
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+static int lfd;
+static void *acceptor(void *x) { (void)x; for (;;) { int c = accept(lfd, 0, 0); if (c >= 0) close(c); } return 0; }
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a; int one = 1;
+    lfd = socket(AF_INET, SOCK_STREAM, 0); setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    bind(lfd, (void *)&a, sizeof a); listen(lfd, 4096); getsockname(lfd, (void *)&a, &al);
+    pthread_t t; pthread_create(&t, 0, acceptor, 0);
+    struct timespec t0, t1; clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (long i = 0; i < n; i++) { int s = socket(AF_INET, SOCK_STREAM, 0); if (connect(s, (void *)&a, sizeof a)) { perror("connect"); return 1; } close(s); }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%.0f\n", n / ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9));
+    return 0;
+}
+C
+gcc -O2 -pthread -o "$W/cn" "$W/cn.c"
+CN=${CN:-20000}
+sysctl -qw net.ipv4.tcp_tw_reuse=1
+stats_before=$(sysctl -n kernel.bpf_stats_enabled); sysctl -qw kernel.bpf_stats_enabled=1
+off=(); on=()
+for i in 1 2 3; do
+  off+=("$("$W/cn" "$CN")")
+  "$RW" scan --window 60 --no-sockets --no-gpu --json >/dev/null 2>&1 & p=$!
+  for _ in $(seq 100); do [ "$(ls -l /proc/$p/fd 2>/dev/null | grep -c bpf_link)" -ge 3 ] && break; sleep 0.1; done
+  on+=("$("$W/cn" "$CN")")
+  if [ "$i" = 3 ]; then
+    for f in /proc/$p/fdinfo/*; do grep -q '^prog_id' "$f" 2>/dev/null || continue
+      awk '/^prog_id/ {id=$2} /^run_time_ns/ {t=$2} /^run_cnt/ {c=$2} END {if (c > 0) printf "   bpf prog %s: %d runs, %.0f ns per run\n", id, c, t / c}' "$f"; done
+  fi
+  kill $p; wait $p 2>/dev/null || true
+done
+sysctl -qw kernel.bpf_stats_enabled="$stats_before"
+python3 -c "import statistics as s,sys; o=[float(x) for x in sys.argv[1:4]]; w=[float(x) for x in sys.argv[4:7]]; print(f'loopback connect+accept+close: without {s.median(o):,.0f} connections/s, with rigwatch scan (capture + connect program) {s.median(w):,.0f}/s ({(s.median(w)/s.median(o)-1)*100:+.1f} %)')" "${off[@]}" "${on[@]}"

@@ -150,7 +150,12 @@ impl Detector {
                     }
                 }
                 Observation::Hidden(p) if !cur.procs.contains_key(&p.key) => {
-                    hidden.insert(p.key, p.clone());
+                    // seen more than one way (each exec, its connect): the
+                    // latest that read its argv is what the process became
+                    let slot = hidden.entry(p.key).or_insert_with(|| p.clone());
+                    if p.fixed.argv_read || !slot.fixed.argv_read {
+                        *slot = p.clone();
+                    }
                 }
                 Observation::Hidden(_) => {}
                 Observation::Host(subject, e) => host.entry(subject).or_default().push(e.clone()),
@@ -163,7 +168,7 @@ impl Detector {
         self.count_flips(cur);
         if !cur.partial {
             self.own.retain(|k, _| cur.procs.contains_key(k));
-            self.sticky.retain(|k, _| cur.procs.contains_key(k));
+            self.sticky.retain(|k, _| cur.procs.contains_key(k) || hidden.contains_key(k));
         }
         for (k, v) in &self.sticky {
             extra.entry(*k).or_default().extend(v.iter().cloned());
@@ -698,6 +703,7 @@ mod tests {
                     Weight::Likely,
                 ),
                 inode: None,
+                attributable: false,
                 tries: 0,
             })
         };

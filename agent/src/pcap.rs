@@ -86,6 +86,7 @@ pub fn read_files(files: &[&Path], sig: Arc<Signatures>, host: &str, now: u64) -
                     tcp,
                     evidence,
                     inode: None,
+                    attributable: false,
                     tries: 0,
                 })
             })

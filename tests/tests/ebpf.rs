@@ -119,15 +119,7 @@ fn a_process_that_lives_for_milliseconds_is_judged_from_its_exec_event() {
     std::fs::copy("/bin/true", &bin).unwrap();
     let scan = rigwatch_e2e::scan_start(&rigwatch, "5");
     // the programs are attached once the scan holds their links
-    let fds = format!("/proc/{}/fd", scan.id());
-    rigwatch_e2e::wait_for(20, "the scan's eBPF links", || {
-        let links = std::fs::read_dir(&fds)
-            .ok()?
-            .flatten()
-            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf_link"))
-            .count();
-        (links >= 2).then_some(())
-    });
+    wait_for_links(&scan, 3);
     let wallet = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
     let t = std::time::Instant::now();
     let mut miner = as_nobody(&bin, &["-o", "stratum+tcp://pool.supportxmr.com:3333", "-u", wallet])
@@ -158,6 +150,88 @@ fn a_process_that_lives_for_milliseconds_is_judged_from_its_exec_event() {
     assert!(finding_of(&v, benign_pid).is_none(), "an ordinary short-lived process: {v:#}");
 }
 
+/// A pool connection that lasts about 50 ms (login, job, one share, 50 ms
+/// held) from a process with nothing on its command line: by the pass its
+/// socket is closed, and one client has exited too. The kernel recorded who
+/// opened each connection (inet_sock_set_state), so the stratum session is
+/// the process's evidence: the one still running by its listing, the one
+/// gone as a process judged from its exec and connect events. Without the
+/// connect trace both would be flows without a process.
+#[test]
+fn a_50_ms_pool_connection_is_attributed_after_its_socket_is_gone() {
+    if !nix::unistd::geteuid().is_root() || !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIP: needs root on x86_64 (loading eBPF)");
+        return;
+    }
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pool = Command::new(env!("CARGO_BIN_EXE_fakepool"));
+    pool.args(["--dialect", "cryptonote", "--listen", "127.0.0.1:0", "--max-seconds", "60"]);
+    let (_pool, addr, _) = start_announcing(pool, "listening ");
+    let scan = rigwatch_e2e::scan_start(&rigwatch(), "5");
+    wait_for_links(&scan, 3);
+    let client = |after: &str| {
+        let prog = Path::new(env!("CARGO_BIN_EXE_stratumclient"));
+        let args = [
+            "--dialect",
+            "cryptonote",
+            "--connect",
+            addr.as_str(),
+            "--hold",
+            "0.05",
+            "--after",
+            after,
+        ];
+        let (c, ready, log) = start_announcing(as_nobody(prog, &args), "ready ");
+        let pid: u32 = ready.parse().unwrap();
+        rigwatch_e2e::wait_for(10, "the client's done", || {
+            log.lock().unwrap().iter().any(|l| l == "done").then_some(())
+        });
+        (c, pid)
+    };
+    let (_stays, stays) = client("30");
+    let (mut gone, gone_pid) = client("0");
+    assert!(gone.0.wait().unwrap().success());
+    let v = rigwatch_e2e::scan_end(scan);
+
+    for (pid, what) in [(stays, "still running"), (gone_pid, "exited")] {
+        let f = finding_of(&v, pid).unwrap_or_else(|| panic!("{what}: no finding for the client {pid}: {v:#}"));
+        assert_eq!(f["severity"], "confirmed", "{what}: a stratum login on the wire: {f:#}");
+        assert_eq!(f["process"]["user"], "nobody", "{f:#}");
+        let s = evidence_of(f, "stratum");
+        assert!(
+            s.iter().any(|e| e["remote"] == addr.as_str() && e["dialect"] == "cryptonote"),
+            "{what}: the session is the process's evidence: {f:#}"
+        );
+    }
+    let f = finding_of(&v, gone_pid).unwrap();
+    assert_eq!(f["process"]["comm"], "stratumclient", "{f:#}");
+    assert!(
+        f["process"]["cmdline"].as_str().unwrap().contains("--hold 0.05"),
+        "its exec event gave its command line: {f:#}"
+    );
+    assert!(
+        !v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| (f["pid"].is_null() || f["pid"] == 0) && f.to_string().contains(addr.as_str())),
+        "no flow without a process is left: {v:#}"
+    );
+}
+
+/// Waits until the scan holds `n` eBPF links (its programs are attached).
+fn wait_for_links(scan: &std::process::Child, n: usize) {
+    let fds = format!("/proc/{}/fd", scan.id());
+    rigwatch_e2e::wait_for(20, "the scan's eBPF links", || {
+        let links = std::fs::read_dir(&fds)
+            .ok()?
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf_link"))
+            .count();
+        (links >= n).then_some(())
+    });
+}
+
 #[test]
 fn unprivileged_the_sensor_says_it_is_unavailable_and_the_scan_carries_on() {
     if !nix::unistd::geteuid().is_root() {
@@ -175,7 +249,7 @@ fn unprivileged_the_sensor_says_it_is_unavailable_and_the_scan_carries_on() {
         .iter()
         .map(|w| w.as_str().unwrap().to_string())
         .collect();
-    for sensor in ["rounding", "exectrace"] {
+    for sensor in ["rounding", "exectrace", "connecttrace"] {
         let said: Vec<&String> = warnings
             .iter()
             .filter(|w| w.starts_with(&format!("{sensor}: unavailable")))

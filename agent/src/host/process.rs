@@ -30,6 +30,18 @@ pub struct ProcKey {
     pub start_time: u64,
 }
 
+impl ProcKey {
+    /// The key of the process `pid` that started `start_ns` nanoseconds
+    /// after boot (as the kernel's `start_boottime` counts, which eBPF
+    /// reads), in the clock ticks `/proc/PID/stat` gives.
+    pub fn from_boot_ns(pid: u32, start_ns: u64, ticks_per_second: u64) -> ProcKey {
+        ProcKey {
+            pid,
+            start_time: start_ns / (1_000_000_000 / ticks_per_second.clamp(1, 1_000_000_000)),
+        }
+    }
+}
+
 /// What does not change over a process's life, read once.
 #[derive(Debug, Clone, Default)]
 pub struct ProcStatic {

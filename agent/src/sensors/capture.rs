@@ -14,17 +14,19 @@
 //! attributed to the client socket's inode at once (sock_diag exact lookup,
 //! while the socket still exists: in the host's network namespace, else in
 //! whichever other namespace holds it, a pod's connection being seen on the
-//! host side of its veth) and queued; `observe` maps inodes to processes.
+//! host side of its veth) and queued; `observe` maps inodes to processes,
+//! and a flow whose socket is gone by then to the process that opened it
+//! (the connect-trace sensor's table; a ghost when that process has exited).
 //! Each other network namespace also gets a socket on its own loopback
 //! (pod-local traffic never reaches the host's interfaces), read only when
 //! epoll says it has packets. Without CAP_NET_RAW the sensor reports itself
 //! unavailable; without CAP_SYS_ADMIN (setns) it sees the host's namespace only.
 
-use super::{Observation, Sensor, SensorError, Snapshot};
+use super::{Observation, ProcKey, Sensor, SensorError, Snapshot};
 use crate::host::netns::Netns;
 use crate::host::sockets::{sock_diag_lookup, tcp_listening, InodeOwners};
 use crate::net::flows::{Direction, FlowEvent, FlowTable};
-use crate::net::shared::{FlowFinding, NetShared};
+use crate::net::shared::{ConnectOwner, FlowFinding, NetShared};
 use rigwatch_signatures::{EvidenceKind, Signatures};
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -400,6 +402,7 @@ pub struct CaptureSensor {
     sig: Arc<RwLock<Arc<Signatures>>>,
     shared: Arc<NetShared>,
     owners: InodeOwners,
+    proc_root: std::path::PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Why it cannot run, once known.
@@ -418,6 +421,7 @@ impl CaptureSensor {
             sig: sig.clone(),
             shared: shared.clone(),
             owners: InodeOwners::new(root),
+            proc_root: root.to_path_buf(),
             stop: stop.clone(),
             thread: None,
             unavailable: None,
@@ -597,6 +601,7 @@ impl Capturing {
                     tcp,
                     evidence: e,
                     inode,
+                    attributable,
                     tries: 0,
                 });
             }
@@ -656,6 +661,28 @@ fn capture_loop(
     }
 }
 
+/// The process that opened a connection and exited before the pass, as the
+/// kernel saw it at connect time (its exec event, when there was one, says
+/// more and is preferred by the detector).
+fn connect_ghost(key: ProcKey, o: &ConnectOwner) -> crate::host::process::Proc {
+    let mut p = crate::host::process::Proc::new(
+        key,
+        0,
+        Arc::new(crate::host::process::ProcStatic {
+            comm: o.comm.clone(),
+            uid: o.uid,
+            user: crate::host::process::user_name(o.uid),
+            problems: vec![format!(
+                "exited before it could be read: its connection was attributed at connect time (eBPF; network namespace {})",
+                o.netns
+            )],
+            ..Default::default()
+        }),
+    );
+    p.state = 'X';
+    p
+}
+
 /// A pool push whose direction was inferred (the handshake was not seen)
 /// names its receiver as the miner; a receiver on a listening port is the
 /// accepting side of the connection, so the push was sent to a listener:
@@ -691,18 +718,44 @@ impl Sensor for CaptureSensor {
         let inodes: HashSet<u64> = pending.iter().filter_map(|f| f.inode).collect();
         let owners = self.owners.resolve(&inodes, snap);
         for f in pending {
-            match f.inode.and_then(|i| owners.get(&i)) {
+            // the socket's holder now, else whoever opened the connection (the
+            // kernel said at connect time: the socket may be closed since)
+            let opened = f.attributable.then(|| self.shared.connect_owner(f.client, f.server)).flatten();
+            let by_connect = opened
+                .as_ref()
+                .map(|o| ProcKey::from_boot_ns(o.pid, o.start_ns, snap.ticks_per_second));
+            let owner = f
+                .inode
+                .and_then(|i| owners.get(&i).copied())
+                .or(by_connect.filter(|k| snap.procs.contains_key(k)));
+            match owner {
                 // DNS asked by a local resolver says nothing about the resolver itself
                 Some(k)
                     if !(matches!(f.evidence.detail, EvidenceKind::Dns { .. })
-                        && snap.procs.get(k).is_some_and(|p| self.resolvers.contains(p.comm.as_str()))) =>
+                        && snap.procs.get(&k).is_some_and(|p| self.resolvers.contains(p.comm.as_str()))) =>
                 {
-                    out.push(Observation::Evidence(*k, f.evidence))
+                    out.push(Observation::Evidence(k, f.evidence))
                 }
                 Some(_) => {}
-                // the owner may be newer than this pass's snapshot: try again next pass
-                None if f.inode.is_some() && f.tries < 1 => self.shared.push(FlowFinding { tries: f.tries + 1, ..f }),
-                None => out.push(Observation::Flow(f)),
+                // the owner may be newer than this pass's snapshot: try again
+                // next pass (the opener only while its pid exists: a scan has
+                // no next pass for a process that is gone)
+                None if f.tries < 1
+                    && match &opened {
+                        Some(o) => self.proc_root.join(o.pid.to_string()).exists(),
+                        None => f.inode.is_some(),
+                    } =>
+                {
+                    self.shared.push(FlowFinding { tries: f.tries + 1, ..f })
+                }
+                // the process that opened it has exited: judged as it was
+                None => match (opened, by_connect) {
+                    (Some(o), Some(k)) => {
+                        out.push(Observation::Hidden(connect_ghost(k, &o)));
+                        out.push(Observation::Evidence(k, f.evidence));
+                    }
+                    _ => out.push(Observation::Flow(f)),
+                },
             }
         }
         Ok(())

@@ -77,11 +77,7 @@ pub fn parse(rec: &[u8]) -> Option<Exec> {
 
 /// The process an execution was, for the detector, when it is gone.
 pub fn ghost(e: &Exec, ticks_per_second: u64, user: String) -> Proc {
-    let per_tick = 1_000_000_000 / ticks_per_second.max(1);
-    let key = ProcKey {
-        pid: e.pid,
-        start_time: e.start_ns / per_tick,
-    };
+    let key = ProcKey::from_boot_ns(e.pid, e.start_ns, ticks_per_second);
     let mut p = Proc::new(
         key,
         e.ppid,

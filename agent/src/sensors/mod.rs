@@ -12,6 +12,7 @@
 pub mod binary;
 pub mod capture;
 pub mod cgroupcpu;
+pub mod connecttrace;
 pub mod execevents;
 pub mod exectrace;
 pub mod gpu;
@@ -178,6 +179,8 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
     }
     if opts.capture {
         v.push(Box::new(capture::CaptureSensor::start(sig.clone(), proc_root, shared.clone())));
+        // who opened each connection, for the flows whose socket is gone by the pass
+        v.push(Box::new(connecttrace::ConnectTraceSensor::start(shared.clone())));
     }
     if opts.sockets {
         v.push(Box::new(sockets::SocketSensor::new(sig, proc_root, shared)));

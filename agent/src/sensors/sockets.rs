@@ -233,6 +233,7 @@ impl Sensor for SocketSensor {
                     tcp: s.tcp,
                     evidence: ev,
                     inode: Some(s.inode),
+                    attributable: false,
                     tries: u8::MAX,
                 }));
             }

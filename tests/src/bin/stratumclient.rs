@@ -22,6 +22,8 @@
 //!                 [--busy]   (spin one core while it runs, as a miner's
 //!                 hashing would; nothing is computed)
 //!                 [--delay SECONDS]   (wait before connecting)
+//!                 [--after SECONDS]   (stay, idle, after saying `done`:
+//!                 a process whose connection is over)
 //!   stratumclient --plain-http --connect IP:PORT [--socks5 DEST | ...]
 //!                 [--hold SECONDS]   (the benign control: one `GET /`,
 //!                 its answer read, then idle; no mining dialect)
@@ -231,6 +233,7 @@ fn main() {
     let dns = take_value(&mut args, "--dns").map(|d| parse_addr("--dns", &d));
     let dry_run = take_flag(&mut args, "--dry-run");
     let delay = seconds(take_value(&mut args, "--delay"), 0.0).min(MAX_HOLD);
+    let after = seconds(take_value(&mut args, "--after"), 0.0).min(MAX_HOLD);
     if take_flag(&mut args, "--busy") {
         // the CPU a miner uses, and nothing else: a spin with no result,
         // ended with the process
@@ -311,7 +314,10 @@ fn main() {
     std::thread::sleep(Duration::from_secs_f64(delay));
     let result = if plain_http { run_plain_http(&opts) } else { run(&opts) };
     match result {
-        Ok(()) => say("done"),
+        Ok(()) => {
+            say("done");
+            std::thread::sleep(Duration::from_secs_f64(after));
+        }
         Err(e) => {
             eprintln!("stratumclient: {e}");
             std::process::exit(1)
