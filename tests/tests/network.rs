@@ -441,6 +441,58 @@ fn pod_local_traffic_on_the_namespaces_own_loopback() {
     assert_eq!(s[0]["dialect"], "stratum-v1");
 }
 
+/// A pod's 50 ms pool session: by the pass its socket is closed (in the
+/// pod's namespace), so neither a lookup there nor the fd listing finds it;
+/// the kernel recorded the connecting process at connect time (eBPF,
+/// `inet_sock_set_state`), and the session lands on the miner's host pid.
+#[test]
+fn a_pods_50_ms_pool_session_lands_on_its_host_pid() {
+    let _one = one();
+    rigwatch();
+    if !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIP: the connect program is built for x86_64");
+        return;
+    }
+    let Some(v) = Veth::new(10) else { return };
+    let mut pc = Command::new(env!("CARGO_BIN_EXE_fakepool"));
+    pc.env("RIGWATCH_TEST_NETNS", "1").args([
+        "--dialect",
+        "cryptonote",
+        "--listen",
+        &format!("{}:0", v.host_ip),
+        "--max-seconds",
+        "60",
+    ]);
+    let p = start(pc);
+    let addr = p
+        .first
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("fakepool said {:?}", p.first))
+        .to_string();
+    let scan = scan_start("5");
+    let mut cc = v.exec();
+    cc.args(["unshare", "--pid", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_stratumclient")])
+        .args(["--dialect", "cryptonote", "--connect", &addr, "--hold", "0.05", "--after", "20"]);
+    let c = start(cc);
+    assert!(c.first.starts_with("ready"), "stratumclient said {:?}", c.first);
+    let host_pid = pid_in_netns(&v, "stratumclient");
+    let out = scan_end(scan);
+    let f = finding(&out, host_pid);
+    assert_eq!(f["severity"], "confirmed", "{f}");
+    let s = evidence(&f, "stratum");
+    assert!(
+        s.iter().any(|e| e["remote"] == addr.as_str() && e["dialect"] == "cryptonote"),
+        "the closed session is the pod process's evidence: {f}"
+    );
+    let flows = out["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| (f["pid"] == 0 || f["pid"].is_null()) && f.to_string().contains(&addr))
+        .count();
+    assert_eq!(flows, 0, "no pid-less flow for it: {out}");
+}
+
 /// The host pid of the process named `comm` in the test's network namespace.
 fn pid_in_netns(v: &Veth, comm: &str) -> u32 {
     use std::os::unix::fs::MetadataExt;
