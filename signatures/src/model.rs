@@ -270,6 +270,9 @@ pub enum EvidenceKind {
     /// sensor's list (a miner config's pools and wallets).
     Trimmed {
         note: String,
+    /// A change to the host's defences between two passes, as a mining
+    /// trojan makes them: `what` changed from `before` to `after`.
+    Footprint { what: String, before: String, after: String },
         /// The size before trimming (the finding's JSON, the file read).
         original_bytes: u64,
         /// Evidence items dropped (the weakest).
@@ -316,6 +319,7 @@ impl EvidenceKind {
     /// A one-line human summary.
     pub fn summary(&self) -> String {
         use EvidenceKind::*;
+            EvidenceKind::Footprint { .. } => "footprint",
         match self {
             ProcessName { name, field } => format!("miner name {name:?} in {field}"),
             CommandLine { matched, base64, .. } => {
@@ -375,6 +379,7 @@ impl EvidenceKind {
                 rate_per_second,
                 window_seconds,
                 modes,
+            Footprint { what, before, after } => format!("{what}: {before} → {after}"),
             } => format!(
                 "{algorithm} hashing: {switches} context switches over {window_seconds:.0}s ({rate_per_second:.1}/s) caught the rounding mode away from the default ({})",
                 modes.join(", ")
@@ -499,6 +504,9 @@ impl SubjectKind {
     /// The snake_case name used in JSON, metrics and tables.
     pub fn as_str(self) -> &'static str {
         match self {
+    /// What a mining trojan does to the host besides mining: the firewall
+    /// flushed, a security agent stopped, SELinux or AppArmor turned off.
+    Footprint,
             SubjectKind::Persistence => "persistence",
             SubjectKind::Preload => "preload",
             SubjectKind::KernelModule => "kernel_module",
@@ -509,6 +517,7 @@ impl SubjectKind {
 
 /// The subject of a host finding: a file, a module or a cgroup.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+            SubjectKind::Footprint => "footprint",
 pub struct HostSubject {
     /// What kind of thing it is.
     pub kind: SubjectKind,

@@ -58,6 +58,7 @@ impl Config {
                 persistence: on.persistence,
                 host_root: s.host_root.clone(),
                 cgroup_cpu: on.cgroup_cpu,
+                footprint: on.footprint,
                 rounding: on.rounding && !once,
                 exectrace: on.exec_events && !once,
                 rounding_sampling: if on.rounding_sample_seconds <= 0.0 || on.rounding_sample_seconds >= ROUNDING_PERIOD_SECONDS {
@@ -153,6 +154,11 @@ pub struct SensorsConfig {
     /// Each cgroup's CPU (cgroup v2) against its listed processes': CPU of
     /// short-lived or hidden processes.
     pub cgroup_cpu: bool,
+    /// What a mining trojan does to the host besides mining, as a change
+    /// between passes: the firewall of the agent's network namespace
+    /// flushed or opened, a security or monitoring agent's unit removed,
+    /// masked or stopped, SELinux permissive, AppArmor's profiles unloaded.
+    pub footprint: bool,
     /// The floating-point rounding mode a process leaves behind at each
     /// context switch, through eBPF: RandomX hashing whatever the miner is
     /// called (x86_64; needs CAP_BPF and CAP_PERFMON, or root).
@@ -180,6 +186,7 @@ impl SensorsConfig {
             hidden: false,
             persistence: false,
             cgroup_cpu: false,
+            footprint: false,
             rounding: false,
             rounding_sample_seconds: DEFAULT_ROUNDING_SAMPLE_SECONDS,
             budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),
@@ -199,6 +206,7 @@ impl Default for SensorsConfig {
             hidden: true,
             persistence: true,
             cgroup_cpu: true,
+            footprint: true,
             rounding: true,
             rounding_sample_seconds: DEFAULT_ROUNDING_SAMPLE_SECONDS,
             budget_seconds: crate::engine::DEFAULT_SENSOR_BUDGET.as_secs_f64(),

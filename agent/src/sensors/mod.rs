@@ -15,6 +15,7 @@ pub mod cgroupcpu;
 pub mod connecttrace;
 pub mod execevents;
 pub mod exectrace;
+pub mod footprint;
 pub mod gpu;
 pub mod hidden;
 pub mod minerconfig;
@@ -119,6 +120,9 @@ pub struct SensorOptions {
     pub persistence: bool,
     /// Compare each cgroup's CPU (cgroup v2 cpu.stat) with its listed processes'.
     pub cgroup_cpu: bool,
+    /// Report what a mining trojan does to the host between passes: the
+    /// firewall flushed, security agents stopped, SELinux/AppArmor off.
+    pub footprint: bool,
     /// The floating-point rounding mode of hashing, through eBPF (x86_64;
     /// needs CAP_BPF and CAP_PERFMON, or root).
     pub rounding: bool,
@@ -149,6 +153,7 @@ impl Default for SensorOptions {
             host_root: "/".into(),
             persistence: true,
             cgroup_cpu: true,
+            footprint: true,
             rounding: true,
             rounding_sampling: rounding::Sampling::Always,
             exectrace: true,
@@ -176,6 +181,9 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
     }
     if opts.persistence {
         v.push(Box::new(persistence::PersistenceSensor::new(sig.clone(), opts.host_root.clone())));
+    }
+    if opts.footprint {
+        v.push(Box::new(footprint::FootprintSensor::new(opts.host_root.clone())));
     }
     if opts.capture {
         v.push(Box::new(capture::CaptureSensor::start(sig.clone(), proc_root, shared.clone())));
