@@ -67,6 +67,9 @@ impl Default for DetectorConfig {
     }
 }
 
+/// The ids of the rules a collector teaches the fleet (`fleet.<indicator>`).
+pub const FLEET_RULE_PREFIX: &str = "fleet.";
+
 /// The detector.
 pub struct Detector {
     sig: Arc<Signatures>,
@@ -218,6 +221,7 @@ impl Detector {
                 continue;
             }
             let mut info = process_info(p);
+            info.sha256 = hashes.get(key).map(|h| h.iter().map(|b| format!("{b:02x}")).collect());
             if let Some(pod) = info.pod_uid.as_deref().and_then(|u| self.pods.lookup(u)) {
                 info.namespace = Some(pod.namespace);
                 info.pod = Some(pod.name);
@@ -261,11 +265,22 @@ impl Detector {
         }
         // no finding leaves the agent larger than this, whatever the miner put in its files and names
         for f in &mut findings {
+            self.name_teachers(&mut f.evidence);
             f.bound(rigwatch_signatures::model::MAX_FINDING_BYTES);
         }
         findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.process.pid.cmp(&b.process.pid)));
         self.remember(cur);
         findings
+    }
+
+    /// Evidence from a fleet rule says which finding on which host taught
+    /// it (the rule's description, as the collector wrote it).
+    fn name_teachers(&self, ev: &mut [Evidence]) {
+        for e in ev.iter_mut() {
+            if let Some(r) = e.rule.as_deref().filter(|r| r.starts_with(FLEET_RULE_PREFIX)) {
+                e.taught_by = self.sig.rule(r).map(|r| r.description.clone());
+            }
+        }
     }
 
     /// Findings from observations made elsewhere (flows read from a capture
@@ -409,6 +424,7 @@ impl Detector {
                 out.push(Evidence {
                     detail,
                     rule: e.rule,
+                    taught_by: e.taught_by,
                     weight: e.weight.min(Weight::Likely),
                 });
             }
@@ -464,6 +480,7 @@ pub fn process_info(p: &Proc) -> ProcessInfo {
         namespace: None,
         pod: None,
         systemd_unit,
+        sha256: None,
     }
 }
 

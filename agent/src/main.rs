@@ -474,6 +474,7 @@ fn run_daemon(a: RunArgs) -> anyhow::Result<ExitCode> {
             "--collector needs --token-file, --token, --enrol-token-file (or RIGWATCH_TOKEN, or collector.token or collector.enrol_token_file in the config)"
         );
     }
+    daemon::fleet::public_key(&cfg.collector)?;
     // before anything (a report, an enrolment) is sent to the collector
     if cfg.collector.transport()? == daemon::config::Transport::InsecureHttp {
         tracing::warn!(

@@ -196,6 +196,11 @@ impl Signatures {
         &self.rules
     }
 
+    /// The enabled rule `id`.
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+
     fn ev(&self, i: usize, detail: EvidenceKind) -> Evidence {
         let r = &self.rules[i];
         Evidence::from_rule(detail, &r.id, r.severity)

@@ -15,7 +15,7 @@ pub mod report;
 pub mod rules;
 
 pub use compiled::{ContentScanner, Signatures};
-pub use load::{load, Loaded};
+pub use load::{load, load_with, Loaded};
 pub use model::{
     finding_id, score, score_host, Evidence, EvidenceKind, Finding, FlowInfo, HostSubject, Origin, ProcessInfo, Severity, SubjectKind,
     Weight,

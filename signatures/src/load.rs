@@ -48,18 +48,25 @@ pub struct Loaded {
     pub errors: Vec<RuleError>,
 }
 
-/// Parses one bundled file by name (lists resolved inside the bundle).
-fn parse_bundled(name: &str, text: &str) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
+/// Parses the in-memory file `name` of a set of files (the bundled set, a
+/// fleet set), shown as `shown`; its lists are resolved among the set's
+/// other files, never on disk.
+fn parse_among<N: AsRef<str>>(shown: &str, name: &str, text: &str, files: &[(N, String)], set: &str) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
     let dir = Path::new(name).parent().unwrap_or(Path::new("")).to_path_buf();
     let read = move |l: &str| -> Result<String, String> {
         let want = dir.join(l);
-        bundled()
+        files
             .iter()
-            .find(|(n, _)| Path::new(n) == want)
+            .find(|(n, _)| Path::new(n.as_ref()) == want)
             .map(|(_, t)| t.clone())
-            .ok_or_else(|| "not in the bundled set".to_string())
+            .ok_or_else(|| format!("not in the {set}"))
     };
-    parse_file(&format!("bundled:{name}"), text, &read)
+    parse_file(shown, text, &read)
+}
+
+/// Parses one bundled file by name (lists resolved inside the bundle).
+fn parse_bundled(name: &str, text: &str) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
+    parse_among(&format!("bundled:{name}"), name, text, bundled(), "bundled set")
 }
 
 /// Parses one rule file on disk (lists relative to it).
@@ -161,6 +168,14 @@ pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Loads the bundled set plus `dirs` (a missing directory is an error only
 /// when `missing_ok` is false). Files with errors are skipped and reported.
 pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
+    load_with(dirs, missing_ok, &[])
+}
+
+/// [`load`], then the rule files of a set held in memory (the fleet set a
+/// collector publishes: `(name, text)`, shown as `fleet:NAME`, lists among
+/// its own files); they come last, so a rule of theirs replaces a bundled
+/// or local rule of the same id.
+pub fn load_with(dirs: &[PathBuf], missing_ok: bool, fleet: &[(String, String)]) -> Loaded {
     let mut errors = Vec::new();
     let mut sources = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
@@ -203,6 +218,10 @@ pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
                 message: format!("cannot read directory: {e}"),
             }),
         }
+    }
+    for (name, text) in fleet.iter().filter(|(n, _)| n.ends_with(".toml")) {
+        let parsed = parse_among(&format!("fleet:{name}"), name, text, fleet, "fleet set");
+        add(format!("fleet:{name}"), parsed, &mut errors);
     }
     let signatures = match Signatures::compile(rules) {
         Ok(s) => s,

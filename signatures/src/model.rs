@@ -99,6 +99,10 @@ pub struct Evidence {
     /// The signature rule that matched, for rule-based evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// For a rule of the fleet set (`fleet.…`), what taught it: `fleet:
+    /// taught by HOST/FINDING` (a confirmed finding on another host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taught_by: Option<String>,
     /// What this evidence contributes to the severity.
     pub weight: Weight,
 }
@@ -109,6 +113,7 @@ impl Evidence {
         Evidence {
             detail,
             rule: Some(rule.to_string()),
+            taught_by: None,
             weight,
         }
     }
@@ -117,6 +122,7 @@ impl Evidence {
         Evidence {
             detail,
             rule: None,
+            taught_by: None,
             weight,
         }
     }
@@ -558,6 +564,10 @@ pub struct ProcessInfo {
     pub pod: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
+    /// The SHA-256 of its executable (hex), when the binary sensor read it:
+    /// what a collector teaches the fleet when the finding is confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A miner (or a suspect) on a host, with every piece of evidence.

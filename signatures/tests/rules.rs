@@ -354,3 +354,37 @@ fn node_port_rules_match_local_ports_and_bad_ports_name_their_line() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_fleet_set_in_memory_loads_last_with_its_own_lists_and_names_its_errors() {
+    use rigwatch_signatures::load::load_with;
+    let sha = "ab".repeat(32);
+    let fleet = vec![
+        (
+            "fleet/indicators.toml".to_string(),
+            format!(
+                "[[rule]]\nid = \"fleet.0123456789abcdef\"\nkind = \"binary_hash\"\nseverity = \"confirmed\"\ndescription = \"fleet: taught by node-a/33b6b6bfe3b640d5\"\nsha256 = [\"{sha}\"]\nexamples = {{ hit = [\"{sha}\"] }}\n"
+            ),
+        ),
+        (
+            "published/ops/pools.toml".to_string(),
+            "[[rule]]\nid = \"ops.pools\"\nkind = \"pool_domain\"\nseverity = \"likely\"\ndescription = \"our pool list\"\ndomains = []\nlists = [\"lists/pools.txt\"]\nexamples = { hit = [\"pool.ops-example.net\"] }\n".to_string(),
+        ),
+        ("published/ops/lists/pools.txt".to_string(), "pool.ops-example.net\n".to_string()),
+        // a list outside the set is never read from disk
+        (
+            "published/escape.toml".to_string(),
+            "[[rule]]\nid = \"ops.escape\"\nkind = \"pool_domain\"\nseverity = \"likely\"\ndescription = \"x\"\ndomains = []\nlists = [\"../../etc/hostname\"]\n".to_string(),
+        ),
+    ];
+    let l = load_with(&[], true, &fleet);
+    let r = l.signatures.rule("fleet.0123456789abcdef").unwrap_or_else(|| panic!("the fleet rule loaded: {:?}", l.errors));
+    assert_eq!(r.description, "fleet: taught by node-a/33b6b6bfe3b640d5");
+    assert_eq!(l.signatures.binary_hash(&[0xab; 32]).map(|r| r.severity), Some(Weight::Confirmed));
+    assert!(l.signatures.rule("ops.pools").is_some(), "a published file's list is read from the set");
+    assert!(l.sources.iter().any(|s| s.file == "fleet:published/ops/pools.toml"));
+    assert!(!l.errors.is_empty() && l.errors.iter().all(|e| e.path == "fleet:published/escape.toml"), "{:?}", l.errors);
+    assert!(l.errors.iter().any(|e| e.line == 2 && e.message.contains("not in the fleet set")), "{:?}", l.errors);
+    // without the set, nothing of it
+    assert!(load(&[], true).signatures.rule("fleet.0123456789abcdef").is_none());
+}

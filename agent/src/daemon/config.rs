@@ -281,6 +281,17 @@ pub struct CollectorConfig {
     pub heartbeat_seconds: f64,
     /// Most events in one batch.
     pub batch_size: usize,
+    /// Fetch the collector's fleet signature set (indicators its confirmed
+    /// findings taught, and the signature files an operator published) and
+    /// load it beside the local signatures, hot.
+    pub fleet: bool,
+    /// Seconds between fetches of the fleet set (a conditional GET: an
+    /// unchanged set costs one 304).
+    pub fleet_poll_seconds: f64,
+    /// The collector's fleet-signing public key (`rigwatch-collector fleet
+    /// key`, base64). Set: a fleet set that is unsigned or wrongly signed is
+    /// refused. Empty: the set is trusted as the TLS connection is.
+    pub fleet_public_key: String,
 }
 
 impl Default for CollectorConfig {
@@ -295,6 +306,9 @@ impl Default for CollectorConfig {
             spool_max_bytes: 256 * 1024 * 1024,
             heartbeat_seconds: 30.0,
             batch_size: 500,
+            fleet: true,
+            fleet_poll_seconds: 10.0,
+            fleet_public_key: String::new(),
         }
     }
 }

@@ -310,3 +310,51 @@ pub fn init_logging() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RIGWATCH_LOG").unwrap_or_else(|_| "info".into()))
         .try_init();
 }
+
+/// A fleet signature set from the collector was taken (it loads with the
+/// next reload).
+pub struct FleetSetReceived<'a> {
+    /// The collector's URL.
+    pub url: &'a str,
+    /// Its version.
+    pub version: u64,
+    /// Its files.
+    pub files: usize,
+    /// Whether its signature was checked against `fleet_public_key`.
+    pub verified: bool,
+}
+
+impl InternalEvent for FleetSetReceived<'_> {
+    fn emit(self, m: &Metrics) {
+        m.fleet_fetches.with_label_values(&["updated"]).inc();
+        info!(
+            event = "fleet_set_received",
+            url = self.url,
+            version = self.version,
+            files = self.files,
+            verified = self.verified
+        );
+    }
+}
+
+/// A fleet signature set was refused (unsigned, wrongly signed, older than
+/// the one held, malformed) or could not be fetched; the set in force stays.
+pub struct FleetSetRefused<'a> {
+    /// The collector's URL.
+    pub url: &'a str,
+    /// Why.
+    pub why: &'a str,
+    /// `refused` (the set) or `error` (the fetch).
+    pub outcome: &'static str,
+    /// Write the log line (once per reason in a row).
+    pub log: bool,
+}
+
+impl InternalEvent for FleetSetRefused<'_> {
+    fn emit(self, m: &Metrics) {
+        m.fleet_fetches.with_label_values(&[self.outcome]).inc();
+        if self.log {
+            warn!(event = "fleet_set_refused", url = self.url, outcome = self.outcome, why = self.why, "the fleet signature set in force stays");
+        }
+    }
+}

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub shipper_failures: IntCounter,
     /// rigwatch_shipper_auth_refused_total
     pub shipper_auth_refused: IntCounter,
+    /// rigwatch_fleet_set_version
+    pub fleet_version: IntGauge,
+    /// rigwatch_fleet_fetches_total{outcome}
+    pub fleet_fetches: IntCounterVec,
     /// rigwatch_shipper_rate_limited_total
     pub shipper_rate_limited: IntCounter,
     /// rigwatch_pass_duration_seconds
@@ -171,6 +175,16 @@ impl Metrics {
             shipper_failures: reg!(
                 IntCounter::new("rigwatch_shipper_delivery_failures_total", "Failed deliveries to the collector.").unwrap()
             ),
+            fleet_version: reg!(IntGauge::new(
+                "rigwatch_fleet_set_version",
+                "The version of the collector's fleet signature set in force (0: none yet)."
+            )
+            .unwrap()),
+            fleet_fetches: reg!(icv(
+                "rigwatch_fleet_fetches_total",
+                "Fetches of the collector's fleet signature set, by outcome (updated, not_modified, refused, error).",
+                &["outcome"]
+            )),
             shipper_auth_refused: reg!(IntCounter::new(
                 "rigwatch_shipper_auth_refused_total",
                 "Deliveries and enrolments the collector refused for the token (401, 403); the events stay in the spool."

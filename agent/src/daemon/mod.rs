@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod response;
 pub mod sdnotify;
@@ -38,7 +39,10 @@ const NETWORK_POLL: Duration = Duration::from_millis(500);
 
 enum Msg {
     Exec(u32),
+    /// A signature directory changed.
     Reload,
+    /// A new fleet set from the collector (in `Shared::fleet`).
+    Fleet,
 }
 
 /// State the detection thread shares with the HTTP server and the shipper.
@@ -51,14 +55,18 @@ pub struct Shared {
     pub sensors: Mutex<Vec<SensorStatus>>,
     /// The signature set version in force.
     pub signatures_version: Mutex<String>,
+    /// The token the shipper uses, once it has one (enrolment may take a while).
+    pub collector_token: Mutex<Option<String>>,
+    /// The fleet signature set last taken from the collector.
+    pub fleet: Mutex<fleet::FleetSet>,
     /// Wakes the shipper.
     pub wake: tokio::sync::Notify,
 }
 
-/// Loads signatures from the bundled set and `dirs`. Strict: any error and
-/// the caller keeps what it had.
-fn load(dirs: &[PathBuf]) -> (Arc<Signatures>, Vec<String>) {
-    let l = rigwatch_signatures::load(dirs, true);
+/// Loads signatures from the bundled set, `dirs` and the fleet set. Strict:
+/// any error and the caller keeps what it had.
+fn load(dirs: &[PathBuf], fleet: &fleet::FleetSet) -> (Arc<Signatures>, Vec<String>) {
+    let l = rigwatch_signatures::load_with(dirs, true, &fleet.files);
     (Arc::new(l.signatures), l.errors.iter().map(|e| e.to_string()).collect())
 }
 
@@ -70,7 +78,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
     }
     let host = host_name();
-    let (mut sig, errors) = load(&cfg.signatures.dirs);
+    let (mut sig, errors) = load(&cfg.signatures.dirs, &Default::default());
     let spool = if cfg.collector.url.is_empty() || once {
         None
     } else {
@@ -84,6 +92,8 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         spool,
         sensors: Mutex::new(Vec::new()),
         signatures_version: Mutex::new(sig.version.clone()),
+        collector_token: Mutex::new(None),
+        fleet: Mutex::new(fleet::FleetSet::default()),
         wake: tokio::sync::Notify::new(),
     });
     let m = &shared.metrics;
@@ -138,6 +148,9 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         rt.spawn(serve(listener, s2, stale_after));
         if shared.spool.is_some() {
             rt.spawn(shipper::run(cfg.collector.clone(), shared.clone(), host.clone()));
+            if cfg.collector.fleet {
+                rt.spawn(fleet::run(cfg.collector.clone(), shared.clone(), tx.clone()));
+            }
         }
         Some(rt)
     };
@@ -189,10 +202,16 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                 exec_due = exec_due.or(Some(Instant::now() + EXEC_SETTLE));
                 continue;
             }
-            Ok(Msg::Reload) => {
-                std::thread::sleep(Duration::from_millis(300)); // let the editor finish writing
+            Ok(msg @ (Msg::Reload | Msg::Fleet)) => {
+                if matches!(msg, Msg::Reload) {
+                    std::thread::sleep(Duration::from_millis(300)); // let the editor finish writing
+                }
                 while rx.try_recv().is_ok() {}
-                let (new, errors) = load(&cfg.signatures.dirs);
+                let fleet_set = shared.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (new, errors) = load(&cfg.signatures.dirs, &fleet_set);
+                if errors.is_empty() {
+                    m.fleet_version.set(fleet_set.version as i64);
+                }
                 if errors.is_empty() && new.version == sig.version {
                     continue;
                 }

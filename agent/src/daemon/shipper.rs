@@ -34,7 +34,8 @@ use rigwatch_signatures::report::{AgentInfo, Event, EventKind, Report, REPORT_VE
 use std::sync::Arc;
 use std::time::Duration;
 
-fn client(cfg: &CollectorConfig) -> anyhow::Result<reqwest::Client> {
+/// The HTTP client for the collector (its CA, no redirects).
+pub(super) fn client(cfg: &CollectorConfig) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         // a redirect is not followed: it could carry the token (and the
@@ -408,6 +409,7 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
         .emit(&shared.metrics);
         return;
     };
+    *shared.collector_token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
     let mut backoff = Duration::from_secs(1);
     let mut auth_backoff = Duration::from_secs(5);
     let mut auth_refused = false;

@@ -79,6 +79,7 @@ pub fn evidence_of(sig: &Signatures, shared: Option<&NetShared>, ev: &FlowEvent)
             let e = Evidence {
                 detail,
                 rule: rule.map(|r| r.id.clone()),
+                taught_by: None,
                 weight: Weight::Confirmed,
             };
             out.push((*client, *server, true, e));

@@ -130,7 +130,6 @@ impl Sensor for BinarySensor {
             self.by_proc.retain(|k, _| snap.procs.contains_key(k));
             self.by_mem.retain(|k, _| snap.procs.contains_key(k));
         }
-        let want_hash = self.sig.has_hash_allowlist();
         let pass_start = self.bytes_read;
         for (key, p) in &snap.procs {
             if p.kernel_thread {
@@ -161,9 +160,9 @@ impl Sensor for BinarySensor {
             if v.packed {
                 self.memory_fallback(*key, p, out);
             }
-            if want_hash {
-                out.push(Observation::BinarySha256(*key, v.sha256));
-            }
+            // every process's hash: the allowlist matches on it, and a
+            // finding carries it (what a collector teaches the fleet)
+            out.push(Observation::BinarySha256(*key, v.sha256));
             out.extend(v.evidence.iter().map(|e| Observation::Evidence(*key, e.clone())));
         }
         Ok(())

@@ -126,6 +126,7 @@ impl SocketSensor {
                     domain: Some(domain),
                 },
                 rule,
+                taught_by: None,
                 weight: Weight::Likely,
             });
         }
