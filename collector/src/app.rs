@@ -104,6 +104,21 @@ pub struct App {
     pub report_limiter: RateLimiter,
     /// Failed logins per client address.
     pub login_limiter: RateLimiter,
+    /// The fleet signing key (loaded on first use; [`App::fleet_key`]).
+    fleet_key: std::sync::OnceLock<Arc<crate::fleet::SigningKey>>,
+    /// The signed fleet set as last served, and when its version was last checked.
+    pub fleet_cache: Mutex<Option<FleetCache>>,
+}
+
+/// The signed fleet set as served, rebuilt only when its version changes.
+#[derive(Clone)]
+pub struct FleetCache {
+    /// Its version.
+    pub version: u64,
+    /// The JSON body.
+    pub body: axum::body::Bytes,
+    /// When the database's version was last read.
+    pub checked: Instant,
 }
 
 impl App {
@@ -120,7 +135,18 @@ impl App {
             alert_wakeup: tokio::sync::Notify::new(),
             report_limiter,
             login_limiter,
+            fleet_key: std::sync::OnceLock::new(),
+            fleet_cache: Mutex::new(None),
         })
+    }
+
+    /// The fleet signing key from the data directory, made on first use.
+    pub fn fleet_key(&self) -> anyhow::Result<Arc<crate::fleet::SigningKey>> {
+        if let Some(k) = self.fleet_key.get() {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(crate::fleet::SigningKey::load_or_create(&self.settings.data_dir)?);
+        Ok(self.fleet_key.get_or_init(|| k).clone())
     }
 
     /// Starts a session for an analyst who logged in with `token`; returns

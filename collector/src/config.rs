@@ -34,6 +34,8 @@ pub const DEFAULT_DATA_DIR: &str = "./rigwatch-data";
 /// max_connections = 1024
 /// max_requests_in_flight = 256
 /// max_hosts_per_enrolment_token = 10000  # valid host tokens one enrolment token may make
+/// fleet_indicator_ttl_days = 30  # a fleet indicator not seen again for this long expires
+/// fleet_new_indicators_per_host_per_hour = 20  # more are refused (and counted)
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +84,10 @@ pub struct FileConfig {
     pub max_requests_in_flight: Option<usize>,
     /// Valid agent tokens one enrolment token may have made (hosts enrolled).
     pub max_hosts_per_enrolment_token: Option<u64>,
+    /// Days a fleet indicator lives without being seen again in a confirmed finding.
+    pub fleet_indicator_ttl_days: Option<u64>,
+    /// New fleet indicators one host may teach per hour.
+    pub fleet_new_indicators_per_host_per_hour: Option<u64>,
 }
 
 impl FileConfig {
@@ -230,6 +236,15 @@ impl Settings {
             .or(file.max_hosts_per_enrolment_token)
             .unwrap_or(s.max_hosts_per_enrolment_token)
             .max(1);
+        if let Some(v) = flags.fleet_indicator_ttl_days.or(file.fleet_indicator_ttl_days) {
+            s.ingest.fleet.ttl_days = v.clamp(1, 3650);
+        }
+        if let Some(v) = flags
+            .fleet_new_indicators_per_host_per_hour
+            .or(file.fleet_new_indicators_per_host_per_hour)
+        {
+            s.ingest.fleet.per_host_per_hour = v;
+        }
         let scheme = if s.tls.is_some() { "https" } else { "http" };
         s.external_url = pick(flags.external_url, file.external_url)
             .unwrap_or_else(|| format!("{scheme}://{}", s.listen))

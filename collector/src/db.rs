@@ -204,6 +204,37 @@ CREATE TABLE IF NOT EXISTS finding_keys (
     PRIMARY KEY (host, finding_id, kind, value)
 );
 CREATE INDEX IF NOT EXISTS finding_keys_value ON finding_keys (kind, value);
+CREATE TABLE IF NOT EXISTS fleet_indicators (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    coin TEXT NOT NULL,
+    taught_host TEXT NOT NULL,
+    taught_finding TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    hits BIGINT NOT NULL DEFAULT 0,
+    revoked_at BIGINT NOT NULL DEFAULT 0,
+    revoked_by TEXT NOT NULL DEFAULT '',
+    expired_at BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS fleet_indicators_teacher ON fleet_indicators (taught_host, first_seen);
+CREATE TABLE IF NOT EXISTS fleet_hits (
+    indicator TEXT NOT NULL,
+    host TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (indicator, host, finding_id)
+);
+CREATE TABLE IF NOT EXISTS fleet_files (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet_meta (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO fleet_meta (name, value) VALUES ('version', 1) ON CONFLICT DO NOTHING;
 "#;
 
 /// Columns added after the first release: `(table, column, definition)`,

@@ -13,6 +13,7 @@ pub mod alert;
 pub mod app;
 pub mod config;
 pub mod db;
+pub mod fleet;
 pub mod format;
 pub mod keys;
 pub mod metrics;

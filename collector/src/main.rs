@@ -73,6 +73,43 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// The fleet signature set's signing key.
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
+    },
+    /// Publish rule files to every agent with the fleet signature set.
+    Signatures {
+        #[command(subcommand)]
+        cmd: SignaturesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Print the base64 ed25519 public key agents verify the fleet set
+    /// with (their `fleet_public_key`); the key is made on first use.
+    Key {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum SignaturesCmd {
+    /// Validate DIR's *.toml rule files (and the lists they name) and make
+    /// them the published set, replacing the previous one. Any bad file:
+    /// FILE:LINE errors, nothing published, exit 2.
+    Publish {
+        /// The directory of rule files.
+        #[arg(required_unless_present = "clear")]
+        dir: Option<PathBuf>,
+        /// Remove the published files instead.
+        #[arg(long, conflicts_with = "dir")]
+        clear: bool,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,6 +239,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if s.tls.is_some() { " (https)" } else { "" }
             );
             rigwatch_collector::serve(App::new(store, s)).await
+        }
+        Cmd::Fleet {
+            cmd: FleetCmd::Key { common },
+        } => {
+            let s = settings(&common, FileConfig::default())?;
+            let key = rigwatch_collector::fleet::SigningKey::load_or_create(&s.data_dir)?;
+            println!("{}", key.public_base64());
+            Ok(())
+        }
+        Cmd::Signatures {
+            cmd: SignaturesCmd::Publish { dir, clear, common },
+        } => {
+            let s = settings(&common, FileConfig::default())?;
+            let files = match (dir, clear) {
+                (_, true) => Vec::new(),
+                (Some(dir), false) => match rigwatch_collector::fleet::read_publish_dir(&dir) {
+                    Ok(f) => f,
+                    Err(errors) => {
+                        for e in &errors {
+                            eprintln!("{e}");
+                        }
+                        anyhow::bail!("{} error(s); nothing was published", errors.len())
+                    }
+                },
+                (None, false) => anyhow::bail!("name a directory, or --clear"),
+            };
+            let store = open(&s)?;
+            let n = files.len();
+            let version = store.fleet_publish(files).await?;
+            if n == 0 {
+                println!("cleared the published files; fleet set version {version}");
+            } else {
+                println!("published {n} files; fleet set version {version}");
+            }
+            Ok(())
         }
         Cmd::Token { cmd } => match cmd {
             TokenCmd::Create {

@@ -35,6 +35,18 @@ pub struct Metrics {
     /// tokens rotated), conflict (409), limit, rejected_auth, rejected_rate,
     /// rejected_invalid, error.
     pub enrolments: IntCounterVec,
+    /// Fleet indicators by kind and state (live, revoked, expired).
+    pub fleet_indicators: IntGaugeVec,
+    /// The fleet signature set's version.
+    pub fleet_version: IntGauge,
+    /// The set version each agent last said it holds, by host.
+    pub agent_fleet_version: IntGaugeVec,
+    /// Findings that matched a fleet indicator, by indicator id.
+    pub fleet_indicator_hits: IntCounterVec,
+    /// Fetches of the fleet set, by status (200, 304).
+    pub fleet_fetches: IntCounterVec,
+    /// Indicators (or findings) refused by learning, by reason.
+    pub fleet_learning_refused: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -102,8 +114,55 @@ impl Metrics {
             &["outcome"],
         )
         .expect("metric");
+        let fleet_indicators = IntGaugeVec::new(
+            Opts::new(
+                "rigwatch_collector_fleet_indicators",
+                "Fleet indicators, by kind and state (live, revoked, expired).",
+            ),
+            &["kind", "state"],
+        )
+        .expect("metric");
+        let fleet_version = IntGauge::new("rigwatch_collector_fleet_version", "The version of the fleet signature set.").expect("metric");
+        let agent_fleet_version = IntGaugeVec::new(
+            Opts::new(
+                "rigwatch_collector_agent_fleet_version",
+                "The fleet signature set version each agent said it holds at its last fetch.",
+            ),
+            &["host"],
+        )
+        .expect("metric");
+        let fleet_indicator_hits = IntCounterVec::new(
+            Opts::new(
+                "rigwatch_collector_fleet_indicator_hits_total",
+                "Findings reported by agents that matched a fleet indicator (once per finding).",
+            ),
+            &["indicator"],
+        )
+        .expect("metric");
+        let fleet_fetches = IntCounterVec::new(
+            Opts::new(
+                "rigwatch_collector_fleet_fetches_total",
+                "Fetches of the fleet signature set, by status.",
+            ),
+            &["status"],
+        )
+        .expect("metric");
+        let fleet_learning_refused = IntCounterVec::new(
+            Opts::new(
+                "rigwatch_collector_fleet_learning_refused_total",
+                "Findings or indicators that taught the fleet nothing, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
         for c in [
             Box::new(enrolments.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet_indicators.clone()),
+            Box::new(fleet_version.clone()),
+            Box::new(agent_fleet_version.clone()),
+            Box::new(fleet_indicator_hits.clone()),
+            Box::new(fleet_fetches.clone()),
+            Box::new(fleet_learning_refused.clone()),
             Box::new(reports.clone()),
             Box::new(findings_refused.clone()),
             Box::new(findings_trimmed.clone()),
@@ -144,6 +203,17 @@ impl Metrics {
         for s in ["confirmed", "likely", "suspicious"] {
             findings_active.with_label_values(&[s]);
         }
+        for s in ["200", "304"] {
+            fleet_fetches.with_label_values(&[s]);
+        }
+        for r in crate::fleet::Refusal::ALL {
+            fleet_learning_refused.with_label_values(&[r.as_str()]);
+        }
+        for k in crate::fleet::KINDS {
+            for s in ["live", "revoked", "expired"] {
+                fleet_indicators.with_label_values(&[k, s]);
+            }
+        }
         Metrics {
             registry,
             reports,
@@ -158,6 +228,12 @@ impl Metrics {
             findings_active,
             campaigns,
             enrolments,
+            fleet_indicators,
+            fleet_version,
+            agent_fleet_version,
+            fleet_indicator_hits,
+            fleet_fetches,
+            fleet_learning_refused,
         }
     }
 

@@ -42,6 +42,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/findings/{host}/{id}", get(api_finding))
         .route("/api/v1/hosts", get(api_hosts))
         .route("/api/v1/campaigns", get(api_campaigns))
+        .route("/api/v1/fleet/signatures", get(fleet_signatures))
+        .route("/api/v1/fleet/indicators", get(api_fleet_indicators))
+        .route("/api/v1/fleet/indicators/{id}/revoke", post(api_fleet_revoke))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(crate::web::routes())
@@ -159,6 +162,12 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             m.findings_refused.inc_by(out.refused_findings);
             m.findings_trimmed.inc_by(trimmed);
             m.ingest_seconds.observe(started.elapsed().as_secs_f64());
+            for (reason, n) in &out.fleet_refused {
+                m.fleet_learning_refused.with_label_values(&[reason]).inc_by(*n);
+            }
+            for id in &out.fleet_hits {
+                m.fleet_indicator_hits.with_label_values(&[id]).inc();
+            }
             if out.findings_changed {
                 app.alert_wakeup.notify_one();
             }
@@ -466,11 +475,161 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(c) = app.store.campaigns().await {
         app.metrics.campaigns.set(c.len() as i64);
     }
+    if let Ok(counts) = app.store.fleet_counts().await {
+        for k in crate::fleet::KINDS {
+            for s in ["live", "revoked", "expired"] {
+                let n = counts.iter().find(|(k2, s2, _)| k2 == k && s2 == s).map(|c| c.2).unwrap_or(0);
+                app.metrics.fleet_indicators.with_label_values(&[k, s]).set(n as i64);
+            }
+        }
+    }
+    if let Ok(v) = app.store.fleet_version().await {
+        app.metrics.fleet_version.set(v as i64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         app.metrics.render(),
     )
         .into_response()
+}
+
+/// Expires fleet indicators not seen for their TTL, once a minute.
+async fn fleet_expiry(app: Arc<App>) {
+    loop {
+        match app.store.fleet_expire(now(), app.settings.ingest.fleet).await {
+            Ok(n) if n > 0 => tracing::info!(
+                expired = n,
+                "fleet indicators expired (not seen for {} days)",
+                app.settings.ingest.fleet.ttl_days
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("expiring fleet indicators: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+}
+
+/// How long a served fleet set's version is trusted before the database
+/// is asked again (the set changes rarely; agents poll often).
+const FLEET_RECHECK: Duration = Duration::from_secs(1);
+
+/// The signed fleet set (cached; rebuilt when the database's version moved).
+async fn fleet_current(app: &App) -> Result<crate::app::FleetCache, Response> {
+    if let Some(c) = app.fleet_cache.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if c.checked.elapsed() < FLEET_RECHECK {
+            return Ok(c);
+        }
+    }
+    let version = app.store.fleet_version().await.map_err(db_error)?;
+    let cached = app.fleet_cache.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(mut c) = cached.filter(|c| c.version == version) {
+        c.checked = Instant::now();
+        *app.fleet_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        return Ok(c);
+    }
+    let key = app
+        .fleet_key()
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("fleet signing key: {e:#}")))?;
+    let snap = app.store.fleet_snapshot(app.settings.ingest.fleet).await.map_err(db_error)?;
+    let issued = now();
+    let body = tokio::task::spawn_blocking(move || {
+        let body = crate::fleet::signed_body(&snap, issued, &key);
+        (snap.version, body)
+    })
+    .await
+    .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "signing the fleet set failed"))?;
+    let c = crate::app::FleetCache {
+        version: body.0,
+        body: Bytes::from(body.1),
+        checked: Instant::now(),
+    };
+    *app.fleet_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+    Ok(c)
+}
+
+/// `GET /api/v1/fleet/signatures` with an agent token: the signed fleet
+/// set, or 304 when `If-None-Match` names the current version.
+async fn fleet_signatures(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return error(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization: Bearer TOKEN)");
+    };
+    let host = match app.store.agent_for_token(token).await {
+        Ok(Some((_, Role::Agent, host))) => host,
+        Ok(Some(_)) => return error(StatusCode::FORBIDDEN, "only an agent token fetches the fleet signature set"),
+        Ok(None) => return error(StatusCode::UNAUTHORIZED, "unknown or revoked token"),
+        Err(e) => return db_error(e),
+    };
+    let current = match fleet_current(&app).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let etag = format!("\"{}\"", current.version);
+    let inm = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
+    let held = headers
+        .get("x-rigwatch-fleet-version")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or_else(|| inm.and_then(|v| v.trim_start_matches("W/").trim_matches('"').parse::<u64>().ok()));
+    if let Some(v) = held {
+        app.metrics
+            .agent_fleet_version
+            .with_label_values(&[&host])
+            .set(v.min(i64::MAX as u64) as i64);
+    }
+    let etag_value = header::HeaderValue::from_str(&etag).unwrap_or(header::HeaderValue::from_static("\"0\""));
+    if inm.is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag)) {
+        app.metrics.fleet_fetches.with_label_values(&["304"]).inc();
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response();
+    }
+    app.metrics.fleet_fetches.with_label_values(&["200"]).inc();
+    (
+        StatusCode::OK,
+        [
+            (header::ETAG, etag_value),
+            (header::CONTENT_TYPE, header::HeaderValue::from_static("application/json")),
+            (header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache")),
+        ],
+        current.body,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/fleet/indicators` (analyst): every indicator, with its origin and state.
+async fn api_fleet_indicators(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = analyst(&app, &headers).await {
+        return r;
+    }
+    match app.store.fleet_indicators(app.settings.ingest.fleet).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+/// `POST /api/v1/fleet/indicators/{id}/revoke` with an analyst bearer
+/// token (the web page's session posts its own form, with its form
+/// token): the indicator leaves the signed set at once.
+async fn api_fleet_revoke(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    // A bearer token only: a browser's cookie alone must not revoke (no form token here).
+    let Some(token) = bearer(&headers) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "send an analyst token (Authorization: Bearer TOKEN); the web page revokes with its own form",
+        );
+    };
+    let name = match app.store.token_lookup(token).await {
+        Ok(Some((name, Role::Analyst))) => name,
+        Ok(Some(_)) => return error(StatusCode::FORBIDDEN, "only an analyst token may revoke fleet indicators"),
+        Ok(None) => return error(StatusCode::UNAUTHORIZED, "unknown or revoked token"),
+        Err(e) => return db_error(e),
+    };
+    match app.store.fleet_revoke(&id, &name, now()).await {
+        Ok(true) => {
+            tracing::info!(indicator = %id.escape_debug(), analyst = %name, "fleet indicator revoked");
+            Json(json!({ "revoked": id, "by": name })).into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such live indicator (unknown, or revoked already)"),
+        Err(e) => db_error(e),
+    }
 }
 
 /// Prunes old event ids once an hour.
@@ -568,6 +727,8 @@ fn configure<A>(server: &mut axum_server::Server<A>, app: &App) {
 /// Serves until the process ends: HTTP, or HTTPS with rustls when a
 /// certificate and key are set; the alert loop runs beside it.
 pub async fn serve(app: Arc<App>) -> anyhow::Result<()> {
+    // A signing key that exists but cannot be used stops the start here, clearly.
+    app.fleet_key()?;
     let addr: std::net::SocketAddr = app
         .settings
         .listen
@@ -599,6 +760,7 @@ async fn run_server(
 ) -> std::io::Result<()> {
     tokio::spawn(crate::alert::run(app.clone()));
     tokio::spawn(housekeeping(app.clone()));
+    tokio::spawn(fleet_expiry(app.clone()));
     let permits = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));
     let service = router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let limit = ConnectionLimit {

@@ -41,7 +41,7 @@ impl Role {
             Role::Enrol => "enrol",
         }
     }
-    fn parse(s: &str) -> Role {
+    pub(crate) fn parse(s: &str) -> Role {
         match s {
             "analyst" => Role::Analyst,
             "enrol" => Role::Enrol,
@@ -121,6 +121,12 @@ pub struct IngestOutcome {
     /// Set when the report was refused as a whole and nothing was stored:
     /// its host is not the one its token speaks for.
     pub forbidden: Option<String>,
+    /// Fleet learning refused, by reason ([`crate::fleet::Refusal`]).
+    pub fleet_refused: BTreeMap<String, u64>,
+    /// Fleet indicators hit by a finding for the first time.
+    pub fleet_hits: Vec<String>,
+    /// The fleet signature set changed (new or returning indicators).
+    pub fleet_changed: bool,
 }
 
 /// What the collector allows one report to do.
@@ -131,6 +137,8 @@ pub struct IngestLimits {
     pub clock_allowance: u64,
     /// Unresolved (open, acknowledged, suppressed) findings one host may have.
     pub max_findings_per_host: u64,
+    /// What confirmed findings may teach the fleet.
+    pub fleet: crate::fleet::FleetLimits,
 }
 
 impl Default for IngestLimits {
@@ -138,6 +146,7 @@ impl Default for IngestLimits {
         IngestLimits {
             clock_allowance: 300,
             max_findings_per_host: 10_000,
+            fleet: crate::fleet::FleetLimits::default(),
         }
     }
 }
@@ -309,7 +318,7 @@ impl Store {
         self.backend.name()
     }
 
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         write: bool,
         f: impl FnMut(&mut dyn Conn) -> Result<T, DbError> + Send + 'static,
@@ -1033,6 +1042,12 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
                 }
                 if apply_finding(c, host, finding, &order, ceiling, received, &seq)? {
                     out.findings_changed = true;
+                    let learned = crate::fleet::learn_tx(c, host, finding, received, limits.fleet)?;
+                    for r in learned.refused {
+                        *out.fleet_refused.entry(r.as_str().to_string()).or_insert(0) += 1;
+                    }
+                    out.fleet_hits.extend(learned.hits);
+                    out.fleet_changed |= learned.changed;
                 }
             }
             EventKind::FindingResolved { finding_id, reason } => {

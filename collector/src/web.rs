@@ -30,6 +30,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/findings/{host}/{id}", get(finding_page))
         .route("/findings/{host}/{id}/state", post(set_state))
         .route("/campaigns/{id}", get(campaign_page))
+        .route("/fleet", get(fleet_page))
+        .route("/fleet/indicators/{id}/revoke", post(fleet_revoke))
 }
 
 fn page(title: &str, who: Option<&str>, body: Markup) -> Response {
@@ -46,6 +48,7 @@ fn page(title: &str, who: Option<&str>, body: Markup) -> Response {
                     a href="/" { b { "rigwatch" } }
                     @if let Some(who) = who {
                         a href="/" { "Fleet" }
+                        a href="/fleet" { "Fleet indicators" }
                         span style="flex:1" {}
                         span { "signed in as " (who) }
                         form.inline method="post" action="/logout" { button type="submit" { "Log out" } }
@@ -405,6 +408,89 @@ async fn campaign_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(cid
         (findings_table(&c.findings))
     };
     page(&format!("Campaign {}", c.id), Some(&name), body)
+}
+
+async fn fleet_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(session) = app.session(&headers).await else {
+        return Redirect::to("/login").into_response();
+    };
+    let name = session.name.clone();
+    let (Ok(list), Ok(version)) = (
+        app.store.fleet_indicators(app.settings.ingest.fleet).await,
+        app.store.fleet_version().await,
+    ) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&name), "the database is not answering");
+    };
+    let live = list.iter().filter(|i| i.state == "live").count();
+    let body = html! {
+        div.card { b id="fleet-version" { (version) } "set version" }
+        div.card { b { (live) } "live indicators" }
+        p { "What one host confirmed, every agent fetches (signed). Indicators expire "
+            (app.settings.ingest.fleet.ttl_days) " days after they were last seen in a confirmed finding." }
+        @if list.is_empty() { p { "None yet." } } @else {
+            table id="indicators" {
+                tr { th { "id" } th { "kind" } th { "value" } th { "taught by" } th { "hits" } th { "last seen" } th { "expires" } th { "state" } th {} }
+                @for i in &list {
+                    tr id={ "ind-" (i.id) } {
+                        td { code { (i.id) } }
+                        td { (i.kind) }
+                        td { code { (i.value) } }
+                        td { a href={ "/findings/" (pct(&i.taught_by.host)) "/" (pct(&i.taught_by.finding)) } {
+                            (i.taught_by.host) "/" (i.taught_by.finding) } }
+                        td { (i.hits) }
+                        td { (when(i.last_seen)) }
+                        td { (when(i.expires)) }
+                        td.state { (i.state) @if i.state == "revoked" { " by " (i.revoked_by) " " (when(i.revoked_at)) } }
+                        td { @if i.state != "revoked" {
+                            form.inline method="post" action={ "/fleet/indicators/" (pct(&i.id)) "/revoke" } {
+                                input type="hidden" name="csrf" value=(session.csrf);
+                                button type="submit" id={ "revoke-" (i.id) } { "Revoke" }
+                            }
+                        } }
+                    }
+                }
+            }
+        }
+    };
+    page("Fleet indicators", Some(&name), body)
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn fleet_revoke(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Some(session) = app.session(&headers).await else {
+        return Redirect::to("/login").into_response();
+    };
+    let Ok(Form(form)) = form else {
+        return error_page(StatusCode::BAD_REQUEST, Some(&session.name), "the form needs csrf");
+    };
+    if form.csrf != session.csrf {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(&session.name),
+            "stale form: reload the page and try again",
+        );
+    }
+    match app.store.fleet_revoke(&id, &session.name, now()).await {
+        Ok(true) => {
+            tracing::info!(indicator = %id.escape_debug(), analyst = %session.name, "fleet indicator revoked");
+            Redirect::to("/fleet").into_response()
+        }
+        Ok(false) => error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session.name),
+            "no such live indicator (unknown, or revoked already)",
+        ),
+        Err(e) => error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&session.name), &format!("database: {e}")),
+    }
 }
 
 async fn login_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
