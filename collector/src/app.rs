@@ -140,6 +140,12 @@ impl App {
         })
     }
 
+    /// Forgets the served fleet set: this replica changed it, so the next
+    /// fetch reads the new version at once (other replicas within a second).
+    pub fn fleet_changed(&self) {
+        *self.fleet_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The fleet signing key from the data directory, made on first use.
     pub fn fleet_key(&self) -> anyhow::Result<Arc<crate::fleet::SigningKey>> {
         if let Some(k) = self.fleet_key.get() {

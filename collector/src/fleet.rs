@@ -369,7 +369,7 @@ pub fn learn_tx(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, limits: Flee
     for id in fleet_hits(f) {
         let fresh = c.exec(
             "INSERT INTO fleet_hits (indicator, host, finding_id, at) \
-             SELECT id, $2, $3, $4 FROM fleet_indicators WHERE id = $1 ON CONFLICT DO NOTHING",
+             SELECT id, CAST($2 AS TEXT), CAST($3 AS TEXT), CAST($4 AS BIGINT) FROM fleet_indicators WHERE id = $1 ON CONFLICT DO NOTHING",
             &[id.as_str().into(), host.into(), f.id.as_str().into(), at.into()],
         )?;
         if fresh > 0 {
@@ -382,14 +382,18 @@ pub fn learn_tx(c: &mut dyn Conn, host: &str, f: &Finding, at: u64, limits: Flee
     let mut budget: Option<u64> = None;
     for d in derived {
         let id = indicator_id(d.kind, &d.value);
-        let cur = c.query("SELECT expired_at FROM fleet_indicators WHERE id = $1", &[id.as_str().into()])?;
+        let cur = c.query(
+            "SELECT expired_at, revoked_at FROM fleet_indicators WHERE id = $1",
+            &[id.as_str().into()],
+        )?;
         if let Some(r) = cur.first() {
             // Seen again: refreshed (and back from expiry); the first teacher stays.
             c.exec(
-                "UPDATE fleet_indicators SET last_seen = $2, expired_at = 0 WHERE id = $1 AND last_seen < $2",
+                "UPDATE fleet_indicators SET last_seen = CASE WHEN last_seen < $2 THEN $2 ELSE last_seen END, \
+                 expired_at = 0 WHERE id = $1",
                 &[id.as_str().into(), at.into()],
             )?;
-            if r[0].int() != 0 {
+            if r[0].int() != 0 && r[1].int() == 0 {
                 out.changed = true;
             }
             continue;

@@ -171,6 +171,9 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             if out.findings_changed {
                 app.alert_wakeup.notify_one();
             }
+            if out.fleet_changed {
+                app.fleet_changed();
+            }
             (
                 StatusCode::OK,
                 Json(json!({
@@ -624,6 +627,7 @@ async fn api_fleet_revoke(State(app): State<Arc<App>>, headers: HeaderMap, Path(
     };
     match app.store.fleet_revoke(&id, &name, now()).await {
         Ok(true) => {
+            app.fleet_changed();
             tracing::info!(indicator = %id.escape_debug(), analyst = %name, "fleet indicator revoked");
             Json(json!({ "revoked": id, "by": name })).into_response()
         }

@@ -481,6 +481,7 @@ async fn fleet_revoke(
     }
     match app.store.fleet_revoke(&id, &session.name, now()).await {
         Ok(true) => {
+            app.fleet_changed();
             tracing::info!(indicator = %id.escape_debug(), analyst = %session.name, "fleet indicator revoked");
             Redirect::to("/fleet").into_response()
         }

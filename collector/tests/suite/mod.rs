@@ -10,6 +10,9 @@ use rigwatch_signatures::{Evidence, EvidenceKind, Severity, Weight};
 use serde_json::Value;
 use std::path::Path;
 
+mod fleet;
+pub use fleet::*;
+
 /// Calls `$m!(case)` for every case.
 #[macro_export]
 macro_rules! for_each_case {
@@ -33,6 +36,9 @@ macro_rules! for_each_case {
         $m!(an_enrolment_token_exchanges_itself_for_host_tokens);
         $m!(a_findings_events_keep_the_agents_order);
         $m!(a_rotated_token_works_through_its_grace_only);
+        $m!(fleet_learns_signs_serves_and_revokes);
+        $m!(fleet_indicators_expire_and_come_back);
+        $m!(fleet_learning_is_capped_per_host);
     };
 }
 
@@ -447,7 +453,7 @@ pub async fn login(c: &Collector, token: &str) -> (u16, Option<String>) {
     (r.status().as_u16(), cookie)
 }
 
-async fn page(c: &Collector, cookie: &str, path: &str) -> (u16, String, String) {
+pub async fn page(c: &Collector, cookie: &str, path: &str) -> (u16, String, String) {
     let r = c
         .client
         .get(format!("{}{path}", c.url))
