@@ -142,6 +142,32 @@ fn read(root: &Path, path: &Path, cap: u64, uid: Option<u32>) -> std::io::Result
     Ok(v)
 }
 
+/// Whether a file carries the immutable attribute (FS_IMMUTABLE_FL, `chattr +i`),
+/// as mining campaigns lock their crontabs, keys and binaries. The file
+/// itself is not followed if it is a link, and only a regular file gets
+/// the ioctl. Shared by the persistence and footprint sensors.
+pub fn immutable(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+    // O_NONBLOCK: a FIFO planted where a crontab should be must not block the pass
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+    else {
+        return false;
+    };
+    // the ioctl goes to regular files only, never to a device's driver
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which lives for the call.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
+    r == 0 && flags & FS_IMMUTABLE_FL != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

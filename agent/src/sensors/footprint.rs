@@ -14,6 +14,12 @@
 //! Each piece is `suspicious` alone: a flushed firewall is an admin's right,
 //! and the finding asks for a look, not for an alarm.
 //!
+//! Files locked with `chattr +i` are a state, not a change: an executable or
+//! a file named like a miner under `/tmp`, `/var/tmp` or `/dev/shm`, or the
+//! executable of a running process, that carries the immutable attribute is
+//! a host finding about the file while it does (and `footprint` evidence on
+//! the processes it runs as).
+//!
 //! Everything is read-only and bounded: the ruleset is dumped through a
 //! `NETLINK_NETFILTER` socket of the agent's own network namespace (no `nft`
 //! or `iptables` is run), with a receive timeout, a deadline and caps on
@@ -21,9 +27,10 @@
 //! without following links.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
-use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, SubjectKind, Weight};
-use std::collections::BTreeMap;
+use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, Signatures, SubjectKind, Weight};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Security and monitoring agents that mining trojans stop or remove, by
@@ -531,6 +538,73 @@ pub fn unit_changes(name: &str, what: &str, b: &UnitState, a: &UnitState) -> Vec
     v
 }
 
+// --------------------------------------------------------- immutable files
+
+/// World-writable directories miners are dropped into, under the host root.
+const STAGING_DIRS: &[&str] = &["tmp", "var/tmp", "dev/shm"];
+/// Most directory entries looked at under them in one pass.
+const MAX_WALK_ENTRIES: usize = 20_000;
+/// How deep the walk goes below each.
+const MAX_WALK_DEPTH: usize = 4;
+/// Most files whose attributes are read in one pass (candidates and executables).
+const MAX_ATTR_CHECKS: usize = 4096;
+/// Most immutable files reported.
+const MAX_LOCKED: usize = 64;
+
+/// Candidates under the staging directories: executables, and files whose
+/// name the signature set's name rules match. Links are not followed, other
+/// file systems (a mount below /tmp) are not entered; `(files, truncated)`.
+pub fn staging_candidates(root: &Path, sig: &Signatures) -> (Vec<PathBuf>, bool) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (mut out, mut seen, mut truncated) = (Vec::new(), 0usize, false);
+    for dir in STAGING_DIRS {
+        let top = root.join(dir);
+        let Ok(m) = std::fs::symlink_metadata(&top) else { continue };
+        if !m.is_dir() {
+            continue;
+        }
+        let dev = m.dev();
+        let mut stack = vec![(top, 0usize)];
+        while let Some((d, depth)) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                seen += 1;
+                if seen > MAX_WALK_ENTRIES || out.len() >= MAX_ATTR_CHECKS {
+                    return (out, true);
+                }
+                // DirEntry::metadata is lstat: a link is a link
+                let Ok(m) = e.metadata() else { continue };
+                if m.is_dir() {
+                    if depth < MAX_WALK_DEPTH && m.dev() == dev {
+                        stack.push((e.path(), depth + 1));
+                    } else if depth >= MAX_WALK_DEPTH {
+                        truncated = true;
+                    }
+                } else if m.is_file() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if m.permissions().mode() & 0o111 != 0 || !sig.match_names(&[("file name", name.as_str())]).is_empty() {
+                        out.push(e.path());
+                    }
+                }
+            }
+        }
+    }
+    (out, truncated)
+}
+
+/// The evidence of a locked file.
+fn locked_change(shown: &str, how: &str, was_mutable: bool) -> Change {
+    Change::new(
+        format!("attributes of {how} {shown}"),
+        if was_mutable {
+            "mutable at an earlier pass"
+        } else {
+            "immutable when first seen"
+        },
+        "immutable (chattr +i: not even root can change, rename or delete it until chattr -i)",
+    )
+}
+
 // -------------------------------------------------------------------- LSM
 
 /// SELinux and AppArmor as the kernel shows them.
@@ -592,7 +666,12 @@ pub fn apparmor_changes(b: &LsmState, a: &LsmState) -> Vec<Change> {
 
 /// The footprint sensor.
 pub struct FootprintSensor {
+    sig: Arc<Signatures>,
+    proc_root: PathBuf,
     host_root: PathBuf,
+    /// Files seen without the immutable flag (bounded), to say "before".
+    mutable: HashSet<String>,
+    locked: u64,
     firewall: Baseline<Ruleset>,
     units: Vec<Baseline<UnitState>>,
     selinux: Baseline<LsmState>,
@@ -605,11 +684,16 @@ pub struct FootprintSensor {
 }
 
 impl FootprintSensor {
-    /// A sensor reading unit files and LSM state under `host_root`, and the
+    /// A sensor reading unit files, staging directories and LSM state
+    /// under `host_root`, running executables through `proc_root`, and the
     /// firewall of its own network namespace.
-    pub fn new(host_root: PathBuf) -> Self {
+    pub fn new(sig: Arc<Signatures>, proc_root: &Path, host_root: PathBuf) -> Self {
         FootprintSensor {
+            sig,
+            proc_root: proc_root.to_path_buf(),
             host_root,
+            mutable: HashSet::new(),
+            locked: 0,
             firewall: Baseline::default(),
             units: SECURITY_UNITS.iter().map(|_| Baseline::default()).collect(),
             selinux: Baseline::default(),
@@ -619,6 +703,69 @@ impl FootprintSensor {
             chains: 0,
             units_present: 0,
             findings: 0,
+        }
+    }
+
+    /// Immutable staging files and running executables.
+    fn immutable_files(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) {
+        let root = self.host_root.clone();
+        let (files, truncated) = staging_candidates(&root, &self.sig);
+        if truncated {
+            self.notes.push(format!(
+                "immutable files: over {MAX_WALK_ENTRIES} entries or {MAX_WALK_DEPTH} levels under /tmp, /var/tmp, /dev/shm: the rest not looked at"
+            ));
+        }
+        // (shown path, what it is) → the processes it runs as
+        let mut locked: BTreeMap<(String, &'static str), Vec<super::ProcKey>> = BTreeMap::new();
+        let mut checks = 0usize;
+        let mut check = |shown: String, path: &Path, me: &mut Self| -> Option<String> {
+            checks += 1;
+            if checks > MAX_ATTR_CHECKS {
+                return None;
+            }
+            if crate::host::safefile::immutable(path) {
+                Some(shown)
+            } else {
+                if me.mutable.len() < 100_000 {
+                    me.mutable.insert(shown);
+                }
+                None
+            }
+        };
+        for f in files {
+            let shown = format!("/{}", f.strip_prefix(&root).unwrap_or(&f).display()).replace("//", "/");
+            if let Some(s) = check(shown, &f, self) {
+                locked.entry((s, "file")).or_default();
+            }
+        }
+        // each executable once, through the first process that runs it
+        // (its own root: a container's /usr/bin is not the host's)
+        let mut exes: BTreeMap<&str, Vec<&super::Proc>> = BTreeMap::new();
+        for p in snap.procs.values().filter(|p| !p.kernel_thread) {
+            let Some(exe) = p.fixed.exe.as_deref() else { continue };
+            if exe.starts_with('/') && !exe.ends_with(" (deleted)") && exes.len() < MAX_ATTR_CHECKS {
+                exes.entry(exe).or_default().push(p);
+            }
+        }
+        for (exe, procs) in exes {
+            let path = self
+                .proc_root
+                .join(procs[0].key.pid.to_string())
+                .join("root")
+                .join(exe.trim_start_matches('/'));
+            if let Some(s) = check(exe.to_string(), &path, self) {
+                locked.entry((s, "executable")).or_default().extend(procs.iter().map(|p| p.key));
+            }
+        }
+        self.locked = locked.len() as u64;
+        if locked.len() > MAX_LOCKED {
+            self.notes
+                .push(format!("immutable files: {} found, {MAX_LOCKED} reported", locked.len()));
+        }
+        for ((shown, how), procs) in locked.into_iter().take(MAX_LOCKED) {
+            let c = locked_change(&shown, how, self.mutable.contains(&shown));
+            out.extend(procs.iter().map(|k| Observation::Evidence(*k, c.evidence())));
+            self.emit(format!("immutable {shown}"), vec![c], out);
         }
     }
 
@@ -640,7 +787,7 @@ impl Sensor for FootprintSensor {
         "footprint"
     }
 
-    fn observe(&mut self, _snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
+    fn observe(&mut self, snap: &Snapshot, out: &mut Vec<Observation>) -> Result<(), SensorError> {
         self.notes.clear();
         self.findings = 0;
         match read_ruleset() {
@@ -674,7 +821,12 @@ impl Sensor for FootprintSensor {
         self.emit("selinux".into(), c, out);
         let c = self.apparmor.step(lsm, apparmor_changes);
         self.emit("apparmor".into(), c, out);
+        self.immutable_files(snap, out);
         Ok(())
+    }
+
+    fn set_signatures(&mut self, sig: Arc<Signatures>) {
+        self.sig = sig;
     }
 
     fn problems(&self) -> Vec<String> {
@@ -687,6 +839,7 @@ impl Sensor for FootprintSensor {
             ("firewall_chains", self.chains),
             ("security_units", self.units_present),
             ("footprints", self.findings),
+            ("immutable_files", self.locked),
         ]
     }
 }
@@ -963,7 +1116,8 @@ mod tests {
         };
         w("sys/fs/selinux/enforce", "1");
         w("usr/lib/systemd/system/aegis.service", "[Service]\n");
-        let mut s = FootprintSensor::new(r.to_path_buf());
+        let sig = Arc::new(rigwatch_signatures::load(&[], true).signatures);
+        let mut s = FootprintSensor::new(sig, Path::new("/nonexistent-proc"), r.to_path_buf());
         let snap = Snapshot {
             at: Instant::now(),
             procs: Default::default(),
@@ -1002,5 +1156,81 @@ mod tests {
         w("sys/fs/selinux/enforce", "1");
         w("usr/lib/systemd/system/aegis.service", "[Service]\n");
         assert!(pass(&mut s).is_empty(), "restored: resolved");
+    }
+
+    /// Runs `chattr -i` on drop, so a failed test leaves nothing locked.
+    struct Unlock(PathBuf);
+
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+
+    fn chattr(flag: &str, p: &Path) -> bool {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(p)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[test]
+    fn immutable_staging_files_are_found_and_resolve() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let dir = r.join("tmp/.x");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(r.join("dev/shm")).unwrap();
+        let exe = dir.join("kswapd0");
+        std::fs::write(&exe, b"\x7fELF").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("xmrig"), b"not executable, named like a miner").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"plain").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/env", r.join("dev/shm/env")).unwrap();
+        let sig = Arc::new(rigwatch_signatures::load(&[], true).signatures);
+        let (mut files, truncated) = staging_candidates(r, &sig);
+        files.sort();
+        assert!(!truncated);
+        assert_eq!(files, vec![exe.clone(), dir.join("xmrig")], "executables and miner names, no links");
+
+        let mut s = FootprintSensor::new(sig, Path::new("/nonexistent-proc"), r.to_path_buf());
+        let snap = Snapshot {
+            at: Instant::now(),
+            procs: Default::default(),
+            ticks_per_second: 100,
+            partial: false,
+        };
+        let mut pass = || {
+            let mut out = Vec::new();
+            s.observe(&snap, &mut out).unwrap();
+            out.into_iter()
+                .filter_map(|o| match o {
+                    Observation::Host(sub, e) if sub.name.starts_with("immutable ") => Some((sub.name, e)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(pass().is_empty());
+        let _unlock = Unlock(exe.clone());
+        if !chattr("+i", &exe) {
+            eprintln!(
+                "chattr +i is not possible here ({}): the immutable check is not exercised",
+                r.display()
+            );
+            return;
+        }
+        let found = pass();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "immutable /tmp/.x/kswapd0");
+        assert_eq!(found[0].1.weight, Weight::Suspicious);
+        assert_eq!(
+            found[0].1.summary(),
+            "attributes of file /tmp/.x/kswapd0: mutable at an earlier pass → immutable (chattr +i: not even root can change, rename or delete it until chattr -i)"
+        );
+        assert!(chattr("-i", &exe));
+        assert!(pass().is_empty(), "chattr -i: resolved");
     }
 }

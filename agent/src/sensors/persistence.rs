@@ -11,7 +11,6 @@
 
 use super::{Observation, Sensor, SensorError, Snapshot};
 use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, Signatures, SubjectKind, Weight};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -186,28 +185,7 @@ pub enum Kind {
     Script,
 }
 
-/// Whether a file carries the immutable attribute (FS_IMMUTABLE_FL, `chattr +i`).
-pub fn immutable(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
-    const FS_IMMUTABLE_FL: libc::c_int = 0x10;
-    // O_NONBLOCK: a FIFO planted where a crontab should be must not block the pass
-    let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)
-    else {
-        return false;
-    };
-    // the ioctl goes to regular files only, never to a device's driver
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return false;
-    }
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which lives for the call.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
-    r == 0 && flags & FS_IMMUTABLE_FL != 0
-}
+pub use crate::host::safefile::immutable;
 
 /// Most bytes of one persistence file read (the rest is not looked at).
 const MAX_FILE_BYTES: u64 = 1 << 20;
