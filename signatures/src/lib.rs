@@ -13,6 +13,7 @@ pub mod model;
 pub mod redact;
 pub mod report;
 pub mod rules;
+pub mod siem;
 
 pub use compiled::{ContentScanner, Signatures};
 pub use load::{load, load_with, Loaded};

@@ -341,12 +341,24 @@ pub fn start_announcing(
 /// HTTP/1.0, so that no server answers chunked.
 /// Status 0 when nothing answers.
 pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    http_request(port, "GET", path, token, None)
+}
+
+/// `POST path` with a JSON body, like [`http_get`].
+pub fn http_post(port: u16, path: &str, token: Option<&str>, json: &str) -> (u16, String) {
+    http_request(port, "POST", path, token, Some(json))
+}
+
+fn http_request(port: u16, method: &str, path: &str, token: Option<&str>, json: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    if write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").is_err() {
+    let body = json
+        .map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()))
+        .unwrap_or_else(|| "\r\n".into());
+    if write!(c, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}{body}").is_err() {
         return (0, String::new());
     }
     let mut s = String::new();

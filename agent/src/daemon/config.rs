@@ -25,6 +25,8 @@ pub struct Config {
     pub response: ResponseConfig,
     /// GPU sensor settings.
     pub gpu: GpuConfig,
+    /// Findings as SIEM events (OCSF or ECS) to a file or syslog.
+    pub siem: SiemConfig,
 }
 
 impl Config {
@@ -419,6 +421,37 @@ impl Default for ResponseConfig {
             quarantine_max_bytes: 256 * 1024 * 1024,
             quarantine_quota_bytes: 1024 * 1024 * 1024,
             act_on_network_only: false,
+        }
+    }
+}
+
+/// Findings as SIEM events, written by the agent itself (with or without a
+/// collector): each finding opened, updated or resolved is one event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiemConfig {
+    /// `ocsf` (OCSF 1.5.0 Detection Finding, class 2004) or `ecs` (Elastic
+    /// Common Schema 8.11).
+    pub format: rigwatch_signatures::siem::Format,
+    /// Append events as NDJSON to this file (created 0640). Beyond
+    /// `file_max_bytes` it is renamed to FILE.1 (replacing the previous
+    /// one) and a new one is started.
+    pub file: Option<PathBuf>,
+    /// The file's size before it is rotated.
+    pub file_max_bytes: u64,
+    /// Send events to syslog as RFC 5424 messages (facility auth, MSGID the
+    /// change, the event's JSON as the message): `unix:/dev/log` (the local
+    /// syslog daemon or journald) or `udp:HOST:PORT` (a literal IP). Empty: off.
+    pub syslog: String,
+}
+
+impl Default for SiemConfig {
+    fn default() -> Self {
+        SiemConfig {
+            format: rigwatch_signatures::siem::Format::Ocsf,
+            file: None,
+            file_max_bytes: 64 * 1024 * 1024,
+            syslog: String::new(),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub shipper_failures: IntCounter,
     /// rigwatch_shipper_auth_refused_total
     pub shipper_auth_refused: IntCounter,
+    /// rigwatch_siem_events_total{sink,outcome}
+    pub siem_events: IntCounterVec,
     /// rigwatch_fleet_set_version
     pub fleet_version: IntGauge,
     /// rigwatch_fleet_fetches_total{outcome}
@@ -175,6 +177,11 @@ impl Metrics {
             shipper_failures: reg!(
                 IntCounter::new("rigwatch_shipper_delivery_failures_total", "Failed deliveries to the collector.").unwrap()
             ),
+            siem_events: reg!(icv(
+                "rigwatch_siem_events_total",
+                "SIEM events (OCSF or ECS) the agent wrote itself, by sink (file, syslog) and outcome (written, failed).",
+                &["sink", "outcome"]
+            )),
             fleet_version: reg!(IntGauge::new(
                 "rigwatch_fleet_set_version",
                 "The version of the collector's fleet signature set in force (0: none yet)."

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod response;
 pub mod sdnotify;
 pub mod shipper;
+pub mod siem;
 pub mod spool;
 pub mod tracker;
 
@@ -174,6 +175,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
     // with a spool, the active set survives restarts next to it
     let file = shared.spool.as_ref().map(|_| cfg.collector.spool_dir.join("active.json"));
     let mut sinks = Sinks {
+        siem: if once { None } else { siem::SiemSink::open(&cfg.siem, &host)? },
         tracker: file.as_deref().map(Tracker::load).unwrap_or_default(),
         file,
         responder: response::Responder::new(cfg.response.clone(), &cfg.scan.proc_root),
@@ -307,6 +309,8 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
 /// than losing one); then the finding metrics.
 struct Sinks {
     tracker: Tracker,
+    /// Findings as SIEM events (`[siem]`), when configured.
+    siem: Option<siem::SiemSink>,
     /// Where the active set is saved (beside the spool).
     file: Option<PathBuf>,
     responder: response::Responder,
@@ -323,7 +327,7 @@ impl Sinks {
             changes.extend(self.tracker.resolve_exited(&mut alive));
         }
         let save = !changes.is_empty();
-        apply(changes, shared, &mut self.responder, now);
+        apply(changes, shared, &mut self.responder, self.siem.as_mut(), now);
         if let (Some(path), true) = (&self.file, save) {
             if let Err(e) = self.tracker.save(path) {
                 StateSaveError(e.to_string()).emit(&shared.metrics);
@@ -334,9 +338,20 @@ impl Sinks {
 }
 
 /// Logs, counts, responds to and spools each change.
-fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Responder, now: u64) {
+fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Responder, mut siem: Option<&mut siem::SiemSink>, now: u64) {
     let m = &shared.metrics;
     for change in changes {
+        if let Some(s) = siem.as_deref_mut() {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(now * 1000);
+            match &change {
+                Change::Opened(f) => s.send(f, rigwatch_signatures::siem::Activity::Opened, now_ms, m),
+                Change::Updated(f) => s.send(f, rigwatch_signatures::siem::Activity::Updated, now_ms, m),
+                Change::Resolved { last, .. } => s.send(last, rigwatch_signatures::siem::Activity::Resolved, now_ms, m),
+            }
+        }
         match change {
             Change::Opened(f) => {
                 FindingOpened(&f).emit(m);
@@ -348,7 +363,7 @@ fn apply(changes: Vec<Change>, shared: &Shared, responder: &mut response::Respon
                 respond(responder, &f, m);
                 emit(shared, now, EventKind::FindingUpdated { finding: f });
             }
-            Change::Resolved { id, reason } => {
+            Change::Resolved { id, reason, .. } => {
                 FindingResolved { id: &id, reason: &reason }.emit(m);
                 emit(shared, now, EventKind::FindingResolved { finding_id: id, reason });
             }

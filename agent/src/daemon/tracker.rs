@@ -18,6 +18,8 @@ pub enum Change {
         id: String,
         /// Why.
         reason: String,
+        /// The finding as it last was (for the SIEM's closing event).
+        last: Box<Finding>,
     },
 }
 
@@ -71,12 +73,13 @@ impl Tracker {
             .map(|f| f.id.clone())
             .collect();
         gone.into_iter()
-            .map(|id| {
-                self.active.remove(&id);
-                Change::Resolved {
+            .filter_map(|id| {
+                let last = Box::new(self.active.remove(&id)?);
+                Some(Change::Resolved {
                     id,
                     reason: "process exited".into(),
-                }
+                    last,
+                })
             })
             .collect()
     }
@@ -130,7 +133,11 @@ impl Tracker {
                 None if f.subject.is_some() => "no longer seen on the host",
                 None => "flow not seen again",
             };
-            out.push(Change::Resolved { id, reason: reason.into() });
+            out.push(Change::Resolved {
+                id,
+                reason: reason.into(),
+                last: Box::new(f),
+            });
         }
         out
     }
@@ -194,12 +201,10 @@ mod tests {
         let c = t.update(vec![finding(10, 1.7, true)], &mut |_, _| true, 120, false);
         assert!(matches!(&c[..], [Change::Updated(f)] if f.severity == rigwatch_signatures::Severity::Confirmed && f.first_seen == 100));
         let c = t.update(vec![], &mut |_, _| false, 130, false);
-        assert_eq!(
-            c,
-            vec![Change::Resolved {
-                id: finding(10, 0.0, false).id,
-                reason: "process exited".into()
-            }]
+        let want = finding(10, 0.0, false).id;
+        assert!(
+            matches!(&c[..], [Change::Resolved { id, reason, last }] if *id == want && reason == "process exited" && last.id == want),
+            "{c:?}"
         );
         t.update(vec![finding(11, 1.0, false)], &mut |_, _| true, 140, false);
         let c = t.update(vec![], &mut |_, _| true, 150, false);
