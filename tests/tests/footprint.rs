@@ -394,3 +394,79 @@ fn run_opens_and_resolves_footprint_findings() {
         .unwrap_or(0);
     assert_eq!(resolved, 2, "{m}");
 }
+
+/// A file under /tmp made immutable for a test, made mutable again (and
+/// its directory removed) on drop, so a failed test leaves nothing locked.
+struct Locked {
+    file: PathBuf,
+    // removed after the file is unlocked (fields drop after `drop`)
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.file).status();
+    }
+}
+
+fn chattr(flag: &str, p: &Path) -> bool {
+    Command::new("chattr")
+        .arg(flag)
+        .arg(p)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `rigwatch scan --json` of this host (host root `/`: the test's file is
+/// in the real /tmp), without the network and GPU sensors.
+fn scan_host() -> Value {
+    let out = Command::new(rigwatch())
+        .args(["scan", "--json", "--window", "0.3", "--no-capture", "--no-sockets", "--no-gpu"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn immutable_executable_in_tmp_is_a_finding_until_chattr_minus_i() {
+    // a harmless program (sleep) copied under a miner's name into /tmp, running
+    let dir = tempfile::Builder::new().prefix("rwfp").tempdir_in("/tmp").unwrap();
+    let exe = dir.path().join("kswapd0");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let plain = dir.path().join("helper");
+    std::fs::copy("/bin/sleep", &plain).unwrap();
+    let lock = Locked {
+        file: exe.clone(),
+        _dir: dir,
+    };
+    let _running = Kill(Command::new(&exe).arg("60").spawn().unwrap());
+    if !chattr("+i", &exe) {
+        eprintln!("skipped: chattr +i is not possible on /tmp here (needs root and a file system with attributes)");
+        return;
+    }
+    let name = format!("immutable {}", exe.display());
+    let v = scan_host();
+    let fs = footprints(&v);
+    let f = finding(&fs, &name);
+    assert_eq!(
+        changes(f),
+        vec![c(
+            &format!("attributes of file {}", exe.display()),
+            "immutable when first seen",
+            "immutable (chattr +i: not even root can change, rename or delete it until chattr -i)"
+        )]
+    );
+    assert!(
+        !fs.iter().any(|f| f["subject"]["name"] == format!("immutable {}", plain.display())),
+        "a mutable executable beside it is nothing: {fs:#?}"
+    );
+
+    assert!(chattr("-i", &exe));
+    let v = scan_host();
+    assert!(
+        !footprints(&v).iter().any(|f| f["subject"]["name"] == name),
+        "chattr -i: resolved: {v:#}"
+    );
+    drop(lock);
+}

@@ -716,7 +716,7 @@ impl FootprintSensor {
             ));
         }
         // (shown path, what it is) → the processes it runs as
-        let mut locked: BTreeMap<(String, &'static str), Vec<super::ProcKey>> = BTreeMap::new();
+        let mut locked: BTreeMap<String, (&'static str, Vec<super::ProcKey>)> = BTreeMap::new();
         let mut checks = 0usize;
         let mut check = |shown: String, path: &Path, me: &mut Self| -> Option<String> {
             checks += 1;
@@ -735,7 +735,7 @@ impl FootprintSensor {
         for f in files {
             let shown = format!("/{}", f.strip_prefix(&root).unwrap_or(&f).display()).replace("//", "/");
             if let Some(s) = check(shown, &f, self) {
-                locked.entry((s, "file")).or_default();
+                locked.entry(s).or_insert(("file", Vec::new()));
             }
         }
         // each executable once, through the first process that runs it
@@ -754,7 +754,8 @@ impl FootprintSensor {
                 .join("root")
                 .join(exe.trim_start_matches('/'));
             if let Some(s) = check(exe.to_string(), &path, self) {
-                locked.entry((s, "executable")).or_default().extend(procs.iter().map(|p| p.key));
+                let slot = locked.entry(s).or_insert(("executable", Vec::new()));
+                slot.1.extend(procs.iter().map(|p| p.key));
             }
         }
         self.locked = locked.len() as u64;
@@ -762,7 +763,7 @@ impl FootprintSensor {
             self.notes
                 .push(format!("immutable files: {} found, {MAX_LOCKED} reported", locked.len()));
         }
-        for ((shown, how), procs) in locked.into_iter().take(MAX_LOCKED) {
+        for (shown, (how, procs)) in locked.into_iter().take(MAX_LOCKED) {
             let c = locked_change(&shown, how, self.mutable.contains(&shown));
             out.extend(procs.iter().map(|k| Observation::Evidence(*k, c.evidence())));
             self.emit(format!("immutable {shown}"), vec![c], out);
