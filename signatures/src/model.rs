@@ -270,15 +270,15 @@ pub enum EvidenceKind {
         unaccounted_cores: f64,
         window_seconds: f64,
     },
+    /// A change to the host's defences between two passes, as a mining
+    /// trojan makes them: `what` changed from `before` to `after`.
+    Footprint { what: String, before: String, after: String },
     /// Something was cut to stay within a cap, so a reader knows the
     /// finding is not whole: the finding itself to fit its size cap (see
     /// [`Finding::bound`]; its note starts with [`TRIM_NOTE_PREFIX`]), or a
     /// sensor's list (a miner config's pools and wallets).
     Trimmed {
         note: String,
-    /// A change to the host's defences between two passes, as a mining
-    /// trojan makes them: `what` changed from `before` to `after`.
-    Footprint { what: String, before: String, after: String },
         /// The size before trimming (the finding's JSON, the file read).
         original_bytes: u64,
         /// Evidence items dropped (the weakest).
@@ -319,13 +319,13 @@ impl EvidenceKind {
             EvidenceKind::TlsSession { .. } => "tls_session",
             EvidenceKind::CpuAlgorithm { .. } => "cpu_algorithm",
             EvidenceKind::ShortLived { .. } => "short_lived",
+            EvidenceKind::Footprint { .. } => "footprint",
         }
     }
 
     /// A one-line human summary.
     pub fn summary(&self) -> String {
         use EvidenceKind::*;
-            EvidenceKind::Footprint { .. } => "footprint",
         match self {
             ProcessName { name, field } => format!("miner name {name:?} in {field}"),
             CommandLine { matched, base64, .. } => {
@@ -379,13 +379,13 @@ impl EvidenceKind {
             Trimmed { note, .. } => note.clone(),
             Proxy { protocol, proxy, target } => format!("{protocol} through {proxy} to {target}"),
             ShortLived { how } => format!("exited before it could be read: {how}"),
+            Footprint { what, before, after } => format!("{what}: {before} → {after}"),
             CpuAlgorithm {
                 algorithm,
                 switches,
                 rate_per_second,
                 window_seconds,
                 modes,
-            Footprint { what, before, after } => format!("{what}: {before} → {after}"),
             } => format!(
                 "{algorithm} hashing: {switches} context switches over {window_seconds:.0}s ({rate_per_second:.1}/s) caught the rounding mode away from the default ({})",
                 modes.join(", ")
@@ -504,26 +504,26 @@ pub enum SubjectKind {
     KernelModule,
     /// A cgroup whose CPU its listed processes do not account for.
     Cgroup,
+    /// What a mining trojan does to the host besides mining: the firewall
+    /// flushed, a security agent stopped, SELinux or AppArmor turned off.
+    Footprint,
 }
 
 impl SubjectKind {
     /// The snake_case name used in JSON, metrics and tables.
     pub fn as_str(self) -> &'static str {
         match self {
-    /// What a mining trojan does to the host besides mining: the firewall
-    /// flushed, a security agent stopped, SELinux or AppArmor turned off.
-    Footprint,
             SubjectKind::Persistence => "persistence",
             SubjectKind::Preload => "preload",
             SubjectKind::KernelModule => "kernel_module",
             SubjectKind::Cgroup => "cgroup",
+            SubjectKind::Footprint => "footprint",
         }
     }
 }
 
 /// The subject of a host finding: a file, a module or a cgroup.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-            SubjectKind::Footprint => "footprint",
 pub struct HostSubject {
     /// What kind of thing it is.
     pub kind: SubjectKind,
