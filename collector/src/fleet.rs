@@ -279,6 +279,15 @@ pub fn derive(f: &Finding) -> (Vec<Derived>, Vec<Refusal>) {
         ) == Some(Severity::Confirmed)
     };
     let mut hash_refused = false;
+    // the executable's hash the agent read (ProcessInfo.sha256): the binary
+    // that runs renamed on the next host
+    if let Some(h) = f.process.sha256.as_deref().map(str::trim).filter(|h| is_sha256(h)) {
+        if corroborated() {
+            add("binary_hash", h.to_ascii_lowercase(), "");
+        } else {
+            hash_refused = true;
+        }
+    }
     for e in &f.evidence {
         match &e.detail {
             EvidenceKind::BinaryHash { sha256, .. } if is_sha256(sha256.trim()) => {
@@ -983,6 +992,28 @@ mod tests {
             ],
             "documentation and loopback addresses and the login \"x\" teach nothing"
         );
+    }
+
+    #[test]
+    fn the_running_executables_hash_is_taught_when_corroborated() {
+        let mut f = finding(vec![stratum("x", "94.130.143.162:45700")], Severity::Confirmed);
+        f.process.sha256 = Some("EF".repeat(32));
+        let (d, _) = derive(&f);
+        assert!(d.iter().any(|d| d.kind == "binary_hash" && d.value == "ef".repeat(32)), "{d:?}");
+        // Confirmed only by the binary itself: not taught.
+        let mut f = finding(
+            vec![Evidence::heuristic(
+                EvidenceKind::BinaryContent {
+                    strings: vec!["xmrig".into()],
+                    path: "/tmp/k".into(),
+                    source: "binary".into(),
+                },
+                Weight::Confirmed,
+            )],
+            Severity::Confirmed,
+        );
+        f.process.sha256 = Some("ef".repeat(32));
+        assert_eq!(derive(&f), (vec![], vec![Refusal::HashUncorroborated]));
     }
 
     #[test]
