@@ -340,7 +340,31 @@ pub fn derive(f: &Finding) -> (Vec<Derived>, Vec<Refusal>) {
     if hash_refused {
         refused.push(Refusal::HashUncorroborated);
     }
+    // What the bundled rules already say, every agent knows: not taught again.
+    out.retain(|d| !already_known(d));
     (out, refused)
+}
+
+/// The bundled signature set, compiled once.
+fn bundled() -> &'static rigwatch_signatures::Signatures {
+    static S: std::sync::OnceLock<rigwatch_signatures::Signatures> = std::sync::OnceLock::new();
+    S.get_or_init(|| rigwatch_signatures::load(&[], true).signatures)
+}
+
+/// Whether the bundled rules already match an indicator (a known hash,
+/// pool domain or pool address). Wallets are always taught: the bundled
+/// rules know wallet formats, not this wallet.
+fn already_known(d: &Derived) -> bool {
+    let s = bundled();
+    match d.kind {
+        "binary_hash" => {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(&d.value, &mut h).is_ok() && s.binary_hash(&h).is_some()
+        }
+        "pool_domain" => s.pool_domain(&d.value).is_some(),
+        "pool_address" => d.value.parse::<SocketAddr>().is_ok_and(|a| s.pool_address(&a).is_some()),
+        _ => false,
+    }
 }
 
 /// What learning from one finding did.
@@ -968,7 +992,7 @@ mod tests {
         let f = finding(
             vec![
                 stratum("acct7f3e9a21bc", "203.0.113.50:3333"),
-                stratum("x", "94.130.143.162:45700"),
+                stratum("x", "185.199.108.7:14444"),
                 stratum("acct7f3e9a21bc", "127.0.0.1:3333"),
                 Evidence::heuristic(
                     EvidenceKind::BinaryHash {
@@ -987,7 +1011,7 @@ mod tests {
             got,
             vec![
                 ("cmdline", "acct7f3e9a21bc"),
-                ("pool_address", "94.130.143.162:45700"),
+                ("pool_address", "185.199.108.7:14444"),
                 ("binary_hash", &*"ab".repeat(32)),
             ],
             "documentation and loopback addresses and the login \"x\" teach nothing"
@@ -996,7 +1020,7 @@ mod tests {
 
     #[test]
     fn the_running_executables_hash_is_taught_when_corroborated() {
-        let mut f = finding(vec![stratum("x", "94.130.143.162:45700")], Severity::Confirmed);
+        let mut f = finding(vec![stratum("x", "185.199.108.7:14444")], Severity::Confirmed);
         f.process.sha256 = Some("EF".repeat(32));
         let (d, _) = derive(&f);
         assert!(d.iter().any(|d| d.kind == "binary_hash" && d.value == "ef".repeat(32)), "{d:?}");
@@ -1014,6 +1038,24 @@ mod tests {
         );
         f.process.sha256 = Some("ef".repeat(32));
         assert_eq!(derive(&f), (vec![], vec![Refusal::HashUncorroborated]));
+    }
+
+    #[test]
+    fn what_the_bundled_rules_know_is_not_taught_again() {
+        let f = finding(
+            vec![
+                stratum("x", "94.130.143.162:45700"),
+                Evidence::heuristic(
+                    EvidenceKind::TlsSni {
+                        server_name: "pool.supportxmr.com".into(),
+                        remote: "203.0.113.9:443".into(),
+                    },
+                    Weight::Likely,
+                ),
+            ],
+            Severity::Confirmed,
+        );
+        assert_eq!(derive(&f), (vec![], vec![]));
     }
 
     #[test]
@@ -1038,7 +1080,7 @@ mod tests {
             Severity::Confirmed,
         );
         assert_eq!(derive(&weak), (vec![], vec![Refusal::NotConfirmed]));
-        let mut ev = vec![stratum("acct7f3e9a21bc", "94.130.143.162:45700")];
+        let mut ev = vec![stratum("acct7f3e9a21bc", "185.199.108.7:14444")];
         ev.push(Evidence::from_rule(
             EvidenceKind::PoolDomain {
                 domain: "p.example".into(),

@@ -170,7 +170,7 @@ pub async fn fleet_learns_signs_serves_and_revokes(store: Store, dir: &Path) {
                 &format!("fleet.{wallet_id}"),
                 Weight::Confirmed,
             ),
-            stratum("acct7f3e9a21bc", "94.130.143.162:45700"),
+            stratum("acct7f3e9a21bc", "185.199.108.7:14444"),
         ],
     );
     c.post(&report("n3", "a3", vec![opened("a3", 1, 1000, hit.clone())])).await;
@@ -326,7 +326,7 @@ pub async fn fleet_learning_is_capped_per_host(store: Store, dir: &Path) {
                 },
                 Weight::Likely,
             ),
-            stratum(HOSTILE_LOGIN, "94.130.143.162:45700"),
+            stratum(HOSTILE_LOGIN, "185.199.108.7:14444"),
         ],
     );
     let (s, _) = c.post(&report("n1", "a1", vec![opened("a1", 1, 1000, f)])).await;
@@ -347,12 +347,7 @@ pub async fn fleet_learning_is_capped_per_host(store: Store, dir: &Path) {
     .await;
     assert_eq!(store.fleet_indicators(FleetLimits::default()).await.unwrap().len(), 5);
     // A hostile login (quotes, a TOML table header, ''') from a host with allowance left.
-    let f = with_evidence(
-        "n3",
-        "f1",
-        Severity::Confirmed,
-        vec![stratum(HOSTILE_LOGIN, "94.130.143.162:45700")],
-    );
+    let f = with_evidence("n3", "f1", Severity::Confirmed, vec![stratum(HOSTILE_LOGIN, "185.199.108.7:14444")]);
     c.post(&report("n3", "a3", vec![opened("a3", 1, 1000, f)])).await;
     let list = store.fleet_indicators(FleetLimits::default()).await.unwrap();
     assert_eq!(list.len(), 7, "{list:?}");
