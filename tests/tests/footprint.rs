@@ -445,7 +445,7 @@ fn immutable_executable_in_tmp_is_a_finding_until_chattr_minus_i() {
         eprintln!("skipped: chattr +i is not possible on /tmp here (needs root and a file system with attributes)");
         return;
     }
-    let name = format!("immutable {}", exe.display());
+    let name = exe.display().to_string();
     let v = scan_host();
     let fs = footprints(&v);
     let f = finding(&fs, &name);
@@ -458,7 +458,7 @@ fn immutable_executable_in_tmp_is_a_finding_until_chattr_minus_i() {
         )]
     );
     assert!(
-        !fs.iter().any(|f| f["subject"]["name"] == format!("immutable {}", plain.display())),
+        !fs.iter().any(|f| f["subject"]["name"] == plain.display().to_string()),
         "a mutable executable beside it is nothing: {fs:#?}"
     );
 

@@ -766,7 +766,9 @@ impl FootprintSensor {
         for (shown, (how, procs)) in locked.into_iter().take(MAX_LOCKED) {
             let c = locked_change(&shown, how, self.mutable.contains(&shown));
             out.extend(procs.iter().map(|k| Observation::Evidence(*k, c.evidence())));
-            self.emit(format!("immutable {shown}"), vec![c], out);
+            // named by its path alone, as persistence subjects are, so the
+            // allowlist's `paths` speak for it
+            self.emit(shown, vec![c], out);
         }
     }
 
@@ -1209,7 +1211,7 @@ mod tests {
             s.observe(&snap, &mut out).unwrap();
             out.into_iter()
                 .filter_map(|o| match o {
-                    Observation::Host(sub, e) if sub.name.starts_with("immutable ") => Some((sub.name, e)),
+                    Observation::Host(sub, e) if sub.name.starts_with('/') => Some((sub.name, e)),
                     _ => None,
                 })
                 .collect::<Vec<_>>()
@@ -1225,7 +1227,7 @@ mod tests {
         }
         let found = pass();
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].0, "immutable /tmp/.x/kswapd0");
+        assert_eq!(found[0].0, "/tmp/.x/kswapd0");
         assert_eq!(found[0].1.weight, Weight::Suspicious);
         assert_eq!(
             found[0].1.summary(),
