@@ -283,6 +283,20 @@ async fn analyst_clicks_from_fleet_to_finding_in_chromium() {
     let body = d.text("main").await;
     assert!(body.contains("web-1") && body.contains("web-2") && body.contains(WALLET), "{body}");
     d.shot("06-campaign.png").await;
+
+    // Fleet indicators (issue 16): the confirmed findings taught the wallet
+    // and the pool; revoke the wallet with its button.
+    d.click("a[href='/fleet']").await;
+    d.wait_title(|t| t == "Fleet indicators · rigwatch").await;
+    let wallet = rigwatch_collector::fleet::indicator_id("wallet", WALLET);
+    let row = d.text(&format!("#ind-{wallet}")).await;
+    assert!(row.contains(WALLET) && row.contains("web-1/f1") && row.contains("live"), "{row}");
+    d.shot("07-fleet-indicators.png").await;
+    d.click(&format!("#revoke-{wallet}")).await;
+    d.wait_text(&format!("#ind-{wallet} td.state"), |t| t.starts_with("revoked by alice"))
+        .await;
+    assert_eq!(d.text("#fleet-version").await, "3", "taught (2), revoked (3)");
+    d.shot("08-fleet-revoked.png").await;
     d.quit().await;
 }
 
