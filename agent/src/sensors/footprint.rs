@@ -1236,4 +1236,58 @@ mod tests {
         assert!(chattr("-i", &exe));
         assert!(pass().is_empty(), "chattr -i: resolved");
     }
+
+    #[test]
+    fn an_immutable_running_executable_is_evidence_on_its_process() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("kswapd0");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let _unlock = Unlock(exe.clone());
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        struct Reap<'a>(&'a mut std::process::Child);
+        impl Drop for Reap<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let pid = child.id();
+        let _reap = Reap(&mut child);
+        if !chattr("+i", &exe) {
+            eprintln!("chattr +i is not possible here: the running-executable check is not exercised");
+            return;
+        }
+        let snap = crate::host::process::ProcessSensor::new(Path::new("/proc")).sample_pids(&[pid]);
+        let key = snap.procs.keys().find(|k| k.pid == pid).copied().expect("the child is sampled");
+        let empty = tempfile::tempdir().unwrap();
+        let sig = Arc::new(rigwatch_signatures::load(&[], true).signatures);
+        let mut s = FootprintSensor::new(sig, Path::new("/proc"), empty.path().to_path_buf());
+        let mut out = Vec::new();
+        s.observe(&snap, &mut out).unwrap();
+        let shown = exe.display().to_string();
+        let on_proc: Vec<&Evidence> = out
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Evidence(k, e) if *k == key => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(on_proc.len(), 1, "{out:?}");
+        assert_eq!(
+            on_proc[0].summary(),
+            format!("attributes of executable {shown}: immutable when first seen → immutable (chattr +i: not even root can change, rename or delete it until chattr -i)")
+        );
+        assert!(
+            out.iter().any(|o| matches!(o, Observation::Host(sub, _) if sub.name == shown)),
+            "and a host finding naming the file: {out:?}"
+        );
+        assert!(chattr("-i", &exe));
+        let mut out = Vec::new();
+        s.observe(&snap, &mut out).unwrap();
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Observation::Evidence(..)) || matches!(o, Observation::Host(sub, _) if sub.name == shown)),
+            "chattr -i: gone: {out:?}"
+        );
+    }
 }
