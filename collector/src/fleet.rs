@@ -639,6 +639,14 @@ impl Store {
         .await
     }
 
+    /// Forgets which findings hit which indicator before `before` (unix
+    /// seconds): the table stays bounded; a finding reported again after
+    /// that counts again.
+    pub async fn fleet_prune_hits(&self, before: u64) -> Result<u64, DbError> {
+        self.run(true, move |c| c.exec("DELETE FROM fleet_hits WHERE at < $1", &[before.into()]))
+            .await
+    }
+
     /// Replaces the published files (none: clears them) and bumps the version.
     pub async fn fleet_publish(&self, files: Vec<(String, String)>) -> Result<u64, DbError> {
         self.run(true, move |c| {

@@ -508,6 +508,10 @@ async fn fleet_expiry(app: Arc<App>) {
             Ok(_) => {}
             Err(e) => tracing::warn!("expiring fleet indicators: {e}"),
         }
+        let before = now().saturating_sub(app.settings.event_retention_days * 86400);
+        if let Err(e) = app.store.fleet_prune_hits(before).await {
+            tracing::warn!("pruning fleet hits: {e}");
+        }
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
 }

@@ -273,6 +273,8 @@ pub async fn fleet_learns_signs_serves_and_revokes(store: Store, dir: &Path) {
     assert_eq!(store.fleet_version().await.unwrap(), 4);
     // Without a session, the page sends to the login.
     assert_eq!(c.text("/fleet").await.0, 303);
+    // Hit records are pruned with old event ids (one: n3's finding).
+    assert_eq!(store.fleet_prune_hits(rigwatch_collector::store::now() + 1).await.unwrap(), 1);
 }
 
 pub async fn fleet_indicators_expire_and_come_back(store: Store, dir: &Path) {
