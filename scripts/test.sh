@@ -10,6 +10,8 @@ command -v cc >/dev/null || need+=(gcc)
 command -v python3 >/dev/null || need+=(python3)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v ip >/dev/null || need+=(iproute2)
+# footprint tests: rules in a network namespace the test creates (nft)
+command -v nft >/dev/null || need+=(nftables)
 command -v promtool >/dev/null || need+=(prometheus)
 # collector tests: a real PostgreSQL, Alertmanager and headless Chromium; openssl + curl for HTTPS
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

@@ -176,6 +176,14 @@ impl Detector {
         for (k, v) in &self.sticky {
             extra.entry(*k).or_default().extend(v.iter().cloned());
         }
+        // the trojan's footprint on this host (firewall flushed, security
+        // agents stopped…): said beside each process that is already odd
+        let footprints: Vec<Evidence> = host
+            .iter()
+            .filter(|(s, _)| s.kind == SubjectKind::Footprint)
+            .flat_map(|(_, v)| v.iter().filter(|e| e.kind() == "footprint").cloned())
+            .take(8)
+            .collect();
         let window = prev.map(|p| cur.at.saturating_duration_since(p.at).as_secs_f64()).unwrap_or(0.0);
         let mut findings = Vec::new();
         let me = std::process::id();
@@ -215,6 +223,13 @@ impl Detector {
             ev.extend(self.throttle_evidence(p, ev.iter().any(|e| matches!(e.detail, EvidenceKind::Cpu { .. }))));
             if let Some(x) = extra.remove(key) {
                 ev.extend(x);
+                ev = dedup(ev);
+            }
+            if !footprints.is_empty() && ev.iter().any(|e| e.weight >= Weight::Suspicious && e.kind() != "footprint") {
+                ev.extend(footprints.iter().map(|e| Evidence {
+                    weight: Weight::Suspicious,
+                    ..e.clone()
+                }));
                 ev = dedup(ev);
             }
             if ev.is_empty() {
@@ -699,6 +714,56 @@ mod tests {
             .evidence
             .iter()
             .any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("nice 19") && how.contains("SCHED_IDLE"))));
+    }
+
+    #[test]
+    fn a_hosts_footprint_raises_an_odd_busy_process_and_no_other() {
+        use rigwatch_signatures::{HostSubject, Severity};
+        let sig = std::sync::Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        let t0 = std::time::Instant::now();
+        let prev = snap(t0, 0, 'R');
+        let cur = snap(t0 + std::time::Duration::from_secs(10), 900, 'R');
+        let flushed = Observation::Host(
+            HostSubject {
+                kind: SubjectKind::Footprint,
+                name: "firewall netns:4026531840".into(),
+            },
+            Evidence::heuristic(
+                EvidenceKind::Footprint {
+                    what: "firewall rules".into(),
+                    before: "12 rules".into(),
+                    after: "none".into(),
+                },
+                Weight::Suspicious,
+            ),
+        );
+        // busy and masquerading (suspicious alone) → likely beside the footprint
+        let mut d = Detector::new(sig.clone(), DetectorConfig::default(), "h");
+        let alone = d.assess(Some(&prev), &cur, &[], 0);
+        let f = alone.iter().find(|f| f.pid == Some(4242)).unwrap();
+        assert_eq!(f.severity, Severity::Suspicious, "{f:?}");
+        let mut d = Detector::new(sig.clone(), DetectorConfig::default(), "h");
+        let beside = d.assess(Some(&prev), &cur, std::slice::from_ref(&flushed), 0);
+        let f = beside.iter().find(|f| f.pid == Some(4242)).unwrap();
+        assert_eq!(f.severity, Severity::Likely, "{f:?}");
+        assert!(f.evidence.iter().any(|e| e.kind() == "footprint" && e.weight == Weight::Suspicious));
+        let host = beside.iter().find(|f| f.subject.is_some()).unwrap();
+        assert_eq!(host.severity, Severity::Suspicious, "alone, a footprint is at most suspicious");
+        // an ordinary busy process gets nothing from it
+        let mut ordinary = snap(t0 + std::time::Duration::from_secs(10), 900, 'R');
+        for p in ordinary.procs.values_mut() {
+            p.comm = "cc1".into();
+            p.fixed = std::sync::Arc::new(crate::host::process::ProcStatic {
+                comm: "cc1".into(),
+                argv: vec!["/usr/libexec/gcc/cc1".into()],
+                argv_read: true,
+                exe: Some("/usr/libexec/gcc/cc1".into()),
+                ..Default::default()
+            });
+        }
+        let mut d = Detector::new(sig, DetectorConfig::default(), "h");
+        let out = d.assess(Some(&prev), &ordinary, &[flushed], 0);
+        assert!(out.iter().all(|f| f.pid.is_none()), "{out:?}");
     }
 
     #[test]

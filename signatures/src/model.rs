@@ -467,7 +467,9 @@ pub fn score(evidence: &[Evidence]) -> Option<Severity> {
         .filter(|e| e.weight == Weight::Suspicious)
         .map(|e| e.kind())
         .collect();
-    if active && odd_kinds.contains("tls_session") && odd_kinds.len() >= 2 {
+    // likewise a busy, odd process on a host whose defences were just
+    // weakened (a trojan's footprint: firewall flushed, agents stopped; issue 18)
+    if active && (odd_kinds.contains("tls_session") || odd_kinds.contains("footprint")) && odd_kinds.len() >= 2 {
         return Some(Severity::Likely);
     }
     let hidden = evidence.iter().any(|e| matches!(e.detail, EvidenceKind::HiddenProcess { .. }));
