@@ -235,6 +235,21 @@ CREATE TABLE IF NOT EXISTS fleet_meta (
     value BIGINT NOT NULL
 );
 INSERT INTO fleet_meta (name, value) VALUES ('version', 1) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS finding_events (
+    id BIGINT PRIMARY KEY,
+    host TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    activity TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    finding TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS finding_events_received ON finding_events (received_at);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO counters (name, value) VALUES ('finding_events', 0) ON CONFLICT DO NOTHING;
 "#;
 
 /// Columns added after the first release: `(table, column, definition)`,
