@@ -108,6 +108,8 @@ pub struct App {
     fleet_key: std::sync::OnceLock<Arc<crate::fleet::SigningKey>>,
     /// The signed fleet set as last served, and when its version was last checked.
     pub fleet_cache: Mutex<Option<FleetCache>>,
+    /// Finding events waiting for the SIEM webhook.
+    pub siem: crate::siem::Queue,
 }
 
 /// The signed fleet set as served, rebuilt only when its version changes.
@@ -137,6 +139,7 @@ impl App {
             login_limiter,
             fleet_key: std::sync::OnceLock::new(),
             fleet_cache: Mutex::new(None),
+            siem: crate::siem::Queue::default(),
         })
     }
 

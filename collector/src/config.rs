@@ -18,6 +18,8 @@ pub const DEFAULT_DATA_DIR: &str = "./rigwatch-data";
 /// database_ca_file = "/etc/rigwatch/postgres-ca.pem"  # CA of PostgreSQL's certificate (when the URL names no sslrootcert)
 /// alertmanager = "http://127.0.0.1:9093"
 /// webhook = "http://127.0.0.1:8080/hooks/rigwatch"
+/// siem_webhook = "https://siem.example.com/ingest/rigwatch"  # one POST per finding transition
+/// siem_format = "ocsf"           # or "ecs"
 /// tls_cert = "/etc/rigwatch/collector.pem"
 /// tls_key = "/etc/rigwatch/collector.key"
 /// silent_after_seconds = 90      # 3 × the agents' 30 s heartbeat
@@ -52,6 +54,23 @@ pub struct FileConfig {
     pub alertmanager: Option<String>,
     /// Generic JSON webhook URL (Slack-compatible `text`).
     pub webhook: Option<String>,
+    /// SIEM webhook URL (`http://` or `https://`). Every finding transition
+    /// this replica stores (opened — or reopened after it resolved —,
+    /// updated when its severity or evidence changed, resolved) is POSTed
+    /// to it as one event per request: the body is the event itself, one
+    /// JSON object (`Content-Type: application/json`) in `siem_format`, the
+    /// same mapping the agent's own SIEM output uses. Sent from a queue
+    /// beside ingest, never in its way: 2048 events at most wait; when the
+    /// queue is full an event is dropped and counted
+    /// (`rigwatch_collector_alert_deliveries_total{receiver="siem",result="dropped"}`).
+    /// Each POST has 10 s, follows no redirect, and is tried 3 times
+    /// (1 s, then 2 s apart) on a connection error, a timeout, 408, 429 or
+    /// 5xx; then counted as `result="error"` and dropped. For delivery that
+    /// survives outages and restarts, pull `GET /api/v1/export` instead.
+    pub siem_webhook: Option<String>,
+    /// The SIEM webhook's event format: `ocsf` (OCSF 1.5.0 Detection
+    /// Finding, class 2004; the default) or `ecs` (Elastic Common Schema 8.11).
+    pub siem_format: Option<rigwatch_signatures::siem::Format>,
     /// PEM certificate chain for HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for HTTPS.
@@ -113,6 +132,10 @@ pub struct Settings {
     pub alertmanager: Option<String>,
     /// Webhook URL.
     pub webhook: Option<String>,
+    /// SIEM webhook URL ([`FileConfig::siem_webhook`]).
+    pub siem_webhook: Option<String>,
+    /// The SIEM webhook's event format.
+    pub siem_format: rigwatch_signatures::siem::Format,
     /// HTTPS certificate and key.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Silence threshold, seconds.
@@ -155,6 +178,8 @@ impl Settings {
             database_ca_file: None,
             alertmanager: None,
             webhook: None,
+            siem_webhook: None,
+            siem_format: rigwatch_signatures::siem::Format::Ocsf,
             tls: None,
             silent_after: 90,
             alert_resend: 60,
@@ -185,6 +210,13 @@ impl Settings {
         s.database_ca_file = flags.database_ca_file.or(file.database_ca_file);
         s.alertmanager = pick(flags.alertmanager, file.alertmanager);
         s.webhook = pick(flags.webhook, file.webhook);
+        s.siem_webhook = pick(flags.siem_webhook, file.siem_webhook);
+        if let Some(u) = &s.siem_webhook {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                anyhow::bail!("siem_webhook must be an http:// or https:// URL, not {u:?}");
+            }
+        }
+        s.siem_format = flags.siem_format.or(file.siem_format).unwrap_or(s.siem_format);
         let cert = flags.tls_cert.or(file.tls_cert);
         let key = flags.tls_key.or(file.tls_key);
         s.tls = match (cert, key) {

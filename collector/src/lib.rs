@@ -4,7 +4,8 @@
 //! once (delivery is at-least-once). Fleet state lives in SQLite (embedded,
 //! the default) or PostgreSQL (several replicas), behind one seam
 //! ([`db::Backend`]) so both run the same SQL and the same tests. From that
-//! state the collector alerts (Alertmanager v2, a JSON webhook), groups
+//! state the collector alerts (Alertmanager v2, a JSON webhook), sends
+//! findings to SIEMs (OCSF or ECS: a webhook, and a cursor export), groups
 //! findings into campaigns, exports `/metrics`, answers the query API and
 //! serves the analysts' web page.
 #![deny(missing_docs)]
@@ -18,6 +19,7 @@ pub mod format;
 pub mod keys;
 pub mod metrics;
 pub mod server;
+pub mod siem;
 pub mod store;
 pub mod web;
 

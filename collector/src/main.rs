@@ -52,6 +52,14 @@ enum Cmd {
         /// Generic JSON webhook URL (Slack-compatible `text`).
         #[arg(long)]
         webhook: Option<String>,
+        /// SIEM webhook URL: each finding transition is POSTed to it as one
+        /// event (JSON body) in --siem-format.
+        #[arg(long)]
+        siem_webhook: Option<String>,
+        /// The SIEM webhook's format: ocsf (OCSF 1.5.0 Detection Finding) or
+        /// ecs (Elastic Common Schema) [default: ocsf].
+        #[arg(long)]
+        siem_format: Option<rigwatch_signatures::siem::Format>,
         /// PEM certificate chain: serve HTTPS (with --tls-key).
         #[arg(long)]
         tls_cert: Option<PathBuf>,
@@ -210,6 +218,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             alertmanager,
             webhook,
+            siem_webhook,
+            siem_format,
             tls_cert,
             tls_key,
             silent_after,
@@ -222,6 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     listen,
                     alertmanager,
                     webhook,
+                    siem_webhook,
+                    siem_format,
                     tls_cert,
                     tls_key,
                     silent_after_seconds: silent_after,

@@ -42,6 +42,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/findings/{host}/{id}", get(api_finding))
         .route("/api/v1/hosts", get(api_hosts))
         .route("/api/v1/campaigns", get(api_campaigns))
+        .route("/api/v1/export", get(api_export))
         .route("/api/v1/fleet/signatures", get(fleet_signatures))
         .route("/api/v1/fleet/indicators", get(api_fleet_indicators))
         .route("/api/v1/fleet/indicators/{id}/revoke", post(api_fleet_revoke))
@@ -155,7 +156,7 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             m.reports.with_label_values(&["rejected_host"]).inc();
             error(StatusCode::FORBIDDEN, out.forbidden.unwrap_or_default())
         }
-        Ok(out) => {
+        Ok(mut out) => {
             m.reports.with_label_values(&["stored"]).inc();
             m.events_stored.inc_by(out.new_events);
             m.events_duplicate.inc_by(out.duplicate_events);
@@ -171,6 +172,7 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             if out.findings_changed {
                 app.alert_wakeup.notify_one();
             }
+            crate::siem::enqueue(&app, std::mem::take(&mut out.finding_events));
             if out.fleet_changed {
                 app.fleet_changed();
             }
@@ -394,6 +396,85 @@ async fn api_findings(
         Ok(v) => Json(v).into_response(),
         Err(e) => db_error(e),
     }
+}
+
+/// The query of `GET /api/v1/export`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    format: Option<String>,
+    cursor: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// `GET /api/v1/export?format=ocsf|ecs&cursor=N&limit=M` (analyst token or
+/// session; an agent or enrolment token gets 403, none 401): the finding
+/// events stored after cursor `N` (default 0: from the oldest kept),
+/// oldest first, as NDJSON (`application/x-ndjson`): one event per line,
+/// in `format` (`ocsf`, the default: OCSF 1.5.0 Detection Finding, class
+/// 2004; `ecs`: Elastic Common Schema 8.11), the same mapping as the
+/// agent's SIEM output and the SIEM webhook. At most `M` events (default
+/// 1000, at most 10000; the body also stops after 16 MiB). The response's
+/// `X-Rigwatch-Cursor` header is the cursor to send next: the id of the
+/// last event in the body, or `N` again (and an empty body) when nothing is
+/// new. A full page means more may wait: pull again at once.
+///
+/// A finding event is a transition the collector stored: opened (or
+/// reopened after it resolved; OCSF activity Create), updated when its
+/// severity or evidence changed (Update), resolved (Close). Each carries
+/// the finding as it stood at that event (stored with it), dated by the
+/// agent's event time. Analysts' acknowledgements and suppressions are not
+/// events here. Cursors are ids in the database, monotonic across
+/// restarts and replicas, so a SIEM that keeps the last cursor gets each
+/// event exactly once; events older than `event_retention_days` are pruned.
+async fn api_export(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use crate::siem::{render, EXPORT_DEFAULT_LIMIT, EXPORT_MAX_BYTES, EXPORT_MAX_LIMIT};
+    if let Err(r) = analyst(&app, &headers).await {
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad query: parameters are format (ocsf, ecs), cursor (a number), limit (a number)",
+        );
+    };
+    let format = match q.format.as_deref().unwrap_or("ocsf").parse::<rigwatch_signatures::siem::Format>() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let cursor = q.cursor.unwrap_or(0);
+    let limit = q.limit.unwrap_or(EXPORT_DEFAULT_LIMIT).clamp(1, EXPORT_MAX_LIMIT);
+    let events = match app.store.finding_events(cursor, limit).await {
+        Ok(v) => v,
+        Err(e) => return db_error(e),
+    };
+    let mut body = Vec::new();
+    let mut next = cursor;
+    for e in &events {
+        if body.len() >= EXPORT_MAX_BYTES {
+            break;
+        }
+        if let Some(v) = render(format, e) {
+            if serde_json::to_writer(&mut body, &v).is_ok() {
+                body.push(b'\n');
+            }
+        }
+        next = e.id;
+    }
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (header::HeaderName::from_static("x-rigwatch-cursor"), next.to_string()),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn api_finding(State(app): State<Arc<App>>, headers: HeaderMap, Path((host, id)): Path<(String, String)>) -> Response {
@@ -767,6 +848,7 @@ async fn run_server(
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
 ) -> std::io::Result<()> {
     tokio::spawn(crate::alert::run(app.clone()));
+    tokio::spawn(crate::siem::run(app.clone()));
     tokio::spawn(housekeeping(app.clone()));
     tokio::spawn(fleet_expiry(app.clone()));
     let permits = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));

@@ -127,6 +127,52 @@ pub struct IngestOutcome {
     pub fleet_hits: Vec<String>,
     /// The fleet signature set changed (new or returning indicators).
     pub fleet_changed: bool,
+    /// The finding transitions this report made, as stored for SIEMs
+    /// (webhook and export), in id order.
+    #[serde(skip)]
+    pub finding_events: Vec<FindingEvent>,
+}
+
+/// One finding transition as stored for SIEMs: the export endpoint's
+/// unit, and what the SIEM webhook sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FindingEvent {
+    /// Monotonic across the whole database (every replica, every restart):
+    /// the export cursor. A transaction takes its ids under a row lock held
+    /// until it commits, so ids become visible in order.
+    pub id: u64,
+    /// Host name.
+    pub host: String,
+    /// The agent's finding id.
+    pub finding_id: String,
+    /// `opened`, `updated` or `resolved`.
+    pub activity: String,
+    /// Unix seconds (the agent's event time, cut to the collector's clock
+    /// plus the allowance).
+    pub at: u64,
+    /// The finding as it stood at this event (JSON of
+    /// [`rigwatch_signatures::Finding`]).
+    pub finding: String,
+}
+
+impl FindingEvent {
+    /// The transition as the shared SIEM mapping names it.
+    pub fn siem_activity(&self) -> rigwatch_signatures::siem::Activity {
+        use rigwatch_signatures::siem::Activity;
+        match self.activity.as_str() {
+            "opened" => Activity::Opened,
+            "resolved" => Activity::Resolved,
+            _ => Activity::Updated,
+        }
+    }
+}
+
+/// A transition waiting for its id (given when the report's job ends).
+struct PendingEvent {
+    finding_id: String,
+    activity: &'static str,
+    at: u64,
+    finding: String,
 }
 
 /// What the collector allows one report to do.
@@ -720,9 +766,35 @@ impl Store {
     /// Forgets event ids received before `before` (unix seconds): the
     /// idempotency window. A batch re-delivered after that would be applied
     /// again, so keep it longer than an agent's spool can hold (default 30 days).
+    /// The SIEM export's finding events received before then go too.
     pub async fn prune_events(&self, before: u64) -> Result<u64, DbError> {
-        self.run(true, move |c| c.exec("DELETE FROM events WHERE received_at < $1", &[before.into()]))
-            .await
+        self.run(true, move |c| {
+            c.exec("DELETE FROM finding_events WHERE received_at < $1", &[before.into()])?;
+            c.exec("DELETE FROM events WHERE received_at < $1", &[before.into()])
+        })
+        .await
+    }
+
+    /// Finding events (SIEM export) with an id above `after`, oldest first,
+    /// at most `limit`.
+    pub async fn finding_events(&self, after: u64, limit: u64) -> Result<Vec<FindingEvent>, DbError> {
+        self.run(false, move |c| {
+            Ok(c.query(
+                "SELECT id, host, finding_id, activity, at, finding FROM finding_events WHERE id > $1 ORDER BY id LIMIT $2",
+                &[after.min(i64::MAX as u64).into(), limit.min(i64::MAX as u64).into()],
+            )?
+            .iter()
+            .map(|r| FindingEvent {
+                id: r[0].int() as u64,
+                host: r[1].text(),
+                finding_id: r[2].text(),
+                activity: r[3].text(),
+                at: r[4].int() as u64,
+                finding: r[5].text(),
+            })
+            .collect())
+        })
+        .await
     }
 
     /// Findings that ended (resolved or suppressed) at or after `since`.
@@ -987,6 +1059,7 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
     let key = event_key(host, &r.agent.agent_id);
     // Unresolved findings on this host, counted once when first needed.
     let mut unresolved: Option<u64> = None;
+    let mut pending: Vec<PendingEvent> = Vec::new();
     for ev in &r.events {
         if matches!(ev.kind, EventKind::Heartbeat {}) {
             // Heartbeats only move last_seen (done above); storing them
@@ -1040,7 +1113,7 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
                     }
                     unresolved = Some(n + 1);
                 }
-                if apply_finding(c, host, finding, &order, ceiling, received, &seq)? {
+                if apply_finding(c, host, finding, &order, ceiling, received, &seq, &mut pending)? {
                     out.findings_changed = true;
                     let learned = crate::fleet::learn_tx(c, host, finding, received, limits.fleet)?;
                     for r in learned.refused {
@@ -1053,7 +1126,7 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
             EventKind::FindingResolved { finding_id, reason } => {
                 let p: [Value; 2] = [host.into(), finding_id.as_str().into()];
                 let cur = c.query(
-                    "SELECT state, updated_at, agent_key, agent_seq FROM findings WHERE host = $1 AND id = $2",
+                    "SELECT state, updated_at, agent_key, agent_seq, finding FROM findings WHERE host = $1 AND id = $2",
                     &p,
                 )?;
                 let Some(cur) = cur.first() else { continue };
@@ -1079,10 +1152,66 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
                     }
                 }
                 history(c, host, finding_id, at, &seq, "resolved", reason)?;
+                if cur[0].text() != "resolved" {
+                    pending.push(PendingEvent {
+                        finding_id: finding_id.clone(),
+                        activity: "resolved",
+                        at,
+                        finding: cur[4].text(),
+                    });
+                }
                 out.findings_changed = true;
             }
             EventKind::Heartbeat {} => {}
         }
+    }
+    out.finding_events = record_finding_events(c, host, pending, received)?;
+    Ok(out)
+}
+
+/// Stores a report's finding transitions for SIEMs, numbered from the
+/// `finding_events` counter. The counter's row stays locked until this
+/// transaction commits (PostgreSQL: other writers and replicas wait on it;
+/// SQLite has one writer), so a reader that sees id N sees every id below
+/// it that will ever exist: a cursor never skips a late commit.
+fn record_finding_events(c: &mut dyn Conn, host: &str, pending: Vec<PendingEvent>, received: u64) -> Result<Vec<FindingEvent>, DbError> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = pending.len() as i64;
+    c.exec(
+        "UPDATE counters SET value = value + $1 WHERE name = 'finding_events'",
+        &[Value::Int(n)],
+    )?;
+    let last = c
+        .query("SELECT value FROM counters WHERE name = 'finding_events'", &[])?
+        .first()
+        .map(|r| r[0].int())
+        .ok_or_else(|| DbError::Other("the finding_events counter is missing".into()))?;
+    let mut out = Vec::with_capacity(pending.len());
+    for (i, p) in pending.into_iter().enumerate() {
+        let id = last - n + 1 + i as i64;
+        c.exec(
+            "INSERT INTO finding_events (id, host, finding_id, activity, at, received_at, finding) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                Value::Int(id),
+                host.into(),
+                p.finding_id.as_str().into(),
+                p.activity.into(),
+                p.at.into(),
+                received.into(),
+                p.finding.as_str().into(),
+            ],
+        )?;
+        out.push(FindingEvent {
+            id: id as u64,
+            host: crate::db::stored_text(host),
+            finding_id: crate::db::stored_text(&p.finding_id),
+            activity: p.activity.to_string(),
+            at: p.at.min(i64::MAX as u64),
+            finding: crate::db::stored_text(&p.finding),
+        });
     }
     Ok(out)
 }
@@ -1137,6 +1266,7 @@ impl Order {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_finding(
     c: &mut dyn Conn,
     host: &str,
@@ -1145,11 +1275,12 @@ fn apply_finding(
     ceiling: u64,
     received: u64,
     seq: &str,
+    pending: &mut Vec<PendingEvent>,
 ) -> Result<bool, DbError> {
     let id = f.id.as_str();
     let at = order.at;
     let cur = c.query(
-        "SELECT state, state_reason, state_changed_at, updated_at, severity, agent_key, agent_seq FROM findings \
+        "SELECT state, state_reason, state_changed_at, updated_at, severity, agent_key, agent_seq, finding FROM findings \
          WHERE host = $1 AND id = $2",
         &[host.into(), id.into()],
     )?;
@@ -1181,6 +1312,27 @@ fn apply_finding(
     };
     let labels = labels_of(f);
     let json = serde_json::to_string(f).unwrap_or_else(|_| "{}".into());
+    // What a SIEM hears: opened (or reopened after it resolved), updated
+    // when severity or evidence changed; not a repeat of the same content.
+    let siem = match (action, cur.first()) {
+        ("opened", _) => Some("opened"),
+        ("reopened", Some(r)) if r[0].text() == "resolved" => Some("opened"),
+        ("reopened", _) => Some("updated"),
+        (_, Some(r)) => {
+            let old: serde_json::Value = serde_json::from_str(&r[7].text()).unwrap_or_default();
+            let new = serde_json::to_value(f).unwrap_or_default();
+            (old.get("severity") != new.get("severity") || old.get("evidence") != new.get("evidence")).then_some("updated")
+        }
+        _ => None,
+    };
+    if let Some(activity) = siem {
+        pending.push(PendingEvent {
+            finding_id: id.to_string(),
+            activity,
+            at,
+            finding: json.clone(),
+        });
+    }
     c.exec(
         "INSERT INTO findings (host, id, severity, state, state_reason, state_changed_at, process, exe, rule, pool, \
          finding, first_seen, last_seen, updated_at, agent_key, agent_seq) \

@@ -12,6 +12,8 @@ use std::path::Path;
 
 mod fleet;
 pub use fleet::*;
+mod siem;
+pub use siem::*;
 
 /// Calls `$m!(case)` for every case.
 #[macro_export]
@@ -39,6 +41,7 @@ macro_rules! for_each_case {
         $m!(fleet_learns_signs_serves_and_revokes);
         $m!(fleet_indicators_expire_and_come_back);
         $m!(fleet_learning_is_capped_per_host);
+        $m!(siem_export_gives_each_finding_event_once);
     };
 }
 
