@@ -51,7 +51,13 @@ pub struct Loaded {
 /// Parses the in-memory file `name` of a set of files (the bundled set, a
 /// fleet set), shown as `shown`; its lists are resolved among the set's
 /// other files, never on disk.
-fn parse_among<N: AsRef<str>>(shown: &str, name: &str, text: &str, files: &[(N, String)], set: &str) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
+fn parse_among<N: AsRef<str>>(
+    shown: &str,
+    name: &str,
+    text: &str,
+    files: &[(N, String)],
+    set: &str,
+) -> Result<crate::rules::RuleFile, Vec<RuleError>> {
     let dir = Path::new(name).parent().unwrap_or(Path::new("")).to_path_buf();
     let read = move |l: &str| -> Result<String, String> {
         let want = dir.join(l);

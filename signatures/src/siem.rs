@@ -271,7 +271,10 @@ pub fn ecs(f: &Finding, activity: Activity, time_ms: u64, version: &str) -> Valu
             "start": rfc3339(f.first_seen),
         }),
     );
-    doc.insert("observer".into(), json!({"vendor": "rigwatch", "product": "rigwatch", "type": "agent", "version": version}));
+    doc.insert(
+        "observer".into(),
+        json!({"vendor": "rigwatch", "product": "rigwatch", "type": "agent", "version": version}),
+    );
     doc.insert("host".into(), json!({"name": f.host, "hostname": f.host}));
     if f.pid.is_some() || p.pid != 0 {
         doc.insert(
@@ -365,7 +368,10 @@ mod tests {
         assert_eq!(v["finding_info"]["uid"], "33b6b6bfe3b640d5");
         assert_eq!(v["finding_info"]["first_seen_time"], 1_796_000_000_000u64);
         let p = &v["evidences"][0]["process"];
-        assert_eq!((p["pid"].as_u64(), p["file"]["hashes"][0]["value"].as_str()), (Some(4242), Some("ab".repeat(32).as_str())));
+        assert_eq!(
+            (p["pid"].as_u64(), p["file"]["hashes"][0]["value"].as_str()),
+            (Some(4242), Some("ab".repeat(32).as_str()))
+        );
         assert_eq!(v["evidences"][1]["dst_endpoint"], json!({"ip": "192.0.2.7", "port": 3333}));
         assert_eq!(v["evidences"][1]["data"]["rule"], "pool.ports");
         let r = detection_finding(&finding(), Activity::Resolved, 1, "0.1.0");
@@ -378,10 +384,16 @@ mod tests {
     fn the_ecs_document_maps_the_same_finding() {
         let v = ecs(&finding(), Activity::Updated, 1_796_000_010_123, "0.1.0");
         assert_eq!(v["@timestamp"], "2026-11-30T00:53:30.123Z");
-        assert_eq!((v["event"]["kind"].as_str(), v["event"]["severity"].as_u64()), (Some("alert"), Some(99)));
+        assert_eq!(
+            (v["event"]["kind"].as_str(), v["event"]["severity"].as_u64()),
+            (Some("alert"), Some(99))
+        );
         assert_eq!(v["event"]["action"], "finding_updated");
         assert_eq!(v["process"]["hash"]["sha256"], "ab".repeat(32));
-        assert_eq!((v["destination"]["ip"].as_str(), v["destination"]["port"].as_u64()), (Some("192.0.2.7"), Some(3333)));
+        assert_eq!(
+            (v["destination"]["ip"].as_str(), v["destination"]["port"].as_u64()),
+            (Some("192.0.2.7"), Some(3333))
+        );
         assert_eq!(v["user"]["id"], "65534");
         assert_eq!(v["rule"]["id"], "pool.ports");
     }

@@ -378,13 +378,27 @@ fn a_fleet_set_in_memory_loads_last_with_its_own_lists_and_names_its_errors() {
         ),
     ];
     let l = load_with(&[], true, &fleet);
-    let r = l.signatures.rule("fleet.0123456789abcdef").unwrap_or_else(|| panic!("the fleet rule loaded: {:?}", l.errors));
+    let r = l
+        .signatures
+        .rule("fleet.0123456789abcdef")
+        .unwrap_or_else(|| panic!("the fleet rule loaded: {:?}", l.errors));
     assert_eq!(r.description, "fleet: taught by node-a/33b6b6bfe3b640d5");
     assert_eq!(l.signatures.binary_hash(&[0xab; 32]).map(|r| r.severity), Some(Weight::Confirmed));
-    assert!(l.signatures.rule("ops.pools").is_some(), "a published file's list is read from the set");
+    assert!(
+        l.signatures.rule("ops.pools").is_some(),
+        "a published file's list is read from the set"
+    );
     assert!(l.sources.iter().any(|s| s.file == "fleet:published/ops/pools.toml"));
-    assert!(!l.errors.is_empty() && l.errors.iter().all(|e| e.path == "fleet:published/escape.toml"), "{:?}", l.errors);
-    assert!(l.errors.iter().any(|e| e.line == 2 && e.message.contains("not in the fleet set")), "{:?}", l.errors);
+    assert!(
+        !l.errors.is_empty() && l.errors.iter().all(|e| e.path == "fleet:published/escape.toml"),
+        "{:?}",
+        l.errors
+    );
+    assert!(
+        l.errors.iter().any(|e| e.line == 2 && e.message.contains("not in the fleet set")),
+        "{:?}",
+        l.errors
+    );
     // without the set, nothing of it
     assert!(load(&[], true).signatures.rule("fleet.0123456789abcdef").is_none());
 }

@@ -125,7 +125,12 @@ fn what_one_host_confirms_every_agent_knows_and_a_revocation_takes_back() {
         .output()
         .unwrap();
     assert!(out.status.success(), "fleet key: {}", String::from_utf8_lossy(&out.stderr));
-    let key = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     assert_eq!(key.len(), 44, "a base64 ed25519 public key: {key:?}");
     let (_c, cport) = serve_collector(&collector, &data);
 

@@ -354,7 +354,13 @@ impl InternalEvent for FleetSetRefused<'_> {
     fn emit(self, m: &Metrics) {
         m.fleet_fetches.with_label_values(&[self.outcome]).inc();
         if self.log {
-            warn!(event = "fleet_set_refused", url = self.url, outcome = self.outcome, why = self.why, "the fleet signature set in force stays");
+            warn!(
+                event = "fleet_set_refused",
+                url = self.url,
+                outcome = self.outcome,
+                why = self.why,
+                "the fleet signature set in force stays"
+            );
         }
     }
 }

@@ -103,9 +103,7 @@ pub fn accept(body: &[u8], key: Option<&[u8; 32]>, held: u64) -> Result<FleetSet
     }
     for f in &p.files {
         let path = std::path::Path::new(&f.name);
-        let climbs = path
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        let climbs = path.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
         if f.name.is_empty() || f.name.len() > 256 || climbs || f.name.contains('\0') {
             return Err(format!("a file name that is not a plain relative path: {:?}", f.name));
         }
@@ -261,13 +259,20 @@ mod tests {
         let other = keypair();
         let e = accept(&answer(&other, 7, files.clone(), false), Some(&key), 0).unwrap_err();
         assert!(e.contains("does not verify"), "{e}");
-        let unsigned = serde_json::to_vec(&serde_json::json!({"version": 7, "payload": serde_json::json!({"version": 7, "files": []}).to_string()})).unwrap();
+        let unsigned =
+            serde_json::to_vec(&serde_json::json!({"version": 7, "payload": serde_json::json!({"version": 7, "files": []}).to_string()}))
+                .unwrap();
         assert!(accept(&unsigned, Some(&key), 0).unwrap_err().contains("unsigned"));
         assert!(accept(&unsigned, None, 0).is_ok());
         assert!(accept(&good, Some(&key), 8).unwrap_err().contains("older"));
         // names that climb or are absolute
         for name in ["../etc/passwd", "/etc/rigwatch/x.toml", "a/../../b.toml", ""] {
-            let e = accept(&answer(&k, 9, serde_json::json!([{"name": name, "text": ""}]), false), Some(&key), 0).unwrap_err();
+            let e = accept(
+                &answer(&k, 9, serde_json::json!([{"name": name, "text": ""}]), false),
+                Some(&key),
+                0,
+            )
+            .unwrap_err();
             assert!(e.contains("plain relative path"), "{name}: {e}");
         }
         assert!(accept(b"<html>", None, 0).unwrap_err().contains("not a fleet set"));

@@ -111,7 +111,12 @@ impl SiemSink {
                     break;
                 }
                 let small = f.clone().bounded(max);
-                r = self.send_syslog(f, activity, now_ms, &event(self.format, &small, activity, now_ms, version).to_string());
+                r = self.send_syslog(
+                    f,
+                    activity,
+                    now_ms,
+                    &event(self.format, &small, activity, now_ms, version).to_string(),
+                );
             }
             self.count(m, "syslog", r);
         }

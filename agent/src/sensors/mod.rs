@@ -183,7 +183,11 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
         v.push(Box::new(persistence::PersistenceSensor::new(sig.clone(), opts.host_root.clone())));
     }
     if opts.footprint {
-        v.push(Box::new(footprint::FootprintSensor::new(sig.clone(), proc_root, opts.host_root.clone())));
+        v.push(Box::new(footprint::FootprintSensor::new(
+            sig.clone(),
+            proc_root,
+            opts.host_root.clone(),
+        )));
     }
     if opts.capture {
         v.push(Box::new(capture::CaptureSensor::start(sig.clone(), proc_root, shared.clone())));
