@@ -554,3 +554,44 @@ pub fn evidence_of<'a>(f: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_js
         .map(|a| a.iter().filter(|e| e["kind"] == kind).collect())
         .unwrap_or_default()
 }
+
+/// The virtual environment (made once, under `tmp`: a test's
+/// `CARGO_TARGET_TMPDIR`) with the `ocsf-json-schema` PyPI package (the
+/// published OCSF schema) and `jsonschema`, pinned versions: its python.
+pub fn ocsf_python(tmp: &std::path::Path) -> std::path::PathBuf {
+    use std::process::Command;
+    static MADE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let venv = tmp.join("ocsf-venv");
+        let py = venv.join("bin/python");
+        let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+        if !ok(Command::new(&py).args(["-c", "import ocsf_json_schema, jsonschema"])) {
+            assert!(ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)), "python3 -m venv");
+            assert!(
+                ok(Command::new(venv.join("bin/pip")).args(["install", "-q", "ocsf-json-schema==1.2.0", "jsonschema==4.23.0"])),
+                "pip install ocsf-json-schema jsonschema (PyPI)"
+            );
+        }
+        py
+    })
+    .clone()
+}
+
+/// Runs tests/scripts/ocsf_validate.py (with [`ocsf_python`]) over
+/// `files` (NDJSON, or syslog lines): (exit code, its JSON report).
+pub fn ocsf_validate(tmp: &std::path::Path, files: &[&std::path::Path]) -> (i32, serde_json::Value) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ocsf_validate.py");
+    let out = std::process::Command::new(ocsf_python(tmp))
+        .arg(script)
+        .args(files)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "validator output: {e}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}

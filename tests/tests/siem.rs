@@ -17,37 +17,14 @@ use std::time::Duration;
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 
 /// The virtual environment with the schema package and the validator
-/// library, made once (pinned versions, from PyPI).
+/// library ([`rigwatch_e2e::ocsf_python`], under this package's target tmp dir).
 pub fn ocsf_python() -> PathBuf {
-    static MADE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    MADE.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ocsf-venv");
-        let py = venv.join("bin/python");
-        let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
-        if !ok(Command::new(&py).args(["-c", "import ocsf_json_schema, jsonschema"])) {
-            assert!(ok(Command::new("python3").args(["-m", "venv"]).arg(&venv)), "python3 -m venv");
-            assert!(
-                ok(Command::new(venv.join("bin/pip")).args(["install", "-q", "ocsf-json-schema==1.2.0", "jsonschema==4.23.0"])),
-                "pip install ocsf-json-schema jsonschema (PyPI)"
-            );
-        }
-        py
-    })
-    .clone()
+    rigwatch_e2e::ocsf_python(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// Runs the validator over `files`: (exit code, its report).
 pub fn validate(files: &[&Path]) -> (i32, Value) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ocsf_validate.py");
-    let out = Command::new(ocsf_python()).arg(script).args(files).output().unwrap();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "validator output: {e}: {} {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), report)
+    rigwatch_e2e::ocsf_validate(Path::new(env!("CARGO_TARGET_TMPDIR")), files)
 }
 
 #[test]
@@ -77,7 +54,13 @@ fn the_agent_writes_valid_ocsf_findings_to_a_file_and_syslog() {
     let _agent = Kill(
         Command::new(&rigwatch)
             .env("RIGWATCH_HOSTNAME", "siem-node")
-            .args(["run", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -104,7 +87,10 @@ fn the_agent_writes_valid_ocsf_findings_to_a_file_and_syslog() {
     let _ = miner.0.wait();
     rigwatch_e2e::wait_for(30, "its finding resolved in syslog", || {
         read(&mut syslog);
-        syslog.iter().any(|l| l.contains(" finding_resolved ") && l.contains(&format!("\"pid\":{pid}"))).then_some(())
+        syslog
+            .iter()
+            .any(|l| l.contains(" finding_resolved ") && l.contains(&format!("\"pid\":{pid}")))
+            .then_some(())
     });
 
     // RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID - BOM MSG; auth facility
@@ -124,9 +110,16 @@ fn the_agent_writes_valid_ocsf_findings_to_a_file_and_syslog() {
         .filter(|v| v["evidences"][0]["process"]["pid"] == pid)
         .collect();
     let activities: Vec<u64> = mine.iter().filter_map(|v| v["activity_id"].as_u64()).collect();
-    assert!(activities.first() == Some(&1) && activities.last() == Some(&3), "opened, then closed: {activities:?}");
+    assert!(
+        activities.first() == Some(&1) && activities.last() == Some(&3),
+        "opened, then closed: {activities:?}"
+    );
     let first = &mine[0];
-    assert_eq!((first["class_uid"].as_u64(), first["severity_id"].as_u64()), (Some(2004), Some(5)), "{first:#}");
+    assert_eq!(
+        (first["class_uid"].as_u64(), first["severity_id"].as_u64()),
+        (Some(2004), Some(5)),
+        "{first:#}"
+    );
     assert_eq!(first["device"]["hostname"], "siem-node");
     assert!(
         first["evidences"][0]["process"]["cmd_line"].as_str().unwrap().contains(WALLET),
