@@ -285,3 +285,29 @@ impl Settings {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rigwatch_signatures::siem::Format;
+
+    #[test]
+    fn siem_keys_from_the_file_and_flags() {
+        let file: FileConfig = toml::from_str("siem_webhook = \"https://siem.example.com/in\"\nsiem_format = \"ecs\"\n").unwrap();
+        let s = Settings::resolve(file.clone(), FileConfig::default()).unwrap();
+        assert_eq!(s.siem_webhook.as_deref(), Some("https://siem.example.com/in"));
+        assert_eq!(s.siem_format, Format::Ecs);
+        let flags = FileConfig {
+            siem_format: Some(Format::Ocsf),
+            ..Default::default()
+        };
+        assert_eq!(Settings::resolve(file, flags).unwrap().siem_format, Format::Ocsf, "flags win");
+        assert_eq!(
+            Settings::resolve(FileConfig::default(), FileConfig::default()).unwrap().siem_format,
+            Format::Ocsf
+        );
+        assert!(toml::from_str::<FileConfig>("siem_format = \"cef\"").is_err());
+        let bad: FileConfig = toml::from_str("siem_webhook = \"ftp://x\"").unwrap();
+        assert!(Settings::resolve(bad, FileConfig::default()).is_err());
+    }
+}
