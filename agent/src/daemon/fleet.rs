@@ -146,21 +146,9 @@ async fn fetch(http: &reqwest::Client, url: &str, token: &str, held: u64) -> Res
 /// Runs forever: fetches, judges, and hands a new set to the detection
 /// thread (which loads it with the local signatures).
 pub(super) async fn run(cfg: CollectorConfig, shared: Arc<Shared>, tx: Sender<Msg>) {
-    let key = match public_key(&cfg) {
-        Ok(k) => k,
-        Err(e) => {
-            FleetSetRefused {
-                url: &cfg.url,
-                why: &e.to_string(),
-                outcome: "error",
-                log: true,
-            }
-            .emit(&shared.metrics);
-            return;
-        }
-    };
-    let http = match super::shipper::client(&cfg) {
-        Ok(c) => c,
+    let setup = public_key(&cfg).and_then(|k| Ok((k, super::shipper::client(&cfg)?)));
+    let (key, http) = match setup {
+        Ok(s) => s,
         Err(e) => {
             FleetSetRefused {
                 url: &cfg.url,

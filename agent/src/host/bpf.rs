@@ -28,6 +28,59 @@ pub fn load_tp_btf(
     Ok((bpf, link))
 }
 
+/// A loaded object's ring buffer `map`, drained by a thread of its own
+/// (`name`) that hands each record to `each` and sleeps `idle` when the
+/// buffer is empty; the thread stops when the reader is dropped.
+pub struct RingReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RingReader {
+    /// Takes `map` out of `bpf` and starts draining it.
+    pub fn start(
+        bpf: &mut aya::Ebpf,
+        map: &str,
+        name: &str,
+        idle: std::time::Duration,
+        mut each: impl FnMut(&[u8]) + Send + 'static,
+    ) -> Result<RingReader, String> {
+        use std::sync::atomic::Ordering;
+        let m = bpf.take_map(map).ok_or_else(|| format!("no {map} ring buffer"))?;
+        let mut ring = aya::maps::RingBuf::try_from(m).map_err(|e| e.to_string())?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    let mut any = false;
+                    while let Some(rec) = ring.next() {
+                        any = true;
+                        each(&rec);
+                    }
+                    if !any {
+                        std::thread::sleep(idle);
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(RingReader {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The BTF tracepoint program `name` of a loaded object.
 pub fn tp_btf<'a>(bpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::BtfTracePoint, String> {
     bpf.program_mut(name)

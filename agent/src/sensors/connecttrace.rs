@@ -20,7 +20,7 @@
 use super::{Observation, Sensor, SensorError, Snapshot};
 use crate::net::shared::{ConnectOwner, NetShared};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connect.bpf.o"));
@@ -75,50 +75,32 @@ pub fn parse(rec: &[u8]) -> Option<Connect> {
 }
 
 struct Running {
+    // the reader stops before the program is unloaded
+    _reader: crate::host::bpf::RingReader,
     _bpf: aya::Ebpf,
     seen: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Running {
     fn start(shared: Arc<NetShared>) -> Result<Running, String> {
         let (mut bpf, _link) = crate::host::bpf::load_tp_btf(PROGRAM, "on_state", "inet_sock_set_state")?;
-        let map = bpf.take_map("connects").ok_or("no connects ring buffer")?;
-        let mut ring = aya::maps::RingBuf::try_from(map).map_err(|e| e.to_string())?;
-        let (seen, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (s, st) = (seen.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("rw-connecttrace".into())
-            .spawn(move || {
-                while !st.load(Ordering::Relaxed) {
-                    let mut any = false;
-                    while let Some(rec) = ring.next() {
-                        any = true;
-                        let Some((client, server, owner)) = parse(&rec) else { continue };
-                        s.fetch_add(1, Ordering::Relaxed);
-                        shared.learn_connect(client, server, owner);
-                    }
-                    if !any {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        let reader = crate::host::bpf::RingReader::start(
+            &mut bpf,
+            "connects",
+            "rw-connecttrace",
+            std::time::Duration::from_millis(10),
+            move |rec| {
+                let Some((client, server, owner)) = parse(rec) else { return };
+                s.fetch_add(1, Ordering::Relaxed);
+                shared.learn_connect(client, server, owner);
+            },
+        )?;
         Ok(Running {
+            _reader: reader,
             _bpf: bpf,
             seen,
-            stop,
-            thread: Some(thread),
         })
     }
 }

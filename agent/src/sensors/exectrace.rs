@@ -21,7 +21,7 @@
 use super::{Observation, Proc, ProcKey, Sensor, SensorError, Snapshot};
 use crate::host::process::ProcStatic;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exec.bpf.o"));
@@ -98,64 +98,42 @@ pub fn ghost(e: &Exec, ticks_per_second: u64, user: String) -> Proc {
 }
 
 struct Running {
+    // the reader stops before the programs are unloaded
+    _reader: crate::host::bpf::RingReader,
     _bpf: aya::Ebpf,
     queue: Arc<Mutex<VecDeque<Exec>>>,
     dropped: Arc<AtomicU64>,
     seen: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Running {
     fn start() -> Result<Running, String> {
         let (mut bpf, _link) = crate::host::bpf::load_tp_btf(PROGRAM, "on_exec", "sched_process_exec")?;
-        let map = bpf.take_map("execs").ok_or("no execs ring buffer")?;
-        let mut ring = aya::maps::RingBuf::try_from(map).map_err(|e| e.to_string())?;
         let queue = Arc::new(Mutex::new(VecDeque::new()));
-        let (dropped, seen, stop) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (q, d, s, st) = (queue.clone(), dropped.clone(), seen.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("rw-exectrace".into())
-            .spawn(move || {
-                while !st.load(Ordering::Relaxed) {
-                    let mut any = false;
-                    while let Some(rec) = ring.next() {
-                        any = true;
-                        let Some(e) = parse(&rec) else { continue };
-                        s.fetch_add(1, Ordering::Relaxed);
-                        let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
-                        if q.len() >= MAX_QUEUED {
-                            q.pop_front();
-                            d.fetch_add(1, Ordering::Relaxed);
-                        }
-                        q.push_back(e);
-                    }
-                    if !any {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
+        let (dropped, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (q, d, s) = (queue.clone(), dropped.clone(), seen.clone());
+        let reader = crate::host::bpf::RingReader::start(
+            &mut bpf,
+            "execs",
+            "rw-exectrace",
+            std::time::Duration::from_millis(20),
+            move |rec| {
+                let Some(e) = parse(rec) else { return };
+                s.fetch_add(1, Ordering::Relaxed);
+                let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
+                if q.len() >= MAX_QUEUED {
+                    q.pop_front();
+                    d.fetch_add(1, Ordering::Relaxed);
                 }
-            })
-            .map_err(|e| e.to_string())?;
+                q.push_back(e);
+            },
+        )?;
         Ok(Running {
+            _reader: reader,
             _bpf: bpf,
             queue,
             dropped,
             seen,
-            stop,
-            thread: Some(thread),
         })
     }
 }
