@@ -9,7 +9,7 @@ fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
     for p in entries {
         if p.is_dir() {
             walk(&p, base, out);
-        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "txt")) {
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "txt" | "yar" | "yara")) {
             out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
         }
     }

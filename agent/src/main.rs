@@ -223,15 +223,16 @@ enum MinSeverity {
 #[derive(Subcommand)]
 enum SigCommand {
     /// Check rule files: syntax, fields, regexes, lists and every rule's
-    /// examples. Errors are printed as FILE:LINE: message. With no path,
-    /// checks the bundled set and the signature directories.
+    /// examples; YARA files (*.yar, *.yara) are compiled. Errors are printed
+    /// as FILE:LINE: message. With no path, checks the bundled set and the
+    /// signature directories.
     Check {
-        /// Rule files or directories of *.toml files.
+        /// Rule files, YARA files, or directories of them.
         paths: Vec<PathBuf>,
         #[command(flatten)]
         sig: SigDirs,
     },
-    /// List the loaded rules and where each came from.
+    /// List the loaded rules (YARA rules too) and where each came from.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -662,12 +663,14 @@ fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
                 let loaded = load::load(&sig_dirs(&sig), true);
                 let mut errors = loaded.errors;
                 errors.extend(loaded.signatures.check_examples());
-                (loaded.signatures.rules().len(), errors)
+                let yara = loaded.signatures.yara().map(|y| y.rules().len()).unwrap_or(0);
+                (loaded.signatures.rules().len() + yara, errors)
             } else {
                 let mut files = Vec::new();
                 for p in &paths {
                     if p.is_dir() {
                         files.extend(load::rule_files(p).with_context(|| format!("reading {}", p.display()))?);
+                        files.extend(load::yara_files(p).with_context(|| format!("reading {}", p.display()))?);
                     } else {
                         files.push(p.clone());
                     }
@@ -688,14 +691,19 @@ fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
         SigCommand::List { json, sig } => {
             let loaded = load::load(&sig_dirs(&sig), true);
             let rules = loaded.signatures.rules();
+            let yara = loaded.signatures.yara().map(|y| y.rules()).unwrap_or_default();
             if json {
-                let v: Vec<_> = rules
+                let mut v: Vec<_> = rules
                     .iter()
                     .map(|r| {
                         serde_json::json!({"id": r.id, "kind": r.kind.as_str(), "severity": r.severity.as_str(),
                         "entries": r.entries(), "file": r.file, "line": r.line, "description": r.description})
                     })
                     .collect();
+                v.extend(yara.iter().map(|r| {
+                    serde_json::json!({"id": r.id, "kind": "yara", "severity": r.weight.as_str(),
+                        "entries": 1, "file": r.file, "line": r.line, "metadata": r.metadata})
+                }));
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({"version": loaded.signatures.version, "rules": v}))?
@@ -713,7 +721,22 @@ fn run_signatures(c: SigCommand) -> anyhow::Result<ExitCode> {
                         r.line
                     );
                 }
-                println!("\n{} rules, version {}; sources:", rules.len(), loaded.signatures.version);
+                for r in yara {
+                    println!(
+                        "{:<34} {:<15} {:<11} {:>7}  {}:{}",
+                        r.id,
+                        "yara",
+                        r.weight.as_str(),
+                        1,
+                        r.file,
+                        r.line
+                    );
+                }
+                println!(
+                    "\n{} rules, version {}; sources:",
+                    rules.len() + yara.len(),
+                    loaded.signatures.version
+                );
                 for s in &loaded.sources {
                     println!("  {} ({} rules): {}", s.file, s.rules, output::clean(&s.meta.source, 200));
                 }

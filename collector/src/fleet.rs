@@ -1039,6 +1039,7 @@ mod tests {
                     strings: vec!["xmrig".into()],
                     path: "/tmp/k".into(),
                     source: "binary".into(),
+                    yara: None,
                 },
                 Weight::Confirmed,
             )],

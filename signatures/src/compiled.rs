@@ -40,6 +40,8 @@ pub struct Signatures {
     methods: HashMap<String, usize>,
     markers: Vec<(String, usize)>,
     allow: Vec<usize>,
+    /// The compiled YARA files of the same load, if any.
+    yara: Option<crate::yara::YaraSet>,
     /// A short fingerprint of the set, for metrics and reports.
     pub version: String,
 }
@@ -186,9 +188,27 @@ impl Signatures {
             methods,
             markers,
             allow,
+            yara: None,
             version,
             rules,
         })
+    }
+
+    /// Adds the YARA rules compiled in the same load; the version then
+    /// fingerprints them too.
+    pub fn with_yara(mut self, yara: Option<crate::yara::YaraSet>) -> Self {
+        if let Some(y) = &yara {
+            use sha2::{Digest, Sha256};
+            let h = Sha256::digest(format!("{}\0{}", self.version, y.digest).as_bytes());
+            self.version = hex::encode(&h[..6]);
+        }
+        self.yara = yara;
+        self
+    }
+
+    /// The YARA rules, when any were loaded.
+    pub fn yara(&self) -> Option<&crate::yara::YaraSet> {
+        self.yara.as_ref()
     }
 
     /// All enabled rules.

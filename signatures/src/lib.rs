@@ -14,11 +14,12 @@ pub mod redact;
 pub mod report;
 pub mod rules;
 pub mod siem;
+pub mod yara;
 
 pub use compiled::{ContentScanner, Signatures};
 pub use load::{load, load_with, Loaded};
 pub use model::{
     finding_id, score, score_host, Evidence, EvidenceKind, Finding, FlowInfo, HostSubject, Origin, ProcessInfo, Severity, SubjectKind,
-    Weight,
+    Weight, YaraMatch,
 };
 pub use rules::{Rule, RuleError, RuleKind};

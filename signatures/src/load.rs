@@ -1,6 +1,8 @@
 //! Loading rule sets: the embedded bundled set, then extra directories whose
 //! rules add to or override it (same id replaces). A broken file is reported
-//! with file and line and skipped; the rest stays in force.
+//! with file and line and skipped; the rest stays in force. YARA files
+//! (`*.yar`, `*.yara`) beside the rule files are compiled in the same load
+//! (see [`crate::yara`]).
 
 use crate::compiled::Signatures;
 use crate::rules::{parse_file, Meta, Rule, RuleError};
@@ -140,13 +142,13 @@ fn stray_files(dir: &Path, lists: &std::collections::HashSet<PathBuf>) -> Vec<Ru
                 }
                 continue;
             }
-            let top_rule = depth == 0 && p.extension().is_some_and(|e| e == "toml");
+            let top_rule = depth == 0 && (p.extension().is_some_and(|e| e == "toml") || crate::yara::is_yara(&p));
             let list = lists.contains(&p.canonicalize().unwrap_or_else(|_| p.clone()));
             if top_rule || list || is_documentation(&p) {
                 continue;
             }
             let what = match p.extension().and_then(|e| e.to_str()) {
-                Some("yar" | "yara") => "a YARA rule file, which this version does not read",
+                Some("yar" | "yara") => "a YARA file in a subdirectory (only the directory's own *.yar and *.yara are read)",
                 Some("toml") => "a rule file in a subdirectory (only the directory's own *.toml are read)",
                 _ => "neither a rule file (*.toml) nor a list a rule file names",
             };
@@ -171,6 +173,30 @@ pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// The `*.yar` and `*.yara` files of a directory, sorted by name.
+pub fn yara_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| crate::yara::is_yara(p) && p.is_file())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Reads one YARA file on disk.
+fn read_yara(path: &Path) -> Result<crate::yara::YaraFile, RuleError> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(crate::yara::YaraFile { shown, text }),
+        Err(e) => Err(RuleError {
+            path: shown,
+            line: 0,
+            message: format!("cannot read: {e}"),
+        }),
+    }
+}
+
 /// Loads the bundled set plus `dirs` (a missing directory is an error only
 /// when `missing_ok` is false). Files with errors are skipped and reported.
 pub fn load(dirs: &[PathBuf], missing_ok: bool) -> Loaded {
@@ -186,6 +212,13 @@ pub fn load_with(dirs: &[PathBuf], missing_ok: bool, fleet: &[(String, String)])
     let mut sources = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut rules: Vec<Rule> = Vec::new();
+    let mut yara = Vec::new();
+    for (name, text) in bundled().iter().filter(|(n, _)| crate::yara::is_yara(Path::new(n))) {
+        yara.push(crate::yara::YaraFile {
+            shown: format!("bundled:{name}"),
+            text: text.clone(),
+        });
+    }
     let mut add = |file: String, parsed: Result<crate::rules::RuleFile, Vec<RuleError>>, errors: &mut Vec<RuleError>| match parsed {
         Ok(f) => {
             sources.push(SourceInfo {
@@ -216,6 +249,12 @@ pub fn load_with(dirs: &[PathBuf], missing_ok: bool, fleet: &[(String, String)])
                     add(f.display().to_string(), parse_path_noting(&f, &lists), &mut errors);
                 }
                 errors.extend(stray_files(dir, &lists.borrow()));
+                for f in yara_files(dir).unwrap_or_default() {
+                    match read_yara(&f) {
+                        Ok(y) => yara.push(y),
+                        Err(e) => errors.push(e),
+                    }
+                }
             }
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => errors.push(RuleError {
@@ -229,6 +268,29 @@ pub fn load_with(dirs: &[PathBuf], missing_ok: bool, fleet: &[(String, String)])
         let parsed = parse_among(&format!("fleet:{name}"), name, text, fleet, "fleet set");
         add(format!("fleet:{name}"), parsed, &mut errors);
     }
+    for (name, text) in fleet.iter().filter(|(n, _)| crate::yara::is_yara(Path::new(n))) {
+        yara.push(crate::yara::YaraFile {
+            shown: format!("fleet:{name}"),
+            text: text.clone(),
+        });
+    }
+    let (yara, yara_errors) = crate::yara::compile(yara);
+    errors.extend(yara_errors);
+    if let Some(y) = &yara {
+        for r in y.rules() {
+            match sources.iter_mut().find(|s| s.file == r.file) {
+                Some(s) => s.rules += 1,
+                None => sources.push(SourceInfo {
+                    file: r.file.clone(),
+                    meta: Meta {
+                        source: "YARA".into(),
+                        description: String::new(),
+                    },
+                    rules: 1,
+                }),
+            }
+        }
+    }
     let signatures = match Signatures::compile(rules) {
         Ok(s) => s,
         Err(e) => {
@@ -237,7 +299,7 @@ pub fn load_with(dirs: &[PathBuf], missing_ok: bool, fleet: &[(String, String)])
         }
     };
     Loaded {
-        signatures,
+        signatures: signatures.with_yara(yara),
         sources,
         errors,
     }
@@ -248,7 +310,15 @@ pub fn load_with(dirs: &[PathBuf], missing_ok: bool, fleet: &[(String, String)])
 pub fn check_files(paths: &[PathBuf]) -> (usize, Vec<RuleError>) {
     let mut errors = Vec::new();
     let mut count = 0;
+    let mut yara = Vec::new();
     for p in paths {
+        if crate::yara::is_yara(p) {
+            match read_yara(p) {
+                Ok(y) => yara.push(y),
+                Err(e) => errors.push(e),
+            }
+            continue;
+        }
         match parse_path(p) {
             Ok(f) => {
                 count += f.rules.len();
@@ -259,6 +329,11 @@ pub fn check_files(paths: &[PathBuf]) -> (usize, Vec<RuleError>) {
             }
             Err(e) => errors.extend(e),
         }
+    }
+    if !yara.is_empty() {
+        let (n, e) = crate::yara::check(yara);
+        count += n;
+        errors.extend(e);
     }
     (count, errors)
 }

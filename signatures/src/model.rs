@@ -136,6 +136,18 @@ impl Evidence {
     }
 }
 
+/// What a YARA match adds to [`EvidenceKind::BinaryContent`]: the rule's
+/// file and its metadata (the rule is the evidence's `rule`,
+/// `yara:NAMESPACE.RULE`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct YaraMatch {
+    /// The rule file (a path, `bundled:NAME` or `fleet:NAME`).
+    pub file: String,
+    /// The rule's `meta:` section, values as text (capped).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
 /// One variant per evidence kind in DESIGN.md.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -156,6 +168,9 @@ pub enum EvidenceKind {
         strings: Vec<String>,
         path: String,
         source: String,
+        /// For a YARA rule's match: its file and metadata.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        yara: Option<YaraMatch>,
     },
     /// The executable runs from an odd place.
     ExecutableOrigin { origin: Origin, path: String },
@@ -333,6 +348,12 @@ impl EvidenceKind {
             }
             Wallet { coin, address, source } => format!("{coin} wallet {} in {source}", short(address)),
             BinaryHash { sha256, .. } => format!("binary sha256 {} is a known miner", short(sha256)),
+            BinaryContent {
+                strings,
+                source,
+                yara: Some(y),
+                ..
+            } => format!("{source} matches a YARA rule of {}: {}", y.file, strings.join(", ")),
             BinaryContent { strings, source, .. } => {
                 format!("{source} holds miner strings {}", strings.join(", "))
             }

@@ -117,6 +117,7 @@ fn nothing_in_a_signature_directory_is_silently_ignored() {
         ("20-extra.tml", "[[rule]]"),
         ("lists/unused.txt", "pool.other.example"),
         ("old/30-moved.toml", "[[rule]]"),
+        ("old/stray.yar", "rule s { condition: true }"),
         ("old/deeper/deepest/too-deep.yar", "rule y { condition: true }"),
     ] {
         std::fs::write(d.join(name), body).unwrap();
@@ -126,6 +127,8 @@ fn nothing_in_a_signature_directory_is_silently_ignored() {
         l.signatures.pool_domain("pool.internal.example").is_some(),
         "the rule and its list loaded"
     );
+    let yara: Vec<&str> = l.signatures.yara().unwrap().rules().iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(yara, ["yara:miners.x"], "the directory's own YARA file loaded");
     let mut reported: Vec<(String, String)> = l
         .errors
         .iter()
@@ -140,11 +143,11 @@ fn nothing_in_a_signature_directory_is_silently_ignored() {
     let names: Vec<&str> = reported.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         names,
-        ["/20-extra.tml", "/lists/unused.txt", "/miners.yar", "/old/30-moved.toml"],
+        ["/20-extra.tml", "/lists/unused.txt", "/old/30-moved.toml", "/old/stray.yar"],
         "{reported:?}"
     );
-    assert!(reported[2].1.contains("YARA"), "{reported:?}");
-    assert!(reported[3].1.contains("subdirectory"), "{reported:?}");
+    assert!(reported[2].1.contains("subdirectory"), "{reported:?}");
+    assert!(reported[3].1.contains("YARA file in a subdirectory"), "{reported:?}");
     assert!(reported.iter().all(|(_, m)| m.starts_with("ignored: ")), "{reported:?}");
     // the packaged directory (a README only) reports nothing
     let packaged = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/signatures.d");

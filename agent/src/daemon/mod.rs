@@ -407,7 +407,12 @@ fn watch(dirs: &[PathBuf], tx: Sender<Msg>, m: &Metrics) -> Option<notify::Recom
                 ev.kind,
                 notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
             );
-            if change && ev.paths.iter().any(|p| p.extension().is_some_and(|e| e == "toml" || e == "txt")) {
+            if change
+                && ev.paths.iter().any(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "toml" || e == "txt" || e == "yar" || e == "yara")
+                })
+            {
                 let _ = tx.lock().map(|t| t.send(Msg::Reload));
             }
         }

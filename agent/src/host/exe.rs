@@ -1,6 +1,8 @@
 //! Scanning executables and process memory: one streaming read that hashes
 //! (SHA-256) and matches the content signatures, the packing probe, and the
-//! capped read of a process's readable memory.
+//! capped read of a process's readable memory. With YARA rules loaded, the
+//! bytes of that same read (already capped) are kept and given to yara-x
+//! once the read is done; a scan that times out is noted in the verdict.
 
 use rigwatch_signatures::{Evidence, EvidenceKind, Signatures, Weight};
 use sha2::{Digest, Sha256};
@@ -19,6 +21,8 @@ pub struct Verdict {
     /// The file looks packed (UPX, or high entropy with few sections): its
     /// strings are only in the running process's memory.
     pub packed: bool,
+    /// Why the YARA rules could not judge the file (a scan timeout).
+    pub yara_error: Option<String>,
 }
 
 /// Streams a reader once: SHA-256 and content rules. Pure over the reader.
@@ -29,6 +33,8 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
     let mut left = cap;
     let mut truncated = false;
     let mut packing = PackingProbe::default();
+    // the same bytes for YARA, when rules are loaded (bounded by `cap`)
+    let mut kept: Option<Vec<u8>> = sig.yara().map(|_| Vec::new());
     loop {
         let want = buf.len().min(left as usize);
         if want == 0 {
@@ -45,6 +51,9 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
         hasher.update(&buf[..n]);
         scanner.feed(&buf[..n]);
         packing.feed(&buf[..n]);
+        if let Some(k) = kept.as_mut() {
+            k.extend_from_slice(&buf[..n]);
+        }
         left -= n as u64;
         *total += n as u64;
     }
@@ -68,10 +77,18 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
                 strings,
                 path: shown.to_string(),
                 source: "executable".into(),
+                yara: None,
             },
             &rule.id,
             rule.severity,
         ));
+    }
+    let mut yara_error = None;
+    if let (Some(y), Some(bytes)) = (sig.yara(), kept) {
+        match y.scan(&bytes, shown, "executable") {
+            Ok(ev) => evidence.extend(ev),
+            Err(e) => yara_error = Some(e.to_string()),
+        }
     }
     let packed = packing.verdict();
     if let Some((packer, entropy)) = &packed {
@@ -89,6 +106,7 @@ pub fn scan_reader(sig: &Signatures, r: &mut dyn Read, cap: u64, shown: &str, to
         truncated,
         evidence,
         packed: packed.is_some(),
+        yara_error,
     })
 }
 
@@ -232,8 +250,9 @@ impl PackingProbe {
 pub const MEMORY_SCAN_CAP: u64 = 64 * 1024 * 1024;
 
 /// Scans a process's readable memory mappings (`maps` + `mem` under the
-/// proc root), at most `cap` bytes, for the content signatures. Special
-/// mappings ([vvar], [vsyscall], [vdso]) and device files are skipped.
+/// proc root), at most `cap` bytes, for the content signatures and the YARA
+/// rules (given the mappings read, one after the other, as one buffer).
+/// Special mappings ([vvar], [vsyscall], [vdso]) and device files are skipped.
 pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown: &str, total: &mut u64) -> std::io::Result<Vec<Evidence>> {
     use std::os::unix::fs::FileExt;
     let dir = proc_root.join(pid.to_string());
@@ -242,6 +261,7 @@ pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown
     let mut scanner = sig.content_scanner();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = cap;
+    let mut kept: Option<Vec<u8>> = sig.yara().map(|_| Vec::new());
     for line in maps.lines() {
         let mut f = line.split_whitespace();
         let (Some(range), Some(perms)) = (f.next(), f.next()) else {
@@ -261,6 +281,9 @@ pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     scanner.feed(&buf[..n]);
+                    if let Some(k) = kept.as_mut() {
+                        k.extend_from_slice(&buf[..n]);
+                    }
                     a += n as u64;
                     left -= n as u64;
                     *total += n as u64;
@@ -271,7 +294,7 @@ pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown
             break;
         }
     }
-    Ok(scanner
+    let mut evidence: Vec<Evidence> = scanner
         .finish()
         .into_iter()
         .map(|(rule, strings)| {
@@ -280,10 +303,16 @@ pub fn scan_memory(sig: &Signatures, proc_root: &Path, pid: u32, cap: u64, shown
                     strings,
                     path: shown.to_string(),
                     source: "memory".into(),
+                    yara: None,
                 },
                 &rule.id,
                 rule.severity,
             )
         })
-        .collect())
+        .collect();
+    if let (Some(y), Some(bytes)) = (sig.yara(), kept) {
+        // a timeout leaves what the content rules found
+        evidence.extend(y.scan(&bytes, shown, "memory").unwrap_or_default());
+    }
+    Ok(evidence)
 }

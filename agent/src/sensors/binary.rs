@@ -81,6 +81,7 @@ impl BinarySensor {
                 truncated: false,
                 evidence: Vec::new(),
                 packed: false,
+                yara_error: None,
             });
             self.by_file.insert(key, own.clone());
             return Ok(own);
@@ -169,18 +170,29 @@ impl Sensor for BinarySensor {
     }
 
     fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
         if self.denied > 0 {
-            vec![format!(
+            out.push(format!(
                 "executables of {} processes: permission denied (run as root or with CAP_SYS_PTRACE)",
                 self.denied
-            )]
-        } else {
-            Vec::new()
+            ));
         }
+        let mut yara = self.by_file.values().filter_map(|v| v.yara_error.as_ref());
+        if let Some(why) = yara.next() {
+            out.push(format!("{} executables not judged by the YARA rules: {why}", 1 + yara.count()));
+        }
+        out
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("binaries_read", self.by_file.len() as u64), ("binary_bytes_read", self.bytes_read)]
+        vec![
+            ("binaries_read", self.by_file.len() as u64),
+            ("binary_bytes_read", self.bytes_read),
+            (
+                "binary_yara_errors",
+                self.by_file.values().filter(|v| v.yara_error.is_some()).count() as u64,
+            ),
+        ]
     }
 
     fn set_signatures(&mut self, sig: Arc<Signatures>) {

@@ -1141,6 +1141,7 @@ mod tests {
                 strings: vec!["T-Rex NVIDIA GPU miner".into()],
                 path: "/x".into(),
                 source: "executable".into(),
+                yara: None,
             },
             Weight::Confirmed,
         );
