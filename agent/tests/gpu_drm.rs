@@ -88,6 +88,7 @@ fn util_mem(e: &Evidence) -> (f64, u64, f64, Option<String>, String) {
             memory_bytes,
             window_seconds,
             scheduler,
+            ..
         } => (*utilization_percent, *memory_bytes, *window_seconds, scheduler.clone(), gpu.clone()),
         d => panic!("{d:?}"),
     }
@@ -143,6 +144,7 @@ fn two_passes_over_a_proc_tree() {
     let cfg = GpuConfig {
         nvml_library: Some("/nonexistent/libnvidia-ml.so.1".into()),
         scheduler_cgroups: vec!["ml-batch.slice".into()],
+        ..Default::default()
     };
     let mut gpu = GpuSensor::with_env(&t.root, cfg, None);
     assert!(!gpu.nvml_loaded());

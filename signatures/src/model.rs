@@ -191,6 +191,12 @@ pub enum EvidenceKind {
         window_seconds: f64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scheduler: Option<String>,
+        /// Outside any scheduler job: whose use it is against what that user
+        /// holds (`user alice (uid 1001) holds job 4242 (RUNNING, gres/gpu:1;
+        /// its processes use no GPU) and runs this outside it`), or the pod
+        /// that was allocated no GPU.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allocation: Option<String>,
     },
     /// A connection to a pool: known address, pool port, or an address a pool name resolved to;
     /// or a local mining stack: a connection to a mining node's port on loopback, or a socket
@@ -366,13 +372,15 @@ impl EvidenceKind {
                 memory_bytes,
                 window_seconds,
                 scheduler,
+                allocation,
             } => format!(
-                "GPU {gpu}: {utilization_percent:.0}% util, {} MiB over {window_seconds:.0}s, {}",
+                "GPU {gpu}: {utilization_percent:.0}% util, {} MiB over {window_seconds:.0}s, {}{}",
                 memory_bytes / (1024 * 1024),
                 match scheduler {
                     Some(s) => format!("in {s}"),
                     None => "outside any scheduler job".into(),
-                }
+                },
+                allocation.as_deref().map(|a| format!("; {a}")).unwrap_or_default()
             ),
             PoolConnection { reason, .. } if reason.starts_with("listens on ") => reason.clone(),
             PoolConnection { remote, reason, .. } => format!("connection to {remote} ({reason})"),

@@ -56,6 +56,7 @@ impl Config {
                 gpu: on.gpu,
                 nvml_library: self.gpu.nvml_library.clone(),
                 gpu_scheduler_cgroups: self.gpu.scheduler_cgroups.clone(),
+                gpu_slurm_squeue: self.gpu.slurm_squeue.clone(),
                 hidden: on.hidden,
                 persistence: on.persistence,
                 host_root: s.host_root.clone(),
@@ -466,6 +467,10 @@ pub struct GpuConfig {
     /// Cgroup path substrings of your own schedulers' jobs: GPU use inside
     /// them is scheduled (Slurm `job_N` and Kubernetes `kubepods` are known).
     pub scheduler_cgroups: Vec<String>,
+    /// Slurm's `squeue`, asked (at most every 30 s, 3 s at most) which jobs
+    /// the user of unscheduled GPU use holds on this node. Without it,
+    /// `squeue` in `PATH`; a host without Slurm skips the question.
+    pub slurm_squeue: Option<PathBuf>,
 }
 
 impl Config {

@@ -9,4 +9,5 @@ pub mod netns;
 pub mod pids;
 pub mod process;
 pub mod safefile;
+pub mod slurm;
 pub mod sockets;

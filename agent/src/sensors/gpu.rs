@@ -43,6 +43,14 @@
 //! with a miner name or flags, `confirmed` with stratum, binary or config
 //! evidence (see [`rigwatch_signatures::score`]).
 //!
+//! **Against the scheduler.** On a Slurm node (`squeue` in `PATH` or
+//! [`GpuConfig::slurm_squeue`]) unscheduled use names its user against the
+//! jobs that user holds on this node ([`crate::host::slurm`]), in the
+//! evidence's `allocation`: none at all (someone with a shell on a GPU node,
+//! the administrator's case), or a job whose GPUs sit idle while its owner
+//! works outside it (`holds job 4242 (RUNNING, gres/gpu:1; its processes use
+//! no GPU) and runs this outside it`).
+//!
 //! **No GPU.** Without NVML (no library, no driver) and without a DRM driver
 //! (no `drm` in `PROC/devices`), every pass fails with one clear message,
 //! which the scan reports once; the agent carries on. With a DRM driver but
@@ -74,6 +82,9 @@ pub struct GpuConfig {
     /// Cgroup path substrings that mark a scheduler's jobs, beyond the
     /// built-in Slurm (`job_<n>`) and Kubernetes (`kubepods`).
     pub scheduler_cgroups: Vec<String>,
+    /// Slurm's `squeue` (`gpu.slurm_squeue`); without it, `squeue` in
+    /// `PATH`, else no Slurm. Asked only about unscheduled GPU use.
+    pub slurm_squeue: Option<PathBuf>,
 }
 
 /// Where the NVML library path came from.
@@ -534,6 +545,8 @@ pub struct GpuSensor {
     problems: Vec<String>,
     /// The last pass found neither NVML nor a DRM driver.
     unavailable: bool,
+    /// Slurm's jobs on this node, when this is a Slurm node.
+    slurm: Option<crate::host::slurm::SlurmJobs>,
 }
 
 impl GpuSensor {
@@ -546,6 +559,7 @@ impl GpuSensor {
     /// As [`GpuSensor::new`], with the value of `RIGWATCH_NVML_LIBRARY` given.
     pub fn with_env(root: &Path, cfg: GpuConfig, env: Option<OsString>) -> Self {
         let (nvml, source) = init_nvml(&cfg, env);
+        let cfg_slurm = cfg.slurm_squeue.clone();
         let (nvml, nvml_problem) = match nvml {
             Ok(n) => (Some(n), None),
             Err(why) => (None, Some((why, source != LibrarySource::Default))),
@@ -562,6 +576,10 @@ impl GpuSensor {
             denied: 0,
             problems: Vec::new(),
             unavailable: false,
+            slurm: match &cfg_slurm {
+                Some(p) => Some(crate::host::slurm::SlurmJobs::new(p.clone(), crate::host::slurm::short_hostname())),
+                None => crate::host::slurm::SlurmJobs::from_path(),
+            },
         }
     }
 
@@ -629,6 +647,47 @@ impl GpuSensor {
         self.drm_prev = cur;
         uses
     }
+}
+
+/// Whose unscheduled GPU use it is, against the Slurm jobs that user holds
+/// on this node; `busy_jobs` are the jobs whose processes use a GPU now.
+pub fn allocation(jobs: &[crate::host::slurm::Job], uid: u32, busy_jobs: &[&str]) -> String {
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let who = match &name {
+        Some(n) => format!("user {n} (uid {uid})"),
+        None => format!("uid {uid}"),
+    };
+    let mine: Vec<&crate::host::slurm::Job> = jobs
+        .iter()
+        .filter(|j| j.uid == Some(uid) || (j.uid.is_none() && name.as_deref() == Some(j.user.as_str())))
+        .collect();
+    if mine.is_empty() {
+        return format!("{who} holds no Slurm job on this node");
+    }
+    let held: Vec<String> = mine
+        .iter()
+        .take(4)
+        .map(|j| {
+            let idle = j.has_gpus() && j.state == "RUNNING" && !busy_jobs.contains(&j.id.as_str());
+            match idle {
+                true => format!("job {} ({}, {}; its processes use no GPU)", j.id, j.state, j.gres),
+                false => j.describe(),
+            }
+        })
+        .collect();
+    let more = if mine.len() > 4 {
+        format!(" and {} more", mine.len() - 4)
+    } else {
+        String::new()
+    };
+    format!(
+        "{who} holds {}{more} on this node and runs this outside {}",
+        held.join(", "),
+        if mine.len() == 1 { "it" } else { "them" }
+    )
 }
 
 fn round(x: f64, places: i32) -> f64 {
@@ -716,13 +775,31 @@ impl Sensor for GpuSensor {
         self.uses = if window.is_some() { uses } else { Vec::new() };
         let Some(window) = window else { return Ok(()) };
         let window_seconds = round(window.as_secs_f64(), 2);
-        for u in &self.uses {
-            let Some(util) = u.utilization_percent else { continue };
-            if util < UTIL_THRESHOLD_PERCENT {
-                continue;
-            }
-            let Some(p) = snap.procs.get(&u.key) else { continue };
-            let scheduler = scheduler_of(&p.fixed.cgroup, &self.cfg.scheduler_cgroups);
+        let busy: Vec<(&ProcessGpuUse, f64, &super::Proc, Option<String>)> = self
+            .uses
+            .iter()
+            .filter_map(|u| {
+                let util = u.utilization_percent.filter(|&x| x >= UTIL_THRESHOLD_PERCENT)?;
+                let p = snap.procs.get(&u.key)?;
+                Some((u, util, p, scheduler_of(&p.fixed.cgroup, &self.cfg.scheduler_cgroups)))
+            })
+            .collect();
+        // Slurm jobs whose processes use a GPU this pass
+        let busy_jobs: Vec<&str> = busy
+            .iter()
+            .filter_map(|(_, _, _, s)| s.as_deref()?.strip_prefix("slurm job_"))
+            .collect();
+        for (u, util, p, scheduler) in busy.iter().cloned() {
+            let allocation = match (&scheduler, &mut self.slurm) {
+                (None, Some(slurm)) => match slurm.jobs(snap.at) {
+                    Ok(jobs) => Some(allocation(jobs, p.fixed.uid, &busy_jobs)),
+                    Err(e) => {
+                        self.problems.push(format!("Slurm: {e}"));
+                        None
+                    }
+                },
+                _ => None,
+            };
             let weight = if scheduler.is_some() { Weight::Info } else { Weight::Suspicious };
             out.push(Observation::Evidence(
                 u.key,
@@ -733,6 +810,7 @@ impl Sensor for GpuSensor {
                         memory_bytes: u.memory_bytes,
                         window_seconds,
                         scheduler,
+                        allocation,
                     },
                     weight,
                 ),
@@ -1026,6 +1104,110 @@ mod tests {
             .collect()
     }
 
+    /// A `squeue` that prints `jobs` (and logs its calls to `calls`).
+    fn fake_squeue(dir: &Path, jobs: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("squeue");
+        std::fs::write(&p, format!("#!/bin/sh\necho \"$@\" >> {}/calls\nprintf '{jobs}'\n", dir.display())).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn allocation_of(e: &Evidence) -> Option<String> {
+        match &e.detail {
+            EvidenceKind::Gpu { allocation, .. } => allocation.clone(),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn unscheduled_gpu_use_is_named_against_the_users_slurm_jobs() {
+        let (_d, lib) = fake_nvml("procs=4242:95:4096,4444:80:2048\n");
+        let root = root_without_drm();
+        let sq = tempfile::tempdir().unwrap();
+        // root holds job 77 (its process trains on the GPU) and job 78, whose GPUs idle
+        let cfg = GpuConfig {
+            nvml_library: Some(lib),
+            slurm_squeue: Some(fake_squeue(
+                sq.path(),
+                "77|root|0|RUNNING|gres/gpu:1\\n78|root|0|RUNNING|gres/gpu:2\\n79|alice|1000|PENDING|gres/gpu:1\\n",
+            )),
+            ..Default::default()
+        };
+        let mut s = GpuSensor::with_env(root.path(), cfg, None);
+        let procs = [
+            proc(4242, "busysim", "/user.slice/user-0.slice/session-2.scope"),
+            proc(4444, "train", "/system.slice/slurmstepd.scope/job_77/step_0/user/task_0"),
+        ];
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        s.observe(&snap(t0, &procs), &mut out).unwrap();
+        s.observe(&snap(t0 + Duration::from_secs(2), &procs), &mut out).unwrap();
+        let ev = gpu_evidence(&out);
+        let a = allocation_of(&ev[&4242]).expect("unscheduled use is named");
+        let who = format!(
+            "{} (uid 0)",
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(0))
+                .unwrap()
+                .map_or("uid 0".into(), |u| format!("user {}", u.name))
+        );
+        assert_eq!(
+            a,
+            format!(
+                "{who} holds job 77 (RUNNING, gres/gpu:1), job 78 (RUNNING, gres/gpu:2; its processes use no GPU) on this node and runs this outside them"
+            )
+        );
+        assert_eq!(ev[&4242].weight, Weight::Suspicious);
+        assert!(
+            ev[&4242].summary().ends_with(&format!("outside any scheduler job; {a}")),
+            "{}",
+            ev[&4242].summary()
+        );
+        assert_eq!(allocation_of(&ev[&4444]), None, "use inside a job is not questioned");
+        let calls = std::fs::read_to_string(sq.path().join("calls")).unwrap();
+        assert_eq!(
+            calls.lines().count(),
+            1,
+            "asked once, and only when unscheduled use was seen: {calls}"
+        );
+    }
+
+    #[test]
+    fn a_user_with_no_job_and_a_broken_squeue() {
+        let jobs = [crate::host::slurm::Job {
+            id: "9".into(),
+            user: "alice".into(),
+            uid: Some(4_000_001),
+            state: "RUNNING".into(),
+            gres: "gres/gpu:1".into(),
+        }];
+        assert_eq!(allocation(&jobs, 4_000_002, &[]), "uid 4000002 holds no Slurm job on this node");
+        assert_eq!(
+            allocation(&jobs, 4_000_001, &["9"]),
+            "uid 4000001 holds job 9 (RUNNING, gres/gpu:1) on this node and runs this outside it"
+        );
+        // squeue fails: the evidence stands without allocation, the problem is said
+        let (_d, lib) = fake_nvml("procs=4242:95:4096\n");
+        let root = root_without_drm();
+        let cfg = GpuConfig {
+            nvml_library: Some(lib),
+            slurm_squeue: Some("/nonexistent/squeue".into()),
+            ..Default::default()
+        };
+        let mut s = GpuSensor::with_env(root.path(), cfg, None);
+        let procs = [proc(4242, "busysim", "/user.slice")];
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        s.observe(&snap(t0, &procs), &mut out).unwrap();
+        s.observe(&snap(t0 + Duration::from_secs(2), &procs), &mut out).unwrap();
+        assert_eq!(allocation_of(&gpu_evidence(&out)[&4242]), None);
+        assert!(
+            s.problems().iter().any(|p| p.contains("Slurm: /nonexistent/squeue")),
+            "{:?}",
+            s.problems()
+        );
+    }
+
     #[test]
     fn nvml_from_the_configured_path_per_process_use_and_scheduler() {
         let (_d, lib) = fake_nvml("procs=4242:95:4096,4343:10:512,4444:80:2048:g\n");
@@ -1090,7 +1272,8 @@ mod tests {
                 utilization_percent: 95.0,
                 memory_bytes: 4 << 30,
                 window_seconds: 2.0,
-                scheduler: None
+                scheduler: None,
+                allocation: None
             }
         );
         assert_eq!(e.weight, Weight::Suspicious, "GPU use outside any scheduler job");

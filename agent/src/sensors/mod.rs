@@ -112,6 +112,8 @@ pub struct SensorOptions {
     pub nvml_library: Option<std::path::PathBuf>,
     /// Cgroup substrings that mark scheduler jobs, beyond Slurm and Kubernetes (`gpu.scheduler_cgroups`).
     pub gpu_scheduler_cgroups: Vec<String>,
+    /// Slurm's `squeue` (`gpu.slurm_squeue`); `None`: `squeue` in `PATH`, if any.
+    pub gpu_slurm_squeue: Option<std::path::PathBuf>,
     /// Look for hidden processes and preload libraries.
     pub hidden: bool,
     /// The host's root directory (where /etc/ld.so.preload, crontabs and systemd units are read).
@@ -149,6 +151,7 @@ impl Default for SensorOptions {
             gpu: true,
             nvml_library: None,
             gpu_scheduler_cgroups: Vec::new(),
+            gpu_slurm_squeue: None,
             hidden: true,
             host_root: "/".into(),
             persistence: true,
@@ -201,6 +204,7 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
         let cfg = gpu::GpuConfig {
             nvml_library: opts.nvml_library.clone(),
             scheduler_cgroups: opts.gpu_scheduler_cgroups.clone(),
+            slurm_squeue: opts.gpu_slurm_squeue.clone(),
         };
         v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
     }
