@@ -23,7 +23,7 @@ pub struct Scanned {
     pub window_seconds: f64,
     /// The signature set's version and rule count.
     pub signatures_version: String,
-    /// Rules loaded.
+    /// Rules loaded (YARA rules included).
     pub rules: usize,
     /// Packets that passed the capture filter during the window.
     pub capture_packets: u64,
@@ -115,7 +115,7 @@ pub fn scan(opts: &EngineConfig, sig: Arc<Signatures>, progress: &dyn Fn(&str)) 
             capture_findings: get("capture_findings"),
             window_seconds: second.window_seconds,
             signatures_version: sig.version.clone(),
-            rules: sig.rules().len(),
+            rules: sig.rules().len() + sig.yara().map_or(0, |y| y.rules().len()),
         },
         warnings,
     })
