@@ -23,6 +23,37 @@ use std::time::Duration;
 pub const ALERT_FINDING: &str = "RigwatchMinerFinding";
 /// The alertname of a host whose agent stopped reporting.
 pub const ALERT_SILENT: &str = "RigwatchAgentSilent";
+/// The alertname of a change to an agent's allowlist, signature overrides,
+/// sensors or collector ([`crate::hostconfig`]).
+pub const ALERT_CONFIG: &str = "RigwatchAgentConfigChanged";
+
+/// One alert per host and kind of change (the latest of them), firing for
+/// [`crate::hostconfig::ALERT_SECONDS`] after the change was reported.
+fn config_alerts(app: &App, rows: &[crate::hostconfig::ConfigRecord]) -> Vec<Value> {
+    let mut latest: BTreeMap<(&str, &str), (u64, &crate::hostconfig::ConfigChange)> = BTreeMap::new();
+    for r in rows {
+        for c in r.changes.iter().filter(|c| c.alert) {
+            latest.insert((r.host.as_str(), c.what.as_str()), (r.at, c));
+        }
+    }
+    latest
+        .into_iter()
+        .map(|((host, what), (at, c))| {
+            json!({
+                "labels": { "alertname": ALERT_CONFIG, "host": host, "change": what, "severity": "warning" },
+                "annotations": {
+                    "summary": format!("rigwatch agent configuration on {host} changed: {what}"),
+                    "description": format!("{what}: before: {}; after: {}", c.before, c.after),
+                    "before": c.before,
+                    "after": c.after,
+                },
+                "startsAt": rfc3339(at),
+                "endsAt": rfc3339(at + crate::hostconfig::ALERT_SECONDS),
+                "generatorURL": format!("{}/hosts/{}", app.settings.external_url, pct(host)),
+            })
+        })
+        .collect()
+}
 
 fn finding_alert(app: &App, f: &FindingView, ends_at: u64) -> Value {
     json!({
@@ -153,6 +184,9 @@ async fn tick(
         }
         for f in &ended {
             alerts.push(finding_alert(app, f, f.state_changed_at.min(t)));
+        }
+        if let Ok(rows) = app.store.config_alerts(t.saturating_sub(crate::hostconfig::ALERT_SECONDS)).await {
+            alerts.extend(config_alerts(app, &rows));
         }
         for h in &hosts {
             if h.silent {

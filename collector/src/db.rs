@@ -250,6 +250,16 @@ CREATE TABLE IF NOT EXISTS counters (
     value BIGINT NOT NULL
 );
 INSERT INTO counters (name, value) VALUES ('finding_events', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS host_config (
+    host TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    changes TEXT NOT NULL,
+    alert BIGINT NOT NULL,
+    PRIMARY KEY (host, seq)
+);
+CREATE INDEX IF NOT EXISTS host_config_alert ON host_config (alert, at);
 "#;
 
 /// Columns added after the first release: `(table, column, definition)`,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod db;
 pub mod fleet;
 pub mod format;
+pub mod hostconfig;
 pub mod keys;
 pub mod metrics;
 pub mod server;

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub fleet_fetches: IntCounterVec,
     /// Indicators (or findings) refused by learning, by reason.
     pub fleet_learning_refused: IntCounterVec,
+    /// Changes of agents' reported configuration, by what changed.
+    pub agent_config_changes: IntCounterVec,
+    /// 1 for each sensor an agent's configuration switches off, by host and sensor.
+    pub agent_sensors_off: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -155,8 +159,29 @@ impl Metrics {
             &["reason"],
         )
         .expect("metric");
+        let agent_config_changes = IntCounterVec::new(
+            Opts::new(
+                "rigwatch_collector_agent_config_changes_total",
+                "Changes of agents' reported configuration (allowlist, overrides, sensors_off, config, collector, bundled).",
+            ),
+            &["what"],
+        )
+        .expect("metric");
+        let agent_sensors_off = IntGaugeVec::new(
+            Opts::new(
+                "rigwatch_collector_agent_sensors_off",
+                "1 for each sensor an agent's configuration switches off, as it last reported.",
+            ),
+            &["host", "sensor"],
+        )
+        .expect("metric");
+        for w in crate::hostconfig::WHATS {
+            agent_config_changes.with_label_values(&[w]);
+        }
         for c in [
-            Box::new(enrolments.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(agent_config_changes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(agent_sensors_off.clone()),
+            Box::new(enrolments.clone()),
             Box::new(fleet_indicators.clone()),
             Box::new(fleet_version.clone()),
             Box::new(agent_fleet_version.clone()),
@@ -234,6 +259,8 @@ impl Metrics {
             fleet_indicator_hits,
             fleet_fetches,
             fleet_learning_refused,
+            agent_config_changes,
+            agent_sensors_off,
         }
     }
 

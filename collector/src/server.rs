@@ -169,7 +169,10 @@ async fn post_report(State(app): State<Arc<App>>, request: Request) -> Response 
             for id in &out.fleet_hits {
                 m.fleet_indicator_hits.with_label_values(&[id]).inc();
             }
-            if out.findings_changed {
+            for ch in &out.config_changes {
+                m.agent_config_changes.with_label_values(&[&ch.what]).inc();
+            }
+            if out.findings_changed || out.config_changes.iter().any(|c| c.alert) {
                 app.alert_wakeup.notify_one();
             }
             crate::siem::enqueue(&app, std::mem::take(&mut out.finding_events));
@@ -569,6 +572,14 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     }
     if let Ok(v) = app.store.fleet_version().await {
         app.metrics.fleet_version.set(v as i64);
+    }
+    if let Ok(latest) = app.store.config_latest().await {
+        app.metrics.agent_sensors_off.reset();
+        for r in &latest {
+            for s in &r.state.sensors_off {
+                app.metrics.agent_sensors_off.with_label_values(&[&r.host, s]).set(1);
+            }
+        }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -131,6 +131,9 @@ pub struct IngestOutcome {
     /// (webhook and export), in id order.
     #[serde(skip)]
     pub finding_events: Vec<FindingEvent>,
+    /// What the agent's reported configuration changed ([`crate::hostconfig`]).
+    #[serde(skip)]
+    pub config_changes: Vec<crate::hostconfig::ConfigChange>,
 }
 
 /// One finding transition as stored for SIEMs: the export endpoint's
@@ -1056,6 +1059,9 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
         ],
     )?;
     let mut out = IngestOutcome::default();
+    if let Some(state) = &r.agent.config {
+        out.config_changes = crate::hostconfig::record_tx(c, host, state, received)?;
+    }
     let key = event_key(host, &r.agent.agent_id);
     // Unresolved findings on this host, counted once when first needed.
     let mut unresolved: Option<u64> = None;

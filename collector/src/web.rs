@@ -191,6 +191,42 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     page("Fleet", Some(&name), body)
 }
 
+/// A host's configuration as its agent reported it: the latest state,
+/// then every change, newest first (changes that alert are marked).
+fn config_table(rows: &[crate::hostconfig::ConfigRecord]) -> Markup {
+    let Some(latest) = rows.first() else {
+        return html! { p { "The agent has not reported its configuration (an agent older than this collector)." } };
+    };
+    let s = &latest.state;
+    html! {
+        table #config {
+            tr { th { "configuration digest" } td { code { (s.digest) } } }
+            tr { th { "allow rules" } td { (s.allowlist.entries) " (" (s.allowlist.local) " local" @if s.allowlist.ignored_by_policy > 0 { ", " (s.allowlist.ignored_by_policy) " ignored by policy" } ")" } }
+            tr { th { "local allowlist files" } td { @for f in &s.allowlist.files { code { (f) } " " } } }
+            tr { th { "local signature files" } td { @for f in &s.signatures.local { code { (f.name) } " " } @if s.signatures.local_more > 0 { "+" (s.signatures.local_more) " more" } } }
+            tr { th { "sensors off" } td { @if s.sensors_off.is_empty() { "none" } @else { @for x in &s.sensors_off { span.silent { (x) } " " } } } }
+            tr { th { "collector" } td { code { (s.collector) } } }
+        }
+        h3 { "Changes" }
+        table #config-history {
+            tr { th { "when" } th { "what" } th { "before" } th { "after" } }
+            @for r in rows {
+                @if r.changes.is_empty() {
+                    tr { td { (when(r.at)) } td { "baseline" } td { } td { "first report" } }
+                }
+                @for c in &r.changes {
+                    tr {
+                        td { (when(r.at)) }
+                        td { @if c.alert { span.silent { (c.what) } } @else { (c.what) } }
+                        td { (c.before) }
+                        td { (c.after) }
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): Path<String>) -> Response {
     let name = match who(&app, &headers).await {
         Ok(n) => n,
@@ -204,7 +240,8 @@ async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): 
             ..Default::default()
         })
         .await;
-    let (Ok(hosts), Ok(findings)) = (hosts, findings) else {
+    let config = app.store.config_history(&host).await;
+    let (Ok(hosts), Ok(findings), Ok(config)) = (hosts, findings, config) else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE, Some(&name), "the database is not answering");
     };
     let Some(h) = hosts.into_iter().find(|h| h.host == host) else {
@@ -234,6 +271,8 @@ async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): 
         }
         h2 { "Findings" }
         (findings_table(&findings))
+        h2 { "Configuration" }
+        (config_table(&config))
     };
     page(&format!("Host {host}"), Some(&name), body)
 }

@@ -43,6 +43,137 @@ pub struct AgentInfo {
     /// Each sensor's state.
     #[serde(default)]
     pub sensors: Vec<SensorStatus>,
+    /// The configuration in force, as evidence: a local administrator who
+    /// allowlists his miner or switches a sensor off shows up at the
+    /// collector. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigState>,
+}
+
+/// Longest string of a [`ConfigState`] (a digest, a file name, a URL).
+pub const MAX_CONFIG_STRING: usize = 256;
+/// Most entries of each list of a [`ConfigState`].
+pub const MAX_CONFIG_LIST: usize = 64;
+
+/// The effective configuration of an agent, summarised so that a change
+/// to it can be seen (and alerted on) at the collector. The agent writes it;
+/// the collector treats it as hostile input and bounds it ([`ConfigState::bounded`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigState {
+    /// SHA-256 (hex) of the effective agent configuration, serialised
+    /// canonically, secrets (the collector token) left out.
+    pub digest: String,
+    /// The allow rules in force.
+    pub allowlist: AllowlistState,
+    /// Where the signature set in force comes from.
+    pub signatures: SignatureSetState,
+    /// Sensors the configuration switches off (sorted).
+    pub sensors_off: Vec<String>,
+    /// The collector URL the agent ships to.
+    pub collector: String,
+}
+
+/// The allow rules in force (rules of `kind = "allow"`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllowlistState {
+    /// SHA-256 (hex) over the allow rules in force (id, enabled, what they match).
+    pub digest: String,
+    /// Allow rules in force, from anywhere (bundled, local, fleet).
+    pub entries: u64,
+    /// Allow rules from local signature directories.
+    pub local: u64,
+    /// The local files holding them (sorted).
+    pub files: Vec<String>,
+    /// Local allow rules dropped because the fleet policy forbids local allowlists.
+    pub ignored_by_policy: u64,
+}
+
+/// The signature set's sources.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignatureSetState {
+    /// The version of the whole set in force.
+    pub version: String,
+    /// SHA-256 (hex) of the bundled rule files.
+    pub bundled: String,
+    /// Local rule and list files (overrides), name and SHA-256, sorted.
+    pub local: Vec<LocalFile>,
+    /// Local files beyond the [`MAX_CONFIG_LIST`] listed.
+    pub local_more: u64,
+    /// The fleet set's version (0: none).
+    pub fleet: u64,
+}
+
+/// A local signature file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalFile {
+    /// Its path.
+    pub name: String,
+    /// SHA-256 (hex) of its content.
+    pub sha256: String,
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), with `…` when cut.
+pub fn cap_string(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+impl ConfigState {
+    /// The state with every string and list capped and every list sorted
+    /// and deduplicated: what both the agent sends and the collector stores
+    /// (a list cut short says how many more there were where it can).
+    pub fn bounded(&self) -> ConfigState {
+        let cap = |s: &str| cap_string(s, MAX_CONFIG_STRING);
+        let list = |v: &[String]| {
+            let mut v: Vec<String> = v.iter().map(|s| cap(s)).collect();
+            v.sort();
+            v.dedup();
+            v.truncate(MAX_CONFIG_LIST);
+            v
+        };
+        let mut local: Vec<LocalFile> = self
+            .signatures
+            .local
+            .iter()
+            .map(|f| LocalFile {
+                name: cap(&f.name),
+                sha256: cap(&f.sha256),
+            })
+            .collect();
+        local.sort();
+        local.dedup();
+        let more = local.len().saturating_sub(MAX_CONFIG_LIST) as u64;
+        local.truncate(MAX_CONFIG_LIST);
+        ConfigState {
+            digest: cap(&self.digest),
+            allowlist: AllowlistState {
+                digest: cap(&self.allowlist.digest),
+                entries: self.allowlist.entries,
+                local: self.allowlist.local,
+                files: list(&self.allowlist.files),
+                ignored_by_policy: self.allowlist.ignored_by_policy,
+            },
+            signatures: SignatureSetState {
+                version: cap(&self.signatures.version),
+                bundled: cap(&self.signatures.bundled),
+                local,
+                local_more: self.signatures.local_more.saturating_add(more),
+                fleet: self.signatures.fleet,
+            },
+            sensors_off: list(&self.sensors_off),
+            collector: cap(&self.collector),
+        }
+    }
 }
 
 /// Whether a sensor works on that host.
@@ -139,6 +270,7 @@ mod tests {
                     up: false,
                     message: Some("no CAP_NET_RAW".into()),
                 }],
+                config: None,
             },
             sent_at: 10,
             events: vec![
@@ -181,5 +313,36 @@ mod tests {
         let mut j = serde_json::to_value(sample()).unwrap();
         j["surprise"] = serde_json::json!(1);
         assert!(Report::from_json(j.to_string().as_bytes()).unwrap_err().contains("invalid report"));
+    }
+
+    #[test]
+    fn config_state_travels_and_is_bounded() {
+        let mut r = sample();
+        let j = serde_json::to_value(&r).unwrap();
+        assert!(j["agent"].get("config").is_none(), "absent when unknown: older collectors read it");
+        r.agent.config = Some(ConfigState {
+            digest: "d".repeat(10_000),
+            sensors_off: (0..200).map(|i| format!("s{i:03}")).rev().collect(),
+            signatures: SignatureSetState {
+                local: (0..100)
+                    .map(|i| LocalFile {
+                        name: format!("/etc/rigwatch/signatures.d/{i:03}.toml"),
+                        sha256: "ab".into(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(Report::from_json(j.as_bytes()).unwrap(), r);
+        let b = r.agent.config.unwrap().bounded();
+        assert!(b.digest.len() <= MAX_CONFIG_STRING && b.digest.ends_with('…'));
+        assert_eq!(b.sensors_off.len(), MAX_CONFIG_LIST);
+        assert_eq!(b.sensors_off[0], "s000", "sorted");
+        assert_eq!(b.signatures.local.len(), MAX_CONFIG_LIST);
+        assert_eq!(b.signatures.local_more, 36);
+        assert_eq!(b.bounded(), b, "bounding is idempotent");
+        assert_eq!(cap_string("ééé", 4), "…");
     }
 }

@@ -8,6 +8,7 @@
 //! keeps the previous set in force.
 
 pub mod config;
+pub mod configstate;
 pub mod events;
 pub mod fleet;
 pub mod metrics;
@@ -24,7 +25,7 @@ use crate::sensors;
 use config::Config;
 use events::*;
 use metrics::Metrics;
-use rigwatch_signatures::report::{EventKind, SensorStatus};
+use rigwatch_signatures::report::{ConfigState, EventKind, SensorStatus};
 use rigwatch_signatures::{Finding, Signatures};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -56,6 +57,8 @@ pub struct Shared {
     pub sensors: Mutex<Vec<SensorStatus>>,
     /// The signature set version in force.
     pub signatures_version: Mutex<String>,
+    /// The configuration as evidence ([`configstate`]), for the reports.
+    pub config: Mutex<Option<ConfigState>>,
     /// The token the shipper uses, once it has one (enrolment may take a while).
     pub collector_token: Mutex<Option<String>>,
     /// The fleet signature set last taken from the collector.
@@ -93,6 +96,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         spool,
         sensors: Mutex::new(Vec::new()),
         signatures_version: Mutex::new(sig.version.clone()),
+        config: Mutex::new(Some(configstate::state(&cfg, &sig, 0, 0))),
         collector_token: Mutex::new(None),
         fleet: Mutex::new(fleet::FleetSet::default()),
         wake: tokio::sync::Notify::new(),
@@ -213,6 +217,16 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                 let (new, errors) = load(&cfg.signatures.dirs, &fleet_set);
                 if errors.is_empty() {
                     m.fleet_version.set(fleet_set.version as i64);
+                }
+                if errors.is_empty() {
+                    // a local file may change without changing the rules (a
+                    // comment, a rule of its own shadowed): still evidence
+                    let state = Some(configstate::state(&cfg, &new, fleet_set.version, 0));
+                    let changed = std::mem::replace(&mut *shared.config.lock().unwrap_or_else(|e| e.into_inner()), state.clone()) != state;
+                    if changed {
+                        // a heartbeat now carries it to the collector
+                        emit(&shared, unix_now(), EventKind::Heartbeat {});
+                    }
                 }
                 if errors.is_empty() && new.version == sig.version {
                     continue;

@@ -445,6 +445,7 @@ pub async fn run(cfg: CollectorConfig, shared: Arc<Shared>, host: String) {
                 version: env!("CARGO_PKG_VERSION").into(),
                 signatures_version: shared.signatures_version.lock().map(|v| v.clone()).unwrap_or_default(),
                 sensors: shared.sensors.lock().map(|v| v.clone()).unwrap_or_default(),
+                config: shared.config.lock().map(|v| v.clone()).unwrap_or_default(),
             },
             sent_at: crate::scan::unix_now(),
             events: batch.into_iter().map(|(_, e)| trimmed(e, level)).collect(),

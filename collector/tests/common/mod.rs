@@ -97,6 +97,7 @@ pub fn report(host: &str, agent: &str, events: Vec<Event>) -> Report {
                     message: Some("no CAP_NET_RAW".into()),
                 },
             ],
+            config: None,
         },
         sent_at: 1000,
         events,
