@@ -409,6 +409,37 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_that_runs_too_long_stops_at_the_timeout() {
+        // quadratic over the scanned bytes: what a hostile file could make of a careless rule
+        let src = "rule slow { condition: for any i in (0..filesize) : (for any j in (0..filesize) : (uint8(i) + uint8(j) == 1000)) }";
+        let (set, _) = compile(vec![file("/r/slow.yar", src)]);
+        let start = std::time::Instant::now();
+        let r = set.unwrap().scan(&vec![7u8; 1 << 20], "/bin/x", "executable");
+        assert_eq!(r, Err(YaraScanError::Timeout));
+        assert!(start.elapsed() < SCAN_TIMEOUT + Duration::from_secs(3), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn matches_reported_are_capped() {
+        let mut src = String::new();
+        for i in 0..40 {
+            src.push_str(&format!("rule r{i} {{ strings: "));
+            for j in 0..12 {
+                src.push_str(&format!("$s{j} = \"tok{j:02}\" "));
+            }
+            src.push_str("condition: any of them }\n");
+        }
+        let (set, errors) = compile(vec![file("/r/many.yar", &src)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let data: String = (0..12).map(|j| format!("tok{j:02} ")).collect::<String>().repeat(100);
+        let ev = set.unwrap().scan(data.as_bytes(), "/bin/x", "executable").unwrap();
+        assert_eq!(ev.len(), MAX_RULES_REPORTED);
+        assert!(ev
+            .iter()
+            .all(|e| matches!(&e.detail, EvidenceKind::BinaryContent { strings, .. } if strings.len() == MAX_STRINGS)));
+    }
+
+    #[test]
     fn includes_are_refused() {
         let (set, errors) = compile(vec![file("/r/i.yar", "include \"/etc/passwd\"\nrule x { condition: true }")]);
         assert!(set.is_none());
