@@ -333,3 +333,92 @@ fn no_gpu_leaves_the_sensor_out() {
         v["warnings"]
     );
 }
+
+/// Starts busysim as `uid` (an unprivileged user, as a GPU user on a
+/// cluster node would be), idling; waits for `ready PID`.
+fn start_as(uid: u32) -> Sim {
+    rigwatch();
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_busysim"),
+            "--idle",
+            "600",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pid = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line (is the target dir readable by uid {uid}?): {line:?}"));
+    Sim { child, pid }
+}
+
+/// A Slurm node (a `squeue` fixture in PATH): GPU use outside any job
+/// names its user against what that user holds here — a RUNNING job whose
+/// GPUs idle, or no job at all.
+#[test]
+fn gpu_use_outside_a_users_slurm_job_names_the_user_and_the_job() {
+    if inside_a_scheduler_job() {
+        return;
+    }
+    let dir = work_dir("rigwatch-slurm");
+    let lib = fake_nvml(dir.path());
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let squeue = bin.join("squeue");
+    std::fs::write(
+        &squeue,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nprintf '4242|nobody|65534|RUNNING|gres/gpu:1\\n4243|nobody|65534|PENDING|gres/gpu:4\\n'\n",
+            dir.path().join("calls").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&squeue, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let holder = start_as(65534);
+    let stranger = start_as(65533);
+    let procs = format!("{}:97:8192,{}:88:4096", holder.pid, stranger.pid);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = scan(
+        &[
+            ("RIGWATCH_NVML_LIBRARY", lib.to_str().unwrap()),
+            ("FAKE_NVML_PROCS", &procs),
+            ("PATH", &path),
+        ],
+        &["--json"],
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr {}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+
+    let f = finding(&v, holder.pid);
+    assert_eq!(f["severity"], "suspicious", "{f}");
+    assert_eq!(f["process"]["uid"], 65534);
+    let g = gpu_evidence(&f);
+    assert_eq!(g["weight"], "suspicious");
+    assert_eq!(
+        g["allocation"],
+        "user nobody (uid 65534) holds job 4242 (RUNNING, gres/gpu:1; its processes use no GPU), \
+         job 4243 (PENDING, gres/gpu:4) on this node and runs this outside them",
+        "{g}"
+    );
+
+    let g = gpu_evidence(&finding(&v, stranger.pid));
+    let who = g["allocation"].as_str().unwrap_or_else(|| panic!("{g}"));
+    assert!(
+        who.ends_with("uid 65533 holds no Slurm job on this node") || who.ends_with("(uid 65533) holds no Slurm job on this node"),
+        "a user with no job: {who}"
+    );
+
+    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+    assert_eq!(calls.lines().count(), 1, "squeue asked once per scan: {calls}");
+    assert!(calls.contains("--nodelist ") && calls.contains("%i|%u|%U|%T|%b"), "{calls}");
+}
