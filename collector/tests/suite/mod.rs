@@ -10,6 +10,8 @@ use rigwatch_signatures::{Evidence, EvidenceKind, Severity, Weight};
 use serde_json::Value;
 use std::path::Path;
 
+mod config;
+pub use config::*;
 mod fleet;
 pub use fleet::*;
 mod siem;
@@ -42,6 +44,7 @@ macro_rules! for_each_case {
         $m!(fleet_indicators_expire_and_come_back);
         $m!(fleet_learning_is_capped_per_host);
         $m!(siem_export_gives_each_finding_event_once);
+        $m!(agent_config_history_changes_and_alerts);
     };
 }
 
