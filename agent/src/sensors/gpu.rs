@@ -49,7 +49,11 @@
 //! evidence's `allocation`: none at all (someone with a shell on a GPU node,
 //! the administrator's case), or a job whose GPUs sit idle while its owner
 //! works outside it (`holds job 4242 (RUNNING, gres/gpu:1; its processes use
-//! no GPU) and runs this outside it`).
+//! no GPU) and runs this outside it`). On a Kubernetes node, GPU use inside
+//! a pod is scheduled only if the kubelet's device-plugin checkpoint shows a
+//! GPU resource allocated to that pod ([`crate::kube::DeviceAllocations`]);
+//! otherwise (a privileged pod with `/dev/nvidia*` mounted by hand) it weighs
+//! `suspicious` and `allocation` says the pod was allocated no GPU.
 //!
 //! **No GPU.** Without NVML (no library, no driver) and without a DRM driver
 //! (no `drm` in `PROC/devices`), every pass fails with one clear message,
@@ -85,6 +89,10 @@ pub struct GpuConfig {
     /// Slurm's `squeue` (`gpu.slurm_squeue`); without it, `squeue` in
     /// `PATH`, else no Slurm. Asked only about unscheduled GPU use.
     pub slurm_squeue: Option<PathBuf>,
+    /// The kubelet's device-plugin checkpoint (normally
+    /// `/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint` under
+    /// the host root): GPU use in a pod it allocated no GPU is not scheduled.
+    pub kubelet_checkpoint: Option<PathBuf>,
 }
 
 /// Where the NVML library path came from.
@@ -547,6 +555,8 @@ pub struct GpuSensor {
     unavailable: bool,
     /// Slurm's jobs on this node, when this is a Slurm node.
     slurm: Option<crate::host::slurm::SlurmJobs>,
+    /// The kubelet's device allocations, when the config names the file.
+    kube: Option<crate::kube::Checkpoint>,
 }
 
 impl GpuSensor {
@@ -560,6 +570,7 @@ impl GpuSensor {
     pub fn with_env(root: &Path, cfg: GpuConfig, env: Option<OsString>) -> Self {
         let (nvml, source) = init_nvml(&cfg, env);
         let cfg_slurm = cfg.slurm_squeue.clone();
+        let cfg_kube = cfg.kubelet_checkpoint.clone();
         let (nvml, nvml_problem) = match nvml {
             Ok(n) => (Some(n), None),
             Err(why) => (None, Some((why, source != LibrarySource::Default))),
@@ -580,6 +591,7 @@ impl GpuSensor {
                 Some(p) => Some(crate::host::slurm::SlurmJobs::new(p.clone(), crate::host::slurm::short_hostname())),
                 None => crate::host::slurm::SlurmJobs::from_path(),
             },
+            kube: cfg_kube.map(crate::kube::Checkpoint::new),
         }
     }
 
@@ -790,7 +802,7 @@ impl Sensor for GpuSensor {
             .filter_map(|(_, _, _, s)| s.as_deref()?.strip_prefix("slurm job_"))
             .collect();
         for (u, util, p, scheduler) in busy.iter().cloned() {
-            let allocation = match (&scheduler, &mut self.slurm) {
+            let mut allocation = match (&scheduler, &mut self.slurm) {
                 (None, Some(slurm)) => match slurm.jobs(snap.at) {
                     Ok(jobs) => Some(allocation(jobs, p.fixed.uid, &busy_jobs)),
                     Err(e) => {
@@ -800,7 +812,21 @@ impl Sensor for GpuSensor {
                 },
                 _ => None,
             };
-            let weight = if scheduler.is_some() { Weight::Info } else { Weight::Suspicious };
+            let mut weight = if scheduler.is_some() { Weight::Info } else { Weight::Suspicious };
+            // in a pod: scheduled only if the kubelet gave the pod a GPU
+            let pod = crate::host::process::cgroup_identity(&p.fixed.cgroup).1;
+            if let (Some("kubernetes"), Some(pod), Some(ck)) = (scheduler.as_deref(), pod, &mut self.kube) {
+                match ck.get() {
+                    Some(Ok(a)) => {
+                        if let Some(why) = crate::kube::pod_gpu_allocation(a, &pod) {
+                            allocation = Some(why);
+                            weight = Weight::Suspicious;
+                        }
+                    }
+                    Some(Err(e)) => self.problems.push(format!("Kubernetes: {e}")),
+                    None => {}
+                }
+            }
             out.push(Observation::Evidence(
                 u.key,
                 Evidence::heuristic(
@@ -1169,6 +1195,53 @@ mod tests {
             calls.lines().count(),
             1,
             "asked once, and only when unscheduled use was seen: {calls}"
+        );
+    }
+
+    #[test]
+    fn gpu_use_in_a_pod_the_kubelet_gave_no_gpu_is_not_scheduled() {
+        let (_d, lib) = fake_nvml("procs=4242:95:4096,4444:80:2048\n");
+        let root = root_without_drm();
+        let kd = tempfile::tempdir().unwrap();
+        let ck = kd.path().join("kubelet_internal_checkpoint");
+        std::fs::write(
+            &ck,
+            r#"{"Data":{"PodDeviceEntries":[{"PodUID":"1b2c3d4e-1111-2222-3333-444455556666","ContainerName":"train","ResourceName":"nvidia.com/gpu","DeviceIDs":{"0":["GPU-fa4e0000-0000-4000-8000-000000000000"]},"AllocResp":""}],"RegisteredDevices":{"nvidia.com/gpu":["GPU-fa4e0000-0000-4000-8000-000000000000"]}},"Checksum":1}"#,
+        )
+        .unwrap();
+        let cfg = GpuConfig {
+            nvml_library: Some(lib),
+            kubelet_checkpoint: Some(ck),
+            ..Default::default()
+        };
+        let mut s = GpuSensor::with_env(root.path(), cfg, None);
+        let pod = |uid: &str| {
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope",
+                uid.replace('-', "_"),
+                "0123456789abcdef".repeat(4)
+            )
+        };
+        let procs = [
+            proc(4242, "kworker", &pod("aaaaaaaa-1111-2222-3333-444455556666")),
+            proc(4444, "train", &pod("1b2c3d4e-1111-2222-3333-444455556666")),
+        ];
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        s.observe(&snap(t0, &procs), &mut out).unwrap();
+        s.observe(&snap(t0 + Duration::from_secs(2), &procs), &mut out).unwrap();
+        let ev = gpu_evidence(&out);
+        assert_eq!(ev[&4444].weight, Weight::Info, "allocated a GPU: scheduled");
+        assert_eq!(allocation_of(&ev[&4444]), None);
+        assert_eq!(ev[&4242].weight, Weight::Suspicious, "a pod with no GPU allocated");
+        assert_eq!(
+            allocation_of(&ev[&4242]).as_deref(),
+            Some("pod aaaaaaaa-1111-2222-3333-444455556666 was allocated no nvidia.com/gpu by the kubelet")
+        );
+        assert!(
+            ev[&4242].summary().contains("in kubernetes; pod aaaaaaaa"),
+            "{}",
+            ev[&4242].summary()
         );
     }
 

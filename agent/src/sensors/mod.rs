@@ -205,6 +205,7 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
             nvml_library: opts.nvml_library.clone(),
             scheduler_cgroups: opts.gpu_scheduler_cgroups.clone(),
             slurm_squeue: opts.gpu_slurm_squeue.clone(),
+            kubelet_checkpoint: Some(opts.host_root.join("var/lib/kubelet/device-plugins/kubelet_internal_checkpoint")),
         };
         v.push(Box::new(gpu::GpuSensor::new(proc_root, cfg)));
     }
