@@ -41,6 +41,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/findings", get(api_findings))
         .route("/api/v1/findings/{host}/{id}", get(api_finding))
         .route("/api/v1/hosts", get(api_hosts))
+        .route("/api/v1/hosts/{host}/config", get(api_host_config))
         .route("/api/v1/campaigns", get(api_campaigns))
         .route("/api/v1/export", get(api_export))
         .route("/api/v1/fleet/signatures", get(fleet_signatures))
@@ -494,6 +495,18 @@ async fn api_finding(State(app): State<Arc<App>>, headers: HeaderMap, Path((host
 #[derive(serde::Deserialize)]
 struct HostFilter {
     silent: Option<bool>,
+}
+
+/// A host's configuration history as its agent reported it, newest first
+/// ([`crate::hostconfig`]).
+async fn api_host_config(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): Path<String>) -> Response {
+    if let Err(r) = analyst(&app, &headers).await {
+        return r;
+    }
+    match app.store.config_history(&host).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => db_error(e),
+    }
 }
 
 async fn api_hosts(

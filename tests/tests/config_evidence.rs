@@ -1,0 +1,161 @@
+//! Configuration as evidence end to end (issue 18): a local administrator
+//! who allowlists something on one host is seen from outside it. A real
+//! agent (`rigwatch run`) ships to a real collector (SQLite) that alerts a
+//! real Alertmanager. The agent's first report sets the baseline (its
+//! sensors already switched off are reported once); then a local allow
+//! rule file is dropped into its signature directory, the agent reloads it
+//! hot and says so in its next report, and Alertmanager shows
+//! `RigwatchAgentConfigChanged` naming the host, the change (`allowlist`,
+//! `overrides`) and the file. The collector's API and metrics say the same.
+
+use rigwatch_e2e::{collector_token, free_port, http_get, wait_for, Alertmanager, KillOnDrop as Kill};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+const HOST: &str = "config-evidence-node";
+
+fn bin(name: &str, package: &str) -> PathBuf {
+    rigwatch_e2e::workspace_bin(package, name, env!("CARGO_BIN_EXE_minersim"))
+}
+
+fn am_alerts(am: &str) -> Vec<Value> {
+    let port: u16 = am.rsplit(':').next().unwrap().parse().unwrap();
+    let (code, body) = http_get(port, "/api/v2/alerts", None);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn config_alert(am: &str, change: &str) -> Option<Value> {
+    am_alerts(am)
+        .into_iter()
+        .find(|a| a["labels"]["alertname"] == "RigwatchAgentConfigChanged" && a["labels"]["change"] == change)
+}
+
+#[test]
+fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
+    let Some(am) = Alertmanager::start() else { return };
+    let collector = bin("rigwatch-collector", "rigwatch-collector");
+    let rigwatch = bin("rigwatch", "rigwatch-agent");
+    let tmp = tempfile::Builder::new()
+        .prefix("rwcfg")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let data = tmp.path().join("data");
+    let agent_token = collector_token(&collector, &data, "node-cfg", false);
+    let analyst = collector_token(&collector, &data, "soc-cfg", true);
+    let cport = free_port();
+    let _c = Kill(
+        Command::new(&collector)
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", &am.url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(20, "collector /healthz", || {
+        (http_get(cport, "/healthz", None).0 == 200).then_some(())
+    });
+    let sigdir = tmp.path().join("signatures.d");
+    std::fs::create_dir_all(&sigdir).unwrap();
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[scan]\ninterval_seconds = 1\nlower_priority = false\n\
+             [sensors]\ncapture = false\nsockets = false\ngpu = false\nexec_events = false\nrounding = false\n\
+             [collector]\nheartbeat_seconds = 2\nfleet = false\n[signatures]\ndirs = [\"{}\"]\n",
+            sigdir.display()
+        ),
+    )
+    .unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
+    let _a = Kill(
+        Command::new(&rigwatch)
+            .env("RIGWATCH_HOSTNAME", HOST)
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args([
+                "--collector",
+                &format!("http://127.0.0.1:{cport}"),
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ])
+            .args(["--spool-dir", tmp.path().join("spool").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let history = || -> Vec<Value> {
+        let (code, body) = http_get(cport, &format!("/api/v1/hosts/{HOST}/config"), Some(&analyst));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+
+    // the baseline: the agent's configuration, its sensors switched off reported once
+    let base = wait_for(30, "the agent's configuration at the collector", || history().into_iter().next());
+    let st = &base["state"];
+    assert_eq!(st["digest"].as_str().unwrap().len(), 64, "{base}");
+    assert_eq!(st["allowlist"]["local"], 0, "{base}");
+    assert_eq!(st["collector"], format!("http://127.0.0.1:{cport}"));
+    let off: Vec<&str> = st["sensors_off"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(off, ["capture", "exec_events", "gpu", "rounding", "sockets"], "{base}");
+    let a = wait_for(20, "the sensors_off alert of the first report", || {
+        config_alert(&am.url, "sensors_off")
+    });
+    assert_eq!(a["labels"]["host"], HOST);
+    assert!(a["annotations"]["after"].as_str().unwrap().contains("capture"), "{a}");
+    assert!(config_alert(&am.url, "allowlist").is_none(), "no local allowlist yet");
+
+    // the local root allowlists his own directory
+    let allow = sigdir.join("zz-local-allow.toml");
+    std::fs::write(
+        &allow,
+        "[[rule]]\nid = \"site.allow-opt-tools\"\nkind = \"allow\"\nseverity = \"info\"\n\
+         paths = [\"/opt/tools/\"]\nexamples = { hit = [\"path:/opt/tools/x\"] }\n",
+    )
+    .unwrap();
+    let a = wait_for(30, "the allowlist alert in Alertmanager", || config_alert(&am.url, "allowlist"));
+    let l = &a["labels"];
+    assert_eq!(l["host"], HOST);
+    assert_eq!(l["severity"], "warning");
+    assert_eq!(a["status"]["state"], "active");
+    let ann = &a["annotations"];
+    assert!(ann["summary"].as_str().unwrap().contains(HOST), "{a}");
+    assert!(ann["summary"].as_str().unwrap().contains("allowlist"), "{a}");
+    assert!(ann["before"].as_str().unwrap().contains("0 local"), "{a}");
+    let after = ann["after"].as_str().unwrap();
+    assert!(after.contains("1 local") && after.contains(&allow.display().to_string()), "{a}");
+    assert!(a["generatorURL"].as_str().unwrap().ends_with(&format!("/hosts/{HOST}")), "{a}");
+    let o = wait_for(10, "the overrides alert", || config_alert(&am.url, "overrides"));
+    assert!(o["annotations"]["after"].as_str().unwrap().contains("added"), "{o}");
+    assert_eq!(o["labels"]["host"], HOST);
+
+    // the history and the metrics say the same
+    let h = history();
+    assert!(h.len() >= 2, "{h:?}");
+    assert!(
+        h[0]["changes"].as_array().unwrap().iter().any(|c| c["what"] == "allowlist"),
+        "{h:?}"
+    );
+    let (_, m) = http_get(cport, "/metrics", None);
+    assert!(
+        m.contains("rigwatch_collector_agent_config_changes_total{what=\"allowlist\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "rigwatch_collector_agent_sensors_off{{host=\"{HOST}\",sensor=\"capture\"}} 1"
+        )),
+        "{m}"
+    );
+}
