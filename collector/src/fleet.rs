@@ -72,7 +72,7 @@ pub enum Refusal {
     FleetEvidence,
     /// The agent said confirmed; its evidence does not.
     NotConfirmed,
-    /// A binary hash whose finding only the binary itself confirms.
+    /// A binary (or miner config) hash whose finding only that file confirms.
     HashUncorroborated,
     /// The host taught as many new indicators this hour as it may.
     RateLimited,
@@ -98,7 +98,7 @@ impl Refusal {
 }
 
 /// The kinds of indicator, as rule kinds.
-pub const KINDS: [&str; 5] = ["binary_hash", "wallet", "pool_domain", "pool_address", "cmdline"];
+pub const KINDS: [&str; 6] = ["binary_hash", "config_hash", "wallet", "pool_domain", "pool_address", "cmdline"];
 
 /// An indicator derived from evidence (not yet stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,6 +227,9 @@ fn is_login(l: &str) -> bool {
         && l.chars().any(|c| c.is_alphabetic())
 }
 
+/// SHA-256 of nothing.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// The indicators a finding teaches, and why others were refused. Pure:
 /// the finding in, the indicators out.
 pub fn derive(f: &Finding) -> (Vec<Derived>, Vec<Refusal>) {
@@ -279,6 +282,43 @@ pub fn derive(f: &Finding) -> (Vec<Derived>, Vec<Refusal>) {
         ) == Some(Severity::Confirmed)
     };
     let mut hash_refused = false;
+    // a miner config file's hash: the same file renamed, its pool behind a
+    // proxy, on the next host. Taught only when the finding is confirmed
+    // without any file's word (config, binary), and only for a file that
+    // held pools, wallets or miner keys (never the empty file).
+    let corroborated_without_files = || {
+        recomputed(
+            f.evidence
+                .iter()
+                .filter(|e| {
+                    !matches!(
+                        e.detail,
+                        EvidenceKind::BinaryHash { .. } | EvidenceKind::BinaryContent { .. } | EvidenceKind::MinerConfig { .. }
+                    )
+                })
+                .cloned(),
+        ) == Some(Severity::Confirmed)
+    };
+    for e in &f.evidence {
+        if let EvidenceKind::MinerConfig {
+            sha256: Some(h),
+            pools,
+            wallets,
+            keys,
+            ..
+        } = &e.detail
+        {
+            let h = h.trim().to_ascii_lowercase();
+            let said = !pools.is_empty() || !wallets.is_empty() || !keys.is_empty();
+            if is_sha256(&h) && h != EMPTY_SHA256 && said {
+                if corroborated_without_files() {
+                    add("config_hash", h, "");
+                } else {
+                    hash_refused = true;
+                }
+            }
+        }
+    }
     // the executable's hash the agent read (ProcessInfo.sha256): the binary
     // that runs renamed on the next host
     if let Some(h) = f.process.sha256.as_deref().map(str::trim).filter(|h| is_sha256(h)) {
@@ -357,7 +397,7 @@ fn bundled() -> &'static rigwatch_signatures::Signatures {
 fn already_known(d: &Derived) -> bool {
     let s = bundled();
     match d.kind {
-        "binary_hash" => {
+        "binary_hash" | "config_hash" => {
             let mut h = [0u8; 32];
             hex::decode_to_slice(&d.value, &mut h).is_ok() && s.binary_hash(&h).is_some()
         }
@@ -760,6 +800,12 @@ pub fn indicators_toml(list: &[Indicator]) -> String {
                     r.severity = "confirmed";
                     r.sha256 = Some(vec![&i.value]);
                 }
+                // the agent's config sensor matches config files against hash rules
+                "config_hash" => {
+                    r.kind = "binary_hash";
+                    r.severity = "likely";
+                    r.sha256 = Some(vec![&i.value]);
+                }
                 "wallet" => {
                     r.kind = "wallet";
                     r.severity = "confirmed";
@@ -1024,6 +1070,84 @@ mod tests {
             ],
             "documentation and loopback addresses and the login \"x\" teach nothing"
         );
+    }
+
+    #[test]
+    fn a_miner_configs_hash_is_taught_only_when_something_else_confirms() {
+        let config = |sha: &str, pools: Vec<String>| {
+            Evidence::heuristic(
+                EvidenceKind::MinerConfig {
+                    path: "/tmp/.x/config.json".into(),
+                    pools,
+                    wallets: vec![],
+                    keys: vec!["donate-level".into()],
+                    sha256: Some(sha.into()),
+                },
+                Weight::Likely,
+            )
+        };
+        let f = finding(
+            vec![
+                config(&"CD".repeat(32), vec!["10.1.2.3:8080".into()]),
+                stratum("x", "185.199.108.7:14444"),
+            ],
+            Severity::Confirmed,
+        );
+        let (d, refused) = derive(&f);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert!(d.iter().any(|d| d.kind == "config_hash" && d.value == "cd".repeat(32)), "{d:?}");
+        let toml = indicators_toml(&[Indicator {
+            id: indicator_id("config_hash", &"cd".repeat(32)),
+            kind: "config_hash".into(),
+            value: "cd".repeat(32),
+            coin: String::new(),
+            taught_by: TaughtBy {
+                host: "node-a".into(),
+                finding: "f1".into(),
+            },
+            first_seen: 1,
+            last_seen: 1,
+            expires: 2,
+            hits: 0,
+            state: "live".into(),
+            revoked_at: 0,
+            revoked_by: String::new(),
+        }]);
+        let loaded = rigwatch_signatures::load::load_with(&[], true, &[("fleet.toml".into(), toml.clone())]);
+        assert!(loaded.errors.is_empty(), "{:?}\n{toml}", loaded.errors);
+        let mut h = [0u8; 32];
+        hex::decode_to_slice("cd".repeat(32), &mut h).unwrap();
+        let r = loaded.signatures.binary_hash(&h).expect("a hash rule the config sensor matches");
+        assert_eq!(r.severity, Weight::Likely, "a config file alone is likely, not confirmed");
+
+        // only the config (and its pools) says so: refused, as for binaries
+        let lone = finding(
+            vec![Evidence::heuristic(
+                EvidenceKind::MinerConfig {
+                    path: "/c.json".into(),
+                    pools: vec!["pool.example:3333".into()],
+                    wallets: vec!["4".repeat(95)],
+                    keys: vec![],
+                    sha256: Some("CD".repeat(32)),
+                },
+                Weight::Confirmed,
+            )],
+            Severity::Confirmed,
+        );
+        let (d, refused) = derive(&lone);
+        assert!(d.iter().all(|d| d.kind != "config_hash"), "{d:?}");
+        assert!(refused.contains(&Refusal::HashUncorroborated), "{refused:?}");
+        // the empty file, or a file that said nothing of mining, is never taught
+        for c in [config(EMPTY_SHA256, vec!["p:1".into()]), {
+            let mut e = config(&"EE".repeat(32), vec![]);
+            if let EvidenceKind::MinerConfig { keys, .. } = &mut e.detail {
+                keys.clear();
+            }
+            e
+        }] {
+            let f = finding(vec![c, stratum("x", "185.199.108.7:14444")], Severity::Confirmed);
+            assert!(derive(&f).0.iter().all(|d| d.kind != "config_hash"));
+        }
     }
 
     #[test]

@@ -126,7 +126,7 @@ mod tests {
             "evidence": [
                 serde_json::to_value(ev(EvidenceKind::CommandLine { matched: "stratum+tcp://".into(), base64: false, pool_url: true })).unwrap(),
                 serde_json::to_value(ev(EvidenceKind::TlsSni { server_name: "XMR.Pool.Example".into(), remote: "1.2.3.4:443".into() })).unwrap(),
-                serde_json::to_value(ev(EvidenceKind::MinerConfig { path: "/c.json".into(), pools: vec!["xmr.pool.example:443".into()], wallets: vec!["4abc".into()], keys: vec![] })).unwrap(),
+                serde_json::to_value(ev(EvidenceKind::MinerConfig { path: "/c.json".into(), pools: vec!["xmr.pool.example:443".into()], wallets: vec!["4abc".into()], keys: vec![], sha256: None })).unwrap(),
                 serde_json::to_value(ev(EvidenceKind::BinaryHash { sha256: "AB".repeat(32), path: "/tmp/k".into() })).unwrap(),
                 serde_json::to_value(ev(EvidenceKind::Stratum { dialect: "s1".into(), method: "login".into(), agent: None, login: Some("w.1".into()), worker: None, remote: "1.2.3.4:3333".into() })).unwrap(),
             ],

@@ -276,6 +276,11 @@ pub enum EvidenceKind {
         pools: Vec<String>,
         wallets: Vec<String>,
         keys: Vec<String>,
+        /// The file's SHA-256 (hex): what a collector teaches the fleet
+        /// when the finding is confirmed (the same file renamed, its pool
+        /// behind a proxy, on the next host).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
     },
     /// A known pool domain in the command line or a config.
     PoolDomain { domain: String, source: String },
@@ -1161,6 +1166,7 @@ mod tests {
                         .collect(),
                     wallets: vec!["4".repeat(95)],
                     keys: vec!["donate-level".into()],
+                    sha256: None,
                 },
                 Weight::Confirmed,
             )

@@ -702,6 +702,7 @@ mod tests {
                 pools: (0..16).map(|i| format!("pool{i}.example:3333/{}", "x".repeat(200))).collect(),
                 wallets: vec![],
                 keys: vec!["donate-level".into()],
+                sha256: None,
             },
             Weight::Likely,
         );

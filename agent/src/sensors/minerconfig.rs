@@ -133,6 +133,10 @@ fn home_of(uid: u32) -> Option<PathBuf> {
 /// were left out for the caps. Accepts JSON (XMRig and most miners) and,
 /// failing that, scans the text (xmr-stak's `pools.txt` is JSON without braces).
 pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Vec<Evidence> {
+    use sha2::Digest;
+    let sha256: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    // a file the fleet (or a local rule) knows by its hash, whatever it says
+    let known = sig.binary_hash(&sha256);
     let text = String::from_utf8_lossy(bytes);
     let mut pools = Vec::new();
     let mut wallets = Vec::new();
@@ -165,7 +169,7 @@ pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Vec<Evidence
     wallets.dedup();
     keys.sort();
     keys.dedup();
-    if pools.is_empty() && keys.is_empty() {
+    if pools.is_empty() && keys.is_empty() && known.is_none() {
         return Vec::new();
     }
     let weight = if !pools.is_empty() && !wallets.is_empty() {
@@ -193,17 +197,19 @@ pub fn assess_config(sig: &Signatures, path: &str, bytes: &[u8]) -> Vec<Evidence
             Weight::Info,
         ));
     }
+    let detail = EvidenceKind::MinerConfig {
+        path,
+        pools,
+        wallets,
+        keys,
+        sha256: Some(hex::encode(sha256)),
+    };
     out.insert(
         0,
-        Evidence::heuristic(
-            EvidenceKind::MinerConfig {
-                path,
-                pools,
-                wallets,
-                keys,
-            },
-            weight,
-        ),
+        match known {
+            Some(rule) if rule.severity.max(weight) == rule.severity => Evidence::from_rule(detail, &rule.id, rule.severity),
+            _ => Evidence::heuristic(detail, weight),
+        },
     );
     out
 }
@@ -325,6 +331,35 @@ mod tests {
             EvidenceKind::MinerConfig { path, pools, wallets, .. } => (path.clone(), pools.clone(), wallets.clone()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_config_the_fleet_knows_by_hash_is_evidence_whatever_it_says() {
+        use sha2::Digest;
+        // pools behind a bare proxy address, keys renamed: nothing a parser knows
+        let text = br#"{"upstream":[{"addr":"10.9.8.7:8080","acct":"x"}],"threads":4}"#;
+        assert!(assess_config(&sig(), "/srv/app/config.json", text).is_empty());
+        let sha = hex::encode(sha2::Sha256::digest(text));
+        let fleet = format!(
+            "[meta]\nsource = \"fleet\"\n[[rule]]\nid = \"fleet.cfg1\"\nkind = \"binary_hash\"\nseverity = \"likely\"\n\
+             description = \"fleet: taught by node-a/f1\"\nsha256 = [\"{sha}\"]\n[rule.examples]\nhit = [\"{sha}\"]\n"
+        );
+        let loaded = rigwatch_signatures::load::load_with(&[], true, &[("fleet-indicators.toml".into(), fleet)]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let ev = assess_config(&loaded.signatures, "/srv/app/config.json", text);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].rule.as_deref(), Some("fleet.cfg1"));
+        assert_eq!(ev[0].weight, Weight::Likely);
+        match &ev[0].detail {
+            EvidenceKind::MinerConfig { sha256, pools, .. } => {
+                assert_eq!(sha256.as_deref(), Some(sha.as_str()));
+                assert!(pools.is_empty());
+            }
+            d => panic!("{d:?}"),
+        }
+        // any miner config carries its hash, for the collector to teach
+        let ev = assess_config(&sig(), "/c.json", br#"{"pools":[{"url":"pool.supportxmr.com:3333"}]}"#);
+        assert!(matches!(&ev[0].detail, EvidenceKind::MinerConfig { sha256: Some(h), .. } if h.len() == 64));
     }
 
     #[test]

@@ -325,6 +325,7 @@ pub async fn fleet_learning_is_capped_per_host(store: Store, dir: &Path) {
                     pools: vec!["a.pool.example:3333".into(), "b.pool.example:3333".into()],
                     wallets: wallets.clone(),
                     keys: vec![],
+                    sha256: None,
                 },
                 Weight::Likely,
             ),
