@@ -38,6 +38,9 @@ pub const DEFAULT_DATA_DIR: &str = "./rigwatch-data";
 /// max_hosts_per_enrolment_token = 10000  # valid host tokens one enrolment token may make
 /// fleet_indicator_ttl_days = 30  # a fleet indicator not seen again for this long expires
 /// fleet_new_indicators_per_host_per_hour = 20  # more are refused (and counted)
+///
+/// [policy]
+/// local_allowlist = "forbid"     # agents ignore (and report) allow rules from their local signature dirs
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -107,6 +110,20 @@ pub struct FileConfig {
     pub fleet_indicator_ttl_days: Option<u64>,
     /// New fleet indicators one host may teach per hour.
     pub fleet_new_indicators_per_host_per_hour: Option<u64>,
+    /// The fleet policy, published to agents inside the signed fleet set.
+    pub policy: Option<PolicyConfig>,
+}
+
+/// `[policy]`: what every agent must hold to, whatever its local root
+/// configures. Published inside the signed fleet set (agents with
+/// `collector.fleet` on take it at their next fetch).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// `"forbid"`: agents drop the allow rules of their local signature
+    /// directories (only bundled and fleet allow rules count) and report
+    /// the ones they dropped. `"allow"` (the default): local allow rules count.
+    pub local_allowlist: Option<String>,
 }
 
 impl FileConfig {
@@ -166,6 +183,8 @@ pub struct Settings {
     pub login_failures_per_minute: u64,
     /// Valid agent tokens one enrolment token may have made.
     pub max_hosts_per_enrolment_token: u64,
+    /// `[policy] local_allowlist = "forbid"`: agents ignore local allow rules.
+    pub forbid_local_allowlist: bool,
 }
 
 impl Settings {
@@ -195,6 +214,7 @@ impl Settings {
             max_requests_in_flight: 256,
             login_failures_per_minute: 10,
             max_hosts_per_enrolment_token: 10_000,
+            forbid_local_allowlist: false,
         }
     }
 
@@ -251,6 +271,13 @@ impl Settings {
                 anyhow::bail!("reports_per_second must be above 0");
             }
             s.reports_per_second = v;
+        }
+        if let Some(p) = flags.policy.or(file.policy) {
+            s.forbid_local_allowlist = match p.local_allowlist.as_deref() {
+                None | Some("allow") => false,
+                Some("forbid") => true,
+                Some(other) => anyhow::bail!("[policy] local_allowlist must be \"allow\" or \"forbid\", not {other:?}"),
+            };
         }
         s.report_burst = flags.report_burst.or(file.report_burst).unwrap_or(s.report_burst).max(1);
         let secs =

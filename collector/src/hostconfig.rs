@@ -122,7 +122,7 @@ pub fn diff(prev: Option<&ConfigState>, new: &ConfigState) -> Vec<ConfigChange> 
         after,
     };
     let Some(p) = prev else {
-        if new.allowlist.local > 0 {
+        if new.allowlist.local > 0 || new.allowlist.ignored_by_policy > 0 {
             out.push(change("allowlist", true, "first report".into(), allowlist_words(new)));
         }
         if !new.sensors_off.is_empty() {

@@ -626,6 +626,10 @@ async fn fleet_expiry(app: Arc<App>) {
 const FLEET_RECHECK: Duration = Duration::from_secs(1);
 
 /// The signed fleet set (cached; rebuilt when the database's version moved).
+/// The fleet policy's file inside the fleet set (`published/policy.json`):
+/// agents read it, their rule loader does not (it is no `*.toml`).
+pub const POLICY_FILE: &str = "policy.json";
+
 async fn fleet_current(app: &App) -> Result<crate::app::FleetCache, Response> {
     if let Some(c) = app.fleet_cache.lock().unwrap_or_else(|p| p.into_inner()).clone() {
         if c.checked.elapsed() < FLEET_RECHECK {
@@ -642,7 +646,12 @@ async fn fleet_current(app: &App) -> Result<crate::app::FleetCache, Response> {
     let key = app
         .fleet_key()
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("fleet signing key: {e:#}")))?;
-    let snap = app.store.fleet_snapshot(app.settings.ingest.fleet).await.map_err(db_error)?;
+    let mut snap = app.store.fleet_snapshot(app.settings.ingest.fleet).await.map_err(db_error)?;
+    if app.settings.forbid_local_allowlist {
+        // the policy travels signed, as one more file of the set
+        snap.files
+            .push((POLICY_FILE.into(), json!({ "local_allowlist": "forbid" }).to_string()));
+    }
     let issued = now();
     let body = tokio::task::spawn_blocking(move || {
         let body = crate::fleet::signed_body(&snap, issued, &key);

@@ -159,3 +159,123 @@ fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
         "{m}"
     );
 }
+
+const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
+
+/// The collector's `[policy] local_allowlist = "forbid"` reaches the agent
+/// in the signed fleet set: the local allow rule that would exempt the
+/// miner simulator's directory is dropped and reported (`ignored_by_policy`,
+/// its file named, an alert), and the simulator is still confirmed.
+#[test]
+fn a_policy_that_forbids_local_allowlists_reports_the_entry_and_still_confirms_the_miner() {
+    let Some(am) = Alertmanager::start() else { return };
+    let collector = bin("rigwatch-collector", "rigwatch-collector");
+    let rigwatch = bin("rigwatch", "rigwatch-agent");
+    let tmp = tempfile::Builder::new().prefix("rwpol").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    let agent_token = collector_token(&collector, &data, "node-pol", false);
+    let analyst = collector_token(&collector, &data, "soc-pol", true);
+    let ccfg = tmp.path().join("collector.toml");
+    std::fs::write(&ccfg, "[policy]\nlocal_allowlist = \"forbid\"\n").unwrap();
+    let cport = free_port();
+    let _c = Kill(
+        Command::new(&collector)
+            .args(["serve", "--config", ccfg.to_str().unwrap(), "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", &am.url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(20, "collector /healthz", || {
+        (http_get(cport, "/healthz", None).0 == 200).then_some(())
+    });
+    // the miner simulator, in a directory the local root allowlists
+    let minerdir = tmp.path().join("tools");
+    std::fs::create_dir_all(&minerdir).unwrap();
+    std::fs::set_permissions(&minerdir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sigdir = tmp.path().join("signatures.d");
+    std::fs::create_dir_all(&sigdir).unwrap();
+    let allow = sigdir.join("local-allow.toml");
+    std::fs::write(
+        &allow,
+        format!(
+            "[[rule]]\nid = \"site.allow-tools\"\nkind = \"allow\"\nseverity = \"info\"\n\
+             paths = [\"{d}/\"]\nexamples = {{ hit = [\"path:{d}/x\"] }}\n",
+            d = minerdir.display()
+        ),
+    )
+    .unwrap();
+    let (_miner, _pid) = rigwatch_e2e::start_xmrig(env!("CARGO_BIN_EXE_minersim"), &minerdir, WALLET, 120);
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[scan]\ninterval_seconds = 1\nlower_priority = false\n\
+             [sensors]\ncapture = false\nsockets = false\ngpu = false\nexec_events = false\nrounding = false\n\
+             [collector]\nheartbeat_seconds = 2\nfleet_poll_seconds = 1\n[signatures]\ndirs = [\"{}\"]\n",
+            sigdir.display()
+        ),
+    )
+    .unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
+    let host = "policy-node";
+    let _a = Kill(
+        Command::new(&rigwatch)
+            .env("RIGWATCH_HOSTNAME", host)
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args([
+                "--collector",
+                &format!("http://127.0.0.1:{cport}"),
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ])
+            .args(["--spool-dir", tmp.path().join("spool").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // the entry is reported, as ignored by the policy
+    let state = wait_for(60, "the ignored local allow rule at the collector", || {
+        let (code, body) = http_get(cport, &format!("/api/v1/hosts/{host}/config"), Some(&analyst));
+        assert_eq!(code, 200, "{body}");
+        let h: Vec<Value> = serde_json::from_str(&body).unwrap();
+        h.into_iter()
+            .next()
+            .map(|r| r["state"].clone())
+            .filter(|s| s["allowlist"]["ignored_by_policy"] == 1)
+    });
+    assert_eq!(state["allowlist"]["local"], 0, "{state}");
+    assert_eq!(state["allowlist"]["files"][0], allow.display().to_string(), "{state}");
+    let a = wait_for(20, "the allowlist alert", || {
+        config_alert(&am.url, "allowlist").filter(|a| a["annotations"]["after"].as_str().unwrap_or("").contains("ignored by policy"))
+    });
+    assert_eq!(a["labels"]["host"], host);
+    assert!(
+        a["annotations"]["after"].as_str().unwrap().contains(&allow.display().to_string()),
+        "{a}"
+    );
+
+    // and the miner it would have exempted is confirmed
+    let exe = minerdir.join("xmrig");
+    let f = wait_for(60, "the miner simulator confirmed at the collector", || {
+        let (code, body) = http_get(cport, &format!("/api/v1/findings?host={host}"), Some(&analyst));
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let list = v.as_array().cloned().or_else(|| v["findings"].as_array().cloned())?;
+        list.into_iter()
+            .find(|f| f["exe"].as_str() == exe.to_str() && f["severity"] == "confirmed")
+    });
+    assert_eq!(f["state"], "open", "{f}");
+}

@@ -48,9 +48,35 @@ pub fn sensors_off(cfg: &Config) -> Vec<String> {
     off
 }
 
-/// The allow rules in force in `sig`, with `ignored` local allow rules
-/// that a policy dropped.
-pub fn allowlist(sig: &Signatures, ignored: u64) -> AllowlistState {
+/// The fleet policy's file in the fleet set (the collector's `[policy]`).
+pub const POLICY_FILE: &str = "published/policy.json";
+
+/// Whether the fleet set's policy forbids local allowlists.
+pub fn forbids_local_allowlist(fleet: &[(String, String)]) -> bool {
+    fleet
+        .iter()
+        .filter(|(n, _)| n == POLICY_FILE)
+        .any(|(_, text)| serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v["local_allowlist"] == "forbid"))
+}
+
+/// `sig` without the allow rules of local signature directories when
+/// `forbid`; returns the files of the rules it dropped (one per rule).
+pub fn apply_policy(sig: Signatures, forbid: bool) -> (Signatures, Vec<String>) {
+    let local_allow = |r: &rigwatch_signatures::Rule| r.kind == RuleKind::Allow && r.enabled && is_local(&r.file);
+    if !forbid || !sig.rules().iter().any(local_allow) {
+        return (sig, Vec::new());
+    }
+    let (dropped, kept): (Vec<_>, Vec<_>) = sig.rules().iter().cloned().partition(local_allow);
+    match Signatures::compile(kept) {
+        Ok(s) => (s, dropped.into_iter().map(|r| r.file).collect()),
+        // the same rules compiled a moment ago; keep what is in force
+        Err(_) => (sig, Vec::new()),
+    }
+}
+
+/// The allow rules in force in `sig`, with the files of the local allow
+/// rules that a policy dropped (`ignored`).
+pub fn allowlist(sig: &Signatures, ignored: &[String]) -> AllowlistState {
     let mut h = Sha256::new();
     let mut entries = 0;
     let mut local = 0;
@@ -65,12 +91,13 @@ pub fn allowlist(sig: &Signatures, ignored: u64) -> AllowlistState {
             files.push(r.file.clone());
         }
     }
+    files.extend(ignored.iter().cloned());
     AllowlistState {
         digest: hex::encode(h.finalize()),
         entries,
         local,
         files,
-        ignored_by_policy: ignored,
+        ignored_by_policy: ignored.len() as u64,
     }
 }
 
@@ -123,7 +150,7 @@ fn bundled_digest() -> String {
 }
 
 /// The whole state for the reports, bounded as the collector will store it.
-pub fn state(cfg: &Config, sig: &Signatures, fleet_version: u64, ignored_by_policy: u64) -> ConfigState {
+pub fn state(cfg: &Config, sig: &Signatures, fleet_version: u64, ignored_by_policy: &[String]) -> ConfigState {
     ConfigState {
         digest: config_digest(cfg),
         allowlist: allowlist(sig, ignored_by_policy),
@@ -162,7 +189,7 @@ mod tests {
     fn local_allow_rules_are_counted_with_their_files() {
         let dir = tempfile::tempdir().unwrap();
         let sig = rigwatch_signatures::load(&[dir.path().to_path_buf()], true).signatures;
-        let before = allowlist(&sig, 0);
+        let before = allowlist(&sig, &[]);
         assert_eq!(before.local, 0);
         let f = dir.path().join("ours.toml");
         std::fs::write(
@@ -173,11 +200,20 @@ mod tests {
         .unwrap();
         let l = rigwatch_signatures::load(&[dir.path().to_path_buf()], true);
         assert!(l.errors.is_empty(), "{:?}", l.errors);
-        let after = allowlist(&l.signatures, 0);
+        let after = allowlist(&l.signatures, &[]);
         assert_eq!(after.local, 1);
         assert_eq!(after.entries, before.entries + 1);
         assert_eq!(after.files, vec![f.display().to_string()]);
         assert_ne!(after.digest, before.digest);
+        // a policy that forbids local allowlists drops it, and says which
+        let fleet = vec![(POLICY_FILE.to_string(), r#"{"local_allowlist":"forbid"}"#.to_string())];
+        assert!(forbids_local_allowlist(&fleet));
+        assert!(!forbids_local_allowlist(&[]));
+        let (kept, dropped) = apply_policy(l.signatures, true);
+        assert_eq!(dropped, vec![f.display().to_string()]);
+        let forced = allowlist(&kept, &dropped);
+        assert_eq!((forced.local, forced.ignored_by_policy, forced.entries), (0, 1, before.entries));
+        assert_eq!(forced.files, vec![f.display().to_string()]);
         let files = local_files(&[dir.path().to_path_buf()]);
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].sha256.len(), 64);

@@ -69,9 +69,13 @@ pub struct Shared {
 
 /// Loads signatures from the bundled set, `dirs` and the fleet set. Strict:
 /// any error and the caller keeps what it had.
-fn load(dirs: &[PathBuf], fleet: &fleet::FleetSet) -> (Arc<Signatures>, Vec<String>) {
+/// A fleet policy that forbids local allowlists drops their allow rules
+/// (the files of those dropped come third).
+fn load(dirs: &[PathBuf], fleet: &fleet::FleetSet) -> (Arc<Signatures>, Vec<String>, Vec<String>) {
     let l = rigwatch_signatures::load_with(dirs, true, &fleet.files);
-    (Arc::new(l.signatures), l.errors.iter().map(|e| e.to_string()).collect())
+    let errors = l.errors.iter().map(|e| e.to_string()).collect();
+    let (sig, ignored) = configstate::apply_policy(l.signatures, configstate::forbids_local_allowlist(&fleet.files));
+    (Arc::new(sig), errors, ignored)
 }
 
 /// Runs the agent until killed. With `once`, runs a single pass (no CPU
@@ -82,7 +86,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
     }
     let host = host_name();
-    let (mut sig, errors) = load(&cfg.signatures.dirs, &Default::default());
+    let (mut sig, errors, _) = load(&cfg.signatures.dirs, &Default::default());
     let spool = if cfg.collector.url.is_empty() || once {
         None
     } else {
@@ -96,7 +100,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         spool,
         sensors: Mutex::new(Vec::new()),
         signatures_version: Mutex::new(sig.version.clone()),
-        config: Mutex::new(Some(configstate::state(&cfg, &sig, 0, 0))),
+        config: Mutex::new(Some(configstate::state(&cfg, &sig, 0, &[]))),
         collector_token: Mutex::new(None),
         fleet: Mutex::new(fleet::FleetSet::default()),
         wake: tokio::sync::Notify::new(),
@@ -214,14 +218,14 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
                 }
                 while rx.try_recv().is_ok() {}
                 let fleet_set = shared.fleet.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let (new, errors) = load(&cfg.signatures.dirs, &fleet_set);
+                let (new, errors, ignored) = load(&cfg.signatures.dirs, &fleet_set);
                 if errors.is_empty() {
                     m.fleet_version.set(fleet_set.version as i64);
                 }
                 if errors.is_empty() {
                     // a local file may change without changing the rules (a
                     // comment, a rule of its own shadowed): still evidence
-                    let state = Some(configstate::state(&cfg, &new, fleet_set.version, 0));
+                    let state = Some(configstate::state(&cfg, &new, fleet_set.version, &ignored));
                     let changed = std::mem::replace(&mut *shared.config.lock().unwrap_or_else(|e| e.into_inner()), state.clone()) != state;
                     if changed {
                         // a heartbeat now carries it to the collector
