@@ -116,7 +116,7 @@ fn copy(src: &str, dir: &Path, name: &str, packed: bool) -> PathBuf {
     p
 }
 
-fn yara_evidence<'a>(v: &'a Value, pid: u32) -> Vec<&'a Value> {
+fn yara_evidence(v: &Value, pid: u32) -> Vec<&Value> {
     v["findings"]
         .as_array()
         .unwrap()
