@@ -76,12 +76,24 @@ fn finding_alert(app: &App, f: &FindingView, ends_at: u64) -> Value {
     })
 }
 
-fn silent_alert(app: &App, host: &str, last_seen: u64, ends_at: u64) -> Value {
+fn silent_alert(app: &App, host: &str, last_seen: u64, ends_at: u64, stopped: Option<&str>) -> Value {
+    let description = match stopped {
+        Some(why) => format!(
+            "the agent said it was stopping ({why}) at {}: someone stopped it (threshold {} s)",
+            rfc3339(last_seen),
+            app.settings.silent_after
+        ),
+        None => format!(
+            "no report since {} (threshold {} s); a miner may have killed the agent",
+            rfc3339(last_seen),
+            app.settings.silent_after
+        ),
+    };
     json!({
         "labels": { "alertname": ALERT_SILENT, "host": host, "severity": "warning" },
         "annotations": {
             "summary": format!("rigwatch agent on {host} stopped reporting"),
-            "description": format!("no report since {} (threshold {} s); a miner may have killed the agent", rfc3339(last_seen), app.settings.silent_after),
+            "description": description,
         },
         "startsAt": rfc3339(last_seen + app.settings.silent_after),
         "endsAt": rfc3339(ends_at),
@@ -190,9 +202,9 @@ async fn tick(
         }
         for h in &hosts {
             if h.silent {
-                alerts.push(silent_alert(app, &h.host, h.last_seen, t + resend * 4));
+                alerts.push(silent_alert(app, &h.host, h.last_seen, t + resend * 4, h.stopped.as_deref()));
             } else if silent.contains(&h.host) {
-                alerts.push(silent_alert(app, &h.host, h.last_seen, t));
+                alerts.push(silent_alert(app, &h.host, h.last_seen, t, h.stopped.as_deref()));
             }
         }
         if !alerts.is_empty() {

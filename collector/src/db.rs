@@ -164,7 +164,9 @@ CREATE TABLE IF NOT EXISTS hosts (
     sensors TEXT NOT NULL,
     first_seen BIGINT NOT NULL,
     last_seen BIGINT NOT NULL,
-    reports BIGINT NOT NULL
+    reports BIGINT NOT NULL,
+    stopped_at BIGINT NOT NULL DEFAULT 0,
+    stop_reason TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS findings (
     host TEXT NOT NULL,
@@ -274,6 +276,8 @@ pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("tokens", "rotated_at", "BIGINT NOT NULL DEFAULT 0"),
     ("findings", "agent_key", "TEXT NOT NULL DEFAULT ''"),
     ("findings", "agent_seq", "BIGINT NOT NULL DEFAULT 0"),
+    ("hosts", "stopped_at", "BIGINT NOT NULL DEFAULT 0"),
+    ("hosts", "stop_reason", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// A job's type-erased result.

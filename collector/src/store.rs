@@ -223,6 +223,10 @@ pub struct HostView {
     pub silent: bool,
     /// Findings open or acknowledged.
     pub active_findings: u64,
+    /// Why the agent said it was stopping (`SIGTERM`), when its last report
+    /// was its last event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// A finding as lists show it.
@@ -627,7 +631,7 @@ impl Store {
             let rows = c.query(
                 "SELECT h.host, h.agent_id, h.agent_version, h.signatures_version, h.sensors, h.first_seen, \
                  h.last_seen, h.reports, (SELECT COUNT(*) FROM findings f WHERE f.host = h.host \
-                 AND f.state IN ('open', 'acknowledged')) FROM hosts h ORDER BY h.host",
+                 AND f.state IN ('open', 'acknowledged')), h.stopped_at, h.stop_reason FROM hosts h ORDER BY h.host",
                 &[],
             )?;
             Ok(rows
@@ -645,6 +649,7 @@ impl Store {
                         reports: r[7].int() as u64,
                         silent: now.saturating_sub(last_seen) > silent_after,
                         active_findings: r[8].int() as u64,
+                        stopped: (r[9].int() > 0).then(|| r[10].text()),
                     }
                 })
                 .collect())
@@ -1048,7 +1053,8 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
         "INSERT INTO hosts (host, agent_id, agent_version, signatures_version, sensors, first_seen, last_seen, reports) \
          VALUES ($1, $2, $3, $4, $5, $6, $6, 1) ON CONFLICT (host) DO UPDATE SET agent_id = excluded.agent_id, \
          agent_version = excluded.agent_version, signatures_version = excluded.signatures_version, \
-         sensors = excluded.sensors, last_seen = excluded.last_seen, reports = hosts.reports + 1",
+         sensors = excluded.sensors, last_seen = excluded.last_seen, reports = hosts.reports + 1, \
+         stopped_at = 0, stop_reason = ''",
         &[
             host.into(),
             r.agent.agent_id.as_str().into(),
@@ -1067,6 +1073,17 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
     let mut unresolved: Option<u64> = None;
     let mut pending: Vec<PendingEvent> = Vec::new();
     for ev in &r.events {
+        if let EventKind::Stopping { reason } = &ev.kind {
+            // the agent's last word: the host is stopped, not merely silent
+            // (until its next report)
+            let reason = rigwatch_signatures::report::cap_string(reason, 128);
+            c.exec(
+                "UPDATE hosts SET stopped_at = $2, stop_reason = $3 WHERE host = $1",
+                &[host.into(), received.into(), reason.into()],
+            )?;
+            out.new_events += 1;
+            continue;
+        }
         if matches!(ev.kind, EventKind::Heartbeat {}) {
             // Heartbeats only move last_seen (done above); storing them
             // would grow the events table by the fleet size every interval.
@@ -1168,7 +1185,7 @@ fn ingest_tx(c: &mut dyn Conn, token: Option<&str>, r: &Report, received: u64, l
                 }
                 out.findings_changed = true;
             }
-            EventKind::Heartbeat {} => {}
+            EventKind::Heartbeat {} | EventKind::Stopping { .. } => {}
         }
     }
     out.finding_events = record_finding_events(c, host, pending, received)?;

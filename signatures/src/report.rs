@@ -225,6 +225,13 @@ pub enum EventKind {
     },
     /// The agent is alive (sent at least every heartbeat interval).
     Heartbeat {},
+    /// The agent is stopping (its last event, sent on SIGTERM or SIGINT
+    /// where it can be): a collector shows the host as stopped rather than
+    /// merely silent.
+    Stopping {
+        /// Why (`SIGTERM`).
+        reason: String,
+    },
 }
 
 impl Report {

@@ -155,6 +155,7 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         // three missed passes, and never less than a minute
         let stale_after = Duration::from_secs_f64((cfg.scan.interval_seconds * 3.0).max(60.0));
         rt.spawn(serve(listener, s2, stale_after));
+        rt.spawn(stop_on_signal(shared.clone()));
         if shared.spool.is_some() {
             rt.spawn(shipper::run(cfg.collector.clone(), shared.clone(), host.clone()));
             if cfg.collector.fleet {
@@ -412,6 +413,34 @@ fn emit(shared: &Shared, at: u64, kind: EventKind) {
     shared.metrics.spool_bytes.set(s.bytes() as i64);
     drop(s);
     shared.wake.notify_one();
+}
+
+/// How long the agent waits, on SIGTERM or SIGINT, for its last event to
+/// reach the collector.
+const STOP_DELIVERY: Duration = Duration::from_secs(3);
+
+/// On SIGTERM or SIGINT: a last event (`Stopping`) to the collector, so
+/// that someone stopping the agent is told apart from an agent gone
+/// silent; waits at most [`STOP_DELIVERY`] for its delivery, then exits.
+async fn stop_on_signal(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    let reason = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    emit(&shared, unix_now(), EventKind::Stopping { reason: reason.into() });
+    let deadline = Instant::now() + STOP_DELIVERY;
+    while let Some(sp) = &shared.spool {
+        let queued = sp.lock().unwrap_or_else(|e| e.into_inner()).queued();
+        if queued == 0 || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::process::exit(0);
 }
 
 /// Watches the signature directories; any change asks for a reload.

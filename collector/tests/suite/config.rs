@@ -4,7 +4,7 @@
 use super::{login, page};
 use crate::common::*;
 use rigwatch_collector::Store;
-use rigwatch_signatures::report::{ConfigState, LocalFile, Report};
+use rigwatch_signatures::report::{ConfigState, Event, EventKind, LocalFile, Report};
 use std::path::Path;
 
 fn with_config(host: &str, agent: &str, seq: u64, cfg: &ConfigState) -> Report {
@@ -150,4 +150,21 @@ pub async fn agent_config_history_changes_and_alerts(store: Store, dir: &Path) {
         !html.contains("<script>alert(1)") && html.contains("&lt;script&gt;alert(1)"),
         "{html}"
     );
+
+    // an agent's last word: stopped (by a signal), not merely silent, until it reports again
+    let stop = Event {
+        event_id: "a1:100".into(),
+        at: 1100,
+        kind: EventKind::Stopping {
+            reason: format!("SIGTERM{}", "<b>".repeat(100)),
+        },
+    };
+    assert_eq!(c.post(&report("n1", "a1", vec![stop])).await.0, 200);
+    let stopped = |hosts: Vec<rigwatch_collector::store::HostView>| hosts.into_iter().find(|h| h.host == "n1").unwrap().stopped;
+    let why = stopped(store.hosts(rigwatch_collector::store::now(), 90).await.unwrap()).expect("stopped");
+    assert!(why.starts_with("SIGTERM") && why.len() <= 128, "{why}");
+    let (_, _, html) = page(&c, &cookie, "/hosts/n1").await;
+    assert!(html.contains("stopped (SIGTERM&lt;b&gt;"), "{html}");
+    assert_eq!(c.post(&report("n1", "a1", vec![heartbeat("a1", 101, 1200)])).await.0, 200);
+    assert_eq!(stopped(store.hosts(rigwatch_collector::store::now(), 90).await.unwrap()), None);
 }
