@@ -73,7 +73,7 @@ fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
     .unwrap();
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
-    let _a = Kill(
+    let agent_proc = Kill(
         Command::new(&rigwatch)
             .env("RIGWATCH_HOSTNAME", HOST)
             .args([
@@ -158,6 +158,18 @@ fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
         )),
         "{m}"
     );
+
+    // stopping the agent is said on the way out: SIGTERM, a last event, exit 0
+    let mut agent = agent_proc;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_for(10, "the agent to exit on SIGTERM", || agent.0.try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    let h = wait_for(10, "the host shown stopped", || {
+        let (_, body) = http_get(cport, "/api/v1/hosts", Some(&analyst));
+        let v: Vec<Value> = serde_json::from_str(&body).ok()?;
+        v.into_iter().find(|h| h["host"] == HOST && h["stopped"] == "SIGTERM")
+    });
+    assert_eq!(h["stopped"], "SIGTERM", "{h}");
 }
 
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
