@@ -319,6 +319,23 @@ mod tests {
     use rigwatch_signatures::siem::Format;
 
     #[test]
+    fn policy_forbids_local_allowlists_or_says_what_is_wrong() {
+        let file: FileConfig = toml::from_str("[policy]\nlocal_allowlist = \"forbid\"\n").unwrap();
+        assert!(Settings::resolve(file, FileConfig::default()).unwrap().forbid_local_allowlist);
+        let file: FileConfig = toml::from_str("[policy]\nlocal_allowlist = \"allow\"\n").unwrap();
+        assert!(!Settings::resolve(file, FileConfig::default()).unwrap().forbid_local_allowlist);
+        assert!(
+            !Settings::resolve(FileConfig::default(), FileConfig::default())
+                .unwrap()
+                .forbid_local_allowlist
+        );
+        let file: FileConfig = toml::from_str("[policy]\nlocal_allowlist = \"maybe\"\n").unwrap();
+        let e = Settings::resolve(file, FileConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("\"allow\" or \"forbid\""), "{e}");
+        assert!(toml::from_str::<FileConfig>("[policy]\nsurprise = 1\n").is_err());
+    }
+
+    #[test]
     fn siem_keys_from_the_file_and_flags() {
         let file: FileConfig = toml::from_str("siem_webhook = \"https://siem.example.com/in\"\nsiem_format = \"ecs\"\n").unwrap();
         let s = Settings::resolve(file.clone(), FileConfig::default()).unwrap();
