@@ -78,6 +78,7 @@ fn handle(mut c: TcpStream, store: &Mutex<Store>) {
     let mut r = BufReader::new(c.try_clone().unwrap());
     let mut len = 0usize;
     let mut auth = String::new();
+    let mut method = String::new();
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).unwrap_or(0) == 0 {
@@ -86,6 +87,9 @@ fn handle(mut c: TcpStream, store: &Mutex<Store>) {
         let l = line.trim_end();
         if l.is_empty() {
             break;
+        }
+        if method.is_empty() {
+            method = l.split(' ').next().unwrap_or_default().to_string();
         }
         let lower = l.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("content-length:") {
@@ -97,6 +101,11 @@ fn handle(mut c: TcpStream, store: &Mutex<Store>) {
     }
     let mut body = vec![0u8; len];
     if r.read_exact(&mut body).is_err() {
+        return;
+    }
+    if method == "GET" {
+        // the agent's fleet set poll (collector.fleet is on by default): this receiver has none
+        let _ = c.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
     let mut s = store.lock().unwrap();
