@@ -703,6 +703,34 @@ impl Store {
             .await
     }
 
+    /// Records the fleet policy this collector serves (`forbid_local_allowlist`)
+    /// and bumps the set's version when it differs from the one the set
+    /// last carried, so that agents holding the set get the new policy at
+    /// their next poll rather than a 304. True when it changed.
+    pub async fn fleet_policy(&self, forbid_local_allowlist: bool) -> Result<bool, DbError> {
+        let want = i64::from(forbid_local_allowlist);
+        self.run(true, move |c| {
+            let had = c
+                .query("SELECT value FROM fleet_meta WHERE name = 'policy_local_allowlist'", &[])?
+                .first()
+                .map(|r| r[0].int());
+            if had == Some(want) {
+                return Ok(false);
+            }
+            c.exec("DELETE FROM fleet_meta WHERE name = 'policy_local_allowlist'", &[])?;
+            c.exec(
+                "INSERT INTO fleet_meta (name, value) VALUES ('policy_local_allowlist', $1)",
+                &[want.into()],
+            )?;
+            // the first record of "allow" changes nothing agents hold
+            if had.is_some() || want != 0 {
+                bump_version(c)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     /// Replaces the published files (none: clears them) and bumps the version.
     pub async fn fleet_publish(&self, files: Vec<(String, String)>) -> Result<u64, DbError> {
         self.run(true, move |c| {

@@ -884,6 +884,15 @@ async fn run_server(
     tokio::spawn(crate::siem::run(app.clone()));
     tokio::spawn(housekeeping(app.clone()));
     tokio::spawn(fleet_expiry(app.clone()));
+    // a policy changed while the collector was down reaches agents as a new set version
+    match app.store.fleet_policy(app.settings.forbid_local_allowlist).await {
+        Ok(true) => tracing::info!(
+            forbid_local_allowlist = app.settings.forbid_local_allowlist,
+            "fleet policy changed: new fleet set version"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("recording the fleet policy: {e}"),
+    }
     let permits = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));
     let service = router(app.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let limit = ConnectionLimit {

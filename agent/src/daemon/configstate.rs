@@ -124,7 +124,7 @@ pub fn local_files(dirs: &[std::path::PathBuf]) -> Vec<LocalFile> {
         let Ok(rd) = std::fs::read_dir(d) else { continue };
         for e in rd.flatten() {
             let p = e.path();
-            if !p.extension().is_some_and(|x| x == "toml" || x == "txt") || !p.is_file() {
+            if !p.extension().is_some_and(|x| matches!(x.to_str(), Some("toml" | "txt" | "yar" | "yara"))) || !p.is_file() {
                 continue;
             }
             out.push(LocalFile {
@@ -217,5 +217,11 @@ mod tests {
         let files = local_files(&[dir.path().to_path_buf()]);
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].sha256.len(), 64);
+        // a YARA file dropped beside it is an override too (it can add or
+        // change what matches); other files are not
+        std::fs::write(dir.path().join("site.yar"), "rule r { condition: false }\n").unwrap();
+        std::fs::write(dir.path().join("notes.md"), "x").unwrap();
+        let files = local_files(&[dir.path().to_path_buf()]);
+        assert_eq!(files.len(), 2, "{files:?}");
     }
 }

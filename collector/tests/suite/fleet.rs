@@ -368,3 +368,18 @@ pub async fn fleet_learning_is_capped_per_host(store: Store, dir: &Path) {
             regexes: vec![]
         }));
 }
+
+/// A policy switched on (or off) while agents hold the set reaches them as
+/// a new version, not a 304; the same policy again changes nothing.
+pub async fn fleet_policy_change_is_a_new_set_version(store: Store, _dir: &Path) {
+    let v = store.fleet_version().await.unwrap();
+    assert!(store.fleet_policy(false).await.unwrap(), "first record");
+    assert_eq!(store.fleet_version().await.unwrap(), v, "recording the default changes no set");
+    assert!(!store.fleet_policy(false).await.unwrap());
+    assert!(store.fleet_policy(true).await.unwrap());
+    assert_eq!(store.fleet_version().await.unwrap(), v + 1, "forbid: a new set");
+    assert!(!store.fleet_policy(true).await.unwrap());
+    assert_eq!(store.fleet_version().await.unwrap(), v + 1, "the same policy again: nothing");
+    assert!(store.fleet_policy(false).await.unwrap());
+    assert_eq!(store.fleet_version().await.unwrap(), v + 2, "allowed again: a new set");
+}

@@ -42,6 +42,7 @@ macro_rules! for_each_case {
         $m!(a_rotated_token_works_through_its_grace_only);
         $m!(fleet_learns_signs_serves_and_revokes);
         $m!(fleet_indicators_expire_and_come_back);
+        $m!(fleet_policy_change_is_a_new_set_version);
         $m!(fleet_learning_is_capped_per_host);
         $m!(siem_export_gives_each_finding_event_once);
         $m!(agent_config_history_changes_and_alerts);
