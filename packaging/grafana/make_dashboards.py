@@ -161,6 +161,25 @@ table(b, "Findings opened by rule since agents started", "Findings opened by rul
       rename={"Value": "opened"})
 series(b, "Collector ingest", "Agent reports the collector receives, by outcome (stored, duplicate, refused).",
        [t("sum by (outcome) (rate(rigwatch_collector_reports_total[$__rate_interval]))", "{{outcome}}")], 12, 8, unit="reqps")
+b.row("Fleet immunity and agents' configuration")
+stat(b, "Fleet indicators live", "Indicators confirmed findings taught the fleet (hashes, wallets, pools, logins), live in the signed set.",
+     'sum(rigwatch_collector_fleet_indicators{state="live"})')
+stat(b, "Fleet set version", "The version of the signed fleet signature set the collector serves.",
+     "max(rigwatch_collector_fleet_version)")
+stat(b, "Agents on an old fleet set", "Agents whose last fetch named an older set than the collector serves (they poll every 10 s).",
+     "count(max by (host) (rigwatch_collector_agent_fleet_version) < on () group_left () max(rigwatch_collector_fleet_version)) or vector(0)",
+     thresholds=ORANGE)
+stat(b, "Sensors switched off", "Sensors the agents' own configuration switches off, over all hosts (RigwatchAgentSensorOff).",
+     "sum(rigwatch_collector_agent_sensors_off) or vector(0)", thresholds=ORANGE)
+stat(b, "Config changes (1 h)", "Changes of agents' allowlists, signature overrides, sensors and collector in the last hour.",
+     'sum(increase(rigwatch_collector_agent_config_changes_total{what=~"allowlist|overrides|sensors_off|collector"}[1h]))',
+     thresholds=ORANGE)
+stat(b, "Fleet indicators refused (1 h)", "Indicators the collector would not learn from agents' findings (not confirmed by their evidence, fleet evidence, uncorroborated hash, hourly cap).",
+     "sum(increase(rigwatch_collector_fleet_learning_refused_total[1h]))")
+table(b, "Agents' fleet set version", "The fleet set version each agent held at its last fetch.",
+      [t("max by (host) (rigwatch_collector_agent_fleet_version)", fmt="table")], 12, 8, rename={"Value": "set version"})
+series(b, "Fleet indicators by kind", "Live fleet indicators by kind.",
+       [t('sum by (kind) (rigwatch_collector_fleet_indicators{state="live"})', "{{kind}}")], 12, 8, stack=True)
 b.write("rigwatch-fleet.json")
 
 # ---------------------------------------------------------------- host

@@ -186,6 +186,10 @@ fn every_panel_and_alert_has_data_from_a_live_agent_and_collector() {
             "rigwatch_collector_findings_active{severity=\"confirmed\"} >= 2".to_string(),
         ),
         (
+            "the agent's fleet set version at the collector",
+            "rigwatch_collector_agent_fleet_version".to_string(),
+        ),
+        (
             "a minute of samples for rate()",
             format!("count_over_time(up{{instance=\"{host}\"}}[1m]) > 15"),
         ),
