@@ -124,7 +124,11 @@ pub fn local_files(dirs: &[std::path::PathBuf]) -> Vec<LocalFile> {
         let Ok(rd) = std::fs::read_dir(d) else { continue };
         for e in rd.flatten() {
             let p = e.path();
-            if !p.extension().is_some_and(|x| matches!(x.to_str(), Some("toml" | "txt" | "yar" | "yara"))) || !p.is_file() {
+            if !p
+                .extension()
+                .is_some_and(|x| matches!(x.to_str(), Some("toml" | "txt" | "yar" | "yara")))
+                || !p.is_file()
+            {
                 continue;
             }
             out.push(LocalFile {
