@@ -998,8 +998,16 @@ pub fn read_publish_dir(dir: &Path) -> Result<Vec<(String, String)>, Vec<String>
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
         .collect();
     rule_files.sort();
-    if rule_files.is_empty() {
-        return Err(vec![format!("{}:0: no *.toml rule files", dir.display())]);
+    let mut yara_files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| rigwatch_signatures::yara::is_yara(p) && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    yara_files.sort();
+    if rule_files.is_empty() && yara_files.is_empty() {
+        return Err(vec![format!("{}:0: no *.toml, *.yar or *.yara rule files", dir.display())]);
     }
     let mut errors = Vec::new();
     let mut out: Vec<(String, String)> = Vec::new();
@@ -1037,6 +1045,27 @@ pub fn read_publish_dir(dir: &Path) -> Result<Vec<(String, String)>, Vec<String>
             total += t.len();
             out.push((n, t));
         }
+    }
+    // YARA files: compiled here as every agent will (a file that does not
+    // compile is refused with FILE:LINE, and nothing is published)
+    let mut yara = Vec::new();
+    for path in &yara_files {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                total += text.len();
+                yara.push(rigwatch_signatures::yara::YaraFile {
+                    shown: path.display().to_string(),
+                    text,
+                });
+            }
+            Err(e) => errors.push(format!("{}:0: {e}", path.display())),
+        }
+    }
+    let (_, yara_errors) = rigwatch_signatures::yara::check(yara.clone());
+    errors.extend(yara_errors.iter().map(|e| e.to_string()));
+    for (path, f) in yara_files.iter().zip(yara) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        out.push((name, f.text));
     }
     if total > MAX_PUBLISHED_BYTES {
         errors.push(format!(

@@ -102,3 +102,31 @@ fn publishing_validates_everything_first() {
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(version(&data), v + 1);
 }
+
+#[test]
+fn yara_files_are_published_and_a_broken_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("site.yar"),
+        "rule site_miner {\n  meta:\n    rigwatch_weight = \"confirmed\"\n  strings:\n    $a = \"corp-miner-7\"\n  condition:\n    $a\n}\n",
+    )
+    .unwrap();
+    let o = run(&["signatures", "publish", rules.to_str().unwrap(), "--data-dir", d], dir.path());
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).contains("published 1 files") || out(&o).contains("published 1 file"),
+        "{}",
+        out(&o)
+    );
+    let v = version(&data);
+    std::fs::write(rules.join("broken.yara"), "rule broken {\n  condition:\n    $nope\n}\n").unwrap();
+    let o = run(&["signatures", "publish", rules.to_str().unwrap(), "--data-dir", d], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("broken.yara:3:"), "{}", err(&o));
+    assert!(err(&o).contains("nothing was published"), "{}", err(&o));
+    assert_eq!(version(&data), v);
+}
