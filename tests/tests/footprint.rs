@@ -440,7 +440,19 @@ fn immutable_executable_in_tmp_is_a_finding_until_chattr_minus_i() {
         file: exe.clone(),
         _dir: dir,
     };
-    let _running = Kill(Command::new(&exe).arg("60").spawn().unwrap());
+    // a just-written executable can be "busy" for a moment (another test
+    // thread forked while it was open for writing): try again
+    let mut tries = 0;
+    let child = loop {
+        match Command::new(&exe).arg("60").spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
+    let _running = Kill(child);
     if !chattr("+i", &exe) {
         eprintln!("skipped: chattr +i is not possible on /tmp here (needs root and a file system with attributes)");
         return;

@@ -500,7 +500,7 @@ fn prometheus_rules_check_and_pass_their_unit_tests() {
             .args(["check", "rules", "rigwatch-rules.yml"])
             .current_dir(&dir),
     );
-    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 15 rules found"), "{out}");
     let out = run_ok(
         Command::new("promtool")
             .args(["check", "config", "--syntax-only", "prometheus.yml"])
