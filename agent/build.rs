@@ -10,7 +10,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=RIGWATCH_CLANG");
-    for name in ["rounding", "exec", "connect"] {
+    for name in ["rounding", "exec", "connect", "kill"] {
         build(name);
     }
 }

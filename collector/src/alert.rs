@@ -13,9 +13,9 @@
 
 use crate::app::App;
 use crate::format::{pct, rfc3339};
-use crate::store::{now, FindingFilter, FindingView};
+use crate::store::{now, FindingFilter, FindingView, HostView};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +76,8 @@ fn finding_alert(app: &App, f: &FindingView, ends_at: u64) -> Value {
     })
 }
 
-fn silent_alert(app: &App, host: &str, last_seen: u64, ends_at: u64, stopped: Option<&str>) -> Value {
+fn silent_alert(app: &App, h: &HostView, ends_at: u64) -> Value {
+    let (host, last_seen, stopped) = (h.host.as_str(), h.last_seen, h.stopped.as_deref());
     let description = match stopped {
         Some(why) => format!(
             "the agent said it was stopping ({why}) at {}: someone stopped it (threshold {} s)",
@@ -89,8 +90,13 @@ fn silent_alert(app: &App, host: &str, last_seen: u64, ends_at: u64, stopped: Op
             app.settings.silent_after
         ),
     };
+    // silent right after a configuration change: the change is named, and it is critical
+    let (description, severity, after_change) = match &h.silent_after_change {
+        Some(words) => (format!("{description}; {words}"), "critical", "true"),
+        None => (description, "warning", "false"),
+    };
     json!({
-        "labels": { "alertname": ALERT_SILENT, "host": host, "severity": "warning" },
+        "labels": { "alertname": ALERT_SILENT, "host": host, "severity": severity, "after_config_change": after_change },
         "annotations": {
             "summary": format!("rigwatch agent on {host} stopped reporting"),
             "description": description,
@@ -154,7 +160,7 @@ pub async fn run(app: Arc<App>) {
         .build()
         .unwrap_or_default();
     let mut firing: BTreeMap<(String, String), FindingView> = BTreeMap::new();
-    let mut silent: BTreeSet<String> = BTreeSet::new();
+    let mut silent: BTreeMap<String, HostView> = BTreeMap::new();
     let mut first = true;
     loop {
         if !first {
@@ -174,7 +180,7 @@ async fn tick(
     app: &App,
     client: &reqwest::Client,
     firing: &mut BTreeMap<(String, String), FindingView>,
-    silent: &mut BTreeSet<String>,
+    silent: &mut BTreeMap<String, HostView>,
 ) -> anyhow::Result<()> {
     let t = now();
     let resend = app.settings.alert_resend;
@@ -202,9 +208,10 @@ async fn tick(
         }
         for h in &hosts {
             if h.silent {
-                alerts.push(silent_alert(app, &h.host, h.last_seen, t + resend * 4, h.stopped.as_deref()));
-            } else if silent.contains(&h.host) {
-                alerts.push(silent_alert(app, &h.host, h.last_seen, t, h.stopped.as_deref()));
+                // the labels it went silent with, until it reports again
+                alerts.push(silent_alert(app, silent.get(&h.host).unwrap_or(h), t + resend * 4));
+            } else if let Some(was) = silent.get(&h.host) {
+                alerts.push(silent_alert(app, was, t));
             }
         }
         if !alerts.is_empty() {
@@ -226,7 +233,12 @@ async fn tick(
                 .inc_by(alerts.len() as u64);
         }
     }
-    let prev_silent = std::mem::replace(silent, hosts.iter().filter(|h| h.silent).map(|h| h.host.clone()).collect());
+    let now_silent = hosts
+        .iter()
+        .filter(|h| h.silent)
+        .map(|h| (h.host.clone(), silent.get(&h.host).unwrap_or(h).clone()))
+        .collect();
+    let prev_silent = std::mem::replace(silent, now_silent);
 
     let now_firing: BTreeMap<(String, String), FindingView> = active.into_iter().map(|f| ((f.host.clone(), f.id.clone()), f)).collect();
     if let Some(hook) = &app.settings.webhook {
@@ -248,13 +260,18 @@ async fn tick(
                 messages.push(webhook_body(app, ended_view, "resolved"));
             }
         }
-        for h in silent.difference(&prev_silent) {
+        for (h, v) in silent.iter().filter(|(h, _)| !prev_silent.contains_key(*h)) {
+            let after = v
+                .silent_after_change
+                .as_deref()
+                .map(|w| format!(", {}", slack_escape(w)))
+                .unwrap_or_default();
             messages.push(json!({
-                "text": format!("[firing] rigwatch agent on {} stopped reporting {}/hosts/{}", slack_escape(h), app.settings.external_url, pct(h)),
+                "text": format!("[firing] rigwatch agent on {} stopped reporting{after} {}/hosts/{}", slack_escape(h), app.settings.external_url, pct(h)),
                 "status": "firing", "alertname": ALERT_SILENT, "host": h,
             }));
         }
-        for h in prev_silent.difference(silent) {
+        for h in prev_silent.keys().filter(|h| !silent.contains_key(*h)) {
             messages.push(json!({
                 "text": format!("[resolved] rigwatch agent on {} reports again", slack_escape(h)),
                 "status": "resolved", "alertname": ALERT_SILENT, "host": h,

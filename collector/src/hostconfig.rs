@@ -193,6 +193,22 @@ pub fn diff(prev: Option<&ConfigState>, new: &ConfigState) -> Vec<ConfigChange> 
     out
 }
 
+/// A change row in words, for a host that fell silent `secs` after it:
+/// "2 min after its configuration changed: allowlist 0 allow rules, 0 local → 1 allow rules, 1 local".
+pub fn change_words(changes: &[ConfigChange], secs: u64) -> String {
+    let when = if secs < 120 {
+        format!("{secs} s")
+    } else {
+        format!("{} min", secs / 60)
+    };
+    let what: Vec<String> = changes
+        .iter()
+        .take(NAMED)
+        .map(|c| format!("{} {} → {}", c.what, c.before, c.after))
+        .collect();
+    format!("{when} after its configuration changed: {}", what.join("; "))
+}
+
 /// Stores `state` for `host` when it differs from the host's last row
 /// (inside the report's transaction); returns the changes it made.
 pub(crate) fn record_tx(c: &mut dyn Conn, host: &str, state: &ConfigState, received: u64) -> Result<Vec<ConfigChange>, DbError> {

@@ -227,7 +227,16 @@ pub struct HostView {
     /// was its last event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// A silent host whose configuration changed shortly before it fell
+    /// silent ([`SILENT_AFTER_CHANGE_SECONDS`]): what changed, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silent_after_change: Option<String>,
 }
+
+/// A host that falls silent within this many seconds of a configuration
+/// change is called out: the local root who exempts his miner and then
+/// stops the agent does both in a few minutes.
+pub const SILENT_AFTER_CHANGE_SECONDS: u64 = 900;
 
 /// A finding as lists show it.
 #[derive(Clone, Debug, Serialize)]
@@ -631,13 +640,24 @@ impl Store {
             let rows = c.query(
                 "SELECT h.host, h.agent_id, h.agent_version, h.signatures_version, h.sensors, h.first_seen, \
                  h.last_seen, h.reports, (SELECT COUNT(*) FROM findings f WHERE f.host = h.host \
-                 AND f.state IN ('open', 'acknowledged')), h.stopped_at, h.stop_reason FROM hosts h ORDER BY h.host",
+                 AND f.state IN ('open', 'acknowledged')), h.stopped_at, h.stop_reason, \
+                 (SELECT c.at FROM host_config c WHERE c.host = h.host AND c.seq > 1 ORDER BY c.seq DESC LIMIT 1), \
+                 (SELECT c.changes FROM host_config c WHERE c.host = h.host AND c.seq > 1 ORDER BY c.seq DESC LIMIT 1) \
+                 FROM hosts h ORDER BY h.host",
                 &[],
             )?;
             Ok(rows
                 .iter()
                 .map(|r| {
                     let last_seen = r[6].int() as u64;
+                    let silent = now.saturating_sub(last_seen) > silent_after;
+                    // the last change (not the first report), when it came shortly before the silence
+                    let changed_at = r[11].int() as u64;
+                    let silent_after_change =
+                        (silent && changed_at > 0 && last_seen.saturating_sub(changed_at) <= SILENT_AFTER_CHANGE_SECONDS).then(|| {
+                            let changes: Vec<crate::hostconfig::ConfigChange> = serde_json::from_str(&r[12].text()).unwrap_or_default();
+                            crate::hostconfig::change_words(&changes, last_seen.saturating_sub(changed_at))
+                        });
                     HostView {
                         host: r[0].text(),
                         agent_id: r[1].text(),
@@ -647,9 +667,10 @@ impl Store {
                         first_seen: r[5].int() as u64,
                         last_seen,
                         reports: r[7].int() as u64,
-                        silent: now.saturating_sub(last_seen) > silent_after,
+                        silent,
                         active_findings: r[8].int() as u64,
                         stopped: (r[9].int() > 0).then(|| r[10].text()),
+                        silent_after_change,
                     }
                 })
                 .collect())

@@ -179,7 +179,8 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             @for h in &hosts {
                 tr {
                     td { a.host href={ "/hosts/" (pct(&h.host)) } { (h.host) } }
-                    td { @if let Some(why) = &h.stopped { span.silent { "stopped (" (why) ")" } } @else if h.silent { span.silent { "agent silent" } } @else { "reporting" } }
+                    td { @if let Some(why) = &h.stopped { span.silent { "stopped (" (why) ")" } } @else if h.silent { span.silent { "agent silent" } } @else { "reporting" }
+                        @if h.silent_after_change.is_some() { span.silent { " right after a config change" } } }
                     td { (h.active_findings) }
                     td { (h.agent_version) }
                     td { code { (h.signatures_version) } }
@@ -250,7 +251,8 @@ async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): 
     let sensors: Vec<serde_json::Value> = h.sensors.as_array().cloned().unwrap_or_default();
     let body = html! {
         table {
-            tr { th { "status" } td { @if let Some(why) = &h.stopped { span.silent { "stopped (" (why) ")" } } @else if h.silent { span.silent { "agent silent" } } @else { "reporting" } } }
+            tr { th { "status" } td { @if let Some(why) = &h.stopped { span.silent { "stopped (" (why) ")" } } @else if h.silent { span.silent { "agent silent" } } @else { "reporting" }
+                @if let Some(words) = &h.silent_after_change { " " span.silent.after-change { "— " (words) } } } }
             tr { th { "agent id" } td { code { (h.agent_id) } } }
             tr { th { "agent version" } td { (h.agent_version) } }
             tr { th { "signatures" } td { code { (h.signatures_version) } } }

@@ -50,6 +50,7 @@ fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
             .args(["serve", "--data-dir"])
             .arg(&data)
             .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", &am.url])
+            .args(["--silent-after", "6", "--alert-resend", "1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -170,6 +171,24 @@ fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
         v.into_iter().find(|h| h["host"] == HOST && h["stopped"] == "SIGTERM")
     });
     assert_eq!(h["stopped"], "SIGTERM", "{h}");
+
+    // silent minutes after its allowlist changed: called out, critical, the change named
+    let s = wait_for(30, "the silent alert in Alertmanager", || {
+        am_alerts(&am.url)
+            .into_iter()
+            .find(|a| a["labels"]["alertname"] == "RigwatchAgentSilent" && a["labels"]["host"] == HOST)
+    });
+    assert_eq!(s["labels"]["after_config_change"], "true", "{s}");
+    assert_eq!(s["labels"]["severity"], "critical", "{s}");
+    let d = s["annotations"]["description"].as_str().unwrap();
+    assert!(
+        d.contains("SIGTERM") && d.contains("after its configuration changed") && d.contains("allowlist"),
+        "{s}"
+    );
+    let (_, body) = http_get(cport, "/api/v1/hosts", Some(&analyst));
+    let v: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let h = v.iter().find(|h| h["host"] == HOST).unwrap();
+    assert!(h["silent_after_change"].as_str().unwrap().contains("allowlist"), "{h}");
 }
 
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";

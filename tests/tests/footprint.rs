@@ -131,6 +131,14 @@ fn undefend(root: &Path) {
     write(root, "sys/kernel/security/apparmor/profiles", "");
 }
 
+/// One test at a time: the kill test's kills are seen by every agent on
+/// the host (the kill-trace sensor is not limited to a proc root), and the
+/// others say a kept host has no footprint.
+fn one() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tmpdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("rwfp")
@@ -203,6 +211,7 @@ fn c(what: &str, before: &str, after: &str) -> (String, String, String) {
 
 #[test]
 fn scan_reports_the_trojans_footprint_and_a_kept_host_has_none() {
+    let _one = one();
     let Some(ns) = Netns::new("scan") else { return };
     ns.nft(RULES);
     let tmp = tmpdir();
@@ -292,6 +301,7 @@ add rule ip filter INPUT iif lo accept";
 
 #[test]
 fn run_opens_and_resolves_footprint_findings() {
+    let _one = one();
     let Some(ns) = Netns::new("run") else { return };
     ns.nft(RUN_RULES);
     let tmp = tmpdir();
@@ -481,4 +491,105 @@ fn immutable_executable_in_tmp_is_a_finding_until_chattr_minus_i() {
         "chattr -i: resolved: {v:#}"
     );
     drop(lock);
+}
+
+/// `sh -c SCRIPT` as `nobody`, its stdout piped.
+fn sh_as_nobody(script: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    c
+}
+
+/// A daemonized harmless process (a copy of `sleep`) as `nobody`: started
+/// in the background of a shell that exits, so its parent is init, as a
+/// rival miner's is; its pid.
+fn daemon_as_nobody(exe: &Path) -> u32 {
+    let out = sh_as_nobody(&format!("{} 60 >/dev/null 2>&1 & echo $!", exe.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_script_killing_rival_miners_is_a_kills_finding_and_a_shell_killing_its_jobs_is_not() {
+    let _one = one();
+    if !nix::unistd::geteuid().is_root() || !cfg!(target_arch = "x86_64") {
+        eprintln!("SKIP: needs root on x86_64 (loading eBPF)");
+        return;
+    }
+    // the rivals: copies of sleep named like miners, and four plain ones,
+    // all daemons of nobody
+    let dir = tempfile::Builder::new().prefix("rwkill").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut rivals = Vec::new();
+    for name in ["xmrig", "kdevtmpfsi"] {
+        let exe = dir.path().join(name);
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        rivals.push(daemon_as_nobody(&exe));
+    }
+    let others: Vec<u32> = (0..4).map(|_| daemon_as_nobody(Path::new("/bin/sleep"))).collect();
+    struct Reap(Vec<u32>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+    let _reap = Reap(rivals.iter().chain(&others).copied().collect());
+
+    let scan = Command::new(rigwatch())
+        .args(["scan", "--json", "--window", "5", "--no-capture", "--no-sockets", "--no-gpu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // the trojan's script: the miners by /bin/kill (a kill tool: it counts
+    // for the script), the rest by the shell's own kill; then it lingers
+    let list = |v: &[u32]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
+    let trojan = Kill(
+        sh_as_nobody(&format!("/bin/kill -9 {}; kill -9 {}; sleep 4", list(&rivals), list(&others)))
+            .spawn()
+            .unwrap(),
+    );
+    // an admin's shell killing its own background jobs: nothing
+    let jobs = Kill(
+        sh_as_nobody("p=''; for i in 1 2 3 4 5 6; do sleep 60 & p=\"$p $!\"; done; sleep 0.3; kill -9 $p; sleep 4")
+            .spawn()
+            .unwrap(),
+    );
+    let out = scan.wait_with_output().unwrap();
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        !v["warnings"].to_string().contains("killtrace"),
+        "the sensor loaded: {}",
+        v["warnings"]
+    );
+    let fs = footprints(&v);
+    let name = format!("kills by sh (pid {})", trojan.0.id());
+    let f = finding(&fs, &name);
+    let ch = changes(f);
+    assert_eq!(ch.len(), 1, "{ch:?}");
+    let (what, before, after) = &ch[0];
+    assert_eq!(what, &format!("rival miners killed by sh (pid {})", trojan.0.id()));
+    for (comm, pid) in [("xmrig", rivals[0]), ("kdevtmpfsi", rivals[1]), ("sleep", others[0])] {
+        assert!(before.contains(&format!("{comm} (pid {pid}, uid 65534)")), "{before}");
+    }
+    assert!(
+        before.starts_with("running: xmrig") || before.starts_with("running: kdevtmpfsi"),
+        "miners first: {before}"
+    );
+    assert!(
+        after.starts_with("6 killed with SIGKILL by uid 65534, 2 named like miners (rivals), 5+ within 10 s"),
+        "{after}"
+    );
+    let benign = format!("(pid {})", jobs.0.id());
+    assert!(
+        !fs.iter().any(|f| f["subject"]["name"].as_str().unwrap().contains(&benign)),
+        "a shell killing its own jobs is nothing: {fs:#?}"
+    );
 }

@@ -18,6 +18,7 @@ pub mod exectrace;
 pub mod footprint;
 pub mod gpu;
 pub mod hidden;
+pub mod killtrace;
 pub mod minerconfig;
 pub mod persistence;
 pub mod rounding;
@@ -191,6 +192,8 @@ pub fn registry(sig: Arc<Signatures>, proc_root: &std::path::Path, opts: &Sensor
             proc_root,
             opts.host_root.clone(),
         )));
+        // who killed whom: rival miners killed, kill bursts (eBPF)
+        v.push(Box::new(killtrace::KillTraceSensor::new(sig.clone())));
     }
     if opts.capture {
         v.push(Box::new(capture::CaptureSensor::start(sig.clone(), proc_root, shared.clone())));
