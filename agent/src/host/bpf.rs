@@ -81,6 +81,66 @@ impl Drop for RingReader {
     }
 }
 
+/// A ring buffer drained into a bounded queue of decoded events: what
+/// the miner can flood is held to `cap` (the oldest go first, counted).
+pub struct RingQueue<T> {
+    // the reader stops before the queue goes
+    _reader: RingReader,
+    queue: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<T>>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T: Send + 'static> RingQueue<T> {
+    /// Drains `map` of `bpf` (see [`RingReader::start`]), keeping what
+    /// `parse` decodes, at most `cap` events.
+    pub fn start(
+        bpf: &mut aya::Ebpf,
+        map: &str,
+        name: &str,
+        idle: std::time::Duration,
+        cap: usize,
+        parse: impl Fn(&[u8]) -> Option<T> + Send + 'static,
+    ) -> Result<RingQueue<T>, String> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let queue = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let (dropped, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (q, d, s) = (queue.clone(), dropped.clone(), seen.clone());
+        let reader = RingReader::start(bpf, map, name, idle, move |rec| {
+            let Some(e) = parse(rec) else { return };
+            s.fetch_add(1, Ordering::Relaxed);
+            let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= cap {
+                q.pop_front();
+                d.fetch_add(1, Ordering::Relaxed);
+            }
+            q.push_back(e);
+        })?;
+        Ok(RingQueue {
+            _reader: reader,
+            queue,
+            dropped,
+            seen,
+        })
+    }
+
+    /// The events queued since the last drain, oldest first.
+    pub fn drain(&self) -> Vec<T> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+    }
+
+    /// Events decoded so far.
+    pub fn seen(&self) -> u64 {
+        self.seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Events dropped to the cap so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The BTF tracepoint program `name` of a loaded object.
 pub fn tp_btf<'a>(bpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::BtfTracePoint, String> {
     bpf.program_mut(name)

@@ -20,9 +20,8 @@
 
 use super::{Observation, Proc, ProcKey, Sensor, SensorError, Snapshot};
 use crate::host::process::ProcStatic;
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exec.bpf.o"));
 
@@ -98,43 +97,23 @@ pub fn ghost(e: &Exec, ticks_per_second: u64, user: String) -> Proc {
 }
 
 struct Running {
-    // the reader stops before the programs are unloaded
-    _reader: crate::host::bpf::RingReader,
+    // the queue's reader stops before the program is unloaded
+    events: crate::host::bpf::RingQueue<Exec>,
     _bpf: aya::Ebpf,
-    queue: Arc<Mutex<VecDeque<Exec>>>,
-    dropped: Arc<AtomicU64>,
-    seen: Arc<AtomicU64>,
 }
 
 impl Running {
     fn start() -> Result<Running, String> {
         let (mut bpf, _link) = crate::host::bpf::load_tp_btf(PROGRAM, "on_exec", "sched_process_exec")?;
-        let queue = Arc::new(Mutex::new(VecDeque::new()));
-        let (dropped, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (q, d, s) = (queue.clone(), dropped.clone(), seen.clone());
-        let reader = crate::host::bpf::RingReader::start(
+        let events = crate::host::bpf::RingQueue::start(
             &mut bpf,
             "execs",
             "rw-exectrace",
             std::time::Duration::from_millis(20),
-            move |rec| {
-                let Some(e) = parse(rec) else { return };
-                s.fetch_add(1, Ordering::Relaxed);
-                let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
-                if q.len() >= MAX_QUEUED {
-                    q.pop_front();
-                    d.fetch_add(1, Ordering::Relaxed);
-                }
-                q.push_back(e);
-            },
+            MAX_QUEUED,
+            parse,
         )?;
-        Ok(Running {
-            _reader: reader,
-            _bpf: bpf,
-            queue,
-            dropped,
-            seen,
-        })
+        Ok(Running { events, _bpf: bpf })
     }
 }
 
@@ -190,7 +169,7 @@ impl Sensor for ExecTraceSensor {
         if self.passes == 1 {
             return Ok(());
         }
-        let execs: Vec<Exec> = r.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let execs: Vec<Exec> = r.events.drain();
         let alive: std::collections::HashSet<u32> = snap.procs.keys().map(|k| k.pid).collect();
         let me = std::process::id();
         for e in execs {
@@ -219,8 +198,8 @@ impl Sensor for ExecTraceSensor {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         match &self.running {
             Ok(r) => vec![
-                ("execs_seen", r.seen.load(Ordering::Relaxed)),
-                ("execs_dropped", r.dropped.load(Ordering::Relaxed)),
+                ("execs_seen", r.events.seen()),
+                ("execs_dropped", r.events.dropped()),
                 ("execs_judged_after_exit", self.ghosts),
             ],
             Err(_) => Vec::new(),

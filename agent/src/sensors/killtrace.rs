@@ -32,9 +32,8 @@
 
 use super::{Observation, ProcKey, Sensor, SensorError, Snapshot};
 use rigwatch_signatures::{Evidence, EvidenceKind, HostSubject, Signatures, SubjectKind, Weight};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kill.bpf.o"));
@@ -279,37 +278,18 @@ impl Kills {
 }
 
 struct Running {
-    // the reader stops before the program is unloaded
-    _reader: crate::host::bpf::RingReader,
+    // the queue's reader stops before the program is unloaded
+    events: crate::host::bpf::RingQueue<(Instant, Kill)>,
     _bpf: aya::Ebpf,
-    queue: Arc<Mutex<VecDeque<(Instant, Kill)>>>,
-    dropped: Arc<AtomicU64>,
-    seen: Arc<AtomicU64>,
 }
 
 impl Running {
     fn start() -> Result<Running, String> {
         let (mut bpf, _link) = crate::host::bpf::load_tp_btf(PROGRAM, "on_signal", "signal_generate")?;
-        let queue = Arc::new(Mutex::new(VecDeque::new()));
-        let (dropped, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (q, d, s) = (queue.clone(), dropped.clone(), seen.clone());
-        let reader = crate::host::bpf::RingReader::start(&mut bpf, "kills", "rw-killtrace", Duration::from_millis(50), move |rec| {
-            let Some(k) = parse(rec) else { return };
-            s.fetch_add(1, Ordering::Relaxed);
-            let mut q = q.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= MAX_QUEUED {
-                q.pop_front();
-                d.fetch_add(1, Ordering::Relaxed);
-            }
-            q.push_back((Instant::now(), k));
+        let events = crate::host::bpf::RingQueue::start(&mut bpf, "kills", "rw-killtrace", Duration::from_millis(50), MAX_QUEUED, |rec| {
+            parse(rec).map(|k| (Instant::now(), k))
         })?;
-        Ok(Running {
-            _reader: reader,
-            _bpf: bpf,
-            queue,
-            dropped,
-            seen,
-        })
+        Ok(Running { events, _bpf: bpf })
     }
 }
 
@@ -346,7 +326,7 @@ impl Sensor for KillTraceSensor {
         if snap.partial {
             return Ok(());
         }
-        let new: Vec<(Instant, Kill)> = r.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let new: Vec<(Instant, Kill)> = r.events.drain();
         let me = std::process::id();
         for (at, k) in &new {
             let miner = !self.sig.match_names(&[("comm", k.target_comm.as_str())]).is_empty();
@@ -378,8 +358,8 @@ impl Sensor for KillTraceSensor {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         match &self.running {
             Ok(r) => vec![
-                ("kills_seen", r.seen.load(Ordering::Relaxed)),
-                ("kills_dropped", r.dropped.load(Ordering::Relaxed)),
+                ("kills_seen", r.events.seen()),
+                ("kills_dropped", r.events.dropped()),
                 ("kills_ignored", self.kills.ignored),
                 ("killers_forgotten", self.kills.forgotten),
                 ("killers_reported", self.findings),
