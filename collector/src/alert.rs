@@ -8,11 +8,18 @@
 //! them. The state comes from the database, so replicas may all send:
 //! Alertmanager deduplicates by labels. Silent agents alert too.
 //!
+//! A host whose configuration departs from the fleet's `[policy]`
+//! ([`crate::hostconfig::drift`]) fires `RigwatchAgentPolicyDrift`, one alert
+//! per host and policy rule, for as long as it does.
+//!
 //! The webhook gets one message per transition (firing, resolved) that this
-//! replica observes, with a Slack-compatible `text`.
+//! replica observes, with a Slack-compatible `text`: findings, silent
+//! agents, policy drift, and each configuration change that alerts
+//! (reported after this replica started).
 
 use crate::app::App;
 use crate::format::{pct, rfc3339};
+use crate::hostconfig::{ConfigChange, ConfigRecord, Drift};
 use crate::store::{now, FindingFilter, FindingView, HostView};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -26,11 +33,67 @@ pub const ALERT_SILENT: &str = "RigwatchAgentSilent";
 /// The alertname of a change to an agent's allowlist, signature overrides,
 /// sensors or collector ([`crate::hostconfig`]).
 pub const ALERT_CONFIG: &str = "RigwatchAgentConfigChanged";
+/// The alertname of a host whose configuration departs from the fleet policy.
+pub const ALERT_DRIFT: &str = "RigwatchAgentPolicyDrift";
+
+fn drift_alert(app: &App, d: &Drift, ends_at: u64) -> Value {
+    json!({
+        "labels": { "alertname": ALERT_DRIFT, "host": d.host, "policy": d.policy, "severity": "warning" },
+        "annotations": {
+            "summary": format!("rigwatch agent on {} departs from the fleet policy: {}", d.host, d.policy),
+            "description": d.detail,
+        },
+        "startsAt": rfc3339(d.since),
+        "endsAt": rfc3339(ends_at),
+        "generatorURL": format!("{}/hosts/{}", app.settings.external_url, pct(&d.host)),
+    })
+}
+
+fn drift_message(app: &App, d: &Drift, status: &str) -> Value {
+    let text = match status {
+        "firing" => format!(
+            "[firing] rigwatch agent on {} departs from the fleet policy ({}): {} {}/hosts/{}",
+            slack_escape(&d.host),
+            d.policy,
+            slack_escape(&d.detail),
+            app.settings.external_url,
+            pct(&d.host)
+        ),
+        _ => format!(
+            "[resolved] rigwatch agent on {} holds to the fleet policy again ({})",
+            slack_escape(&d.host),
+            d.policy
+        ),
+    };
+    json!({ "text": text, "status": status, "alertname": ALERT_DRIFT, "host": d.host, "policy": d.policy, "detail": d.detail })
+}
+
+/// The webhook message for one configuration change row that alerts.
+fn config_message(app: &App, r: &ConfigRecord) -> Value {
+    let changes: Vec<&ConfigChange> = r.changes.iter().filter(|c| c.alert).collect();
+    let words: Vec<String> = changes
+        .iter()
+        .map(|c| format!("{}: {} → {}", c.what, slack_escape(&c.before), slack_escape(&c.after)))
+        .collect();
+    json!({
+        "text": format!(
+            "[firing] rigwatch agent configuration on {} changed: {} {}/hosts/{}",
+            slack_escape(&r.host),
+            words.join("; "),
+            app.settings.external_url,
+            pct(&r.host)
+        ),
+        "status": "firing",
+        "alertname": ALERT_CONFIG,
+        "host": r.host,
+        "changes": changes,
+    })
+}
 
 /// One alert per host and kind of change (the latest of them), firing for
 /// [`crate::hostconfig::ALERT_SECONDS`] after the change was reported.
-fn config_alerts(app: &App, rows: &[crate::hostconfig::ConfigRecord]) -> Vec<Value> {
-    let mut latest: BTreeMap<(&str, &str), (u64, &crate::hostconfig::ConfigChange)> = BTreeMap::new();
+fn config_alerts(app: &App, rows: &[ConfigRecord]) -> Vec<Value> {
+    let mut latest: BTreeMap<(&str, &str), (u64, &ConfigChange)> = BTreeMap::new();
     for r in rows {
         for c in r.changes.iter().filter(|c| c.alert) {
             latest.insert((r.host.as_str(), c.what.as_str()), (r.at, c));
@@ -159,8 +222,10 @@ pub async fn run(app: Arc<App>) {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap_or_default();
-    let mut firing: BTreeMap<(String, String), FindingView> = BTreeMap::new();
-    let mut silent: BTreeMap<String, HostView> = BTreeMap::new();
+    let mut state = LoopState {
+        started: now(),
+        ..Default::default()
+    };
     let mut first = true;
     loop {
         if !first {
@@ -170,18 +235,35 @@ pub async fn run(app: Arc<App>) {
             }
         }
         first = false;
-        if let Err(e) = tick(&app, &client, &mut firing, &mut silent).await {
+        if let Err(e) = tick(&app, &client, &mut state).await {
             tracing::warn!("alerting: {e}");
         }
     }
 }
 
-async fn tick(
-    app: &App,
-    client: &reqwest::Client,
-    firing: &mut BTreeMap<(String, String), FindingView>,
-    silent: &mut BTreeMap<String, HostView>,
-) -> anyhow::Result<()> {
+/// What the loop remembers between ticks: what it last saw firing, for the
+/// webhook's transitions and to resolve at Alertmanager what ended.
+#[derive(Default)]
+struct LoopState {
+    /// When this replica's loop started: configuration changes reported
+    /// before are not sent to the webhook again.
+    started: u64,
+    firing: BTreeMap<(String, String), FindingView>,
+    silent: BTreeMap<String, HostView>,
+    /// Policy drift by (host, policy rule).
+    drift: BTreeMap<(String, String), Drift>,
+    /// Configuration rows sent to the webhook: (host, seq) → when stored.
+    config_sent: BTreeMap<(String, u64), u64>,
+}
+
+async fn tick(app: &App, client: &reqwest::Client, st: &mut LoopState) -> anyhow::Result<()> {
+    let LoopState {
+        started,
+        firing,
+        silent,
+        drift,
+        config_sent,
+    } = st;
     let t = now();
     let resend = app.settings.alert_resend;
     let active = app
@@ -194,6 +276,20 @@ async fn tick(
         .await?;
     let ended = app.store.ended_since(t.saturating_sub((resend * 3).max(300))).await?;
     let hosts = app.store.hosts(t, app.settings.silent_after).await?;
+    let config_rows = app
+        .store
+        .config_alerts(t.saturating_sub(crate::hostconfig::ALERT_SECONDS))
+        .await
+        .unwrap_or_default();
+    let now_drift: BTreeMap<(String, String), Drift> = if app.settings.policy.checks_anything() {
+        let latest = app.store.config_latest().await?;
+        crate::hostconfig::drifts(&app.settings.policy, &latest)
+            .into_iter()
+            .map(|d| ((d.host.clone(), d.policy.clone()), d))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
 
     if let Some(am) = &app.settings.alertmanager {
         let mut alerts: Vec<Value> = Vec::new();
@@ -203,8 +299,14 @@ async fn tick(
         for f in &ended {
             alerts.push(finding_alert(app, f, f.state_changed_at.min(t)));
         }
-        if let Ok(rows) = app.store.config_alerts(t.saturating_sub(crate::hostconfig::ALERT_SECONDS)).await {
-            alerts.extend(config_alerts(app, &rows));
+        alerts.extend(config_alerts(app, &config_rows));
+        for d in now_drift.values() {
+            alerts.push(drift_alert(app, d, t + resend * 4));
+        }
+        for (k, d) in drift.iter() {
+            if !now_drift.contains_key(k) {
+                alerts.push(drift_alert(app, d, t));
+            }
         }
         for h in &hosts {
             if h.silent {
@@ -277,6 +379,26 @@ async fn tick(
                 "status": "resolved", "alertname": ALERT_SILENT, "host": h,
             }));
         }
+        for (k, d) in &now_drift {
+            if !drift.contains_key(k) {
+                messages.push(drift_message(app, d, "firing"));
+            }
+        }
+        for (k, d) in drift.iter() {
+            if !now_drift.contains_key(k) {
+                messages.push(drift_message(app, d, "resolved"));
+            }
+        }
+        for r in &config_rows {
+            let key = (r.host.clone(), r.seq);
+            if r.at >= *started && !config_sent.contains_key(&key) {
+                messages.push(config_message(app, r));
+                config_sent.insert(key, r.at);
+            }
+        }
+        // what config_alerts no longer returns cannot come back
+        let horizon = t.saturating_sub(crate::hostconfig::ALERT_SECONDS);
+        config_sent.retain(|_, at| *at >= horizon);
         for m in messages {
             let result = match client.post(hook).json(&m).send().await {
                 Ok(r) if r.status().is_success() => "ok",
@@ -286,6 +408,7 @@ async fn tick(
         }
     }
     *firing = now_firing;
+    *drift = now_drift;
     Ok(())
 }
 

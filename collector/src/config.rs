@@ -41,6 +41,8 @@ pub const DEFAULT_DATA_DIR: &str = "./rigwatch-data";
 ///
 /// [policy]
 /// local_allowlist = "forbid"     # agents ignore (and report) allow rules from their local signature dirs
+/// local_overrides = "forbid"     # a host with local signature files drifts from the policy (alert)
+/// required_sensors = ["capture", "exec_events", "gpu"]   # a host that switches one off drifts; ["*"]: all
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -124,6 +126,15 @@ pub struct PolicyConfig {
     /// directories (only bundled and fleet allow rules count) and report
     /// the ones they dropped. `"allow"` (the default): local allow rules count.
     pub local_allowlist: Option<String>,
+    /// `"forbid"`: a host whose agent loads local signature files (rules,
+    /// lists or YARA of its local signature directories) drifts from the
+    /// policy: `RigwatchAgentPolicyDrift` fires while it does. The agent
+    /// still loads them. `"allow"` (the default): they are history only.
+    pub local_overrides: Option<String>,
+    /// Sensors every agent must keep on (names as `[sensors]` spells them,
+    /// or `"*"` for all): a host whose configuration switches one off
+    /// drifts from the policy while it does.
+    pub required_sensors: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -183,8 +194,8 @@ pub struct Settings {
     pub login_failures_per_minute: u64,
     /// Valid agent tokens one enrolment token may have made.
     pub max_hosts_per_enrolment_token: u64,
-    /// `[policy] local_allowlist = "forbid"`: agents ignore local allow rules.
-    pub forbid_local_allowlist: bool,
+    /// `[policy]`: what every agent's configuration is held to.
+    pub policy: crate::hostconfig::Policy,
 }
 
 impl Settings {
@@ -214,7 +225,7 @@ impl Settings {
             max_requests_in_flight: 256,
             login_failures_per_minute: 10,
             max_hosts_per_enrolment_token: 10_000,
-            forbid_local_allowlist: false,
+            policy: crate::hostconfig::Policy::default(),
         }
     }
 
@@ -273,11 +284,7 @@ impl Settings {
             s.reports_per_second = v;
         }
         if let Some(p) = flags.policy.or(file.policy) {
-            s.forbid_local_allowlist = match p.local_allowlist.as_deref() {
-                None | Some("allow") => false,
-                Some("forbid") => true,
-                Some(other) => anyhow::bail!("[policy] local_allowlist must be \"allow\" or \"forbid\", not {other:?}"),
-            };
+            s.policy = crate::hostconfig::Policy::from_config(&p)?;
         }
         s.report_burst = flags.report_burst.or(file.report_burst).unwrap_or(s.report_burst).max(1);
         let secs =
@@ -321,18 +328,50 @@ mod tests {
     #[test]
     fn policy_forbids_local_allowlists_or_says_what_is_wrong() {
         let file: FileConfig = toml::from_str("[policy]\nlocal_allowlist = \"forbid\"\n").unwrap();
-        assert!(Settings::resolve(file, FileConfig::default()).unwrap().forbid_local_allowlist);
+        assert!(
+            Settings::resolve(file, FileConfig::default())
+                .unwrap()
+                .policy
+                .forbid_local_allowlist
+        );
         let file: FileConfig = toml::from_str("[policy]\nlocal_allowlist = \"allow\"\n").unwrap();
-        assert!(!Settings::resolve(file, FileConfig::default()).unwrap().forbid_local_allowlist);
+        assert!(
+            !Settings::resolve(file, FileConfig::default())
+                .unwrap()
+                .policy
+                .forbid_local_allowlist
+        );
         assert!(
             !Settings::resolve(FileConfig::default(), FileConfig::default())
                 .unwrap()
+                .policy
                 .forbid_local_allowlist
         );
         let file: FileConfig = toml::from_str("[policy]\nlocal_allowlist = \"maybe\"\n").unwrap();
         let e = Settings::resolve(file, FileConfig::default()).unwrap_err().to_string();
         assert!(e.contains("\"allow\" or \"forbid\""), "{e}");
         assert!(toml::from_str::<FileConfig>("[policy]\nsurprise = 1\n").is_err());
+    }
+
+    #[test]
+    fn policy_requires_sensors_by_name_and_forbids_overrides() {
+        let file: FileConfig =
+            toml::from_str("[policy]\nlocal_overrides = \"forbid\"\nrequired_sensors = [\"capture\", \"gpu\"]\n").unwrap();
+        let p = Settings::resolve(file, FileConfig::default()).unwrap().policy;
+        assert!(p.forbid_local_overrides && !p.forbid_local_allowlist);
+        assert_eq!(p.required_sensors, ["capture", "gpu"]);
+        let file: FileConfig = toml::from_str("[policy]\nrequired_sensors = [\"*\"]\n").unwrap();
+        assert_eq!(
+            Settings::resolve(file, FileConfig::default()).unwrap().policy.required_sensors,
+            ["*"]
+        );
+        // a typo is an error naming the sensors there are, not a policy that never matches
+        let file: FileConfig = toml::from_str("[policy]\nrequired_sensors = [\"captur\"]\n").unwrap();
+        let e = Settings::resolve(file, FileConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("\"captur\"") && e.contains("exec_events"), "{e}");
+        let file: FileConfig = toml::from_str("[policy]\nlocal_overrides = \"no\"\n").unwrap();
+        let e = Settings::resolve(file, FileConfig::default()).unwrap_err().to_string();
+        assert!(e.contains("local_overrides"), "{e}");
     }
 
     #[test]

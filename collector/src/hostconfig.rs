@@ -7,6 +7,13 @@
 //! switched off or when the agent is pointed at another collector: the
 //! local root who allowlists his own miner is seen from outside the host.
 //!
+//! The fleet's `[policy]` ([`Policy`]) is held against each host's last
+//! reported state: a host whose local allow rules still count although the
+//! policy forbids them, that loads local signature files the policy
+//! forbids, or that switches off a sensor the policy requires, drifts
+//! ([`drift`]); the alert loop fires `RigwatchAgentPolicyDrift` for as long
+//! as it does.
+//!
 //! The state comes from the agent, so it is hostile input: it is bounded
 //! ([`ConfigState::bounded`]) and sensor names are checked before anything
 //! is stored.
@@ -108,6 +115,113 @@ fn allowlist_words(s: &ConfigState) -> String {
 
 fn short(d: &str) -> String {
     d.chars().take(12).collect()
+}
+
+/// The fleet policy (`[policy]` of the collector's configuration) that each
+/// host's reported configuration is held to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Agents ignore local allow rules (the policy travels in the fleet set).
+    pub forbid_local_allowlist: bool,
+    /// Local signature files are drift.
+    pub forbid_local_overrides: bool,
+    /// Sensors that must stay on (`"*"`: all).
+    pub required_sensors: Vec<String>,
+}
+
+/// The `policy` label values of a drift.
+pub const POLICY_RULES: &[&str] = &["local_allowlist", "local_overrides", "required_sensors"];
+
+impl Policy {
+    /// The policy a `[policy]` section asks for; errors say what is wrong.
+    pub fn from_config(p: &crate::config::PolicyConfig) -> anyhow::Result<Policy> {
+        let forbid = |key: &str, v: &Option<String>| match v.as_deref() {
+            None | Some("allow") => Ok(false),
+            Some("forbid") => Ok(true),
+            Some(other) => Err(anyhow::anyhow!("[policy] {key} must be \"allow\" or \"forbid\", not {other:?}")),
+        };
+        let known = rigwatch_signatures::report::SENSOR_SWITCHES;
+        let required = p.required_sensors.clone().unwrap_or_default();
+        if let Some(bad) = required.iter().find(|s| *s != "*" && !known.contains(&s.as_str())) {
+            anyhow::bail!(
+                "[policy] required_sensors: no sensor is called {bad:?}; there are {} (or \"*\" for all)",
+                known.join(", ")
+            );
+        }
+        Ok(Policy {
+            forbid_local_allowlist: forbid("local_allowlist", &p.local_allowlist)?,
+            forbid_local_overrides: forbid("local_overrides", &p.local_overrides)?,
+            required_sensors: required,
+        })
+    }
+
+    /// Whether the policy asks anything that [`drift`] checks.
+    pub fn checks_anything(&self) -> bool {
+        self.forbid_local_allowlist || self.forbid_local_overrides || !self.required_sensors.is_empty()
+    }
+}
+
+/// Where a host's configuration departs from the policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    /// The host.
+    pub host: String,
+    /// One of [`POLICY_RULES`].
+    pub policy: String,
+    /// What departs, in words.
+    pub detail: String,
+    /// When the host reported the state that drifts (Unix seconds).
+    pub since: u64,
+}
+
+/// How `s`, a host's last reported state, departs from `p`:
+/// `(policy rule, detail)` pairs.
+pub fn drift(p: &Policy, s: &ConfigState) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if p.forbid_local_allowlist && s.allowlist.local > 0 {
+        out.push((
+            "local_allowlist",
+            format!(
+                "{} local allow rules in force although the policy forbids them ({}); the agent has not applied the fleet policy",
+                s.allowlist.local,
+                names(&s.allowlist.files)
+            ),
+        ));
+    }
+    let local = s.signatures.local.len() as u64 + s.signatures.local_more;
+    if p.forbid_local_overrides && local > 0 {
+        let files: Vec<String> = s.signatures.local.iter().map(|f| f.name.clone()).collect();
+        out.push((
+            "local_overrides",
+            format!("{local} local signature files although the policy forbids them: {}", names(&files)),
+        ));
+    }
+    let all = p.required_sensors.iter().any(|r| r == "*");
+    let off: Vec<String> = s
+        .sensors_off
+        .iter()
+        .filter(|o| all || p.required_sensors.contains(o))
+        .cloned()
+        .collect();
+    if !off.is_empty() {
+        out.push(("required_sensors", format!("required sensors switched off: {}", names(&off))));
+    }
+    out
+}
+
+/// Every host's drift from `p`, by host (from each host's last row).
+pub fn drifts(p: &Policy, latest: &[ConfigRecord]) -> Vec<Drift> {
+    latest
+        .iter()
+        .flat_map(|r| {
+            drift(p, &r.state).into_iter().map(|(policy, detail)| Drift {
+                host: r.host.clone(),
+                policy: policy.into(),
+                detail,
+                since: r.at,
+            })
+        })
+        .collect()
 }
 
 /// What changed from `prev` to `new` (`prev` None: the host's first
@@ -358,6 +472,42 @@ mod tests {
         c.signatures.fleet = 9;
         c.signatures.version = "v9".into();
         assert_eq!(comparable(&b), comparable(&c));
+    }
+
+    #[test]
+    fn drift_from_the_policy_is_named() {
+        let mut s = base();
+        let none = Policy::default();
+        s.sensors_off = vec!["capture".into(), "gpu".into()];
+        s.allowlist.local = 2;
+        s.allowlist.files = vec!["/etc/rigwatch/signatures.d/mine.toml".into()];
+        s.signatures.local = vec![LocalFile {
+            name: "/etc/rigwatch/signatures.d/mine.toml".into(),
+            sha256: "11".into(),
+        }];
+        assert!(drift(&none, &s).is_empty(), "no policy, no drift");
+        let p = Policy {
+            forbid_local_allowlist: true,
+            forbid_local_overrides: true,
+            required_sensors: vec!["gpu".into(), "rounding".into()],
+        };
+        let d = drift(&p, &s);
+        assert_eq!(
+            d.iter().map(|d| d.0).collect::<Vec<_>>(),
+            ["local_allowlist", "local_overrides", "required_sensors"]
+        );
+        assert!(d[0].1.contains("2 local allow rules") && d[0].1.contains("mine.toml"), "{d:?}");
+        assert!(d[1].1.contains("1 local signature files") && d[1].1.contains("mine.toml"), "{d:?}");
+        assert_eq!(d[2].1, "required sensors switched off: gpu", "capture is not required");
+        let all = Policy {
+            required_sensors: vec!["*".into()],
+            ..Default::default()
+        };
+        assert_eq!(drift(&all, &s)[0].1, "required sensors switched off: capture, gpu");
+        // the allow rules dropped by the policy are not drift
+        s.allowlist.local = 0;
+        s.allowlist.ignored_by_policy = 2;
+        assert!(drift(&p, &s).iter().all(|d| d.0 != "local_allowlist"));
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub agent_config_changes: IntCounterVec,
     /// 1 for each sensor an agent's configuration switches off, by host and sensor.
     pub agent_sensors_off: IntGaugeVec,
+    /// 1 for each way a host's last reported configuration departs from the fleet policy.
+    pub agent_policy_drift: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -175,12 +177,22 @@ impl Metrics {
             &["host", "sensor"],
         )
         .expect("metric");
+        let agent_policy_drift = IntGaugeVec::new(
+            Opts::new(
+                "rigwatch_collector_agent_policy_drift",
+                "1 for each way a host's last reported configuration departs from the fleet policy \
+                 (policy: local_allowlist, local_overrides, required_sensors).",
+            ),
+            &["host", "policy"],
+        )
+        .expect("metric");
         for w in crate::hostconfig::WHATS {
             agent_config_changes.with_label_values(&[w]);
         }
         for c in [
             Box::new(agent_config_changes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(agent_sensors_off.clone()),
+            Box::new(agent_policy_drift.clone()),
             Box::new(enrolments.clone()),
             Box::new(fleet_indicators.clone()),
             Box::new(fleet_version.clone()),
@@ -261,6 +273,7 @@ impl Metrics {
             fleet_learning_refused,
             agent_config_changes,
             agent_sensors_off,
+            agent_policy_drift,
         }
     }
 

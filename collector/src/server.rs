@@ -42,6 +42,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/findings/{host}/{id}", get(api_finding))
         .route("/api/v1/hosts", get(api_hosts))
         .route("/api/v1/hosts/{host}/config", get(api_host_config))
+        .route("/api/v1/policy", get(api_policy))
         .route("/api/v1/campaigns", get(api_campaigns))
         .route("/api/v1/export", get(api_export))
         .route("/api/v1/fleet/signatures", get(fleet_signatures))
@@ -509,6 +510,22 @@ async fn api_host_config(State(app): State<Arc<App>>, headers: HeaderMap, Path(h
     }
 }
 
+/// The fleet policy and every host's drift from it:
+/// `{"policy": {...}, "drift": [{"host", "policy", "detail", "since"}]}`.
+async fn api_policy(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = analyst(&app, &headers).await {
+        return r;
+    }
+    match app.store.config_latest().await {
+        Ok(latest) => Json(json!({
+            "policy": app.settings.policy,
+            "drift": crate::hostconfig::drifts(&app.settings.policy, &latest),
+        }))
+        .into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
 async fn api_hosts(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -593,6 +610,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
                 app.metrics.agent_sensors_off.with_label_values(&[&r.host, s]).set(1);
             }
         }
+        app.metrics.agent_policy_drift.reset();
+        for d in crate::hostconfig::drifts(&app.settings.policy, &latest) {
+            app.metrics.agent_policy_drift.with_label_values(&[&d.host, &d.policy]).set(1);
+        }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
@@ -647,7 +668,7 @@ async fn fleet_current(app: &App) -> Result<crate::app::FleetCache, Response> {
         .fleet_key()
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("fleet signing key: {e:#}")))?;
     let mut snap = app.store.fleet_snapshot(app.settings.ingest.fleet).await.map_err(db_error)?;
-    if app.settings.forbid_local_allowlist {
+    if app.settings.policy.forbid_local_allowlist {
         // the policy travels signed, as one more file of the set
         snap.files
             .push((POLICY_FILE.into(), json!({ "local_allowlist": "forbid" }).to_string()));
@@ -885,9 +906,9 @@ async fn run_server(
     tokio::spawn(housekeeping(app.clone()));
     tokio::spawn(fleet_expiry(app.clone()));
     // a policy changed while the collector was down reaches agents as a new set version
-    match app.store.fleet_policy(app.settings.forbid_local_allowlist).await {
+    match app.store.fleet_policy(app.settings.policy.forbid_local_allowlist).await {
         Ok(true) => tracing::info!(
-            forbid_local_allowlist = app.settings.forbid_local_allowlist,
+            forbid_local_allowlist = app.settings.policy.forbid_local_allowlist,
             "fleet policy changed: new fleet set version"
         ),
         Ok(false) => {}

@@ -194,12 +194,21 @@ async fn overview(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 
 /// A host's configuration as its agent reported it: the latest state,
 /// then every change, newest first (changes that alert are marked).
-fn config_table(rows: &[crate::hostconfig::ConfigRecord]) -> Markup {
+fn config_table(rows: &[crate::hostconfig::ConfigRecord], policy: &crate::hostconfig::Policy) -> Markup {
     let Some(latest) = rows.first() else {
         return html! { p { "The agent has not reported its configuration (an agent older than this collector)." } };
     };
     let s = &latest.state;
+    let drift = crate::hostconfig::drift(policy, s);
     html! {
+        @if !drift.is_empty() {
+            table #policy-drift {
+                tr { th { "fleet policy" } th { "how this host departs from it" } }
+                @for (rule, detail) in &drift {
+                    tr { td { span.silent { (rule) } } td { (detail) } }
+                }
+            }
+        }
         table #config {
             tr { th { "configuration digest" } td { code { (s.digest) } } }
             tr { th { "allow rules" } td { (s.allowlist.entries) " (" (s.allowlist.local) " local" @if s.allowlist.ignored_by_policy > 0 { ", " (s.allowlist.ignored_by_policy) " ignored by policy" } ")" } }
@@ -274,7 +283,7 @@ async fn host_page(State(app): State<Arc<App>>, headers: HeaderMap, Path(host): 
         h2 { "Findings" }
         (findings_table(&findings))
         h2 { "Configuration" }
-        (config_table(&config))
+        (config_table(&config, &app.settings.policy))
     };
     page(&format!("Host {host}"), Some(&name), body)
 }

@@ -55,6 +55,23 @@ pub const MAX_CONFIG_STRING: usize = 256;
 /// Most entries of each list of a [`ConfigState`].
 pub const MAX_CONFIG_LIST: usize = 64;
 
+/// The sensors an agent's `[sensors]` section can switch off, by the name
+/// a [`ConfigState::sensors_off`] lists them with (the collector's
+/// `[policy] required_sensors` is checked against it).
+pub const SENSOR_SWITCHES: &[&str] = &[
+    "binary",
+    "capture",
+    "cgroup_cpu",
+    "exec_events",
+    "footprint",
+    "gpu",
+    "hidden",
+    "minerconfig",
+    "persistence",
+    "rounding",
+    "sockets",
+];
+
 /// The effective configuration of an agent, summarised so that a change
 /// to it can be seen (and alerted on) at the collector. The agent writes it;
 /// the collector treats it as hostile input and bounds it ([`ConfigState::bounded`]).

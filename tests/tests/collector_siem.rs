@@ -12,53 +12,11 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7SqSsaBYBb98uNbr2VBBEt7f2wfn3RVGQBEP3A";
 
 fn collector_bin() -> PathBuf {
     rigwatch_e2e::workspace_bin("rigwatch-collector", "rigwatch-collector", env!("CARGO_BIN_EXE_minersim"))
-}
-
-/// A webhook receiver: every POST body, answered 200.
-fn receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            let g = g.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                // Headers, then Content-Length bytes of body.
-                let body = loop {
-                    let Ok(n) = c.read(&mut chunk) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-                    }
-                };
-                g.lock().unwrap().push(body);
-                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            });
-        }
-    });
-    (port, got)
 }
 
 /// `rigwatch-collector serve` over DATA with extra flags, once it answers.
@@ -170,7 +128,7 @@ fn collector_sends_findings_to_a_siem_and_exports_each_event_once() {
     let data = tmp.path().join("data");
     let agent = collector_token(&collector, &data, "node-a", false);
     let soc = collector_token(&collector, &data, "soc", true);
-    let (hook_port, got) = receiver();
+    let (hook_port, got) = rigwatch_e2e::webhook_receiver();
     let hook = format!("http://127.0.0.1:{hook_port}/siem");
     let flags = ["--siem-webhook", hook.as_str(), "--siem-format", "ocsf"];
     let (c, port) = serve(&collector, &data, &flags);

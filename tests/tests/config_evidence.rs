@@ -10,7 +10,7 @@
 
 use rigwatch_e2e::{collector_token, free_port, http_get, wait_for, Alertmanager, KillOnDrop as Kill};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const HOST: &str = "config-evidence-node";
@@ -30,6 +30,48 @@ fn config_alert(am: &str, change: &str) -> Option<Value> {
     am_alerts(am)
         .into_iter()
         .find(|a| a["labels"]["alertname"] == "RigwatchAgentConfigChanged" && a["labels"]["change"] == change)
+}
+
+/// `rigwatch run` as HOST, shipping to the collector on `cport` with the
+/// agent token, its signatures from `sigdir`, `collector_extra` added to
+/// its `[collector]` section; capture, sockets, GPU, exec events and
+/// rounding switched off.
+fn run_agent(rigwatch: &Path, dir: &Path, cport: u16, token: &str, host: &str, sigdir: &Path, collector_extra: &str) -> Kill {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[scan]\ninterval_seconds = 1\nlower_priority = false\n\
+             [sensors]\ncapture = false\nsockets = false\ngpu = false\nexec_events = false\nrounding = false\n\
+             [collector]\nheartbeat_seconds = 2\n{collector_extra}\n[signatures]\ndirs = [\"{}\"]\n",
+            sigdir.display()
+        ),
+    )
+    .unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    Kill(
+        Command::new(rigwatch)
+            .env("RIGWATCH_HOSTNAME", host)
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args([
+                "--collector",
+                &format!("http://127.0.0.1:{cport}"),
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ])
+            .args(["--spool-dir", dir.join("spool").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -61,41 +103,7 @@ fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
     });
     let sigdir = tmp.path().join("signatures.d");
     std::fs::create_dir_all(&sigdir).unwrap();
-    let cfg = tmp.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[scan]\ninterval_seconds = 1\nlower_priority = false\n\
-             [sensors]\ncapture = false\nsockets = false\ngpu = false\nexec_events = false\nrounding = false\n\
-             [collector]\nheartbeat_seconds = 2\nfleet = false\n[signatures]\ndirs = [\"{}\"]\n",
-            sigdir.display()
-        ),
-    )
-    .unwrap();
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
-    let agent_proc = Kill(
-        Command::new(&rigwatch)
-            .env("RIGWATCH_HOSTNAME", HOST)
-            .args([
-                "run",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .args([
-                "--collector",
-                &format!("http://127.0.0.1:{cport}"),
-                "--token-file",
-                token_file.to_str().unwrap(),
-            ])
-            .args(["--spool-dir", tmp.path().join("spool").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let agent_proc = run_agent(&rigwatch, tmp.path(), cport, &agent_token, HOST, &sigdir, "fleet = false");
     let history = || -> Vec<Value> {
         let (code, body) = http_get(cport, &format!("/api/v1/hosts/{HOST}/config"), Some(&analyst));
         assert_eq!(code, 200, "{body}");
@@ -240,42 +248,8 @@ fn a_policy_that_forbids_local_allowlists_reports_the_entry_and_still_confirms_t
     )
     .unwrap();
     let (_miner, _pid) = rigwatch_e2e::start_xmrig(env!("CARGO_BIN_EXE_minersim"), &minerdir, WALLET, 120);
-    let cfg = tmp.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[scan]\ninterval_seconds = 1\nlower_priority = false\n\
-             [sensors]\ncapture = false\nsockets = false\ngpu = false\nexec_events = false\nrounding = false\n\
-             [collector]\nheartbeat_seconds = 2\nfleet_poll_seconds = 1\n[signatures]\ndirs = [\"{}\"]\n",
-            sigdir.display()
-        ),
-    )
-    .unwrap();
-    let token_file = tmp.path().join("token");
-    std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
     let host = "policy-node";
-    let _a = Kill(
-        Command::new(&rigwatch)
-            .env("RIGWATCH_HOSTNAME", host)
-            .args([
-                "run",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .args([
-                "--collector",
-                &format!("http://127.0.0.1:{cport}"),
-                "--token-file",
-                token_file.to_str().unwrap(),
-            ])
-            .args(["--spool-dir", tmp.path().join("spool").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _a = run_agent(&rigwatch, tmp.path(), cport, &agent_token, host, &sigdir, "fleet_poll_seconds = 1");
 
     // the entry is reported, as ignored by the policy
     let state = wait_for(60, "the ignored local allow rule at the collector", || {
@@ -309,4 +283,158 @@ fn a_policy_that_forbids_local_allowlists_reports_the_entry_and_still_confirms_t
             .find(|f| f["exe"].as_str() == exe.to_str() && f["severity"] == "confirmed")
     });
     assert_eq!(f["state"], "open", "{f}");
+}
+
+fn drift_alert(am: &str, host: &str, policy: &str) -> Option<Value> {
+    am_alerts(am)
+        .into_iter()
+        .find(|a| a["labels"]["alertname"] == "RigwatchAgentPolicyDrift" && a["labels"]["host"] == host && a["labels"]["policy"] == policy)
+}
+
+/// What the webhook received, parsed, with `alertname` and `status`.
+fn hook_messages(got: &std::sync::Mutex<Vec<String>>, alertname: &str, status: &str) -> Vec<Value> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|b| serde_json::from_str::<Value>(b).ok())
+        .filter(|m| m["alertname"] == alertname && m["status"] == status)
+        .collect()
+}
+
+/// The collector's `[policy]` requires the capture sensor and forbids local
+/// signature files. A host whose agent switches capture off drifts from it:
+/// `RigwatchAgentPolicyDrift` at a real Alertmanager and a message at the
+/// webhook, naming the host and the sensor; a local signature file dropped
+/// into its signature directory is a second drift (and a configuration
+/// change at the webhook naming the file); the file removed, that drift
+/// resolves at both. The API and the metrics say the same.
+#[test]
+fn a_host_that_departs_from_the_fleet_policy_alerts_until_it_holds_to_it_again() {
+    let Some(am) = Alertmanager::start() else { return };
+    let collector = bin("rigwatch-collector", "rigwatch-collector");
+    let rigwatch = bin("rigwatch", "rigwatch-agent");
+    let tmp = tempfile::Builder::new()
+        .prefix("rwdrift")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let data = tmp.path().join("data");
+    let agent_token = collector_token(&collector, &data, "node-drift", false);
+    let analyst = collector_token(&collector, &data, "soc-drift", true);
+    let ccfg = tmp.path().join("collector.toml");
+    std::fs::write(
+        &ccfg,
+        "[policy]\nlocal_overrides = \"forbid\"\nrequired_sensors = [\"capture\", \"binary\"]\n",
+    )
+    .unwrap();
+    let (hook_port, got) = rigwatch_e2e::webhook_receiver();
+    let cport = free_port();
+    let _c = Kill(
+        Command::new(&collector)
+            .args(["serve", "--config", ccfg.to_str().unwrap(), "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", &am.url])
+            .args(["--webhook", &format!("http://127.0.0.1:{hook_port}/hook"), "--alert-resend", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(20, "collector /healthz", || {
+        (http_get(cport, "/healthz", None).0 == 200).then_some(())
+    });
+    let sigdir = tmp.path().join("signatures.d");
+    std::fs::create_dir_all(&sigdir).unwrap();
+    let host = "drift-node";
+    let _a = run_agent(&rigwatch, tmp.path(), cport, &agent_token, host, &sigdir, "fleet = false");
+
+    // capture off, required: drift, named, at Alertmanager and the webhook
+    let a = wait_for(30, "the required_sensors drift alert", || {
+        drift_alert(&am.url, host, "required_sensors")
+    });
+    assert_eq!(a["labels"]["severity"], "warning", "{a}");
+    let d = a["annotations"]["description"].as_str().unwrap();
+    assert_eq!(
+        d, "required sensors switched off: capture",
+        "gpu, sockets… are off but not required: {a}"
+    );
+    assert!(a["generatorURL"].as_str().unwrap().ends_with(&format!("/hosts/{host}")), "{a}");
+    assert!(drift_alert(&am.url, host, "local_overrides").is_none(), "no local file yet");
+    let m = wait_for(10, "the drift at the webhook", || {
+        hook_messages(&got, "RigwatchAgentPolicyDrift", "firing").into_iter().next()
+    });
+    assert_eq!(
+        (m["host"].as_str(), m["policy"].as_str()),
+        (Some(host), Some("required_sensors")),
+        "{m}"
+    );
+    assert!(m["text"].as_str().unwrap().contains("capture"), "{m}");
+    // the first report's sensors_off change reaches the webhook too
+    let c = wait_for(10, "the configuration change at the webhook", || {
+        hook_messages(&got, "RigwatchAgentConfigChanged", "firing").into_iter().next()
+    });
+    assert_eq!(c["host"], host, "{c}");
+    assert!(c["text"].as_str().unwrap().contains("sensors_off"), "{c}");
+
+    // a local signature file, forbidden: a second drift, and the change names it
+    let local = sigdir.join("site-names.toml");
+    std::fs::write(
+        &local,
+        "[[rule]]\nid = \"site.tool\"\nkind = \"process_name\"\nseverity = \"suspicious\"\ndescription = \"a site tool\"\n\
+         names = [\"sitetool\"]\nexamples = { hit = [\"name:sitetool\"] }\n",
+    )
+    .unwrap();
+    let a = wait_for(30, "the local_overrides drift alert", || {
+        drift_alert(&am.url, host, "local_overrides")
+    });
+    assert!(
+        a["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains(&local.display().to_string()),
+        "{a}"
+    );
+    wait_for(10, "the overrides change at the webhook", || {
+        hook_messages(&got, "RigwatchAgentConfigChanged", "firing").into_iter().find(|m| {
+            m["text"].as_str().unwrap_or("").contains("overrides") && m["text"].as_str().unwrap_or("").contains("site-names.toml")
+        })
+    });
+    let (code, body) = http_get(cport, "/api/v1/policy", Some(&analyst));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["policy"]["required_sensors"], serde_json::json!(["capture", "binary"]), "{v}");
+    let mut rules: Vec<&str> = v["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["host"] == host)
+        .map(|d| d["policy"].as_str().unwrap())
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["local_overrides", "required_sensors"], "{v}");
+    let (_, m) = http_get(cport, "/metrics", None);
+    assert!(
+        m.contains(&format!(
+            "rigwatch_collector_agent_policy_drift{{host=\"{host}\",policy=\"local_overrides\"}} 1"
+        )),
+        "{m}"
+    );
+    // the API refuses anyone without an analyst token
+    assert_eq!(http_get(cport, "/api/v1/policy", Some(&agent_token)).0, 403);
+
+    // the file removed: that drift resolves at the webhook and Alertmanager, the other stays
+    std::fs::remove_file(&local).unwrap();
+    let r = wait_for(30, "the drift resolved at the webhook", || {
+        hook_messages(&got, "RigwatchAgentPolicyDrift", "resolved").into_iter().next()
+    });
+    assert_eq!(
+        (r["host"].as_str(), r["policy"].as_str()),
+        (Some(host), Some("local_overrides")),
+        "{r}"
+    );
+    wait_for(20, "the local_overrides alert gone from Alertmanager", || {
+        drift_alert(&am.url, host, "local_overrides").is_none().then_some(())
+    });
+    assert!(drift_alert(&am.url, host, "required_sensors").is_some());
+    let (_, m) = http_get(cport, "/metrics", None);
+    assert!(!m.contains("policy=\"local_overrides\""), "{m}");
 }

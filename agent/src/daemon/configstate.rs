@@ -190,6 +190,22 @@ mod tests {
     }
 
     #[test]
+    fn every_sensor_switch_is_known_to_the_collector() {
+        // the collector checks `[policy] required_sensors` against this list
+        let mut all = Config::default();
+        let m = serde_json::to_value(&all.sensors).unwrap();
+        for (k, v) in m.as_object().unwrap() {
+            if v.is_boolean() {
+                all.sensors = serde_json::from_value(serde_json::json!({ k.as_str(): false })).unwrap();
+                assert_eq!(sensors_off(&all), [k.clone()]);
+                assert!(rigwatch_signatures::report::SENSOR_SWITCHES.contains(&k.as_str()), "{k} missing");
+            }
+        }
+        let n = m.as_object().unwrap().values().filter(|v| v.is_boolean()).count();
+        assert_eq!(n, rigwatch_signatures::report::SENSOR_SWITCHES.len());
+    }
+
+    #[test]
     fn local_allow_rules_are_counted_with_their_files() {
         let dir = tempfile::tempdir().unwrap();
         let sig = rigwatch_signatures::load(&[dir.path().to_path_buf()], true).signatures;
