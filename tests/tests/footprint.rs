@@ -105,7 +105,13 @@ fn defended(root: &Path) {
     write(root, "lib/systemd/system/falco.service", "[Service]\nExecStart=/usr/bin/falco\n");
     std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
     std::fs::create_dir_all(root.join("run/systemd/units")).unwrap();
-    for unit in ["aegis.service", "falco.service"] {
+    // and a rival's miner, enabled and running
+    write(root, "lib/systemd/system/xmrig.service", "[Service]\nExecStart=/opt/rival/xmrig\n");
+    std::fs::create_dir_all(root.join("etc/systemd/system/multi-user.target.wants")).unwrap();
+    let wants = root.join("etc/systemd/system/multi-user.target.wants/xmrig.service");
+    let _ = std::fs::remove_file(&wants);
+    std::os::unix::fs::symlink("/lib/systemd/system/xmrig.service", wants).unwrap();
+    for unit in ["aegis.service", "falco.service", "xmrig.service"] {
         let link = root.join("run/systemd/units").join(format!("invocation:{unit}"));
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("6f0c2f3a9d1e4b7c8a5d2e1f0b3c4d5e", link).unwrap();
@@ -121,12 +127,16 @@ fn defended(root: &Path) {
 }
 
 /// What the trojan's script does to the host: aegis uninstalled, Falco
-/// stopped and masked, `setenforce 0`, AppArmor's profiles torn down.
+/// stopped and masked, a rival miner's service disabled and stopped,
+/// `setenforce 0`, AppArmor's profiles torn down.
 fn undefend(root: &Path) {
     std::fs::remove_file(root.join("usr/lib/systemd/system/aegis.service")).unwrap();
     std::fs::remove_file(root.join("run/systemd/units/invocation:aegis.service")).unwrap();
     std::fs::remove_file(root.join("run/systemd/units/invocation:falco.service")).unwrap();
     std::os::unix::fs::symlink("/dev/null", root.join("etc/systemd/system/falco.service")).unwrap();
+    // systemctl disable --now xmrig: the rival goes
+    std::fs::remove_file(root.join("etc/systemd/system/multi-user.target.wants/xmrig.service")).unwrap();
+    std::fs::remove_file(root.join("run/systemd/units/invocation:xmrig.service")).unwrap();
     write(root, "sys/fs/selinux/enforce", "0");
     write(root, "sys/kernel/security/apparmor/profiles", "");
 }
@@ -234,7 +244,11 @@ fn scan_reports_the_trojans_footprint_and_a_kept_host_has_none() {
         undefend(&root);
     });
     let fs = footprints(&v);
-    assert_eq!(fs.len(), 5, "firewall, two units, SELinux, AppArmor: {fs:#?}");
+    assert_eq!(
+        fs.len(),
+        6,
+        "firewall, two security units, the rival's unit, SELinux, AppArmor: {fs:#?}"
+    );
 
     let fw = finding(&fs, &format!("firewall netns:{}", ns.inode()));
     let mut got = changes(fw);
@@ -275,6 +289,16 @@ fn scan_reports_the_trojans_footprint_and_a_kept_host_has_none() {
             c("unit falco.service (Falco)", "not masked", "masked (linked to /dev/null)"),
         ]
     );
+    let mut got = changes(finding(&fs, "unit xmrig.service"));
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            c("service xmrig.service (named like a miner: a rival's?)", "active", "not running"),
+            c("unit xmrig.service (named like a miner: a rival's?)", "enabled", "disabled"),
+        ]
+    );
+    assert_eq!(finding(&fs, "unit xmrig.service")["severity"], "suspicious");
     assert_eq!(
         changes(finding(&fs, "selinux")),
         vec![c("SELinux mode", "enforcing", "permissive (setenforce 0)")]

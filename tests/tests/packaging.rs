@@ -268,6 +268,14 @@ fn debian_packages_build_install_and_catch_a_miner() {
         ] {
             assert!(postinst.contains(&s), "{name} postinst lacks {s}:\n{postinst}");
         }
+        if name == "rigwatch" {
+            // the reason for the agent's last event is left before the service is stopped
+            let prerm = control_file(deb, "prerm");
+            let marker = prerm.find("/run/rigwatch/stopping").unwrap_or_else(|| panic!("prerm:\n{prerm}"));
+            if let Some(stop) = prerm.find("deb-systemd-invoke stop") {
+                assert!(marker < stop, "prerm stops the service before it says why:\n{prerm}");
+            }
+        }
         // the binary in the package is stripped; its symbols are in -dbgsym
         let bytes = list.lines().find(|l| l.ends_with(&format!("./usr/bin/{name}"))).unwrap();
         let size: u64 = bytes.split_whitespace().nth(2).unwrap().parse().unwrap();
@@ -471,8 +479,26 @@ fn install_and_run(agent: &Path, collector: &Path) {
     );
     // the spool is in the unit's StateDirectory
     assert!(Path::new("/var/lib/rigwatch/spool").is_dir());
+    // removing the package is said on the way out: its prerm leaves the
+    // reason before the service is stopped, and the agent's last event
+    // (on the SIGTERM systemd would send) carries it to the collector
+    let out = sh("dpkg --remove rigwatch");
+    assert!(out.status.success(), "dpkg --remove rigwatch:\n{}", text(&out));
+    let marker = std::fs::read_to_string("/run/rigwatch/stopping").unwrap();
+    assert_eq!(marker.trim(), "package removed");
+    let mut agent = _a;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_for(10, "the agent to exit on SIGTERM", || agent.0.try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    let stopped = wait_for(20, "the host shown stopped by the package's removal", || {
+        let (_, body) = https_get("localhost", cport, "/api/v1/hosts", Some(&soc));
+        let v: Vec<Value> = serde_json::from_str(&body).ok()?;
+        let h = v.into_iter().find(|h| h["host"] == "deb-test-node")?;
+        h["stopped"].as_str().map(str::to_string)
+    });
+    assert!(stopped.starts_with("SIGTERM: ") && stopped.contains("package removed"), "{stopped}");
     // purge takes everything: binaries, configs, spool and database
-    drop((_m, _a, _c));
+    drop((_m, agent, _c));
     drop(purge);
     for p in [
         "/usr/bin/rigwatch",
@@ -481,6 +507,7 @@ fn install_and_run(agent: &Path, collector: &Path) {
         "/etc/rigwatch/collector.key",
         "/var/lib/rigwatch",
         "/var/lib/rigwatch-collector",
+        "/run/rigwatch",
     ] {
         assert!(!Path::new(p).exists(), "{p} is left after dpkg --purge");
     }

@@ -17,6 +17,7 @@ pub mod sdnotify;
 pub mod shipper;
 pub mod siem;
 pub mod spool;
+pub mod stopping;
 pub mod tracker;
 
 use crate::engine::{Engine, Pass};
@@ -155,7 +156,8 @@ pub fn run(cfg: Config, once: bool) -> anyhow::Result<()> {
         // three missed passes, and never less than a minute
         let stale_after = Duration::from_secs_f64((cfg.scan.interval_seconds * 3.0).max(60.0));
         rt.spawn(serve(listener, s2, stale_after));
-        rt.spawn(stop_on_signal(shared.clone()));
+        let stop = stopping::StopContext::new(&cfg.scan.host_root, &cfg.scan.proc_root);
+        rt.spawn(stop_on_signal(shared.clone(), stop));
         if shared.spool.is_some() {
             rt.spawn(shipper::run(cfg.collector.clone(), shared.clone(), host.clone()));
             if cfg.collector.fleet {
@@ -421,8 +423,10 @@ const STOP_DELIVERY: Duration = Duration::from_secs(3);
 
 /// On SIGTERM or SIGINT: a last event (`Stopping`) to the collector, so
 /// that someone stopping the agent is told apart from an agent gone
-/// silent; waits at most [`STOP_DELIVERY`] for its delivery, then exits.
-async fn stop_on_signal(shared: Arc<Shared>) {
+/// silent, with what else it can tell of why ([`stopping`]: its unit
+/// masked or disabled, its package removed); waits at most
+/// [`STOP_DELIVERY`] for its delivery, then exits.
+async fn stop_on_signal(shared: Arc<Shared>, stop: stopping::StopContext) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return;
@@ -431,7 +435,13 @@ async fn stop_on_signal(shared: Arc<Shared>) {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    emit(&shared, unix_now(), EventKind::Stopping { reason: reason.into() });
+    emit(
+        &shared,
+        unix_now(),
+        EventKind::Stopping {
+            reason: stop.reason(reason),
+        },
+    );
     let deadline = Instant::now() + STOP_DELIVERY;
     while let Some(sp) = &shared.spool {
         let queued = sp.lock().unwrap_or_else(|e| e.into_inner()).queued();

@@ -504,6 +504,59 @@ pub struct UnitState {
     pub masked: bool,
     /// Its service runs (systemd keeps `/run/systemd/units/invocation:NAME` while it does).
     pub active: bool,
+    /// Enabled: linked from a `*.wants` directory of `/etc/systemd/system`.
+    pub enabled: bool,
+}
+
+/// `*.wants` directories looked into at most.
+const MAX_WANTS_DIRS: usize = 256;
+/// Entries of one unit directory looked at for units named like miners.
+const MAX_UNIT_ENTRIES: usize = 4096;
+/// Units named like miners followed at most.
+pub const MAX_MINER_UNITS: usize = 32;
+
+/// Whether `name` is enabled under `root`: linked from a `*.wants`
+/// directory of `/etc/systemd/system` (links are looked at, not followed).
+pub fn unit_enabled(root: &Path, name: &str) -> bool {
+    let Ok(dirs) = std::fs::read_dir(root.join("etc/systemd/system")) else {
+        return false;
+    };
+    dirs.flatten()
+        .take(MAX_UNIT_ENTRIES)
+        .filter(|d| d.file_name().to_string_lossy().ends_with(".wants"))
+        .take(MAX_WANTS_DIRS)
+        .any(|d| std::fs::symlink_metadata(d.path().join(name)).is_ok())
+}
+
+/// Services under `root`'s unit directories named like miners (the
+/// signature set's name rules on the name before `.service` or `@`), a
+/// rival's `xmrig.service` that a trojan disables; `(names, truncated)`.
+pub fn miner_units(root: &Path, sig: &Signatures) -> (Vec<String>, bool) {
+    let mut out: Vec<String> = Vec::new();
+    let mut truncated = false;
+    for dir in UNIT_DIRS {
+        let Ok(rd) = std::fs::read_dir(root.join(dir)) else { continue };
+        for (i, e) in rd.flatten().enumerate() {
+            if i >= MAX_UNIT_ENTRIES {
+                truncated = true;
+                break;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".service") else { continue };
+            let stem = stem.split('@').next().unwrap_or(stem);
+            if stem.is_empty() || out.contains(&name) || SECURITY_UNITS.iter().any(|(u, _)| *u == name) {
+                continue;
+            }
+            if !sig.match_names(&[("unit name", stem)]).is_empty() {
+                if out.len() >= MAX_MINER_UNITS {
+                    truncated = true;
+                    continue;
+                }
+                out.push(name);
+            }
+        }
+    }
+    (out, truncated)
 }
 
 /// How the unit `name` stands under `root`; links are read, never followed.
@@ -519,6 +572,7 @@ pub fn unit_state(root: &Path, name: &str) -> UnitState {
         }
     }
     st.active = std::fs::symlink_metadata(root.join("run/systemd/units").join(format!("invocation:{name}"))).is_ok();
+    st.enabled = unit_enabled(root, name);
     st
 }
 
@@ -534,6 +588,9 @@ pub fn unit_changes(name: &str, what: &str, b: &UnitState, a: &UnitState) -> Vec
     }
     if b.active && !a.active {
         v.push(Change::new(format!("service {label}"), "active", "not running"));
+    }
+    if b.enabled && !a.enabled && a.file.is_some() {
+        v.push(Change::new(format!("unit {label}"), "enabled", "disabled"));
     }
     v
 }
@@ -674,6 +731,8 @@ pub struct FootprintSensor {
     locked: u64,
     firewall: Baseline<Ruleset>,
     units: Vec<Baseline<UnitState>>,
+    /// Units named like miners, by name (at most [`MAX_MINER_UNITS`]).
+    miner_units: BTreeMap<String, Baseline<UnitState>>,
     selinux: Baseline<LsmState>,
     apparmor: Baseline<LsmState>,
     notes: Vec<String>,
@@ -696,6 +755,7 @@ impl FootprintSensor {
             locked: 0,
             firewall: Baseline::default(),
             units: SECURITY_UNITS.iter().map(|_| Baseline::default()).collect(),
+            miner_units: BTreeMap::new(),
             selinux: Baseline::default(),
             apparmor: Baseline::default(),
             notes: Vec::new(),
@@ -818,6 +878,28 @@ impl Sensor for FootprintSensor {
             }
             let changes = self.units[i].step(st, |b, a| unit_changes(name, what, b, a));
             self.emit(format!("unit {name}"), changes, out);
+        }
+        // a rival miner's service disabled, stopped or removed: the ones
+        // found now and the ones followed since (a removed file is not found)
+        let (found, truncated) = miner_units(&root, &self.sig);
+        if truncated {
+            self.notes.push(format!(
+                "miner units: over {MAX_MINER_UNITS} units named like miners or {MAX_UNIT_ENTRIES} entries in a unit directory: the rest not followed"
+            ));
+        }
+        for name in found {
+            if self.miner_units.len() < MAX_MINER_UNITS {
+                self.miner_units.entry(name).or_default();
+            }
+        }
+        let mut miner_changes = Vec::new();
+        for (name, baseline) in self.miner_units.iter_mut() {
+            let st = unit_state(&root, name);
+            let changes = baseline.step(st, |b, a| unit_changes(name, "named like a miner: a rival's?", b, a));
+            miner_changes.push((format!("unit {name}"), changes));
+        }
+        for (name, changes) in miner_changes {
+            self.emit(name, changes, out);
         }
         let lsm = lsm_state(&root);
         let c = self.selinux.step(lsm.clone(), selinux_changes);
@@ -1040,7 +1122,8 @@ mod tests {
             UnitState {
                 file: Some("/lib/systemd/system/falco.service".into()),
                 masked: false,
-                active: true
+                active: true,
+                enabled: false,
             }
         );
         std::fs::remove_file(r.join("run/systemd/units/invocation:falco.service")).unwrap();
@@ -1159,6 +1242,94 @@ mod tests {
         w("sys/fs/selinux/enforce", "1");
         w("usr/lib/systemd/system/aegis.service", "[Service]\n");
         assert!(pass(&mut s).is_empty(), "restored: resolved");
+    }
+
+    #[test]
+    fn a_rival_miners_unit_disabled_stopped_or_removed_is_a_footprint() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let sig = Arc::new(rigwatch_signatures::load(&[], true).signatures);
+        for dir in [
+            "etc/systemd/system/multi-user.target.wants",
+            "lib/systemd/system",
+            "run/systemd/units",
+        ] {
+            std::fs::create_dir_all(r.join(dir)).unwrap();
+        }
+        // a rival's miner, installed, enabled and running; a site service and a template
+        for unit in ["xmrig.service", "nginx.service", "xmrig-proxy@.service", "xmrig.timer"] {
+            std::fs::write(r.join("lib/systemd/system").join(unit), "[Service]\n").unwrap();
+        }
+        let wants = r.join("etc/systemd/system/multi-user.target.wants/xmrig.service");
+        std::os::unix::fs::symlink("/lib/systemd/system/xmrig.service", &wants).unwrap();
+        let running = r.join("run/systemd/units/invocation:xmrig.service");
+        std::os::unix::fs::symlink("0123", &running).unwrap();
+        let (mut names, truncated) = miner_units(r, &sig);
+        names.sort();
+        assert_eq!(
+            (names, truncated),
+            (vec!["xmrig-proxy@.service".to_string(), "xmrig.service".to_string()], false)
+        );
+        let on = unit_state(r, "xmrig.service");
+        assert!(on.enabled && on.active && on.file.is_some(), "{on:?}");
+
+        let mut s = FootprintSensor::new(sig, Path::new("/nonexistent-proc"), r.to_path_buf());
+        let snap = Snapshot {
+            at: Instant::now(),
+            procs: Default::default(),
+            ticks_per_second: 100,
+            partial: false,
+        };
+        let units = |s: &mut FootprintSensor| {
+            let mut out = Vec::new();
+            s.observe(&snap, &mut out).unwrap();
+            out.into_iter()
+                .filter_map(|o| match o {
+                    Observation::Host(sub, e) if sub.name.starts_with("unit ") => Some((sub.name, e.summary(), e.weight)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(units(&mut s).is_empty(), "the first pass is the baseline");
+        // the trojan: systemctl disable --now xmrig
+        std::fs::remove_file(&wants).unwrap();
+        std::fs::remove_file(&running).unwrap();
+        let got = units(&mut s);
+        let summaries: Vec<&str> = got.iter().map(|g| g.1.as_str()).collect();
+        assert_eq!(
+            summaries,
+            [
+                "service xmrig.service (named like a miner: a rival's?): active → not running",
+                "unit xmrig.service (named like a miner: a rival's?): enabled → disabled",
+            ]
+        );
+        assert!(got.iter().all(|g| g.0 == "unit xmrig.service" && g.2 == Weight::Suspicious));
+        // and then removed: still followed, still said
+        std::fs::remove_file(r.join("lib/systemd/system/xmrig.service")).unwrap();
+        let got = units(&mut s);
+        assert!(
+            got.iter()
+                .any(|g| g.1.contains("/lib/systemd/system/xmrig.service present → removed")),
+            "{got:?}"
+        );
+        // put back: resolved
+        std::fs::write(r.join("lib/systemd/system/xmrig.service"), "[Service]\n").unwrap();
+        std::os::unix::fs::symlink("/lib/systemd/system/xmrig.service", &wants).unwrap();
+        std::os::unix::fs::symlink("0123", &running).unwrap();
+        assert!(units(&mut s).is_empty());
+    }
+
+    #[test]
+    fn miner_units_are_capped() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("etc/systemd/system");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..(MAX_MINER_UNITS + 10) {
+            std::fs::write(dir.join(format!("xmrig@{i}.service")), "").unwrap();
+        }
+        let sig = rigwatch_signatures::load(&[], true).signatures;
+        let (names, truncated) = miner_units(d.path(), &sig);
+        assert_eq!((names.len(), truncated), (MAX_MINER_UNITS, true));
     }
 
     /// Runs `chattr -i` on drop, so a failed test leaves nothing locked.
