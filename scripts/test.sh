@@ -12,6 +12,8 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v ip >/dev/null || need+=(iproute2)
 # footprint tests: rules in a network namespace the test creates (nft)
 command -v nft >/dev/null || need+=(nftables)
+# and iptables-legacy's tables beside them
+command -v iptables-legacy >/dev/null || need+=(iptables)
 command -v promtool >/dev/null || need+=(prometheus)
 # collector tests: a real PostgreSQL, Alertmanager and headless Chromium; openssl + curl for HTTPS
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

@@ -317,6 +317,62 @@ fn scan_reports_the_trojans_footprint_and_a_kept_host_has_none() {
     assert!(footprints(&v).is_empty(), "restored: {v:#}");
 }
 
+/// A host firewalled with iptables-legacy (x_tables, which `nft` does not
+/// show): INPUT drops but for loopback, a user chain with a rule. The
+/// trojan's `iptables -F; iptables -X; iptables -P INPUT ACCEPT` between
+/// the scan's passes is a footprint naming the legacy table.
+#[test]
+fn iptables_legacy_rules_flushed_and_opened_are_a_footprint() {
+    let _one = one();
+    let Some(ns) = Netns::new("legacy") else { return };
+    if Command::new("iptables-legacy")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("skipped: no iptables-legacy here (Debian package iptables)");
+        return;
+    }
+    let legacy = |args: &str| ns.run(&[&["iptables-legacy"][..], &args.split(' ').collect::<Vec<_>>()].concat());
+    legacy("-P INPUT DROP");
+    legacy("-A INPUT -i lo -j ACCEPT");
+    legacy("-N RWFP");
+    legacy("-A RWFP -p tcp --dport 22 -j ACCEPT");
+    let tmp = tmpdir();
+    let (root, procs) = (tmp.path().join("host"), tmp.path().join("proc"));
+    std::fs::create_dir_all(&procs).unwrap();
+    defended(&root);
+
+    let v = scan_in(&ns, &root, &procs, 1.0, 0.0, || {});
+    assert!(footprints(&v).is_empty(), "kept: {v:#}");
+    assert!(!v["warnings"].to_string().contains("iptables-legacy"), "{}", v["warnings"]);
+
+    let v = scan_in(&ns, &root, &procs, 5.0, 2.5, || {
+        legacy("-F");
+        legacy("-X");
+        legacy("-P INPUT ACCEPT");
+    });
+    let fs = footprints(&v);
+    assert_eq!(fs.len(), 1, "{fs:#?}");
+    let fw = finding(&fs, &format!("firewall netns:{}", ns.inode()));
+    assert_eq!(fw["severity"], "suspicious", "{fw:#}");
+    let mut got = changes(fw);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            c("default policy of ip filter (iptables-legacy) INPUT (input hook)", "drop", "accept"),
+            c(
+                "firewall rules",
+                "2 rules in 2 chains (tables ip filter (iptables-legacy))",
+                "no rules (flushed)"
+            ),
+        ],
+        "{fw:#}"
+    );
+}
+
 /// The daemon's namespace: INPUT drops all but loopback (where the test
 /// reads /metrics).
 const RUN_RULES: &str = "add table ip filter

@@ -5,6 +5,7 @@
 
 pub mod bpf;
 pub mod exe;
+pub mod iptables;
 pub mod netns;
 pub mod pids;
 pub mod process;

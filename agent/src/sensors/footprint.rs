@@ -23,7 +23,8 @@
 //! Everything is read-only and bounded: the ruleset is dumped through a
 //! `NETLINK_NETFILTER` socket of the agent's own network namespace (no `nft`
 //! or `iptables` is run), with a receive timeout, a deadline and caps on
-//! bytes and entries; unit files and LSM state are read under the host root
+//! bytes and entries, and iptables-legacy's loaded tables are read beside
+//! it ([`crate::host::iptables`]); unit files and LSM state are read under the host root
 //! without following links.
 
 use super::{Observation, Sensor, SensorError, Snapshot};
@@ -854,7 +855,26 @@ impl Sensor for FootprintSensor {
         self.notes.clear();
         self.findings = 0;
         match read_ruleset() {
-            Ok((rs, ns)) => {
+            Ok((mut rs, ns)) => {
+                // iptables-legacy's tables beside nftables' (a host, or a
+                // trojan, may use either)
+                for fam in [crate::host::iptables::V4, crate::host::iptables::V6] {
+                    let (chains, notes) = crate::host::iptables::read(fam);
+                    self.notes.extend(notes);
+                    for c in chains {
+                        let id = ChainId {
+                            family: fam.nfproto,
+                            table: format!("{} (iptables-legacy)", c.table),
+                            chain: c.chain,
+                        };
+                        let chain = Chain {
+                            hook: c.hook,
+                            policy: c.policy,
+                            rules: c.rules,
+                        };
+                        rs.chains.insert(id, chain);
+                    }
+                }
                 self.rules = rs.rules();
                 self.chains = rs.chains.len() as u64;
                 if rs.truncated {
