@@ -319,8 +319,9 @@ fn scan_reports_the_trojans_footprint_and_a_kept_host_has_none() {
 
 /// A host firewalled with iptables-legacy (x_tables, which `nft` does not
 /// show): INPUT drops but for loopback, a user chain with a rule. The
-/// trojan's `iptables -F; iptables -X; iptables -P INPUT ACCEPT` between
-/// the scan's passes is a footprint naming the legacy table.
+/// trojan's `iptables -F; iptables -X; iptables -P INPUT ACCEPT` (and
+/// ip6tables' INPUT opened) between the scan's passes is a footprint naming
+/// the legacy tables.
 #[test]
 fn iptables_legacy_rules_flushed_and_opened_are_a_footprint() {
     let _one = one();
@@ -339,6 +340,7 @@ fn iptables_legacy_rules_flushed_and_opened_are_a_footprint() {
     legacy("-A INPUT -i lo -j ACCEPT");
     legacy("-N RWFP");
     legacy("-A RWFP -p tcp --dport 22 -j ACCEPT");
+    ns.run(&["ip6tables-legacy", "-P", "INPUT", "DROP"]);
     let tmp = tmpdir();
     let (root, procs) = (tmp.path().join("host"), tmp.path().join("proc"));
     std::fs::create_dir_all(&procs).unwrap();
@@ -352,6 +354,7 @@ fn iptables_legacy_rules_flushed_and_opened_are_a_footprint() {
         legacy("-F");
         legacy("-X");
         legacy("-P INPUT ACCEPT");
+        ns.run(&["ip6tables-legacy", "-P", "INPUT", "ACCEPT"]);
     });
     let fs = footprints(&v);
     assert_eq!(fs.len(), 1, "{fs:#?}");
@@ -363,6 +366,11 @@ fn iptables_legacy_rules_flushed_and_opened_are_a_footprint() {
         got,
         vec![
             c("default policy of ip filter (iptables-legacy) INPUT (input hook)", "drop", "accept"),
+            c(
+                "default policy of ip6 filter (iptables-legacy) INPUT (input hook)",
+                "drop",
+                "accept"
+            ),
             c(
                 "firewall rules",
                 "2 rules in 2 chains (tables ip filter (iptables-legacy))",
