@@ -171,6 +171,8 @@ stat(b, "Agents on an old fleet set", "Agents whose last fetch named an older se
      thresholds=ORANGE)
 stat(b, "Sensors switched off", "Sensors the agents' own configuration switches off, over all hosts (RigwatchAgentSensorOff).",
      "sum(rigwatch_collector_agent_sensors_off) or vector(0)", thresholds=ORANGE)
+stat(b, "Hosts off the fleet policy", "Hosts whose configuration departs from the collector's [policy]: a required sensor off, forbidden local signature files or local allow rules in force (RigwatchAgentPolicyDrift).",
+     "count(max by (host) (rigwatch_collector_agent_policy_drift)) or vector(0)", thresholds=ORANGE)
 stat(b, "Config changes (1 h)", "Changes of agents' allowlists, signature overrides, sensors and collector in the last hour.",
      'sum(increase(rigwatch_collector_agent_config_changes_total{what=~"allowlist|overrides|sensors_off|collector"}[1h]))',
      thresholds=ORANGE)
