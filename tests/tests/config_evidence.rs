@@ -32,6 +32,34 @@ fn config_alert(am: &str, change: &str) -> Option<Value> {
         .find(|a| a["labels"]["alertname"] == "RigwatchAgentConfigChanged" && a["labels"]["change"] == change)
 }
 
+/// A collector over `dir/data`, alerting the Alertmanager at `am`, with
+/// `policy` as its config file's text and `flags` added, once it answers:
+/// (its guard, its port, an agent token `node-TAG`, an analyst token `soc-TAG`).
+fn serve(dir: &Path, tag: &str, am: &str, policy: &str, flags: &[&str]) -> (Kill, u16, String, String) {
+    let collector = bin("rigwatch-collector", "rigwatch-collector");
+    let data = dir.join("data");
+    let agent_token = collector_token(&collector, &data, &format!("node-{tag}"), false);
+    let analyst = collector_token(&collector, &data, &format!("soc-{tag}"), true);
+    let ccfg = dir.join("collector.toml");
+    std::fs::write(&ccfg, policy).unwrap();
+    let cport = free_port();
+    let c = Kill(
+        Command::new(&collector)
+            .args(["serve", "--config", ccfg.to_str().unwrap(), "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", am])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(20, "collector /healthz", || {
+        (http_get(cport, "/healthz", None).0 == 200).then_some(())
+    });
+    (c, cport, agent_token, analyst)
+}
+
 /// `rigwatch run` as HOST, shipping to the collector on `cport` with the
 /// agent token, its signatures from `sigdir`, `collector_extra` added to
 /// its `[collector]` section; capture, sockets, GPU, exec events and
@@ -77,30 +105,12 @@ fn run_agent(rigwatch: &Path, dir: &Path, cport: u16, token: &str, host: &str, s
 #[test]
 fn a_local_allowlist_entry_alerts_at_alertmanager_naming_host_and_change() {
     let Some(am) = Alertmanager::start() else { return };
-    let collector = bin("rigwatch-collector", "rigwatch-collector");
     let rigwatch = bin("rigwatch", "rigwatch-agent");
     let tmp = tempfile::Builder::new()
         .prefix("rwcfg")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let data = tmp.path().join("data");
-    let agent_token = collector_token(&collector, &data, "node-cfg", false);
-    let analyst = collector_token(&collector, &data, "soc-cfg", true);
-    let cport = free_port();
-    let _c = Kill(
-        Command::new(&collector)
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", &am.url])
-            .args(["--silent-after", "6", "--alert-resend", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(20, "collector /healthz", || {
-        (http_get(cport, "/healthz", None).0 == 200).then_some(())
-    });
+    let (_c, cport, agent_token, analyst) = serve(tmp.path(), "cfg", &am.url, "", &["--silent-after", "6", "--alert-resend", "1"]);
     let sigdir = tmp.path().join("signatures.d");
     std::fs::create_dir_all(&sigdir).unwrap();
     let agent_proc = run_agent(&rigwatch, tmp.path(), cport, &agent_token, HOST, &sigdir, "fleet = false");
@@ -208,29 +218,10 @@ const WALLET: &str = "44AFFq5kSiGBoZ4NMDwYtN18obc8AemS33DBLWs3H7otXft3XjrpDtQGv7
 #[test]
 fn a_policy_that_forbids_local_allowlists_reports_the_entry_and_still_confirms_the_miner() {
     let Some(am) = Alertmanager::start() else { return };
-    let collector = bin("rigwatch-collector", "rigwatch-collector");
     let rigwatch = bin("rigwatch", "rigwatch-agent");
     let tmp = tempfile::Builder::new().prefix("rwpol").tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let data = tmp.path().join("data");
-    let agent_token = collector_token(&collector, &data, "node-pol", false);
-    let analyst = collector_token(&collector, &data, "soc-pol", true);
-    let ccfg = tmp.path().join("collector.toml");
-    std::fs::write(&ccfg, "[policy]\nlocal_allowlist = \"forbid\"\n").unwrap();
-    let cport = free_port();
-    let _c = Kill(
-        Command::new(&collector)
-            .args(["serve", "--config", ccfg.to_str().unwrap(), "--data-dir"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", &am.url])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(20, "collector /healthz", || {
-        (http_get(cport, "/healthz", None).0 == 200).then_some(())
-    });
+    let (_c, cport, agent_token, analyst) = serve(tmp.path(), "pol", &am.url, "[policy]\nlocal_allowlist = \"forbid\"\n", &[]);
     // the miner simulator, in a directory the local root allowlists
     let minerdir = tmp.path().join("tools");
     std::fs::create_dir_all(&minerdir).unwrap();
@@ -311,37 +302,20 @@ fn hook_messages(got: &std::sync::Mutex<Vec<String>>, alertname: &str, status: &
 #[test]
 fn a_host_that_departs_from_the_fleet_policy_alerts_until_it_holds_to_it_again() {
     let Some(am) = Alertmanager::start() else { return };
-    let collector = bin("rigwatch-collector", "rigwatch-collector");
     let rigwatch = bin("rigwatch", "rigwatch-agent");
     let tmp = tempfile::Builder::new()
         .prefix("rwdrift")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let data = tmp.path().join("data");
-    let agent_token = collector_token(&collector, &data, "node-drift", false);
-    let analyst = collector_token(&collector, &data, "soc-drift", true);
-    let ccfg = tmp.path().join("collector.toml");
-    std::fs::write(
-        &ccfg,
-        "[policy]\nlocal_overrides = \"forbid\"\nrequired_sensors = [\"capture\", \"binary\"]\n",
-    )
-    .unwrap();
     let (hook_port, got) = rigwatch_e2e::webhook_receiver();
-    let cport = free_port();
-    let _c = Kill(
-        Command::new(&collector)
-            .args(["serve", "--config", ccfg.to_str().unwrap(), "--data-dir"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{cport}"), "--alertmanager", &am.url])
-            .args(["--webhook", &format!("http://127.0.0.1:{hook_port}/hook"), "--alert-resend", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let hook = format!("http://127.0.0.1:{hook_port}/hook");
+    let (_c, cport, agent_token, analyst) = serve(
+        tmp.path(),
+        "drift",
+        &am.url,
+        "[policy]\nlocal_overrides = \"forbid\"\nrequired_sensors = [\"capture\", \"binary\"]\n",
+        &["--webhook", &hook, "--alert-resend", "1"],
     );
-    wait_for(20, "collector /healthz", || {
-        (http_get(cport, "/healthz", None).0 == 200).then_some(())
-    });
     let sigdir = tmp.path().join("signatures.d");
     std::fs::create_dir_all(&sigdir).unwrap();
     let host = "drift-node";

@@ -1212,6 +1212,25 @@ mod tests {
         assert!(selinux_changes(&off, &on).is_empty() && apparmor_changes(&off, &on).is_empty());
     }
 
+    /// One pass over an empty process table: the host observations whose
+    /// subject name `keep` accepts.
+    fn host_pass(s: &mut FootprintSensor, keep: impl Fn(&str) -> bool) -> Vec<(HostSubject, Evidence)> {
+        let snap = Snapshot {
+            at: Instant::now(),
+            procs: Default::default(),
+            ticks_per_second: 100,
+            partial: false,
+        };
+        let mut out = Vec::new();
+        s.observe(&snap, &mut out).unwrap();
+        out.into_iter()
+            .filter_map(|o| match o {
+                Observation::Host(sub, e) if keep(&sub.name) => Some((sub, e)),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn the_sensor_reports_host_findings_that_resolve() {
         let d = tempfile::tempdir().unwrap();
@@ -1224,22 +1243,7 @@ mod tests {
         w("usr/lib/systemd/system/aegis.service", "[Service]\n");
         let sig = Arc::new(rigwatch_signatures::load(&[], true).signatures);
         let mut s = FootprintSensor::new(sig, Path::new("/nonexistent-proc"), r.to_path_buf());
-        let snap = Snapshot {
-            at: Instant::now(),
-            procs: Default::default(),
-            ticks_per_second: 100,
-            partial: false,
-        };
-        let pass = |s: &mut FootprintSensor| {
-            let mut out = Vec::new();
-            s.observe(&snap, &mut out).unwrap();
-            out.into_iter()
-                .filter_map(|o| match o {
-                    Observation::Host(sub, e) if sub.name != "firewall" && !sub.name.starts_with("firewall ") => Some((sub, e)),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        };
+        let pass = |s: &mut FootprintSensor| host_pass(s, |name| name != "firewall" && !name.starts_with("firewall "));
         assert!(pass(&mut s).is_empty(), "the first pass is the baseline");
         w("sys/fs/selinux/enforce", "0");
         std::fs::remove_file(r.join("usr/lib/systemd/system/aegis.service")).unwrap();
@@ -1294,20 +1298,10 @@ mod tests {
         assert!(on.enabled && on.active && on.file.is_some(), "{on:?}");
 
         let mut s = FootprintSensor::new(sig, Path::new("/nonexistent-proc"), r.to_path_buf());
-        let snap = Snapshot {
-            at: Instant::now(),
-            procs: Default::default(),
-            ticks_per_second: 100,
-            partial: false,
-        };
         let units = |s: &mut FootprintSensor| {
-            let mut out = Vec::new();
-            s.observe(&snap, &mut out).unwrap();
-            out.into_iter()
-                .filter_map(|o| match o {
-                    Observation::Host(sub, e) if sub.name.starts_with("unit ") => Some((sub.name, e.summary(), e.weight)),
-                    _ => None,
-                })
+            host_pass(s, |name| name.starts_with("unit "))
+                .into_iter()
+                .map(|(sub, e)| (sub.name, e.summary(), e.weight))
                 .collect::<Vec<_>>()
         };
         assert!(units(&mut s).is_empty(), "the first pass is the baseline");
