@@ -229,10 +229,29 @@ async fn analyst_clicks_from_fleet_to_finding_in_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let Some(d) = Driver::start(profile.path()).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let c = Collector::start(sqlite_store(dir.path()), dir.path(), |_| {}).await;
+    // the fleet requires the capture sensor and forbids local signature files
+    let c = Collector::start(sqlite_store(dir.path()), dir.path(), |s| {
+        s.policy.required_sensors = vec!["capture".into()];
+        s.policy.forbid_local_overrides = true;
+    })
+    .await;
     let mut f = finding("web-1", "f1", HOSTILE, "pool.example.com", WALLET);
     f.process.cmdline = format!("{HOSTILE} <img src=x onerror=alert(2)>");
-    c.post(&report("web-1", "a1", vec![opened("a1", 1, 1000, f)])).await;
+    // web-1's root switched capture off and dropped a file named to inject
+    let mut r = report("web-1", "a1", vec![opened("a1", 1, 1000, f)]);
+    r.agent.config = Some(rigwatch_signatures::report::ConfigState {
+        digest: "d".repeat(64),
+        sensors_off: vec!["capture".into()],
+        signatures: rigwatch_signatures::report::SignatureSetState {
+            local: vec![rigwatch_signatures::report::LocalFile {
+                name: format!("/etc/rigwatch/signatures.d/{HOSTILE}<img src=x onerror=alert(3)>.toml"),
+                sha256: "a".repeat(64),
+            }],
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    c.post(&r).await;
     c.post(&report(
         "web-2",
         "a2",
@@ -259,6 +278,12 @@ async fn analyst_clicks_from_fleet_to_finding_in_chromium() {
 
     d.click("a.host[href='/hosts/web-1']").await;
     d.wait_title(|t| t == "Host web-1 · rigwatch").await;
+    // how it departs from the fleet policy, named, the hostile file name as text
+    let drift = d.text("#policy-drift").await;
+    assert!(drift.contains("required sensors switched off: capture"), "{drift}");
+    assert!(drift.contains("local_overrides") && drift.contains("onerror=alert(3)"), "{drift}");
+    assert!(!d.dialog_open().await, "no injected script ran");
+    assert_eq!(d.script("return document.scripts.length + document.images.length").await, 0);
     d.shot("03-host.png").await;
 
     d.click("a.finding").await;
