@@ -29,6 +29,12 @@ pub fn own_fd(fd: i32) -> PathBuf {
     Path::new(PROC).join("self/fd").join(fd.to_string())
 }
 
+/// The x_tables (iptables-legacy) tables loaded in this process's network
+/// namespace, by family file (`ip_tables_names`, `ip6_tables_names`).
+pub fn own_net(file: &str) -> PathBuf {
+    Path::new(PROC).join("self/net").join(file)
+}
+
 /// Whether `root` is the live host's proc filesystem, whatever it is called
 /// (`/proc`, `/host/proc` bind-mounted from the host in a container, a
 /// symlink): it is when its `self` names this very process. Netlink answers

@@ -37,6 +37,7 @@ pub struct Family {
     pub nfproto: u8,
     af: libc::c_int,
     level: libc::c_int,
+    /// The file of `/proc/self/net` listing the loaded tables.
     names: &'static str,
     /// `sizeof(struct ipt_entry)` / `ip6t_entry`.
     entry: usize,
@@ -49,7 +50,7 @@ pub const V4: Family = Family {
     nfproto: 2,
     af: libc::AF_INET,
     level: libc::IPPROTO_IP,
-    names: "/proc/self/net/ip_tables_names",
+    names: "ip_tables_names",
     entry: 112,
     target_offset_at: 88,
 };
@@ -58,7 +59,7 @@ pub const V6: Family = Family {
     nfproto: 10,
     af: libc::AF_INET6,
     level: libc::IPPROTO_IPV6,
-    names: "/proc/self/net/ip6_tables_names",
+    names: "ip6_tables_names",
     entry: 168,
     target_offset_at: 140,
 };
@@ -184,7 +185,7 @@ fn getsockopt(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, buf: &mut [u8]
 /// no chains when none is loaded; per-table problems in the notes.
 pub fn read(fam: Family) -> (Vec<LegacyChain>, Vec<String>) {
     let (mut chains, mut notes) = (Vec::new(), Vec::new());
-    let names = std::fs::read_to_string(fam.names).unwrap_or_default();
+    let names = std::fs::read_to_string(crate::paths::own_net(fam.names)).unwrap_or_default();
     let tables: Vec<&str> = names
         .lines()
         .map(str::trim)
