@@ -8,8 +8,9 @@
 //! All of it is written by the host's root, who may be the one mining: the
 //! words only add to what the collector shows. The host is stopped and goes
 //! silent whatever they say; no alert is lowered by them. The marker is
-//! believed only if root owns it, it is a plain file (links are not
-//! followed) written after this agent started, and only its first
+//! believed only if root owns it, it is a plain file (read through
+//! [`crate::host::safefile`]: inside the host root, the file no link,
+//! never blocking) written after this agent started, and only its first
 //! printable line, [`MAX_MARKER`] bytes at most, is read.
 
 use crate::sensors::footprint::unit_state;
@@ -49,19 +50,12 @@ pub fn own_unit(proc_root: &Path) -> String {
 /// The package marker's first line, if it is root's, a plain file and
 /// written after `since`.
 pub fn package_marker(root: &Path, since: SystemTime) -> Option<String> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(root.join(MARKER))
-        .ok()?;
-    let m = f.metadata().ok()?;
-    if !m.is_file() || m.uid() != 0 || m.modified().ok()? < since {
+    use std::os::unix::fs::MetadataExt;
+    // inside the host root, the file itself no link, a regular file, never blocking
+    let (buf, m) = crate::host::safefile::read_in_root_meta(root, Path::new(MARKER), MAX_MARKER as u64, 0).ok()?;
+    if m.uid() != 0 || m.modified().ok()? < since {
         return None;
     }
-    let mut buf = Vec::with_capacity(MAX_MARKER);
-    f.take(MAX_MARKER as u64).read_to_end(&mut buf).ok()?;
     let line: String = String::from_utf8_lossy(&buf)
         .lines()
         .next()

@@ -100,6 +100,12 @@ fn walk(root: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
 /// `~/.config/systemd/user`, their `authorized_keys`): `root` is the host
 /// root and `uid` the user's.
 pub fn read_in_root(root: &Path, path: &Path, cap: u64, uid: u32) -> std::io::Result<Vec<u8>> {
+    read(root, path, cap, Some(uid)).map(|(v, _)| v)
+}
+
+/// [`read_in_root`], with the file's metadata as opened (its owner, when
+/// it was written), for a caller that believes a file only from its owner.
+pub fn read_in_root_meta(root: &Path, path: &Path, cap: u64, uid: u32) -> std::io::Result<(Vec<u8>, std::fs::Metadata)> {
     read(root, path, cap, Some(uid))
 }
 
@@ -111,14 +117,14 @@ pub fn read_in_root(root: &Path, path: &Path, cap: u64, uid: u32) -> std::io::Re
 /// regular file is read, opened `O_NONBLOCK | O_NOCTTY`: a FIFO or a device
 /// in its place cannot stall the pass.
 pub fn read_host_file(root: &Path, path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    read(root, path, cap, None)
+    read(root, path, cap, None).map(|(v, _)| v)
 }
 
 /// `uid`: as whom the file is read (it must not be a link); none: as the
 /// host's root (links inside `root` are followed, except on kernels without
 /// `openat2`, whose component walk follows none). `path` is as seen inside
 /// `root` (a leading `/` or none).
-fn read(root: &Path, path: &Path, cap: u64, uid: Option<u32>) -> std::io::Result<Vec<u8>> {
+fn read(root: &Path, path: &Path, cap: u64, uid: Option<u32>) -> std::io::Result<(Vec<u8>, std::fs::Metadata)> {
     let root_fd = openat(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY)?;
     let rel = path.strip_prefix("/").unwrap_or(path);
     let fd = open_in_root(&root_fd, rel, uid.is_none())?;
@@ -139,7 +145,7 @@ fn read(root: &Path, path: &Path, cap: u64, uid: Option<u32>) -> std::io::Result
     }
     let mut v = Vec::new();
     f.by_ref().take(cap).read_to_end(&mut v)?;
-    Ok(v)
+    Ok((v, meta))
 }
 
 /// Whether a file carries the immutable attribute (FS_IMMUTABLE_FL, `chattr +i`),

@@ -516,17 +516,23 @@ const MAX_UNIT_ENTRIES: usize = 4096;
 /// Units named like miners followed at most.
 pub const MAX_MINER_UNITS: usize = 32;
 
-/// Whether `name` is enabled under `root`: linked from a `*.wants`
-/// directory of `/etc/systemd/system` (links are looked at, not followed).
-pub fn unit_enabled(root: &Path, name: &str) -> bool {
+/// The units enabled under `root`: linked from a `*.wants` directory of
+/// `/etc/systemd/system` (links are listed, not followed), read once per
+/// pass; [`MAX_WANTS_DIRS`] directories of [`MAX_UNIT_ENTRIES`] entries,
+/// 4 × [`MAX_UNIT_ENTRIES`] names in all, at most.
+pub fn enabled_units(root: &Path) -> HashSet<String> {
     let Ok(dirs) = std::fs::read_dir(root.join("etc/systemd/system")) else {
-        return false;
+        return HashSet::new();
     };
     dirs.flatten()
         .take(MAX_UNIT_ENTRIES)
         .filter(|d| d.file_name().to_string_lossy().ends_with(".wants"))
         .take(MAX_WANTS_DIRS)
-        .any(|d| std::fs::symlink_metadata(d.path().join(name)).is_ok())
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|rd| rd.flatten().take(MAX_UNIT_ENTRIES))
+        .take(MAX_UNIT_ENTRIES * 4)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Services under `root`'s unit directories named like miners (the
@@ -561,7 +567,13 @@ pub fn miner_units(root: &Path, sig: &Signatures) -> (Vec<String>, bool) {
 }
 
 /// How the unit `name` stands under `root`; links are read, never followed.
+/// (A pass reading many units lists the enabled ones once: [`unit_state_in`].)
 pub fn unit_state(root: &Path, name: &str) -> UnitState {
+    unit_state_in(root, name, &enabled_units(root))
+}
+
+/// [`unit_state`], with the host's [`enabled_units`] already read.
+pub fn unit_state_in(root: &Path, name: &str, enabled: &HashSet<String>) -> UnitState {
     let mut st = UnitState::default();
     for dir in UNIT_DIRS {
         let p = root.join(dir).join(name);
@@ -573,7 +585,7 @@ pub fn unit_state(root: &Path, name: &str) -> UnitState {
         }
     }
     st.active = std::fs::symlink_metadata(root.join("run/systemd/units").join(format!("invocation:{name}"))).is_ok();
-    st.enabled = unit_enabled(root, name);
+    st.enabled = enabled.contains(name);
     st
 }
 
@@ -890,9 +902,10 @@ impl Sensor for FootprintSensor {
             Err(e) => self.notes.push(format!("firewall not compared: {e}")),
         }
         let root = self.host_root.clone();
+        let enabled = enabled_units(&root);
         self.units_present = 0;
         for (i, (name, what)) in SECURITY_UNITS.iter().enumerate() {
-            let st = unit_state(&root, name);
+            let st = unit_state_in(&root, name, &enabled);
             if st.file.is_some() || st.active {
                 self.units_present += 1;
             }
@@ -914,7 +927,7 @@ impl Sensor for FootprintSensor {
         }
         let mut miner_changes = Vec::new();
         for (name, baseline) in self.miner_units.iter_mut() {
-            let st = unit_state(&root, name);
+            let st = unit_state_in(&root, name, &enabled);
             let changes = baseline.step(st, |b, a| unit_changes(name, "named like a miner: a rival's?", b, a));
             miner_changes.push((format!("unit {name}"), changes));
         }
